@@ -1,0 +1,101 @@
+//! The one place where failures become HTTP answers: a JSON body naming what went wrong, with
+//! the right status, and never a secret (no upstream URL, no key) in it.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+use serde_json::json;
+
+use crate::routes::RouteError;
+
+/// Why an upstream fetch failed before a response head could be relayed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamFailure {
+    #[error("upstream connection failed")]
+    Connect,
+    #[error("upstream timed out")]
+    Timeout,
+    #[error("upstream response body failed")]
+    Body,
+    #[error("upstream rate limit reached")]
+    RateLimited { retry_after_secs: Option<u64> },
+    #[error("upstream circuit breaker is open")]
+    BreakerOpen { retry_after_secs: u64 },
+    #[error("upstream answered with status {0}")]
+    Status(u16),
+    #[error("the upstream rejected the proxy's credentials")]
+    Auth,
+    #[error("upstream fetch was abandoned")]
+    Aborted,
+}
+
+impl UpstreamFailure {
+    /// Short label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            UpstreamFailure::Connect => "connect_error",
+            UpstreamFailure::Timeout => "timeout",
+            UpstreamFailure::Body => "body_error",
+            UpstreamFailure::RateLimited { .. } => "rate_limited",
+            UpstreamFailure::BreakerOpen { .. } => "breaker_open",
+            UpstreamFailure::Status(_) => "upstream_error",
+            UpstreamFailure::Auth => "upstream_auth",
+            UpstreamFailure::Aborted => "aborted",
+        }
+    }
+}
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("invalid request: {0}")]
+    BadRequest(RouteError),
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Upstream(UpstreamFailure),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NotFound => StatusCode::NOT_FOUND,
+            ProxyError::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(UpstreamFailure::RateLimited { .. } | UpstreamFailure::BreakerOpen { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The JSON answer.
+    pub fn response(&self) -> HttpResponse {
+        let body = match self {
+            ProxyError::BadRequest(e) => json!({"error": "invalid_request", "field": e.field, "message": e.message}),
+            ProxyError::NotFound => json!({"error": "not_found", "message": "not a tile route; see /here-proxy/{z}/{x}/{y}/{format}, /v3/{resource}/mc/... and /v2/vectortiles/{layer}/mc/..."}),
+            ProxyError::Upstream(f) => json!({"error": f.label(), "message": f.to_string()}),
+        };
+        let mut res = HttpResponse::build(self.status());
+        res.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+        res.insert_header(("X-Cache", "ERROR"));
+        let retry = match self {
+            ProxyError::Upstream(UpstreamFailure::RateLimited { retry_after_secs }) => Some(retry_after_secs.unwrap_or(1)),
+            ProxyError::Upstream(UpstreamFailure::BreakerOpen { retry_after_secs }) => Some(*retry_after_secs),
+            _ => None,
+        };
+        if let Some(secs) = retry {
+            res.insert_header((header::RETRY_AFTER, secs.max(1).to_string()));
+        }
+        res.json(body)
+    }
+}
+
+impl actix_web::ResponseError for ProxyError {
+    fn status_code(&self) -> StatusCode {
+        self.status()
+    }
+    fn error_response(&self) -> HttpResponse {
+        self.response()
+    }
+}

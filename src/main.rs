@@ -1,0 +1,43 @@
+//! `tile-proxy` binary: parse the command line, load and validate the configuration, run.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tile_proxy::config::{Cli, Command, Settings};
+use tile_proxy::{server, telemetry};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (args, check_only) = match cli.command {
+        Some(Command::Serve(a)) => (a, false),
+        Some(Command::CheckConfig(a)) => (a, true),
+        None => (cli.serve, false),
+    };
+    let settings = match Settings::load(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprint!("tile-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if check_only {
+        println!("{settings:#?}");
+        return ExitCode::SUCCESS;
+    }
+    telemetry::init(settings.log_json);
+    actix_web::rt::System::new().block_on(async move {
+        let listen = settings.listen;
+        match server::start(settings).await {
+            Ok(running) => {
+                tracing::info!(addr = %running.addr(), "tile-proxy listening");
+                running.run_until_signal().await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = %e, %listen, "tile-proxy could not start");
+                eprintln!("tile-proxy: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

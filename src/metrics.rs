@@ -1,0 +1,113 @@
+//! Our own Prometheus metrics, per index, registered into actix-web-prom's registry (which also
+//! carries the HTTP metrics and foyer's own, so `/metrics` shows all three).
+//!
+//! Index names come from clients: to keep label cardinality bounded, the first
+//! `metrics_max_indices` distinct indices get their own label and the rest share `_other`.
+//! Indices named in the config file always get their own label.
+
+use std::collections::HashSet;
+use std::sync::RwLock;
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// Label used for indices past the cardinality limit.
+pub const OTHER_INDEX: &str = "_other";
+
+/// Every metric the proxy itself records.
+pub struct Metrics {
+    /// `tile_proxy_requests_total{index, cache}`: tile requests by cache result
+    /// (`hit`, `miss`, `coalesced`, `stale`, `negative_hit`, `error`, `invalid`).
+    pub requests: IntCounterVec,
+    /// `tile_proxy_upstream_requests_total{index, status}`: upstream attempts by HTTP status, or
+    /// `connect_error`, `timeout`, `body_error`.
+    pub upstream_requests: IntCounterVec,
+    /// `tile_proxy_upstream_duration_seconds{index}`: time to the upstream response head.
+    pub upstream_latency: HistogramVec,
+    /// `tile_proxy_upstream_retries_total{index}`.
+    pub upstream_retries: IntCounterVec,
+    /// `tile_proxy_bytes_served_total{index, cache}`: body bytes sent to clients.
+    pub bytes_served: IntCounterVec,
+    /// `tile_proxy_cache_hits_total{index, tier}`: where hits were found (`memory`, `disk`).
+    pub hits_by_tier: IntCounterVec,
+    /// `tile_proxy_cache_inserts_total{index}` and `tile_proxy_cache_not_stored_total{index, reason}`.
+    pub inserts: IntCounterVec,
+    pub not_stored: IntCounterVec,
+    /// `tile_proxy_cache_errors_total{tier, op}`: failing tiers (bypassed, fail-open).
+    pub cache_errors: IntCounterVec,
+    /// `tile_proxy_revalidations_total{index, result}`: `not_modified` (304) or `modified` (200).
+    pub revalidations: IntCounterVec,
+    /// `tile_proxy_upstream_auth_failures_total{status}`: 401/403 from HERE: our key is wrong.
+    pub auth_failures: IntCounterVec,
+    /// `tile_proxy_breaker_open{upstream}`: 1 while the circuit breaker is open.
+    pub breaker_open: IntGaugeVec,
+    known: RwLock<HashSet<String>>,
+    max_indices: usize,
+}
+
+impl Metrics {
+    /// Creates and registers every metric. `configured` indices always keep their own label.
+    pub fn new(registry: &Registry, max_indices: usize, configured: impl IntoIterator<Item = String>) -> prometheus::Result<Metrics> {
+        fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            r.register(Box::new(c.clone()))?;
+            Ok(c)
+        }
+        let upstream_latency = HistogramVec::new(
+            HistogramOpts::new("tile_proxy_upstream_duration_seconds", "Time to the upstream response head")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["index"],
+        )?;
+        registry.register(Box::new(upstream_latency.clone()))?;
+        let breaker_open = IntGaugeVec::new(Opts::new("tile_proxy_breaker_open", "1 while the upstream circuit breaker is open"), &["upstream"])?;
+        registry.register(Box::new(breaker_open.clone()))?;
+        Ok(Metrics {
+            requests: counter(registry, "tile_proxy_requests_total", "Tile requests by cache result", &["index", "cache"])?,
+            upstream_requests: counter(registry, "tile_proxy_upstream_requests_total", "Upstream requests by status", &["index", "status"])?,
+            upstream_latency,
+            upstream_retries: counter(registry, "tile_proxy_upstream_retries_total", "Upstream retries", &["index"])?,
+            bytes_served: counter(registry, "tile_proxy_bytes_served_total", "Body bytes served to clients", &["index", "cache"])?,
+            hits_by_tier: counter(registry, "tile_proxy_cache_hits_total", "Cache hits by tier", &["index", "tier"])?,
+            inserts: counter(registry, "tile_proxy_cache_inserts_total", "Entries stored", &["index"])?,
+            not_stored: counter(registry, "tile_proxy_cache_not_stored_total", "Upstream answers not stored, by reason", &["index", "reason"])?,
+            cache_errors: counter(registry, "tile_proxy_cache_errors_total", "Cache tier failures (bypassed)", &["tier", "op"])?,
+            revalidations: counter(registry, "tile_proxy_revalidations_total", "Upstream revalidations by result", &["index", "result"])?,
+            auth_failures: counter(registry, "tile_proxy_upstream_auth_failures_total", "401/403 answers from the upstream", &["status"])?,
+            breaker_open,
+            known: RwLock::new(configured.into_iter().collect()),
+            max_indices,
+        })
+    }
+
+    /// The label to use for `index`: itself while under the cardinality limit, else `_other`.
+    pub fn index_label<'a>(&self, index: &'a str) -> &'a str {
+        if let Ok(known) = self.known.read() {
+            if known.contains(index) {
+                return index;
+            }
+            if known.len() >= self.max_indices {
+                return OTHER_INDEX;
+            }
+        }
+        match self.known.write() {
+            Ok(mut known) if known.len() < self.max_indices || known.contains(index) => {
+                known.insert(index.to_string());
+                index
+            }
+            _ => OTHER_INDEX,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_labels_are_bounded() {
+        let m = Metrics::new(&Registry::new(), 2, ["configured".to_string()]).unwrap();
+        assert_eq!(m.index_label("configured"), "configured");
+        assert_eq!(m.index_label("a"), "a");
+        assert_eq!(m.index_label("b"), OTHER_INDEX);
+        assert_eq!(m.index_label("a"), "a");
+    }
+}

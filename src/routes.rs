@@ -1,0 +1,448 @@
+//! HERE path shapes -> a validated, typed [`TileRequest`].
+//!
+//! Pure functions only: everything a client sends is checked here, before any cache or upstream
+//! work, against HERE's documented ranges and allow-lists (see `shared/here-api.md`). What comes out
+//! is safe to put in a cache key and an upstream URL: no client input can reach the upstream host,
+//! scheme or path prefix, and the client's `apiKey` never leaves this module.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Which HERE API a tile belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Api {
+    /// Raster Tile API v3: `/v3/{resource}/mc/{z}/{x}/{y}/{format}`.
+    Raster,
+    /// Vector Tile API v2: `/v2/vectortiles/{layer}/mc/{z}/{x}/{y}/omv`.
+    Vector,
+}
+
+impl Api {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Raster => "raster",
+            Api::Vector => "vector",
+        }
+    }
+}
+
+/// Index used when a request carries no `indice`.
+pub const DEFAULT_INDEX: &str = "default";
+
+/// Raster resources HERE serves (`/v3/info`).
+pub const RASTER_RESOURCES: &[&str] = &["base", "background", "label"];
+/// Raster formats.
+pub const RASTER_FORMATS: &[&str] = &["png", "png8", "jpeg"];
+/// Vector layers.
+pub const VECTOR_LAYERS: &[&str] = &["base", "core"];
+/// Raster styles.
+pub const STYLES: &[&str] = &[
+    "explore.day",
+    "explore.night",
+    "explore.satellite.day",
+    "lite.day",
+    "lite.night",
+    "lite.satellite.day",
+    "logistics.day",
+    "logistics.night",
+    "logistics.satellite.day",
+    "satellite.day",
+    "topo.day",
+    "topo.night",
+];
+/// Vector `content` values.
+pub const VECTOR_CONTENT: &[&str] = &["default", "advanced_pois", "advanced_roads", "contours", "hillshade", "transit"];
+/// Highest raster zoom (`/v3/info` zoomLevels.max).
+pub const RASTER_MAX_ZOOM: u8 = 20;
+/// Highest vector zoom.
+pub const VECTOR_MAX_ZOOM: u8 = 17;
+
+/// A validated tile request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TileRequest {
+    /// The `indice` (customer, layer or app); [`DEFAULT_INDEX`] when absent.
+    pub index: String,
+    pub api: Api,
+    /// Raster resource (`base`, ...) or vector layer (`base`, `core`).
+    pub resource: String,
+    pub z: u8,
+    pub x: u32,
+    pub y: u32,
+    /// `png`, `png8`, `jpeg` or `omv`.
+    pub format: String,
+    /// Remaining query parameters, validated and normalised (defaults dropped), sorted by name.
+    /// Never holds `apiKey` or `indice`.
+    pub params: BTreeMap<String, String>,
+}
+
+impl TileRequest {
+    /// `z/x/y` for logs and keys.
+    pub fn zxy(&self) -> String {
+        format!("{}/{}/{}", self.z, self.x, self.y)
+    }
+
+    /// The normalised query as `a=1&b=2` (sorted; values are from safe charsets).
+    pub fn query_string(&self) -> String {
+        let mut s = String::new();
+        for (k, v) in &self.params {
+            if !s.is_empty() {
+                s.push('&');
+            }
+            s.push_str(k);
+            s.push('=');
+            s.push_str(v);
+        }
+        s
+    }
+
+    /// The path HERE serves this tile under, e.g. `/v3/base/mc/5/15/13/png`.
+    pub fn upstream_path(&self) -> String {
+        match self.api {
+            Api::Raster => format!("/v3/{}/mc/{}/{}/{}/{}", self.resource, self.z, self.x, self.y, self.format),
+            Api::Vector => format!("/v2/vectortiles/{}/mc/{}/{}/{}/omv", self.resource, self.z, self.x, self.y),
+        }
+    }
+
+    /// MIME type of the tile format.
+    pub fn content_type(&self) -> &'static str {
+        match self.format.as_str() {
+            "jpeg" => "image/jpeg",
+            "omv" => "application/x-protobuf",
+            _ => "image/png",
+        }
+    }
+}
+
+/// A request that is not a valid tile: names the field and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteError {
+    pub field: String,
+    pub message: String,
+}
+
+impl RouteError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for RouteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Options that change what is accepted.
+#[derive(Debug, Clone, Copy)]
+pub struct ParseOptions {
+    /// Reject query parameters HERE does not document (default). When false they are kept
+    /// (and so become part of the cache key and the upstream query) if they look harmless.
+    pub reject_unknown_params: bool,
+}
+
+impl Default for ParseOptions {
+    fn default() -> Self {
+        Self { reject_unknown_params: true }
+    }
+}
+
+/// Parses a request path (without query) and raw query string.
+///
+/// Returns `Ok(None)` when the path is not one of our tile routes (a 404), `Err` when it is a
+/// tile route with something invalid in it (a 400 naming the field).
+pub fn parse(path: &str, query: &str, opts: ParseOptions) -> Result<Option<TileRequest>, RouteError> {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (api, resource, rest): (Api, &str, &[&str]) = match segs.as_slice() {
+        // The service we replace: /here-proxy/[mc/]{z}/{x}/{y}/{format}, raster `base`.
+        ["here-proxy", "mc", rest @ ..] => (Api::Raster, "base", rest),
+        ["here-proxy", rest @ ..] => (Api::Raster, "base", rest),
+        ["v3", resource, "mc", rest @ ..] => (Api::Raster, resource, rest),
+        ["v2", "vectortiles", layer, "mc", rest @ ..] => (Api::Vector, layer, rest),
+        _ => return Ok(None),
+    };
+    let [z, x, y, format] = rest else {
+        return Err(RouteError::new("path", "expected {z}/{x}/{y}/{format}"));
+    };
+    let (resources, formats, max_zoom) = match api {
+        Api::Raster => (RASTER_RESOURCES, RASTER_FORMATS, RASTER_MAX_ZOOM),
+        Api::Vector => (VECTOR_LAYERS, &["omv"][..], VECTOR_MAX_ZOOM),
+    };
+    let resource_field = if api == Api::Raster { "resource" } else { "layer" };
+    if !resources.contains(&resource) {
+        return Err(RouteError::new(resource_field, format!("must be one of {}", resources.join(", "))));
+    }
+    let z: u8 = parse_int(z)
+        .filter(|z| *z <= u32::from(max_zoom))
+        .and_then(|z| u8::try_from(z).ok())
+        .ok_or_else(|| RouteError::new("z", format!("zoom must be an integer from 0 to {max_zoom}")))?;
+    let max_xy = (1u64 << z) - 1;
+    let x = parse_int(x)
+        .filter(|v| u64::from(*v) <= max_xy)
+        .ok_or_else(|| RouteError::new("x", format!("column must be an integer from 0 to {max_xy} at zoom {z}")))?;
+    let y = parse_int(y)
+        .filter(|v| u64::from(*v) <= max_xy)
+        .ok_or_else(|| RouteError::new("y", format!("row must be an integer from 0 to {max_xy} at zoom {z}")))?;
+    if !formats.contains(format) {
+        return Err(RouteError::new("format", format!("must be one of {}", formats.join(", "))));
+    }
+    let (index, params) = parse_query(api, query, opts)?;
+    Ok(Some(TileRequest {
+        index,
+        api,
+        resource: resource.to_string(),
+        z,
+        x,
+        y,
+        format: format.to_string(),
+        params,
+    }))
+}
+
+/// Decimal digits only (no sign, no leading `+`), at most 9 of them.
+fn parse_int(s: &str) -> Option<u32> {
+    if s.is_empty() || s.len() > 9 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// True for index names of 1-64 characters from `A-Z a-z 0-9 _ . -`.
+pub fn is_valid_index(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+fn parse_query(api: Api, query: &str, opts: ParseOptions) -> Result<(String, BTreeMap<String, String>), RouteError> {
+    let mut index: Option<String> = None;
+    let mut params = BTreeMap::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (raw_k, raw_v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = percent_decode(raw_k).ok_or_else(|| RouteError::new("query", "malformed percent-encoding"))?;
+        // The client's key is dropped whatever its case; the server adds its own.
+        if k.eq_ignore_ascii_case("apikey") {
+            continue;
+        }
+        let v = percent_decode(raw_v).ok_or_else(|| RouteError::new(k.clone(), "malformed percent-encoding"))?;
+        if k == "indice" {
+            if index.is_some() {
+                return Err(RouteError::new("indice", "given more than once"));
+            }
+            if !is_valid_index(&v) {
+                return Err(RouteError::new("indice", "must be 1-64 characters of A-Z a-z 0-9 _ . -"));
+            }
+            index = Some(v);
+            continue;
+        }
+        if params.contains_key(&k) {
+            return Err(RouteError::new(k, "given more than once"));
+        }
+        match check_param(api, &k, &v) {
+            Check::Ok => {
+                if !is_default(api, &k, &v) {
+                    params.insert(k, v);
+                }
+            }
+            Check::Bad(msg) => return Err(RouteError::new(k, msg)),
+            Check::Unknown if opts.reject_unknown_params => {
+                let field = if is_safe_token(&k) { k } else { "query".into() };
+                return Err(RouteError::new(field, "unknown query parameter"));
+            }
+            Check::Unknown => {
+                if !is_safe_token(&k) || !is_safe_token(&v) {
+                    return Err(RouteError::new("query", "parameter name or value has unsafe characters"));
+                }
+                params.insert(k, v);
+            }
+        }
+    }
+    Ok((index.unwrap_or_else(|| DEFAULT_INDEX.to_string()), params))
+}
+
+enum Check {
+    Ok,
+    Bad(String),
+    Unknown,
+}
+
+fn check_param(api: Api, k: &str, v: &str) -> Check {
+    let ok = |b: bool, msg: &str| if b { Check::Ok } else { Check::Bad(msg.to_string()) };
+    match (api, k) {
+        (Api::Raster, "style") => ok(STYLES.contains(&v), "unknown style"),
+        (Api::Raster, "size") => ok(matches!(v, "256" | "512"), "must be 256 or 512"),
+        (Api::Raster, "ppi") => ok(matches!(v, "100" | "200" | "400"), "must be 100, 200 or 400"),
+        (Api::Raster, "scale") => ok(matches!(v, "1" | "2"), "must be 1 or 2"),
+        (Api::Raster, "lang" | "lang2") => ok(is_lang(v), "must look like en or en-US"),
+        (Api::Raster, "pview") => {
+            ok((2..=3).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_uppercase()), "must be 2-3 capital letters")
+        }
+        (Api::Raster, "mv") => ok(!v.is_empty() && v.len() <= 32 && is_safe_token(v), "must be a short map version"),
+        (Api::Raster, "features") => ok(is_features(v), "must be a comma list of name:mode"),
+        (Api::Raster, "startTime" | "endTime") => ok(is_time(v), "must be YYYY-MM-DDTHH:mm"),
+        (Api::Vector, "content") => ok(
+            !v.is_empty() && v.split(',').all(|c| VECTOR_CONTENT.contains(&c)),
+            "must be a comma list of default, advanced_pois, advanced_roads, contours, hillshade, transit",
+        ),
+        _ => Check::Unknown,
+    }
+}
+
+/// HERE's documented defaults: the same tile with or without them shares one cache entry.
+fn is_default(api: Api, k: &str, v: &str) -> bool {
+    matches!((api, k, v), (Api::Raster, "style", "explore.day") | (Api::Raster, "size", "256"))
+}
+
+fn is_lang(v: &str) -> bool {
+    let (main, sub) = v.split_once('-').unwrap_or((v, ""));
+    main.len() == 2
+        && main.bytes().all(|b| b.is_ascii_lowercase())
+        && (!v.contains('-') || ((1..=4).contains(&sub.len()) && sub.bytes().all(|b| b.is_ascii_alphabetic())))
+}
+
+fn is_features(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 256
+        && v.split(',').all(|f| match f.split_once(':') {
+            Some((n, m)) => is_word(n) && is_word(m),
+            None => false,
+        })
+}
+
+fn is_word(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 48 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+fn is_time(v: &str) -> bool {
+    // YYYY-MM-DDTHH:mm
+    let b = v.as_bytes();
+    b.len() == 16
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            13 => *c == b':',
+            _ => c.is_ascii_digit(),
+        })
+}
+
+fn is_safe_token(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-,:".contains(&b))
+}
+
+/// Percent-decodes a query component (`+` is a space). `None` on bad escapes or non-UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = b.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(path: &str, q: &str) -> Result<Option<TileRequest>, RouteError> {
+        parse(path, q, ParseOptions::default())
+    }
+
+    #[test]
+    fn accepted_shapes() {
+        let cases = [
+            ("/here-proxy/mc/5/15/13/png", "indice=123&style=explore.day&size=512", "123", Api::Raster, "base", "size=512"),
+            ("/here-proxy/5/15/13/png", "", "default", Api::Raster, "base", ""),
+            ("/v3/label/mc/0/0/0/png8", "apiKey=x&indice=a.b-c_d", "a.b-c_d", Api::Raster, "label", ""),
+            ("/v3/base/mc/20/1048575/0/jpeg", "lang=en-US&pview=ARG", "default", Api::Raster, "base", "lang=en-US&pview=ARG"),
+            ("/v2/vectortiles/core/mc/17/0/131071/omv", "apikey=x&content=default,transit", "default", Api::Vector, "core", "content=default,transit"),
+            ("/v3/base/mc/3/1/2/png", "features=pois:all,congestion_zones:disabled&startTime=2024-01-02T03:04", "default", Api::Raster, "base", "features=pois:all,congestion_zones:disabled&startTime=2024-01-02T03:04"),
+        ];
+        for (path, q, index, api, resource, query) in cases {
+            let t = p(path, q).unwrap().unwrap();
+            assert_eq!(t.index, index, "{path}?{q}");
+            assert_eq!(t.api, api);
+            assert_eq!(t.resource, resource);
+            assert_eq!(t.query_string(), query, "{path}?{q}");
+        }
+    }
+
+    #[test]
+    fn rejected_fields() {
+        let cases = [
+            ("/here-proxy/mc/21/0/0/png", "", "z"),
+            ("/here-proxy/mc/-1/0/0/png", "", "z"),
+            ("/here-proxy/mc/5/32/0/png", "", "x"),
+            ("/here-proxy/mc/5/0/32/png", "", "y"),
+            ("/here-proxy/mc/5/0/+1/png", "", "y"),
+            ("/here-proxy/mc/5/0/0/gif", "", "format"),
+            ("/here-proxy/mc/5/0/0", "", "path"),
+            ("/v3/secret/mc/5/0/0/png", "", "resource"),
+            ("/v2/vectortiles/base/mc/18/0/0/omv", "", "z"),
+            ("/v2/vectortiles/roads/mc/1/0/0/omv", "", "layer"),
+            ("/v2/vectortiles/base/mc/1/0/0/png", "", "format"),
+            ("/here-proxy/mc/1/0/0/png", "style=evil", "style"),
+            ("/here-proxy/mc/1/0/0/png", "size=1024", "size"),
+            ("/here-proxy/mc/1/0/0/png", "lang=english", "lang"),
+            ("/here-proxy/mc/1/0/0/png", "pview=arg", "pview"),
+            ("/here-proxy/mc/1/0/0/png", "startTime=2024-01-02", "startTime"),
+            ("/here-proxy/mc/1/0/0/png", "features=pois", "features"),
+            ("/here-proxy/mc/1/0/0/png", "bust=1", "bust"),
+            ("/here-proxy/mc/1/0/0/png", "size=512&size=256", "size"),
+            ("/here-proxy/mc/1/0/0/png", "indice=a/b", "indice"),
+            ("/here-proxy/mc/1/0/0/png", "indice=", "indice"),
+            ("/here-proxy/mc/1/0/0/png", "indice=a&indice=b", "indice"),
+            ("/here-proxy/mc/1/0/0/png", "style=%zz", "style"),
+            ("/v2/vectortiles/base/mc/1/0/0/omv", "content=everything", "content"),
+            ("/v2/vectortiles/base/mc/1/0/0/omv", "style=explore.day", "style"),
+        ];
+        for (path, q, field) in cases {
+            let err = p(path, q).unwrap_err();
+            assert_eq!(err.field, field, "{path}?{q}: {err}");
+        }
+    }
+
+    #[test]
+    fn not_ours() {
+        for path in ["/", "/v3/info", "/v1/base/mc/1/0/0/png", "/here-proxyx/1/0/0/png", "/v2/other/base/mc/1/0/0/omv"] {
+            assert_eq!(p(path, ""), Ok(None), "{path}");
+        }
+    }
+
+    #[test]
+    fn api_key_in_any_case_is_dropped_and_defaults_normalised() {
+        let a = p("/here-proxy/mc/5/15/13/png", "APIKEY=a&ApiKey=b&apiKey=c&style=explore.day&size=256").unwrap().unwrap();
+        let b = p("/here-proxy/5/15/13/png", "").unwrap().unwrap();
+        assert_eq!(a, b);
+        assert!(a.params.is_empty());
+    }
+
+    #[test]
+    fn unknown_params_can_be_allowed() {
+        let opts = ParseOptions { reject_unknown_params: false };
+        let t = parse("/here-proxy/1/0/0/png", "foo=bar", opts).unwrap().unwrap();
+        assert_eq!(t.query_string(), "foo=bar");
+        assert!(parse("/here-proxy/1/0/0/png", "foo=a%2Fb", opts).is_err());
+    }
+
+    #[test]
+    fn upstream_paths() {
+        let t = p("/here-proxy/mc/5/15/13/png", "").unwrap().unwrap();
+        assert_eq!(t.upstream_path(), "/v3/base/mc/5/15/13/png");
+        let v = p("/v2/vectortiles/base/mc/5/15/13/omv", "").unwrap().unwrap();
+        assert_eq!(v.upstream_path(), "/v2/vectortiles/base/mc/5/15/13/omv");
+        assert_eq!(v.content_type(), "application/x-protobuf");
+    }
+}

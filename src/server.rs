@@ -1,0 +1,186 @@
+//! Builds and runs the server: opens the cache, registers metrics, wires routes and middleware,
+//! and shuts down in order (not ready -> drain HTTP -> close the cache so entries reach disk).
+//! Production (`main.rs`) and the integration tests both go through [`start`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix_cors::Cors;
+use actix_web::http::header;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web_prom::PrometheusMetricsBuilder;
+use tracing_actix_web::TracingLogger;
+
+use crate::admin::{self, Health};
+use crate::cache::{FoyerOptions, FoyerTier, TileCache};
+use crate::config::Settings;
+use crate::error::ProxyError;
+use crate::flight::Flights;
+use crate::metrics::Metrics;
+use crate::proxy::{self, AppState};
+use crate::telemetry::TileSpan;
+use crate::upstream::{self, UpstreamConfig};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("metrics: {0}")]
+    Metrics(String),
+    #[error("{0}")]
+    Cache(#[from] crate::cache::TierError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A running server.
+pub struct Running {
+    addrs: Vec<SocketAddr>,
+    handle: actix_web::dev::ServerHandle,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    state: web::Data<AppState>,
+}
+
+fn cors(origins: &[String]) -> Cors {
+    let mut cors = Cors::default()
+        .allowed_methods(["GET", "HEAD", "OPTIONS"])
+        .allowed_headers([header::IF_NONE_MATCH, header::ACCEPT, header::CACHE_CONTROL])
+        .expose_headers(["X-Cache", "X-Cache-Reason", "ETag", "Age", "Cache-Control", "Retry-After"])
+        .max_age(86_400);
+    if origins.iter().any(|o| o == "*") {
+        cors = cors.allow_any_origin().send_wildcard();
+    } else {
+        for o in origins {
+            cors = cors.allowed_origin(o);
+        }
+    }
+    cors
+}
+
+async fn not_found() -> HttpResponse {
+    ProxyError::NotFound.response()
+}
+
+/// Opens the cache, binds and starts serving. Ready once this returns.
+pub async fn start(settings: Settings) -> Result<Running, StartError> {
+    // awc builds rustls without a crypto provider; a second install is a harmless error.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let prom = PrometheusMetricsBuilder::new("tile_proxy_http")
+        .endpoint("/metrics")
+        .mask_unmatched_patterns("UNKNOWN")
+        .build()
+        .map_err(|e| StartError::Metrics(e.to_string()))?;
+    let metrics = Arc::new(
+        Metrics::new(&prom.registry, settings.metrics_max_indices, settings.policies.keys().cloned())
+            .map_err(|e| StartError::Metrics(e.to_string()))?,
+    );
+    let tier = FoyerTier::open(
+        FoyerOptions {
+            dir: &settings.cache_dir,
+            memory: settings.memory_cache,
+            disk: settings.disk_cache,
+            max_entry: settings.max_entry_size,
+        },
+        &prom.registry,
+    )
+    .await?;
+    let cache = Arc::new(TileCache::new(vec![Box::new(tier)], metrics.clone()));
+    let settings = Arc::new(settings);
+    let state = web::Data::new(AppState {
+        upstream: Arc::new(UpstreamConfig::from_settings(&settings)),
+        settings: settings.clone(),
+        cache,
+        flights: Flights::new(),
+        metrics,
+        health: Arc::new(Health::default()),
+    });
+
+    let app_state = state.clone();
+    let upstream_settings = settings.upstream.clone();
+    let origins = settings.cors_origins.clone();
+    let server = HttpServer::new(move || {
+        // One awc client per worker: awc is not Send, and its pool is per client.
+        let client = web::Data::new(upstream::build_client(&upstream_settings));
+        let tile = || web::route().guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head())).to(proxy::tile);
+        App::new()
+            .app_data(app_state.clone())
+            .app_data(client)
+            .wrap(cors(&origins))
+            .wrap(prom.clone())
+            .wrap(TracingLogger::<TileSpan>::new())
+            .route("/live", web::get().to(admin::live))
+            .route("/ready", web::get().to(admin::ready))
+            .route("/health", web::get().to(admin::health))
+            .route("/here-proxy/{tail:.*}", tile())
+            .route("/v3/{tail:.*}", tile())
+            .route("/v2/vectortiles/{tail:.*}", tile())
+            .default_service(web::to(not_found))
+    })
+    .workers(settings.workers)
+    .disable_signals()
+    .shutdown_timeout(settings.shutdown_timeout.as_secs().max(1));
+    let server = server
+        .bind(settings.listen)
+        .map_err(|source| StartError::Bind { addr: settings.listen, source })?;
+    let addrs = server.addrs();
+    let server = server.run();
+    let handle = server.handle();
+    let server = actix_web::rt::spawn(server);
+    state.health.set_ready(true);
+    Ok(Running { addrs, handle, server, state })
+}
+
+impl Running {
+    /// The bound address (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// Shared state (tests read metrics and the cache through it).
+    pub fn state(&self) -> &web::Data<AppState> {
+        &self.state
+    }
+
+    /// Graceful stop: not ready, finish in-flight requests, then close the cache (its write
+    /// buffers reach disk, so entries come back on the next start).
+    pub async fn shutdown(self) {
+        self.state.health.set_ready(false);
+        self.handle.stop(true).await;
+        match self.server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "server stopped with an error"),
+            Err(e) => tracing::error!(error = %e, "server task failed"),
+        }
+        self.state.cache.close().await;
+        tracing::info!("cache closed; bye");
+    }
+
+    /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
+    pub async fn run_until_signal(self) {
+        wait_for_signal().await;
+        tracing::info!("signal received; draining");
+        self.shutdown().await;
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

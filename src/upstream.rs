@@ -1,0 +1,247 @@
+//! Calls to HERE: the upstream URL (built from configured bases and validated parts only), the
+//! per-worker awc client, and the retry loop.
+//!
+//! Transient failures before any byte reaches a client (connect errors, timeouts, 429, 502, 503,
+//! 504) are retried with exponential backoff and jitter (`backon`), bounded by attempts and total
+//! delay, honouring `Retry-After`. What comes back is the response head; its body is streamed by
+//! the caller and is never retried once relayed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use awc::error::{ConnectError, SendRequestError};
+use backon::{ExponentialBuilder, Retryable};
+
+use crate::config::{Settings, UpstreamSettings};
+use crate::error::UpstreamFailure;
+use crate::routes::{Api, TileRequest};
+
+/// Where and how to call the upstream. Shared by all workers.
+pub struct UpstreamConfig {
+    raster_base: String,
+    vector_base: String,
+    api_key: Option<String>,
+    pub settings: UpstreamSettings,
+}
+
+impl UpstreamConfig {
+    pub fn from_settings(s: &Settings) -> Self {
+        Self {
+            raster_base: s.raster_upstream.clone(),
+            vector_base: s.vector_upstream.clone(),
+            api_key: s.api_key.clone(),
+            settings: s.upstream.clone(),
+        }
+    }
+
+    /// Base URL for an API (for `/health`).
+    pub fn base(&self, api: Api) -> &str {
+        match api {
+            Api::Raster => &self.raster_base,
+            Api::Vector => &self.vector_base,
+        }
+    }
+
+    /// The upstream URL of a tile: configured base + HERE path + normalised query + server key.
+    /// Never log it: it holds the key. Use [`UpstreamConfig::redact`] on anything derived from it.
+    pub fn url(&self, t: &TileRequest) -> String {
+        let mut url = format!("{}{}", self.base(t.api), t.upstream_path());
+        let query = t.query_string();
+        let mut sep = '?';
+        if !query.is_empty() {
+            url.push(sep);
+            url.push_str(&query);
+            sep = '&';
+        }
+        if let Some(key) = &self.api_key {
+            url.push(sep);
+            url.push_str(match t.api {
+                Api::Raster => "apiKey=",
+                Api::Vector => "apikey=",
+            });
+            url.push_str(key);
+        }
+        url
+    }
+
+    /// Replaces the key in `text` (defence in depth for error messages).
+    pub fn redact(&self, text: &str) -> String {
+        match &self.api_key {
+            Some(k) if !k.is_empty() => text.replace(k.as_str(), "<redacted>"),
+            _ => text.to_string(),
+        }
+    }
+}
+
+/// Builds a worker's awc client: no decompression (bodies are relayed as they come), bounded
+/// connection pool, connect and response-head timeouts, no redirects.
+pub fn build_client(s: &UpstreamSettings) -> awc::Client {
+    let connector = awc::Connector::new()
+        .timeout(s.connect_timeout)
+        .limit(s.max_connections)
+        .conn_keep_alive(Duration::from_secs(30));
+    awc::Client::builder()
+        .connector(connector)
+        .timeout(s.head_timeout)
+        .disable_redirects()
+        .no_default_headers()
+        .add_default_header(("User-Agent", concat!("tile-proxy/", env!("CARGO_PKG_VERSION"))))
+        .finish()
+}
+
+/// One attempt's result, as the retry loop sees it.
+pub enum Attempt {
+    /// Transport failure.
+    Failed(UpstreamFailure),
+    /// The upstream answered with a retryable status; the response is kept for the last attempt.
+    Retryable { response: awc::ClientResponse, retry_after: Option<Duration> },
+}
+
+/// What a finished fetch of the head reports, for metrics.
+pub struct AttemptLog {
+    pub status_label: String,
+    pub elapsed: Duration,
+}
+
+/// True for statuses worth another try.
+pub fn is_retryable_status(status: u16) -> bool {
+    matches!(status, 429 | 502 | 503 | 504)
+}
+
+/// Parses `Retry-After` in seconds (HTTP dates are ignored: HERE sends seconds if anything).
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    v.trim().parse::<u64>().ok().map(|s| Duration::from_secs(s.min(3600)))
+}
+
+fn classify(e: &SendRequestError) -> UpstreamFailure {
+    match e {
+        SendRequestError::Timeout | SendRequestError::Connect(ConnectError::Timeout) => UpstreamFailure::Timeout,
+        _ => UpstreamFailure::Connect,
+    }
+}
+
+/// Sends the request (with retries) and returns the final response head, or the failure.
+///
+/// A final retryable status (e.g. the third 503) is returned as `Ok(response)`: the caller decides
+/// what a client sees. `on_attempt` is called once per attempt, for metrics.
+pub async fn fetch_head(
+    client: &awc::Client,
+    cfg: &Arc<UpstreamConfig>,
+    url: &str,
+    if_none_match: Option<&actix_web::http::header::HeaderValue>,
+    mut on_attempt: impl FnMut(AttemptLog),
+) -> Result<awc::ClientResponse, UpstreamFailure> {
+    let s = &cfg.settings;
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(s.retry_min_delay)
+        .with_max_delay(s.retry_max_delay)
+        .with_factor(2.0)
+        .with_jitter()
+        .with_max_times(s.retry_attempts.saturating_sub(1))
+        .with_total_delay(Some(s.retry_total));
+    let max_delay = s.retry_max_delay.max(s.retry_min_delay);
+    let attempt = || {
+        let mut req = client.get(url).no_decompress();
+        if let Some(etag) = if_none_match {
+            req = req.insert_header((actix_web::http::header::IF_NONE_MATCH, etag.clone()));
+        }
+        let started = Instant::now();
+        let fut = req.send();
+        async move {
+            let result = fut.await;
+            let elapsed = started.elapsed();
+            match result {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    if is_retryable_status(status) {
+                        let retry_after = response
+                            .headers()
+                            .get(actix_web::http::header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(parse_retry_after);
+                        Err((Attempt::Retryable { response, retry_after }, elapsed))
+                    } else {
+                        Ok((response, elapsed))
+                    }
+                }
+                Err(e) => Err((Attempt::Failed(classify(&e)), elapsed)),
+            }
+        }
+    };
+    let result = attempt
+        .retry(backoff)
+        .notify(|(a, elapsed): &(Attempt, Duration), _| on_attempt_log(&mut on_attempt, a, *elapsed))
+        .adjust(|(a, _): &(Attempt, Duration), planned| match a {
+            // Honour Retry-After, but never wait longer than the configured bound.
+            Attempt::Retryable { retry_after: Some(ra), .. } => planned.map(|_| (*ra).min(max_delay)),
+            _ => planned,
+        })
+        .await;
+    match result {
+        Ok((response, elapsed)) => {
+            on_attempt(AttemptLog { status_label: response.status().as_u16().to_string(), elapsed });
+            Ok(response)
+        }
+        Err((a, elapsed)) => {
+            on_attempt_log(&mut on_attempt, &a, elapsed);
+            match a {
+                Attempt::Retryable { response, .. } => Ok(response),
+                Attempt::Failed(f) => Err(f),
+            }
+        }
+    }
+}
+
+fn on_attempt_log(on_attempt: &mut impl FnMut(AttemptLog), a: &Attempt, elapsed: Duration) {
+    let status_label = match a {
+        Attempt::Failed(f) => f.label().to_string(),
+        Attempt::Retryable { response, .. } => response.status().as_u16().to_string(),
+    };
+    on_attempt(AttemptLog { status_label, elapsed });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FileConfig, Settings};
+    use crate::routes::{parse, ParseOptions};
+
+    fn cfg(key: Option<&str>) -> UpstreamConfig {
+        let s = Settings::from_file_config(FileConfig {
+            here_api_key: key.map(String::from),
+            upstream_requires_key: key.is_some(),
+            raster_upstream: "https://maps.example.com/".into(),
+            vector_upstream: "http://127.0.0.1:9".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        UpstreamConfig::from_settings(&s)
+    }
+
+    #[test]
+    fn urls_come_from_config_and_validated_parts() {
+        let c = cfg(Some("SERVERKEY"));
+        let cases = [
+            ("/here-proxy/mc/5/15/13/png", "indice=1&apiKey=CLIENT&size=512&style=explore.day", "https://maps.example.com/v3/base/mc/5/15/13/png?size=512&apiKey=SERVERKEY"),
+            ("/v3/label/mc/1/0/1/jpeg", "", "https://maps.example.com/v3/label/mc/1/0/1/jpeg?apiKey=SERVERKEY"),
+            ("/v2/vectortiles/core/mc/2/1/1/omv", "apikey=CLIENT&content=transit", "http://127.0.0.1:9/v2/vectortiles/core/mc/2/1/1/omv?content=transit&apikey=SERVERKEY"),
+        ];
+        for (path, q, want) in cases {
+            let t = parse(path, q, ParseOptions::default()).unwrap().unwrap();
+            assert_eq!(c.url(&t), want);
+        }
+        let t = parse("/here-proxy/1/0/0/png", "", ParseOptions::default()).unwrap().unwrap();
+        assert_eq!(cfg(None).url(&t), "https://maps.example.com/v3/base/mc/1/0/0/png");
+    }
+
+    #[test]
+    fn redaction_and_retry_rules() {
+        let c = cfg(Some("SERVERKEY"));
+        assert_eq!(c.redact("GET /x?apiKey=SERVERKEY failed"), "GET /x?apiKey=<redacted> failed");
+        for (s, want) in [(429, true), (502, true), (503, true), (504, true), (500, false), (404, false), (200, false)] {
+            assert_eq!(is_retryable_status(s), want, "{s}");
+        }
+        assert_eq!(parse_retry_after(" 3 "), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+}

@@ -1,0 +1,352 @@
+//! A HERE-like test upstream for `tile-proxy`.
+//!
+//! [`Upstream::start`] binds a socket on its own OS thread (with its own tokio runtime) and
+//! serves a small hand-written HTTP/1.1 imitation of HERE's Raster Tile API v3
+//! (`/v3/{resource}/mc/{z}/{x}/{y}/{format}`) and Vector Tile API v2
+//! (`/v2/vectortiles/{layer}/mc/{z}/{x}/{y}/omv`):
+//!
+//! * deterministic tile bodies (a function of content version, path and the query without
+//!   `apiKey`/`apikey`), with `ETag`, `X-Correlation-ID` and optional `Cache-Control`;
+//!   `If-None-Match` gives `304`;
+//! * HERE-shaped JSON errors: 400 (validation of resource/projection/zoom/column/row/format),
+//!   401 (missing or wrong key), 403 (forbidden key), 404 (unknown path);
+//! * metadata: `/v3/health`, `/v3/version` (no auth), `/v3/info`, `/v3/copyright`,
+//!   `/v3/languages`, `/v3/features`, `/v3/politicalViews` (auth);
+//! * request counting and recording ([`Upstream::count`], [`Upstream::requests`], ...);
+//! * faults on demand ([`Upstream::fail`], [`Fault`]): error statuses, delays, slow or
+//!   chunked bodies, truncated bodies, connection resets and hangs;
+//! * control endpoints for shell scripts: `GET /__stats`, `POST /__reset`,
+//!   `POST /__version?v=N` (neither counted nor faulted).
+//!
+//! ```no_run
+//! use test_upstream::{Fault, Options, Upstream};
+//! let up = Upstream::start(Options::default()).unwrap();
+//! up.fail("/v3/base", Fault::Status { code: 503, retry_after: Some(1) }, 1);
+//! let _url = format!("{}/v3/base/mc/1/0/0/png?apiKey=test-key", up.base_url());
+//! // ... point the proxy at up.base_url(), request tiles, then:
+//! assert!(up.total() <= 2);
+//! ```
+
+mod body;
+mod http;
+mod server;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use server::State;
+
+/// Configuration of a test upstream. Start from [`Options::default`] and override fields.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Address to bind; default `127.0.0.1:0` (an ephemeral port, see [`Upstream::addr`]).
+    pub listen: SocketAddr,
+    /// Required API key (`apiKey`/`apikey` query parameter or `Authorization: Bearer`);
+    /// `None` disables the check. Default `Some("test-key")`.
+    pub api_key: Option<String>,
+    /// Keys answered with HERE's 403 body (checked before `api_key`). Default empty.
+    pub forbidden_keys: Vec<String>,
+    /// Smallest tile body in bytes. Default 2000.
+    pub min_size: usize,
+    /// Largest tile body in bytes (equal to `min_size` = fixed size). Default 2000.
+    pub max_size: usize,
+    /// Extra latency before every response head of counted requests. Default zero.
+    pub latency: Duration,
+    /// `Cache-Control: max-age=N` on v3 raster tiles; default `None` (no header).
+    pub raster_max_age: Option<u32>,
+    /// `Cache-Control: max-age=N` on v2 vector tiles; default `Some(3600)` like HERE.
+    pub vector_max_age: Option<u32>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            api_key: Some("test-key".to_string()),
+            forbidden_keys: Vec::new(),
+            min_size: 2000,
+            max_size: 2000,
+            latency: Duration::ZERO,
+            raster_max_age: None,
+            vector_max_age: Some(3600),
+        }
+    }
+}
+
+/// One request as received (control endpoints `/__*` are not recorded).
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    /// Request method, e.g. `GET`.
+    pub method: String,
+    /// Path without the query, exactly as sent (not percent-decoded).
+    pub path: String,
+    /// Raw query string without the `?` (empty when absent).
+    pub query: String,
+    /// Headers in arrival order; names lowercased, values trimmed.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Recorded {
+    /// First value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// First value of query parameter `name` (exact case), percent-decoded (`+` = space).
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        body::parse_query(&self.query)
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+    }
+}
+
+/// A misbehaviour injected with [`Upstream::fail`] / [`Upstream::fail_always`].
+///
+/// Body-shaping faults (`SlowBody`, `Chunked`, `Truncate`) answer with the normal `200`
+/// content for the path, skipping the auth and `If-None-Match` checks (a fault rule wins).
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Answer with this status and HERE's JSON body for it (400/404/500-style with
+    /// `code`/`title`/`correlationId`; 401/403 gateway shape; 429/503 with an
+    /// `error_description` message; 204/304 without body), plus `Retry-After` when given.
+    /// `200` answers the normal body (plus `Retry-After` if given).
+    Status {
+        /// HTTP status code.
+        code: u16,
+        /// `Retry-After` header value in seconds.
+        retry_after: Option<u32>,
+    },
+    /// Wait this long before the response head (on top of [`Options::latency`]), then answer
+    /// normally.
+    Delay(Duration),
+    /// Normal `200` with `Content-Length`; the body is written `chunk` bytes at a time with a
+    /// pause of `interval` before each piece.
+    SlowBody {
+        /// Bytes per write (0 is treated as 1).
+        chunk: usize,
+        /// Pause before each write.
+        interval: Duration,
+    },
+    /// `200` with `Transfer-Encoding: chunked` (no `Content-Length`), same pacing as
+    /// `SlowBody`: one HTTP chunk of `chunk` bytes per `interval`.
+    Chunked {
+        /// Bytes per chunk (0 is treated as 1).
+        chunk: usize,
+        /// Pause before each chunk.
+        interval: Duration,
+    },
+    /// `200` with the full `Content-Length` but only `after` body bytes; then the connection
+    /// is closed (FIN).
+    Truncate {
+        /// Body bytes actually sent.
+        after: usize,
+    },
+    /// Read the request, then reset the connection (`SO_LINGER` 0, close): no response bytes.
+    Reset,
+    /// Read the request and never answer; the connection is closed at shutdown.
+    Hang,
+}
+
+/// A running test upstream. Stops (thread joined, listener closed, open connections
+/// dropped) on [`Upstream::shutdown`] or drop.
+pub struct Upstream {
+    state: Arc<State>,
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl Upstream {
+    /// Binds `opts.listen` and starts serving on a dedicated OS thread with its own tokio
+    /// runtime. Returns once the socket is bound (connections are accepted from then on).
+    /// Callable from inside or outside any async runtime.
+    pub fn start(opts: Options) -> io::Result<Upstream> {
+        let listen = opts.listen;
+        let state = Arc::new(State::new(opts));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<SocketAddr>>();
+        let thread_state = state.clone();
+        let thread = std::thread::Builder::new()
+            .name("test-upstream".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("test-upstream-worker")
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let listener = match server::bind(listen) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let addr = match listener.local_addr() {
+                        Ok(a) => a,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    if ready_tx.send(Ok(addr)).is_err() {
+                        return;
+                    }
+                    server::serve(thread_state, listener, stop_rx).await;
+                });
+                // Dropping the runtime cancels every connection task (hung ones included).
+                drop(rt);
+            })?;
+        let addr = match ready_rx.recv() {
+            Ok(Ok(addr)) => addr,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(io::Error::other("test-upstream thread exited early"));
+            }
+        };
+        Ok(Upstream {
+            state,
+            addr,
+            stop: stop_tx,
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://IP:PORT` of the bound address (IPv6 in brackets).
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Number of tile, metadata and other non-control requests received (including ones
+    /// answered with errors or faults; `/__*` excluded).
+    pub fn total(&self) -> u64 {
+        self.state.total()
+    }
+
+    /// Requests whose path (without query) equals `path` exactly.
+    pub fn count(&self, path: &str) -> u64 {
+        self.state.count(path)
+    }
+
+    /// Requests whose path contains `needle`.
+    pub fn count_matching(&self, needle: &str) -> u64 {
+        self.state.count_matching(needle)
+    }
+
+    /// Every recorded request in arrival order (the most recent 100 000 are kept).
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests()
+    }
+
+    /// The next `times` requests whose path contains `needle` get `fault`. Rules are checked
+    /// in insertion order; each request consumes at most one use of the first matching rule.
+    pub fn fail(&self, needle: &str, fault: Fault, times: usize) {
+        self.state.add_rule(needle, fault, Some(times));
+    }
+
+    /// Like [`Upstream::fail`] without a limit, until [`Upstream::clear_faults`].
+    pub fn fail_always(&self, needle: &str, fault: Fault) {
+        self.state.add_rule(needle, fault, None);
+    }
+
+    /// Removes every fault rule.
+    pub fn clear_faults(&self) {
+        self.state.clear_faults();
+    }
+
+    /// Clears counters, recorded requests and fault rules (same as `POST /__reset`).
+    pub fn reset(&self) {
+        self.state.reset();
+    }
+
+    /// Sets the content version (default 0); every tile's bytes and ETag change with it.
+    pub fn set_version(&self, v: u64) {
+        self.state.set_version(v);
+    }
+
+    /// The exact body a `200` for `path_and_query` carries at the current version
+    /// (`apiKey`/`apikey` and parameter order ignored). Metadata paths give their JSON.
+    pub fn tile_bytes(&self, path_and_query: &str) -> Bytes {
+        self.state.tile_bytes(path_and_query)
+    }
+
+    /// Stops the server: closes the listener and all connections, joins the thread.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_is_send_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Upstream>();
+        check::<Options>();
+        check::<Fault>();
+        check::<Recorded>();
+    }
+
+    #[test]
+    fn recorded_helpers() {
+        let r = Recorded {
+            method: "GET".into(),
+            path: "/x".into(),
+            query: "apiKey=a%20b&lang=en&x".into(),
+            headers: vec![("user-agent".into(), "t".into())],
+        };
+        assert_eq!(r.header("User-Agent"), Some("t"));
+        assert_eq!(r.query_param("apiKey").as_deref(), Some("a b"));
+        assert_eq!(r.query_param("apikey"), None);
+        assert_eq!(r.query_param("x").as_deref(), Some(""));
+    }
+}

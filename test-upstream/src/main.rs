@@ -1,0 +1,193 @@
+//! `test-upstream` binary: runs the HERE-like test upstream until SIGINT/SIGTERM.
+//!
+//! ```text
+//! test-upstream [--listen ADDR] [--key KEY | --no-auth] [--forbidden-key KEY]...
+//!               [--min-size N] [--max-size N] [--latency-ms N]
+//!               [--raster-max-age N] [--vector-max-age N | --no-vector-max-age]
+//! ```
+//! Prints `listening on http://ADDR` on stdout once bound.
+
+use std::io::Write;
+use std::time::Duration;
+
+use test_upstream::{Options, Upstream};
+
+const HELP: &str = "\
+test-upstream: HERE-like tile upstream for tile-proxy tests and benchmarks
+
+USAGE: test-upstream [FLAGS]
+
+  --listen ADDR            address to bind (default 127.0.0.1:0)
+  --key KEY                required apiKey (default test-key)
+  --no-auth                accept requests without any key
+  --forbidden-key KEY      answer this key with 403 (repeatable)
+  --min-size N             smallest tile body in bytes (default 2000)
+  --max-size N             largest tile body in bytes (default: max(2000, min-size))
+  --latency-ms N           delay before every response head (default 0)
+  --raster-max-age N       Cache-Control max-age on /v3 tiles (default none)
+  --vector-max-age N       Cache-Control max-age on /v2 tiles (default 3600)
+  --no-vector-max-age      no Cache-Control on /v2 tiles
+  -h, --help               show this help
+
+Control endpoints: GET /__stats, POST /__reset, POST /__version?v=N
+";
+
+/// What the command line asked for.
+#[derive(Debug)]
+enum Command {
+    Run(Options),
+    Help,
+}
+
+fn parse_num<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T, String> {
+    let v = value.ok_or_else(|| format!("{flag} needs a value"))?;
+    v.parse()
+        .map_err(|_| format!("{flag}: invalid number '{v}'"))
+}
+
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
+    let mut opts = Options::default();
+    let mut max_size: Option<usize> = None;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        // Accept both `--flag value` and `--flag=value`.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = || inline.clone().or_else(|| args.next());
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--listen" => {
+                let v = value().ok_or("--listen needs a value")?;
+                opts.listen = v
+                    .parse()
+                    .map_err(|_| format!("--listen: invalid socket address '{v}'"))?;
+            }
+            "--key" => opts.api_key = Some(value().ok_or("--key needs a value")?),
+            "--no-auth" => opts.api_key = None,
+            "--forbidden-key" => opts
+                .forbidden_keys
+                .push(value().ok_or("--forbidden-key needs a value")?),
+            "--min-size" => opts.min_size = parse_num(&flag, value())?,
+            "--max-size" => max_size = Some(parse_num(&flag, value())?),
+            "--latency-ms" => opts.latency = Duration::from_millis(parse_num(&flag, value())?),
+            "--raster-max-age" => opts.raster_max_age = Some(parse_num(&flag, value())?),
+            "--vector-max-age" => opts.vector_max_age = Some(parse_num(&flag, value())?),
+            "--no-vector-max-age" => opts.vector_max_age = None,
+            other => return Err(format!("unknown argument '{other}' (try --help)")),
+        }
+    }
+    opts.max_size = max_size.unwrap_or(opts.max_size).max(opts.min_size);
+    Ok(Command::Run(opts))
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn main() {
+    let opts = match parse_args(std::env::args().skip(1)) {
+        Ok(Command::Run(opts)) => opts,
+        Ok(Command::Help) => {
+            print!("{HELP}");
+            return;
+        }
+        Err(e) => {
+            eprintln!("test-upstream: {e}");
+            std::process::exit(2);
+        }
+    };
+    let upstream = match Upstream::start(opts) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("test-upstream: cannot start: {e}");
+            std::process::exit(1);
+        }
+    };
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "listening on {}", upstream.base_url());
+    let _ = out.flush();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("test-upstream: cannot build signal runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    rt.block_on(wait_for_signal());
+    upstream.shutdown();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Options {
+        match parse_args(args.iter().map(|s| s.to_string())) {
+            Ok(Command::Run(o)) => o,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_flags() {
+        let o = run(&[
+            "--listen",
+            "127.0.0.1:8099",
+            "--no-auth",
+            "--min-size=100",
+            "--max-size",
+            "200",
+            "--latency-ms",
+            "5",
+            "--raster-max-age",
+            "60",
+            "--forbidden-key",
+            "bad",
+            "--no-vector-max-age",
+        ]);
+        assert_eq!(o.listen.port(), 8099);
+        assert_eq!(o.api_key, None);
+        assert_eq!((o.min_size, o.max_size), (100, 200));
+        assert_eq!(o.latency, Duration::from_millis(5));
+        assert_eq!(o.raster_max_age, Some(60));
+        assert_eq!(o.vector_max_age, None);
+        assert_eq!(o.forbidden_keys, vec!["bad".to_string()]);
+    }
+
+    #[test]
+    fn defaults_and_errors() {
+        let o = run(&["--key", "k", "--min-size", "5000"]);
+        assert_eq!(o.api_key.as_deref(), Some("k"));
+        assert_eq!((o.min_size, o.max_size), (5000, 5000));
+        assert!(matches!(
+            parse_args(["--help".to_string()]),
+            Ok(Command::Help)
+        ));
+        assert!(parse_args(["--bogus".to_string()]).is_err());
+        assert!(parse_args(["--min-size".to_string()]).is_err());
+        assert!(parse_args(["--min-size".to_string(), "x".to_string()]).is_err());
+    }
+}

@@ -1,0 +1,991 @@
+//! The server: shared state, routing that imitates HERE, fault injection and the
+//! per-connection HTTP/1.1 loop.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+
+use crate::body::{self, BodyKind, Tile};
+use crate::http::{self, Framing, Request, Response};
+use crate::{Fault, Options, Recorded};
+
+/// At most this many requests are kept for [`crate::Upstream::requests`] (oldest dropped);
+/// counters are unaffected. Bounds memory in long benchmark runs.
+pub(crate) const MAX_RECORDED: usize = 100_000;
+/// Generated-body cache limits; the cache is simply cleared when either is exceeded.
+const CACHE_MAX_ENTRIES: usize = 16_384;
+const CACHE_MAX_BYTES: usize = 256 * 1024 * 1024;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Default)]
+struct Stats {
+    total: u64,
+    paths: HashMap<String, u64>,
+    recorded: VecDeque<Recorded>,
+}
+
+struct Rule {
+    needle: String,
+    fault: Fault,
+    /// `None` = until cleared.
+    remaining: Option<usize>,
+}
+
+#[derive(Default)]
+struct Cache {
+    map: HashMap<String, Arc<Tile>>,
+    bytes: usize,
+}
+
+/// State shared by the control handle and every connection task.
+pub(crate) struct State {
+    pub(crate) opts: Options,
+    version: AtomicU64,
+    seq: AtomicU64,
+    stats: Mutex<Stats>,
+    faults: Mutex<Vec<Rule>>,
+    cache: Mutex<Cache>,
+}
+
+impl State {
+    pub(crate) fn new(opts: Options) -> State {
+        State {
+            opts,
+            version: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+            stats: Mutex::new(Stats::default()),
+            faults: Mutex::new(Vec::new()),
+            cache: Mutex::new(Cache::default()),
+        }
+    }
+
+    // ---- control API -------------------------------------------------------------------
+
+    pub(crate) fn total(&self) -> u64 {
+        lock(&self.stats).total
+    }
+
+    pub(crate) fn count(&self, path: &str) -> u64 {
+        lock(&self.stats).paths.get(path).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn count_matching(&self, needle: &str) -> u64 {
+        lock(&self.stats)
+            .paths
+            .iter()
+            .filter(|(p, _)| p.contains(needle))
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    pub(crate) fn requests(&self) -> Vec<Recorded> {
+        lock(&self.stats).recorded.iter().cloned().collect()
+    }
+
+    pub(crate) fn add_rule(&self, needle: &str, fault: Fault, remaining: Option<usize>) {
+        if remaining == Some(0) {
+            return;
+        }
+        lock(&self.faults).push(Rule {
+            needle: needle.to_string(),
+            fault,
+            remaining,
+        });
+    }
+
+    pub(crate) fn clear_faults(&self) {
+        lock(&self.faults).clear();
+    }
+
+    pub(crate) fn reset(&self) {
+        *lock(&self.stats) = Stats::default();
+        self.clear_faults();
+    }
+
+    pub(crate) fn set_version(&self, v: u64) {
+        self.version.store(v, Ordering::SeqCst);
+    }
+
+    pub(crate) fn version(&self) -> u64 {
+        self.version.load(Ordering::SeqCst)
+    }
+
+    /// The body a 200 for `path_and_query` would carry.
+    pub(crate) fn tile_bytes(&self, path_and_query: &str) -> Bytes {
+        let (path, query) = path_and_query
+            .split_once('?')
+            .unwrap_or((path_and_query, ""));
+        match classify(path) {
+            Route::Tile { kind, .. } => self.tile(path, query, kind).body.clone(),
+            Route::Meta(meta) => meta_body(meta),
+            _ => self.tile(path, query, BodyKind::Omv).body.clone(),
+        }
+    }
+
+    // ---- internals ---------------------------------------------------------------------
+
+    fn correlation_id(&self) -> String {
+        body::correlation_id(self.seq.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn record(&self, req: &Request) {
+        let mut stats = lock(&self.stats);
+        stats.total += 1;
+        *stats.paths.entry(req.path.clone()).or_insert(0) += 1;
+        if stats.recorded.len() >= MAX_RECORDED {
+            stats.recorded.pop_front();
+        }
+        stats.recorded.push_back(Recorded {
+            method: req.method.clone(),
+            path: req.path.clone(),
+            query: req.query.clone(),
+            headers: req.headers.clone(),
+        });
+    }
+
+    /// Finds the first rule (insertion order) whose needle is in `path` and consumes one use.
+    fn take_fault(&self, path: &str) -> Option<Fault> {
+        let mut rules = lock(&self.faults);
+        let idx = rules
+            .iter()
+            .position(|r| path.contains(r.needle.as_str()))?;
+        let fault = rules[idx].fault.clone();
+        if let Some(n) = rules[idx].remaining.as_mut() {
+            *n -= 1;
+            if *n == 0 {
+                rules.remove(idx);
+            }
+        }
+        Some(fault)
+    }
+
+    fn tile(&self, path: &str, query: &str, kind: BodyKind) -> Arc<Tile> {
+        let version = self.version();
+        let canonical = body::canonical_query(query);
+        let key = format!("{version}\u{0}{path}\u{0}{canonical}");
+        if let Some(t) = lock(&self.cache).map.get(&key) {
+            return t.clone();
+        }
+        let tile = Arc::new(body::generate(
+            version,
+            path,
+            &canonical,
+            kind,
+            self.opts.min_size,
+            self.opts.max_size,
+        ));
+        let mut cache = lock(&self.cache);
+        if cache.map.len() >= CACHE_MAX_ENTRIES || cache.bytes >= CACHE_MAX_BYTES {
+            cache.map.clear();
+            cache.bytes = 0;
+        }
+        cache.bytes += tile.body.len();
+        cache.map.insert(key, tile.clone());
+        tile
+    }
+}
+
+// ---- routing -----------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Api {
+    Raster,
+    Vector,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Meta {
+    Health,
+    Version,
+    Info,
+    Copyright,
+    Languages,
+    Features,
+    PoliticalViews,
+}
+
+impl Meta {
+    fn needs_auth(self) -> bool {
+        !matches!(self, Meta::Health | Meta::Version)
+    }
+}
+
+#[derive(Debug)]
+enum Route {
+    Tile {
+        api: Api,
+        kind: BodyKind,
+        content_type: &'static str,
+    },
+    Invalid {
+        parameter: &'static str,
+        code: &'static str,
+        message: String,
+    },
+    Meta(Meta),
+    NotFound,
+}
+
+fn invalid(parameter: &'static str, code: &'static str, message: String) -> Route {
+    Route::Invalid {
+        parameter,
+        code,
+        message,
+    }
+}
+
+/// Validates z/x/y; `None` when fine.
+fn check_zxy(z: &str, x: &str, y: &str, max_zoom: u32) -> Option<Route> {
+    let zoom: u32 = match z.parse() {
+        Ok(v) if v <= max_zoom && !z.starts_with('+') => v,
+        _ => {
+            return Some(invalid(
+                "zoom",
+                "E622004",
+                format!(
+                    "Invalid value '{z}' for parameter 'zoom': must be an integer 0..{max_zoom}"
+                ),
+            ))
+        }
+    };
+    let limit = 1u64 << zoom;
+    for (name, code, v) in [("column", "E622005", x), ("row", "E622006", y)] {
+        match v.parse::<u64>() {
+            Ok(n) if n < limit && !v.starts_with('+') => {}
+            _ => {
+                return Some(invalid(
+                    name,
+                    code,
+                    format!(
+                        "Invalid value '{v}' for parameter '{name}': must be an integer 0..{} at zoom {zoom}",
+                        limit - 1
+                    ),
+                ))
+            }
+        }
+    }
+    None
+}
+
+fn classify(path: &str) -> Route {
+    let segs: Vec<&str> = path.split('/').collect();
+    match segs.as_slice() {
+        ["", "v3", "health"] => Route::Meta(Meta::Health),
+        ["", "v3", "version"] => Route::Meta(Meta::Version),
+        ["", "v3", "info"] => Route::Meta(Meta::Info),
+        ["", "v3", "copyright"] => Route::Meta(Meta::Copyright),
+        ["", "v3", "languages"] => Route::Meta(Meta::Languages),
+        ["", "v3", "features"] => Route::Meta(Meta::Features),
+        ["", "v3", "politicalViews"] => Route::Meta(Meta::PoliticalViews),
+        ["", "v3", resource, proj, z, x, y, format] => {
+            if !matches!(*resource, "base" | "background" | "label") {
+                return invalid(
+                    "resource",
+                    "E622003",
+                    format!("Invalid value '{resource}' for parameter 'resource'"),
+                );
+            }
+            if *proj != "mc" {
+                return invalid(
+                    "projection",
+                    "E622008",
+                    format!("Invalid value '{proj}' for parameter 'projection'"),
+                );
+            }
+            if let Some(err) = check_zxy(z, x, y, 20) {
+                return err;
+            }
+            let (kind, content_type) = match *format {
+                "png" | "png8" => (BodyKind::Png, "image/png"),
+                "jpeg" => (BodyKind::Jpeg, "image/jpeg"),
+                other => {
+                    return invalid(
+                        "format",
+                        "E622007",
+                        format!("Invalid value '{other}' for parameter 'format'"),
+                    )
+                }
+            };
+            Route::Tile {
+                api: Api::Raster,
+                kind,
+                content_type,
+            }
+        }
+        ["", "v2", "vectortiles", layer, proj, z, x, y, format] => {
+            if !matches!(*layer, "base" | "core") {
+                return invalid(
+                    "layer",
+                    "E622003",
+                    format!("Invalid value '{layer}' for parameter 'layer'"),
+                );
+            }
+            if *proj != "mc" {
+                return invalid(
+                    "projection",
+                    "E622008",
+                    format!("Invalid value '{proj}' for parameter 'projection'"),
+                );
+            }
+            if let Some(err) = check_zxy(z, x, y, 17) {
+                return err;
+            }
+            if *format != "omv" {
+                return invalid(
+                    "format",
+                    "E622007",
+                    format!("Invalid value '{format}' for parameter 'format'"),
+                );
+            }
+            Route::Tile {
+                api: Api::Vector,
+                kind: BodyKind::Omv,
+                content_type: "application/x-protobuf",
+            }
+        }
+        _ => Route::NotFound,
+    }
+}
+
+fn meta_body(meta: Meta) -> Bytes {
+    let v = match meta {
+        Meta::Health => json!({"status": "ok"}),
+        Meta::Version => json!({"apiVersion": "3.0.0", "serviceVersion": "test-upstream"}),
+        Meta::Info => json!({
+            "zoomLevels": {"min": 0, "max": 20},
+            "resources": ["base", "background", "label"],
+            "projections": ["mc"],
+            "formats": ["png", "png8", "jpeg"],
+            "styles": ["explore.day", "explore.night", "explore.satellite.day", "lite.day",
+                       "lite.night", "lite.satellite.day", "logistics.day", "logistics.night",
+                       "logistics.satellite.day", "satellite.day", "topo.day", "topo.night"],
+            "sizes": [256, 512],
+            "ppis": [100, 200, 400],
+        }),
+        Meta::Copyright => {
+            json!({"copyrights": {"explore.day": [{"label": "HERE", "alt": "© HERE"}]}})
+        }
+        Meta::Languages => json!({"languages": ["en", "de", "fr"]}),
+        Meta::Features => json!({"features": {"pois": ["all", "disabled"]}}),
+        Meta::PoliticalViews => json!({"politicalViews": ["ARG", "IND", "MAR"]}),
+    };
+    Bytes::from(v.to_string())
+}
+
+fn json_response(status: u16, value: serde_json::Value, corr: String) -> Response {
+    Response::new(status, Bytes::from(value.to_string()))
+        .with("Content-Type", "application/json")
+        .with("X-Correlation-ID", corr)
+}
+
+/// HERE's 400/404/500-style error body.
+fn here_error(
+    status: u16,
+    code: &str,
+    parameter: Option<&str>,
+    cause: &str,
+    corr: String,
+) -> Response {
+    let title = match status {
+        400 => "Input data failed validation",
+        _ => http::reason(status),
+    };
+    let action = match status {
+        400 => "Correct the request and retry",
+        404 => "Check the request path",
+        s if s >= 500 => "Retry later",
+        _ => "Check the request",
+    };
+    let mut v = json!({
+        "title": title,
+        "status": status,
+        "code": code,
+        "cause": cause,
+        "action": action,
+        "correlationId": corr,
+        "details": [{"message": cause}],
+    });
+    if let (Some(p), Some(obj)) = (parameter, v.as_object_mut()) {
+        obj.insert("parameter".into(), json!(p));
+    }
+    json_response(status, v, corr)
+}
+
+/// The response for a `Fault::Status { code, .. }` (or any error status).
+fn status_response(state: &State, code: u16, retry_after: Option<u32>) -> Response {
+    let code = code.clamp(100, 999);
+    let corr = state.correlation_id();
+    let mut resp = match code {
+        401 => json_response(
+            401,
+            json!({"error": "Unauthorized", "error_description": "apiKey invalid. apiKey not found."}),
+            corr,
+        ),
+        403 => json_response(
+            403,
+            json!({"error": "Forbidden", "error_description": "These credentials do not authorize access"}),
+            corr,
+        ),
+        429 => json_response(
+            429,
+            json!({"error": "Too Many Requests", "error_description": "Rate limit for this service has been reached"}),
+            corr,
+        ),
+        503 => json_response(
+            503,
+            json!({"error": "Service Unavailable", "error_description": "The service is temporarily unavailable, try again later"}),
+            corr,
+        ),
+        c if c < 200 || c == 204 || c == 304 => {
+            Response::new(c, Bytes::new()).with("X-Correlation-ID", corr)
+        }
+        404 => here_error(
+            404,
+            "E622000",
+            None,
+            "The requested resource was not found",
+            corr,
+        ),
+        400 => here_error(
+            400,
+            "E622002",
+            Some("path"),
+            "Input data failed validation",
+            corr,
+        ),
+        c if c >= 500 => {
+            let code_str = format!("E6220{}", 50 + (c % 5));
+            here_error(
+                c,
+                &code_str,
+                None,
+                "Internal error while processing the request",
+                corr,
+            )
+        }
+        c => here_error(c, "E622002", None, http::reason(c), corr),
+    };
+    if let Some(secs) = retry_after {
+        resp = resp.with("Retry-After", secs.to_string());
+    }
+    resp
+}
+
+fn etag_matches(req: &Request, etag: &str) -> bool {
+    req.headers
+        .iter()
+        .filter(|(k, _)| k == "if-none-match")
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
+}
+
+/// 401/403 when the request's credentials are not acceptable.
+fn check_auth(state: &State, req: &Request) -> Option<Response> {
+    let mut keys: Vec<String> = body::parse_query(&req.query)
+        .into_iter()
+        .filter(|(k, _)| body::is_key_param(k))
+        .map(|(_, v)| v)
+        .collect();
+    if let Some(auth) = req.header("authorization") {
+        if let Some(token) = auth
+            .strip_prefix("Bearer ")
+            .or_else(|| auth.strip_prefix("bearer "))
+        {
+            keys.push(token.trim().to_string());
+        }
+    }
+    if keys.iter().any(|k| state.opts.forbidden_keys.contains(k)) {
+        return Some(status_response(state, 403, None));
+    }
+    match &state.opts.api_key {
+        Some(expected) if !keys.iter().any(|k| k == expected) => {
+            Some(status_response(state, 401, None))
+        }
+        _ => None,
+    }
+}
+
+/// The answer without faults. `strict` = apply method, auth and conditional checks (faults
+/// that shape the body answer with `strict = false`: "a fault rule wins").
+fn normal(state: &State, req: &Request, strict: bool) -> Response {
+    let route = classify(&req.path);
+    if strict {
+        if req.method != "GET" && req.method != "HEAD" {
+            let corr = state.correlation_id();
+            return here_error(
+                405,
+                "E622001",
+                None,
+                "Only GET and HEAD are supported",
+                corr,
+            )
+            .with("Allow", "GET, HEAD");
+        }
+        let needs_auth = !matches!(route, Route::Meta(m) if !m.needs_auth());
+        if needs_auth {
+            if let Some(err) = check_auth(state, req) {
+                return err;
+            }
+        }
+    }
+    match route {
+        Route::Tile {
+            api,
+            kind,
+            content_type,
+        } => {
+            let tile = state.tile(&req.path, &req.query, kind);
+            let max_age = match api {
+                Api::Raster => state.opts.raster_max_age,
+                Api::Vector => state.opts.vector_max_age,
+            };
+            let status = if strict && etag_matches(req, &tile.etag) {
+                304
+            } else {
+                200
+            };
+            let body = if status == 200 {
+                tile.body.clone()
+            } else {
+                Bytes::new()
+            };
+            let mut resp = Response::new(status, body);
+            if status == 200 {
+                resp = resp.with("Content-Type", content_type);
+            }
+            resp = resp
+                .with("ETag", tile.etag.clone())
+                .with("X-Correlation-ID", state.correlation_id());
+            if let Some(age) = max_age {
+                resp = resp.with("Cache-Control", format!("max-age={age}"));
+            }
+            resp
+        }
+        Route::Meta(meta) => {
+            let resp = Response::new(200, meta_body(meta))
+                .with("Content-Type", "application/json")
+                .with("X-Correlation-ID", state.correlation_id());
+            if meta == Meta::Info {
+                resp.with("Cache-Control", "max-age=86400")
+            } else {
+                resp
+            }
+        }
+        Route::Invalid {
+            parameter,
+            code,
+            message,
+        } => here_error(400, code, Some(parameter), &message, state.correlation_id()),
+        Route::NotFound => here_error(
+            404,
+            "E622000",
+            None,
+            &format!("No route for '{}'", req.path),
+            state.correlation_id(),
+        ),
+    }
+}
+
+/// `/__stats`, `/__reset`, `/__version`: control endpoints, neither counted nor faulted.
+fn internal(state: &State, req: &Request) -> Response {
+    let corr = state.correlation_id();
+    let method_ok = |allowed: &[&str]| allowed.contains(&req.method.as_str());
+    match req.path.as_str() {
+        "/__stats" if method_ok(&["GET", "HEAD"]) => {
+            let stats = lock(&state.stats);
+            let paths: serde_json::Map<String, serde_json::Value> = stats
+                .paths
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            let v = json!({"total": stats.total, "paths": paths, "version": state.version()});
+            drop(stats);
+            json_response(200, v, corr)
+        }
+        "/__reset" if method_ok(&["POST"]) => {
+            state.reset();
+            json_response(200, json!({"ok": true}), corr)
+        }
+        "/__version" if method_ok(&["POST"]) => {
+            let v = body::parse_query(&req.query)
+                .into_iter()
+                .find(|(k, _)| k == "v")
+                .and_then(|(_, v)| v.parse::<u64>().ok());
+            match v {
+                Some(v) => {
+                    state.set_version(v);
+                    json_response(200, json!({"ok": true, "version": v}), corr)
+                }
+                None => json_response(400, json!({"error": "expected ?v=<u64>"}), corr),
+            }
+        }
+        "/__stats" | "/__reset" | "/__version" => {
+            json_response(405, json!({"error": "method not allowed"}), corr)
+        }
+        _ => json_response(404, json!({"error": "unknown control endpoint"}), corr),
+    }
+}
+
+// ---- actions -----------------------------------------------------------------------------
+
+/// How the body of a response is delivered.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    Normal,
+    Slow { chunk: usize, interval: Duration },
+    Chunked { chunk: usize, interval: Duration },
+    Truncate { after: usize },
+}
+
+enum Action {
+    Respond {
+        resp: Response,
+        delay: Duration,
+        shape: Shape,
+    },
+    Reset,
+    Hang,
+}
+
+fn handle(state: &State, req: &Request) -> Action {
+    if req.path.starts_with("/__") {
+        return Action::Respond {
+            resp: internal(state, req),
+            delay: Duration::ZERO,
+            shape: Shape::Normal,
+        };
+    }
+    state.record(req);
+    let mut delay = state.opts.latency;
+    let (resp, shape) = match state.take_fault(&req.path) {
+        None => (normal(state, req, true), Shape::Normal),
+        Some(Fault::Reset) => return Action::Reset,
+        Some(Fault::Hang) => return Action::Hang,
+        Some(Fault::Status {
+            code: 200,
+            retry_after,
+        }) => {
+            let mut resp = normal(state, req, false);
+            if let Some(secs) = retry_after {
+                resp = resp.with("Retry-After", secs.to_string());
+            }
+            (resp, Shape::Normal)
+        }
+        Some(Fault::Status { code, retry_after }) => {
+            (status_response(state, code, retry_after), Shape::Normal)
+        }
+        Some(Fault::Delay(d)) => {
+            delay += d;
+            (normal(state, req, true), Shape::Normal)
+        }
+        Some(Fault::SlowBody { chunk, interval }) => {
+            (normal(state, req, false), Shape::Slow { chunk, interval })
+        }
+        Some(Fault::Chunked { chunk, interval }) => (
+            normal(state, req, false),
+            Shape::Chunked { chunk, interval },
+        ),
+        Some(Fault::Truncate { after }) => (normal(state, req, false), Shape::Truncate { after }),
+    };
+    Action::Respond { resp, delay, shape }
+}
+
+// ---- connections -------------------------------------------------------------------------
+
+/// Binds the listener (SO_REUSEADDR, backlog 1024).
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Accepts connections until `stop` flips (or its sender is dropped).
+pub(crate) async fn serve(
+    state: Arc<State>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        tokio::select! {
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    break;
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(connection(state.clone(), stream));
+                }
+                // e.g. EMFILE: back off briefly instead of spinning.
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            },
+        }
+    }
+}
+
+/// Sends FIN, then briefly drains unread input so the kernel does not turn the close into
+/// a reset (which could discard the response before the client reads it).
+async fn close_gracefully(mut stream: TcpStream) {
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut left: usize = 1024 * 1024;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+}
+
+/// Serves one connection: pipelined / keep-alive requests, answered in order.
+async fn connection(state: Arc<State>, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        // Read one request head.
+        let (req, used) = loop {
+            match http::parse_head(&buf) {
+                Ok(Some(parsed)) => break parsed,
+                Ok(None) => {}
+                Err(e) => {
+                    let resp = status_response(&state, e.status(), None);
+                    let mut out = resp.head(resp.framing(), true);
+                    out.extend_from_slice(&resp.body);
+                    let _ = stream.write_all(&out).await;
+                    close_gracefully(stream).await;
+                    return;
+                }
+            }
+            buf.reserve(8192);
+            match stream.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        };
+        buf.advance(used);
+        // Discard any request body.
+        while buf.len() < req.body_len {
+            buf.reserve(8192);
+            match stream.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+        buf.advance(req.body_len);
+
+        let head_only = req.method == "HEAD";
+        let mut close = req.wants_close();
+        match handle(&state, &req) {
+            Action::Reset => {
+                let _ = stream.set_zero_linger();
+                drop(stream);
+                return;
+            }
+            Action::Hang => {
+                // Held until the runtime is dropped at shutdown (which closes the socket).
+                std::future::pending::<()>().await;
+                return;
+            }
+            Action::Respond { resp, delay, shape } => {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                if matches!(shape, Shape::Truncate { .. }) {
+                    close = true;
+                }
+                if write_response(&mut stream, &resp, shape, head_only, close)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+        if close {
+            close_gracefully(stream).await;
+            return;
+        }
+    }
+}
+
+async fn write_response(
+    stream: &mut TcpStream,
+    resp: &Response,
+    shape: Shape,
+    head_only: bool,
+    close: bool,
+) -> io::Result<()> {
+    let send_body = !head_only && !resp.bodiless();
+    match shape {
+        Shape::Normal => {
+            let mut out = resp.head(resp.framing(), close);
+            if send_body {
+                out.extend_from_slice(&resp.body);
+            }
+            stream.write_all(&out).await
+        }
+        Shape::Slow { chunk, interval } => {
+            stream.write_all(&resp.head(resp.framing(), close)).await?;
+            stream.flush().await?;
+            if send_body {
+                for piece in resp.body.chunks(chunk.max(1)) {
+                    tokio::time::sleep(interval).await;
+                    stream.write_all(piece).await?;
+                    stream.flush().await?;
+                }
+            }
+            Ok(())
+        }
+        Shape::Chunked { chunk, interval } => {
+            let framing = if resp.bodiless() {
+                Framing::None
+            } else {
+                Framing::Chunked
+            };
+            stream.write_all(&resp.head(framing, close)).await?;
+            stream.flush().await?;
+            if send_body {
+                for piece in resp.body.chunks(chunk.max(1)) {
+                    tokio::time::sleep(interval).await;
+                    let mut out = format!("{:x}\r\n", piece.len()).into_bytes();
+                    out.extend_from_slice(piece);
+                    out.extend_from_slice(b"\r\n");
+                    stream.write_all(&out).await?;
+                    stream.flush().await?;
+                }
+                stream.write_all(b"0\r\n\r\n").await?;
+            }
+            Ok(())
+        }
+        Shape::Truncate { after } => {
+            let mut out = resp.head(resp.framing(), close);
+            if send_body {
+                out.extend_from_slice(&resp.body[..after.min(resp.body.len())]);
+            }
+            stream.write_all(&out).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_routes() {
+        assert!(matches!(
+            classify("/v3/base/mc/0/0/0/png"),
+            Route::Tile {
+                api: Api::Raster,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify("/v3/base/mc/20/1048575/0/jpeg"),
+            Route::Tile {
+                kind: BodyKind::Jpeg,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify("/v3/base/mc/21/0/0/png"),
+            Route::Invalid {
+                parameter: "zoom",
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify("/v3/base/mc/2/4/0/png"),
+            Route::Invalid {
+                parameter: "column",
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify("/v3/base/mc/2/0/-1/png"),
+            Route::Invalid {
+                parameter: "row",
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify("/v3/base/mc/2/+1/0/png"),
+            Route::Invalid {
+                parameter: "column",
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify("/v3/sat/mc/2/0/0/png"),
+            Route::Invalid {
+                parameter: "resource",
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify("/v3/base/mc/2/0/0/gif"),
+            Route::Invalid {
+                parameter: "format",
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify("/v2/vectortiles/core/mc/17/0/0/omv"),
+            Route::Tile {
+                api: Api::Vector,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify("/v2/vectortiles/core/mc/18/0/0/omv"),
+            Route::Invalid {
+                parameter: "zoom",
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify("/v3/base/mc/2/0/0/png/"),
+            Route::NotFound
+        ));
+        assert!(matches!(classify("/"), Route::NotFound));
+        assert!(matches!(classify("/v3/info"), Route::Meta(Meta::Info)));
+    }
+
+    #[test]
+    fn rules_consume_in_order() {
+        let st = State::new(Options::default());
+        st.add_rule("/a", Fault::Reset, Some(1));
+        st.add_rule("/a", Fault::Hang, Some(2));
+        st.add_rule("/b", Fault::Hang, Some(0));
+        assert!(matches!(st.take_fault("/x/a"), Some(Fault::Reset)));
+        assert!(matches!(st.take_fault("/x/a"), Some(Fault::Hang)));
+        assert!(matches!(st.take_fault("/x/a"), Some(Fault::Hang)));
+        assert!(st.take_fault("/x/a").is_none());
+        assert!(st.take_fault("/b").is_none());
+    }
+}

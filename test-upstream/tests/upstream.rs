@@ -1,0 +1,782 @@
+//! Black-box tests of the test upstream over real sockets with plain `std::net` clients.
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use test_upstream::{Fault, Options, Upstream};
+
+const TILE: &str = "/v3/base/mc/5/15/13/png";
+const VTILE: &str = "/v2/vectortiles/core/mc/12/2200/1343/omv";
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+}
+
+fn connect(up: &Upstream) -> TcpStream {
+    let s = TcpStream::connect(up.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Reads the status line and headers.
+fn read_head(r: &mut BufReader<TcpStream>) -> std::io::Result<(u16, Vec<(String, String)>)> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "no response"));
+    }
+    let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line)?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':').unwrap();
+        headers.push((k.to_string(), v.trim().to_string()));
+    }
+    Ok((status, headers))
+}
+
+/// Reads one full response (Content-Length or chunked framing, or until EOF).
+fn read_response(r: &mut BufReader<TcpStream>, head_request: bool) -> std::io::Result<Resp> {
+    let (status, headers) = read_head(r)?;
+    let mut resp = Resp {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    if head_request || status == 204 || status == 304 {
+        return Ok(resp);
+    }
+    if let Some(len) = resp.header("content-length") {
+        let mut body = vec![0; len.parse().unwrap()];
+        r.read_exact(&mut body)?;
+        resp.body = body;
+    } else if resp.header("transfer-encoding") == Some("chunked") {
+        resp.body = read_chunked(r)?;
+    } else {
+        r.read_to_end(&mut resp.body)?;
+    }
+    Ok(resp)
+}
+
+fn read_chunked(r: &mut BufReader<TcpStream>) -> std::io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        let n = usize::from_str_radix(line.trim_end(), 16).unwrap();
+        if n == 0 {
+            line.clear();
+            r.read_line(&mut line)?;
+            assert_eq!(line, "\r\n");
+            return Ok(body);
+        }
+        let mut chunk = vec![0; n + 2];
+        r.read_exact(&mut chunk)?;
+        assert_eq!(&chunk[n..], b"\r\n");
+        body.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn request_with(up: &Upstream, method: &str, target: &str, extra: &str) -> Resp {
+    let mut s = connect(up);
+    write!(
+        s,
+        "{method} {target} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    read_response(&mut r, method == "HEAD").unwrap()
+}
+
+fn get(up: &Upstream, target: &str) -> Resp {
+    request_with(up, "GET", target, "")
+}
+
+fn keyed(path: &str) -> String {
+    format!("{path}?apiKey=test-key")
+}
+
+fn start() -> Upstream {
+    Upstream::start(Options::default()).unwrap()
+}
+
+#[test]
+fn ok_raster_tile_bytes_and_headers() {
+    let up = start();
+    assert!(up.base_url().starts_with("http://127.0.0.1:"));
+    let target = format!("{TILE}?apiKey=test-key&size=512&style=explore.day");
+    let r = get(&up, &target);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("image/png"));
+    assert_eq!(r.header("content-length"), Some("2000"));
+    assert_eq!(r.body.len(), 2000);
+    assert_eq!(&r.body[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(r.body, up.tile_bytes(&target).to_vec());
+    // apiKey and parameter order do not matter for the bytes.
+    assert_eq!(
+        r.body,
+        up.tile_bytes(&format!("{TILE}?style=explore.day&size=512"))
+            .to_vec()
+    );
+    assert_ne!(r.body, up.tile_bytes(TILE).to_vec());
+    let etag = r.header("etag").unwrap();
+    assert_eq!(etag.len(), 18);
+    assert!(etag.starts_with('"') && etag.ends_with('"'));
+    assert!(etag[1..17].bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(r.header("x-correlation-id").map(str::len), Some(36));
+    assert_eq!(r.header("cache-control"), None);
+    assert_eq!(r.header("connection"), Some("close"));
+
+    let j = get(&up, &keyed("/v3/label/mc/2/3/3/jpeg"));
+    assert_eq!(j.status, 200);
+    assert_eq!(j.header("content-type"), Some("image/jpeg"));
+    assert_eq!(&j.body[..3], &[0xff, 0xd8, 0xff]);
+
+    let p8 = get(&up, &keyed("/v3/background/mc/0/0/0/png8"));
+    assert_eq!(p8.header("content-type"), Some("image/png"));
+}
+
+#[test]
+fn ok_vector_tile_and_cache_control() {
+    let up = Upstream::start(Options {
+        raster_max_age: Some(60),
+        ..Options::default()
+    })
+    .unwrap();
+    let r = get(&up, &format!("{VTILE}?apikey=test-key&content=default"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/x-protobuf"));
+    assert_eq!(r.header("cache-control"), Some("max-age=3600"));
+    assert_eq!(
+        r.body,
+        up.tile_bytes(&format!("{VTILE}?content=default")).to_vec()
+    );
+    let r = get(&up, &keyed(TILE));
+    assert_eq!(r.header("cache-control"), Some("max-age=60"));
+}
+
+#[test]
+fn deterministic_across_servers_and_sizes_in_range() {
+    let opts = || Options {
+        min_size: 100,
+        max_size: 5000,
+        ..Options::default()
+    };
+    let a = Upstream::start(opts()).unwrap();
+    let b = Upstream::start(opts()).unwrap();
+    let mut sizes = std::collections::HashSet::new();
+    for x in 0..8 {
+        let t = format!("/v3/base/mc/3/{x}/1/png?apiKey=test-key&lang=en");
+        let ra = get(&a, &t);
+        let rb = get(&b, &t);
+        assert_eq!(ra.status, 200);
+        assert_eq!(ra.body, rb.body);
+        assert_eq!(ra.header("etag"), rb.header("etag"));
+        assert!((100..=5000).contains(&ra.body.len()));
+        sizes.insert(ra.body.len());
+    }
+    assert!(sizes.len() > 1, "sizes should vary: {sizes:?}");
+}
+
+#[test]
+fn auth_401_403_and_no_auth() {
+    let up = Upstream::start(Options {
+        forbidden_keys: vec!["banned".into()],
+        ..Options::default()
+    })
+    .unwrap();
+    for target in [
+        TILE.to_string(),
+        format!("{TILE}?apiKey=wrong"),
+        "/v3/info".to_string(),
+    ] {
+        let r = get(&up, &target);
+        assert_eq!(r.status, 401, "{target}");
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert!(r.header("x-correlation-id").is_some());
+        assert_eq!(
+            r.json(),
+            serde_json::json!({"error":"Unauthorized","error_description":"apiKey invalid. apiKey not found."})
+        );
+    }
+    let r = get(&up, &format!("{TILE}?apiKey=banned"));
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"error":"Forbidden","error_description":"These credentials do not authorize access"})
+    );
+    // Bearer token is accepted too.
+    let r = request_with(&up, "GET", TILE, "Authorization: Bearer test-key\r\n");
+    assert_eq!(r.status, 200);
+
+    let open = Upstream::start(Options {
+        api_key: None,
+        ..Options::default()
+    })
+    .unwrap();
+    assert_eq!(get(&open, TILE).status, 200);
+}
+
+#[test]
+fn validation_400_and_404_shapes() {
+    let up = start();
+    let cases = [
+        ("/v3/base/mc/21/0/0/png", "zoom"),
+        ("/v3/base/mc/x/0/0/png", "zoom"),
+        ("/v3/base/mc/2/4/0/png", "column"),
+        ("/v3/base/mc/2/0/4/png", "row"),
+        ("/v3/base/mc/2/0/1.5/png", "row"),
+        ("/v3/base/mc/2/0/0/gif", "format"),
+        ("/v3/satellite/mc/2/0/0/png", "resource"),
+        ("/v3/base/utm/2/0/0/png", "projection"),
+        ("/v2/vectortiles/core/mc/18/0/0/omv", "zoom"),
+        ("/v2/vectortiles/roads/mc/1/0/0/omv", "layer"),
+        ("/v2/vectortiles/base/mc/1/0/0/mvt", "format"),
+    ];
+    for (path, param) in cases {
+        let r = get(&up, &keyed(path));
+        assert_eq!(r.status, 400, "{path}");
+        let j = r.json();
+        assert_eq!(j["status"], 400);
+        assert_eq!(j["title"], "Input data failed validation");
+        assert_eq!(j["parameter"], param, "{path}");
+        assert!(j["code"].as_str().unwrap().starts_with("E6220"));
+        assert_eq!(
+            j["correlationId"].as_str(),
+            r.header("x-correlation-id"),
+            "{path}"
+        );
+        assert!(j["cause"].is_string() && j["action"].is_string());
+        assert!(j["details"][0]["message"].is_string());
+    }
+    for path in ["/v3/base/mc/1/0/0", "/nope", "/v3/base/mc/1/0/0/png/extra"] {
+        let r = get(&up, &keyed(path));
+        assert_eq!(r.status, 404, "{path}");
+        let j = r.json();
+        assert_eq!(j["code"], "E622000");
+        assert_eq!(j["status"], 404);
+        assert!(j.get("parameter").is_none());
+    }
+    // Everything above was counted.
+    assert_eq!(up.total(), cases.len() as u64 + 3);
+}
+
+#[test]
+fn metadata_endpoints() {
+    let up = start();
+    let h = get(&up, "/v3/health");
+    assert_eq!(h.status, 200);
+    assert_eq!(h.header("content-type"), Some("application/json"));
+    assert_eq!(get(&up, "/v3/version").status, 200);
+    assert_eq!(get(&up, "/v3/info").status, 401);
+    let i = get(&up, &keyed("/v3/info"));
+    assert_eq!(i.status, 200);
+    assert_eq!(
+        i.json()["zoomLevels"],
+        serde_json::json!({"min":0,"max":20})
+    );
+    assert_eq!(i.header("cache-control"), Some("max-age=86400"));
+    assert_eq!(up.count("/v3/info"), 2);
+    assert_eq!(up.total(), 4);
+}
+
+#[test]
+fn conditional_304() {
+    let up = start();
+    let target = keyed(TILE);
+    let etag = get(&up, &target).header("etag").unwrap().to_string();
+    for inm in [
+        etag.clone(),
+        format!("W/{etag}"),
+        format!("\"0000000000000000\", {etag}"),
+        "*".to_string(),
+    ] {
+        let r = request_with(&up, "GET", &target, &format!("If-None-Match: {inm}\r\n"));
+        assert_eq!(r.status, 304, "{inm}");
+        assert_eq!(r.header("etag"), Some(etag.as_str()));
+        assert!(r.header("x-correlation-id").is_some());
+        assert!(r.body.is_empty());
+    }
+    let r = request_with(
+        &up,
+        "GET",
+        &target,
+        "If-None-Match: \"0000000000000000\"\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(up.count(TILE), 6);
+}
+
+#[test]
+fn set_version_changes_bytes_and_etag() {
+    let up = start();
+    let target = keyed(TILE);
+    let before = get(&up, &target);
+    up.set_version(7);
+    let after = get(&up, &target);
+    assert_ne!(before.header("etag"), after.header("etag"));
+    assert_ne!(before.body, after.body);
+    assert_eq!(after.body, up.tile_bytes(&target).to_vec());
+    let r = request_with(
+        &up,
+        "GET",
+        &target,
+        &format!("If-None-Match: {}\r\n", before.header("etag").unwrap()),
+    );
+    assert_eq!(r.status, 200);
+    up.set_version(0);
+    assert_eq!(get(&up, &target).body, before.body);
+}
+
+#[test]
+fn counters_recording_and_control_endpoints() {
+    let up = start();
+    get(
+        &up,
+        &format!("{TILE}?apiKey=test-key&lang=en%2DUS&features=pois%3Aall"),
+    );
+    get(&up, &keyed(TILE));
+    get(&up, &keyed("/v3/base/mc/5/15/14/png"));
+    request_with(&up, "HEAD", &keyed(VTILE), "User-Agent: probe\r\n");
+    assert_eq!(up.total(), 4);
+    assert_eq!(up.count(TILE), 2);
+    assert_eq!(up.count("/v3/base/mc/5/15"), 0);
+    assert_eq!(up.count_matching("/v3/base/mc/5/15/"), 3);
+    assert_eq!(up.count_matching("vectortiles"), 1);
+    let reqs = up.requests();
+    assert_eq!(reqs.len(), 4);
+    assert_eq!(reqs[0].path, TILE);
+    assert_eq!(reqs[0].query_param("lang").as_deref(), Some("en-US"));
+    assert_eq!(reqs[0].query_param("features").as_deref(), Some("pois:all"));
+    assert_eq!(reqs[0].query_param("apiKey").as_deref(), Some("test-key"));
+    assert_eq!(reqs[0].header("host"), Some("x"));
+    assert_eq!(reqs[3].method, "HEAD");
+    assert_eq!(reqs[3].header("User-Agent"), Some("probe"));
+
+    let stats = get(&up, "/__stats");
+    assert_eq!(stats.status, 200);
+    let j = stats.json();
+    assert_eq!(j["total"], 4);
+    assert_eq!(j["paths"][TILE], 2);
+    assert_eq!(j["paths"][VTILE], 1);
+    assert_eq!(up.total(), 4, "/__stats is not counted");
+
+    up.fail_always(
+        "/v3",
+        Fault::Status {
+            code: 500,
+            retry_after: None,
+        },
+    );
+    let reset = request_with(&up, "POST", "/__reset", "Content-Length: 0\r\n");
+    assert_eq!(reset.status, 200);
+    assert_eq!(up.total(), 0);
+    assert!(up.requests().is_empty());
+    assert_eq!(get(&up, &keyed(TILE)).status, 200, "faults cleared too");
+    assert_eq!(get(&up, "/__stats").json()["total"], 1);
+    assert_eq!(get(&up, "/__reset").status, 405);
+
+    let v = request_with(&up, "POST", "/__version?v=3", "");
+    assert_eq!(v.status, 200);
+    let other = start();
+    other.set_version(3);
+    assert_eq!(get(&up, &keyed(TILE)).body, other.tile_bytes(TILE).to_vec());
+}
+
+#[test]
+fn head_gets_headers_only() {
+    let up = start();
+    let mut s = connect(&up);
+    write!(s, "HEAD {} HTTP/1.1\r\nHost: x\r\n\r\n", keyed(TILE)).unwrap();
+    write!(s, "GET {} HTTP/1.1\r\nHost: x\r\n\r\n", keyed(TILE)).unwrap();
+    let mut r = BufReader::new(s);
+    let head = read_response(&mut r, true).unwrap();
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("2000"));
+    // The next bytes on the connection are the GET's response, proving no body was sent.
+    let getr = read_response(&mut r, false).unwrap();
+    assert_eq!(getr.status, 200);
+    assert_eq!(getr.body.len(), 2000);
+    assert_eq!(head.header("etag"), getr.header("etag"));
+}
+
+#[test]
+fn keep_alive_sequential_and_pipelined() {
+    let up = start();
+    let mut s = connect(&up);
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    write!(s, "GET {} HTTP/1.1\r\nHost: x\r\n\r\n", keyed(TILE)).unwrap();
+    let a = read_response(&mut r, false).unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("connection"), None);
+    write!(s, "GET {} HTTP/1.1\r\nHost: x\r\n\r\n", keyed(VTILE)).unwrap();
+    let b = read_response(&mut r, false).unwrap();
+    assert_eq!(b.status, 200);
+    assert_eq!(b.header("content-type"), Some("application/x-protobuf"));
+    // Pipelined: three requests in one write, answered in order; the last closes.
+    let pipelined = format!(
+        "GET {} HTTP/1.1\r\n\r\nGET /v3/health HTTP/1.1\r\n\r\nGET {} HTTP/1.1\r\nConnection: close\r\n\r\n",
+        keyed("/v3/base/mc/1/0/0/png"),
+        keyed("/v3/base/mc/1/1/0/png")
+    );
+    s.write_all(pipelined.as_bytes()).unwrap();
+    let c = read_response(&mut r, false).unwrap();
+    let d = read_response(&mut r, false).unwrap();
+    let e = read_response(&mut r, false).unwrap();
+    assert_eq!(c.body, up.tile_bytes("/v3/base/mc/1/0/0/png").to_vec());
+    assert_eq!(d.json()["status"], "ok");
+    assert_eq!(e.body, up.tile_bytes("/v3/base/mc/1/1/0/png").to_vec());
+    assert_eq!(e.header("connection"), Some("close"));
+    let mut rest = Vec::new();
+    assert_eq!(
+        r.read_to_end(&mut rest).unwrap(),
+        0,
+        "closed after Connection: close"
+    );
+    assert_eq!(up.total(), 5);
+}
+
+#[test]
+fn bad_requests_get_400_or_431_and_close() {
+    let up = start();
+    for raw in [
+        "NONSENSE\r\n\r\n".to_string(),
+        "GET /x HTTP/9.9\r\n\r\n".to_string(),
+        "GET /x HTTP/1.1\r\nbad header\r\n\r\n".to_string(),
+        format!("GET /x HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000)),
+    ] {
+        let mut s = connect(&up);
+        let _ = s.write_all(raw.as_bytes());
+        let mut r = BufReader::new(s);
+        let resp = read_response(&mut r, false).unwrap();
+        let expected = if raw.len() > 16_000 { 431 } else { 400 };
+        assert_eq!(resp.status, expected, "{raw:.40}");
+        assert_eq!(resp.header("connection"), Some("close"));
+        let mut rest = Vec::new();
+        assert!(matches!(r.read_to_end(&mut rest), Ok(0) | Err(_)));
+    }
+    // Binary junk does not kill the server.
+    let mut s = connect(&up);
+    let _ = s.write_all(&[0xff, 0x00, 0xfe, b'\r', b'\n', b'\r', b'\n']);
+    drop(s);
+    assert_eq!(get(&up, "/v3/health").status, 200);
+    assert_eq!(up.total(), 1);
+}
+
+#[test]
+fn fault_status_shapes_retry_after_and_times() {
+    let up = start();
+    up.fail(
+        "/v3/base",
+        Fault::Status {
+            code: 503,
+            retry_after: Some(7),
+        },
+        2,
+    );
+    for _ in 0..2 {
+        let r = get(&up, &keyed(TILE));
+        assert_eq!(r.status, 503);
+        assert_eq!(r.header("retry-after"), Some("7"));
+        assert!(r.json()["error_description"].is_string());
+    }
+    assert_eq!(get(&up, &keyed(TILE)).status, 200, "rule used up");
+
+    // A fault wins over auth; rules apply in insertion order.
+    up.fail(
+        "/v3",
+        Fault::Status {
+            code: 500,
+            retry_after: None,
+        },
+        1,
+    );
+    up.fail(
+        "/v3",
+        Fault::Status {
+            code: 429,
+            retry_after: None,
+        },
+        1,
+    );
+    let r = get(&up, TILE);
+    assert_eq!(r.status, 500);
+    let j = r.json();
+    assert_eq!(j["code"], "E622050");
+    assert_eq!(j["status"], 500);
+    assert!(j["correlationId"].is_string());
+    let r = get(&up, TILE);
+    assert_eq!(r.status, 429);
+    assert!(r.header("retry-after").is_none());
+    assert_eq!(r.json()["error"], "Too Many Requests");
+    assert_eq!(get(&up, TILE).status, 401);
+
+    up.fail(
+        VTILE,
+        Fault::Status {
+            code: 204,
+            retry_after: None,
+        },
+        1,
+    );
+    let r = get(&up, &keyed(VTILE));
+    assert_eq!(r.status, 204);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("content-length"), None);
+
+    for code in [400, 401, 403, 404] {
+        up.fail(
+            "/v3",
+            Fault::Status {
+                code,
+                retry_after: None,
+            },
+            1,
+        );
+        let r = get(&up, &keyed(TILE));
+        assert_eq!(r.status, code);
+        let j = r.json();
+        if code == 401 || code == 403 {
+            assert!(j["error_description"].is_string());
+        } else {
+            assert_eq!(j["status"], code);
+        }
+    }
+    // Counting includes faulted requests.
+    assert_eq!(up.count(TILE), 10);
+}
+
+#[test]
+fn fault_fail_always_until_clear() {
+    let up = start();
+    up.fail_always(
+        "/15/",
+        Fault::Status {
+            code: 502,
+            retry_after: None,
+        },
+    );
+    for _ in 0..3 {
+        assert_eq!(get(&up, &keyed(TILE)).status, 502);
+    }
+    assert_eq!(get(&up, &keyed("/v3/base/mc/5/14/13/png")).status, 200);
+    up.clear_faults();
+    assert_eq!(get(&up, &keyed(TILE)).status, 200);
+}
+
+#[test]
+fn fault_delay_and_latency() {
+    let up = Upstream::start(Options {
+        latency: Duration::from_millis(50),
+        ..Options::default()
+    })
+    .unwrap();
+    let t = Instant::now();
+    assert_eq!(get(&up, &keyed(TILE)).status, 200);
+    assert!(t.elapsed() >= Duration::from_millis(50));
+    up.fail(TILE, Fault::Delay(Duration::from_millis(300)), 1);
+    let t = Instant::now();
+    let r = get(&up, &keyed(TILE));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, up.tile_bytes(TILE).to_vec());
+    assert!(t.elapsed() >= Duration::from_millis(350));
+}
+
+#[test]
+fn fault_slow_body() {
+    let up = start();
+    up.fail(
+        TILE,
+        Fault::SlowBody {
+            chunk: 500,
+            interval: Duration::from_millis(60),
+        },
+        1,
+    );
+    let t = Instant::now();
+    // No key: the fault wins over auth, the normal 200 body is sent.
+    let r = get(&up, TILE);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("2000"));
+    assert_eq!(r.header("transfer-encoding"), None);
+    assert_eq!(r.body, up.tile_bytes(TILE).to_vec());
+    assert!(
+        t.elapsed() >= Duration::from_millis(4 * 60),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn fault_slow_body_bytes_arrive_gradually() {
+    let up = start();
+    up.fail(
+        TILE,
+        Fault::SlowBody {
+            chunk: 1000,
+            interval: Duration::from_millis(400),
+        },
+        1,
+    );
+    let mut s = connect(&up);
+    write!(s, "GET {} HTTP/1.1\r\n\r\n", keyed(TILE)).unwrap();
+    let mut r = BufReader::new(s);
+    let (status, _) = read_head(&mut r).unwrap();
+    assert_eq!(status, 200);
+    // The head arrives at once; the body does not (nothing buffered yet).
+    assert!(r.buffer().is_empty());
+    r.get_ref()
+        .set_read_timeout(Some(Duration::from_millis(150)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let err = r.read(&mut byte).unwrap_err();
+    assert!(matches!(
+        err.kind(),
+        ErrorKind::WouldBlock | ErrorKind::TimedOut
+    ));
+}
+
+#[test]
+fn fault_chunked() {
+    let up = start();
+    up.fail(
+        VTILE,
+        Fault::Chunked {
+            chunk: 700,
+            interval: Duration::from_millis(20),
+        },
+        1,
+    );
+    let mut s = connect(&up);
+    write!(s, "GET {} HTTP/1.1\r\n\r\n", keyed(VTILE)).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let resp = read_response(&mut r, false).unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(resp.header("content-length"), None);
+    assert_eq!(resp.body, up.tile_bytes(VTILE).to_vec());
+    // Keep-alive still works after a chunked response.
+    write!(s, "GET {} HTTP/1.1\r\n\r\n", keyed(VTILE)).unwrap();
+    let again = read_response(&mut r, false).unwrap();
+    assert_eq!(again.header("content-length"), Some("2000"));
+}
+
+#[test]
+fn fault_truncate() {
+    let up = start();
+    up.fail(TILE, Fault::Truncate { after: 123 }, 1);
+    let mut s = connect(&up);
+    write!(s, "GET {} HTTP/1.1\r\n\r\n", keyed(TILE)).unwrap();
+    let mut r = BufReader::new(s);
+    let (status, headers) = read_head(&mut r).unwrap();
+    assert_eq!(status, 200);
+    assert!(headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("content-length") && v == "2000"));
+    let mut body = Vec::new();
+    r.read_to_end(&mut body).unwrap();
+    assert_eq!(body.len(), 123);
+    assert_eq!(body, up.tile_bytes(TILE)[..123].to_vec());
+}
+
+#[test]
+fn fault_reset() {
+    let up = start();
+    up.fail(TILE, Fault::Reset, 1);
+    let mut s = connect(&up);
+    write!(s, "GET {} HTTP/1.1\r\n\r\n", keyed(TILE)).unwrap();
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!("got {n} bytes"),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset),
+    }
+    assert_eq!(up.count(TILE), 1);
+    assert_eq!(get(&up, &keyed(TILE)).status, 200);
+}
+
+#[test]
+fn fault_hang_until_shutdown() {
+    let up = start();
+    up.fail(TILE, Fault::Hang, 1);
+    let mut s = connect(&up);
+    write!(s, "GET {} HTTP/1.1\r\n\r\n", keyed(TILE)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let err = s.read(&mut buf).unwrap_err();
+    assert!(matches!(
+        err.kind(),
+        ErrorKind::WouldBlock | ErrorKind::TimedOut
+    ));
+    // Other connections are unaffected.
+    assert_eq!(get(&up, &keyed(TILE)).status, 200);
+    let addr = up.addr();
+    up.shutdown();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
+    assert!(TcpStream::connect(addr).is_err(), "listener closed");
+}
+
+#[test]
+fn start_and_drop_inside_tokio_runtimes() {
+    for multi in [false, true] {
+        let rt = if multi {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        }
+        .unwrap();
+        rt.block_on(async {
+            let up = start();
+            let addr = up.addr();
+            let total = tokio::task::spawn_blocking(move || {
+                let s = TcpStream::connect(addr).unwrap();
+                let mut s2 = s.try_clone().unwrap();
+                write!(s2, "GET /v3/health HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+                let mut r = BufReader::new(s);
+                read_response(&mut r, false).unwrap().status
+            })
+            .await
+            .unwrap();
+            assert_eq!(total, 200);
+            assert_eq!(up.total(), 1);
+            drop(up);
+        });
+    }
+}
+
+#[test]
+fn bind_error_is_reported() {
+    let up = start();
+    let err = Upstream::start(Options {
+        listen: up.addr(),
+        ..Options::default()
+    });
+    assert!(err.is_err());
+}
