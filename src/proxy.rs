@@ -325,7 +325,12 @@ async fn run_fetch(writer: FlightWriter, ctx: FetchCtx) {
     let content_type = hdr(header::CONTENT_TYPE).unwrap_or_else(|| HeaderValue::from_static(ctx.tile.content_type()));
     let upstream_etag = hdr(header::ETAG);
     let max_entry = state.settings.max_entry_size;
-    let storable = ttl.is_some() && content_length.is_none_or(|l| l <= max_entry as u64);
+    // Only a body whose length the upstream announced can be checked for completeness (awc
+    // reports a connection cut mid-body as a clean end), so only those are stored.
+    let storable = ttl.is_some() && (status == 204 || content_length.is_some_and(|l| l <= max_entry as u64));
+    if ttl.is_some() && status != 204 && content_length.is_none() {
+        m.not_stored.with_label_values(&[&ctx.index, "no_length"]).inc();
+    }
     writer.head(FlightHead {
         status,
         content_type: Some(content_type.clone()),

@@ -214,6 +214,7 @@ pub fn is_valid_index(s: &str) -> bool {
 fn parse_query(api: Api, query: &str, opts: ParseOptions) -> Result<(String, BTreeMap<String, String>), RouteError> {
     let mut index: Option<String> = None;
     let mut params = BTreeMap::new();
+    let mut seen = std::collections::HashSet::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (raw_k, raw_v) = pair.split_once('=').unwrap_or((pair, ""));
         let k = percent_decode(raw_k).ok_or_else(|| RouteError::new("query", "malformed percent-encoding"))?;
@@ -232,8 +233,9 @@ fn parse_query(api: Api, query: &str, opts: ParseOptions) -> Result<(String, BTr
             index = Some(v);
             continue;
         }
-        if params.contains_key(&k) {
-            return Err(RouteError::new(k, "given more than once"));
+        if !seen.insert(k.clone()) {
+            let field = if is_safe_token(&k) { k } else { "query".into() };
+            return Err(RouteError::new(field, "given more than once"));
         }
         match check_param(api, &k, &v) {
             Check::Ok => {

@@ -65,7 +65,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     // awc builds rustls without a crypto provider; a second install is a harmless error.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    let prom = PrometheusMetricsBuilder::new("tile_proxy_http")
+    let prom = PrometheusMetricsBuilder::new("tile_proxy")
         .endpoint("/metrics")
         .mask_unmatched_patterns("UNKNOWN")
         .build()
@@ -111,9 +111,11 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             .route("/live", web::get().to(admin::live))
             .route("/ready", web::get().to(admin::ready))
             .route("/health", web::get().to(admin::health))
-            .route("/here-proxy/{tail:.*}", tile())
-            .route("/v3/{tail:.*}", tile())
-            .route("/v2/vectortiles/{tail:.*}", tile())
+            // Explicit shapes (no regex tails) so HTTP metrics are labelled by route pattern.
+            .route("/here-proxy/{z}/{x}/{y}/{format}", tile())
+            .route("/here-proxy/mc/{z}/{x}/{y}/{format}", tile())
+            .route("/v3/{resource}/mc/{z}/{x}/{y}/{format}", tile())
+            .route("/v2/vectortiles/{layer}/mc/{z}/{x}/{y}/{format}", tile())
             .default_service(web::to(not_found))
     })
     .workers(settings.workers)

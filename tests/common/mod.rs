@@ -1,0 +1,166 @@
+//! Test harness: the real server (`tile_proxy::server::start`) on 127.0.0.1:0 with its cache in
+//! a temporary folder, in front of the project's HERE-like test upstream; an awc client to talk
+//! to it. Each test uses its own tile addresses so tests never share state.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use actix_web::http::header::HeaderMap;
+use actix_web::http::StatusCode;
+use bytes::Bytes;
+use tile_proxy::config::{FileConfig, Settings};
+use tile_proxy::server::{self, Running};
+
+pub use test_upstream::{Fault, Options, Upstream};
+
+/// The key the test upstream accepts.
+pub const SERVER_KEY: &str = "SERVERKEY0123456789";
+
+/// A test upstream that accepts [`SERVER_KEY`] and serves `size`-byte tiles.
+pub fn upstream(size: usize) -> Upstream {
+    Upstream::start(Options {
+        api_key: Some(SERVER_KEY.into()),
+        min_size: size,
+        max_size: size,
+        ..Options::default()
+    })
+    .expect("test upstream starts")
+}
+
+/// A config pointing both APIs at `upstream`, small caches, fast retries.
+pub fn config(upstream: &Upstream, dir: &std::path::Path) -> FileConfig {
+    let mut f = FileConfig {
+        listen: "127.0.0.1:0".into(),
+        workers: Some(2),
+        here_api_key: Some(SERVER_KEY.into()),
+        raster_upstream: upstream.base_url(),
+        vector_upstream: upstream.base_url(),
+        cache_dir: dir.to_path_buf(),
+        memory_cache: "32MiB".into(),
+        disk_cache: "16MiB".into(),
+        max_entry_size: "256KiB".into(),
+        shutdown_timeout: "2s".into(),
+        ..FileConfig::default()
+    };
+    f.upstream.retry_min_delay = "10ms".into();
+    f.upstream.retry_max_delay = "50ms".into();
+    f.upstream.head_timeout = "2s".into();
+    f.upstream.body_timeout = "5s".into();
+    f
+}
+
+/// A running proxy and what it needs.
+pub struct Proxy {
+    pub running: Option<Running>,
+    pub dir: tempfile::TempDir,
+    pub base: String,
+    pub client: awc::Client,
+}
+
+impl Proxy {
+    /// Starts a proxy in front of `upstream`; `tweak` adjusts the config first.
+    pub async fn start(upstream: &Upstream, tweak: impl FnOnce(&mut FileConfig)) -> Proxy {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(upstream, dir, tweak).await
+    }
+
+    /// Starts a proxy whose cache lives in `dir` (to restart on the same folder).
+    pub async fn start_in(upstream: &Upstream, dir: tempfile::TempDir, tweak: impl FnOnce(&mut FileConfig)) -> Proxy {
+        let mut f = config(upstream, dir.path());
+        tweak(&mut f);
+        let settings = Settings::from_file_config(f).expect("valid test config");
+        let running = server::start(settings).await.expect("proxy starts");
+        let base = format!("http://{}", running.addr());
+        let client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
+        Proxy { running: Some(running), dir, base, client }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// GET with optional headers; the whole body.
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        let mut req = self.client.get(self.url(path));
+        for (k, v) in headers {
+            req = req.insert_header((*k, *v));
+        }
+        let mut res = req.send().await.expect("request sent");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let body = res.body().limit(64 << 20).await;
+        Resp { status, headers, body: body.map_err(|e| e.to_string()) }
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.get_with(path, &[]).await
+    }
+
+    /// `/metrics` as text.
+    pub async fn metrics(&self) -> String {
+        let r = self.get("/metrics").await;
+        String::from_utf8(r.body.expect("metrics body").to_vec()).expect("utf8")
+    }
+
+    /// Stops gracefully (drain, close the cache) and gives back the cache folder.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+        self.dir
+    }
+}
+
+/// A response as a test sees it.
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    /// `Err` when the transfer failed (e.g. the connection was cut mid-body).
+    pub body: Result<Bytes, String>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn x_cache(&self) -> &str {
+        self.header("x-cache").unwrap_or("")
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        self.body.as_ref().expect("complete body")
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(self.bytes()).expect("JSON body")
+    }
+}
+
+/// The value of a Prometheus sample line `name{labels} value`, labels matched as substrings.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A raw HTTP/1.1 GET with `Connection: close`: the response head as text and every body byte
+/// read until the server closed the connection (to see truncation exactly as a browser would).
+pub async fn raw_get(p: &Proxy, path: &str) -> (String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let addr = p.base.trim_start_matches("http://").to_string();
+    let path = path.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+        let mut all = Vec::new();
+        let _ = s.read_to_end(&mut all);
+        let split = all.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
+        (String::from_utf8_lossy(&all[..split]).to_string(), all[split..].to_vec())
+    })
+    .await
+    .expect("raw client")
+}
