@@ -139,6 +139,16 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     if vector_down {
         problems.push("vector upstream: last call failed".to_string());
     }
+    let now = std::time::Instant::now();
+    let mut breakers = serde_json::Map::new();
+    for api in [Api::Raster, Api::Vector] {
+        let b = state.breakers.get(api);
+        let st = b.state(now);
+        if st != crate::breaker::BreakerState::Closed {
+            problems.push(format!("{} upstream: circuit breaker {}", api.as_str(), st.as_str()));
+        }
+        breakers.insert(api.as_str().into(), json!({"state": st.as_str(), "consecutive_failures": b.failures()}));
+    }
     let status = if !h.is_ready() {
         "starting_or_draining"
     } else if problems.is_empty() {
@@ -155,6 +165,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         "cache": state.cache.status(),
         "in_flight_fetches": state.flights.len(),
         "upstream": {"raster": raster, "vector": vector},
+        "circuit_breakers": breakers,
         "upstream_auth_failure_unix_ms": (auth_ms > 0).then_some(auth_ms),
     }))
 }

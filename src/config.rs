@@ -172,6 +172,10 @@ pub struct UpstreamFileConfig {
     pub retry_total: String,
     /// Connections per worker to each upstream.
     pub max_connections: usize,
+    /// Failed fetches in a row that open the circuit breaker; 0 disables it.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before one probe is let through.
+    pub breaker_cooldown: String,
 }
 
 impl Default for UpstreamFileConfig {
@@ -185,6 +189,8 @@ impl Default for UpstreamFileConfig {
             retry_max_delay: "2s".into(),
             retry_total: "5s".into(),
             max_connections: 100,
+            breaker_failures: 5,
+            breaker_cooldown: "30s".into(),
         }
     }
 }
@@ -228,6 +234,8 @@ pub struct UpstreamSettings {
     pub retry_max_delay: Duration,
     pub retry_total: Duration,
     pub max_connections: usize,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
 }
 
 /// The validated configuration the server runs with.
@@ -317,7 +325,7 @@ impl Settings {
         let memory_cache = size_field("memory_cache", &file.memory_cache, &mut errs);
         let disk_cache = size_field("disk_cache", &file.disk_cache, &mut errs);
         let max_entry_size = size_field("max_entry_size", &file.max_entry_size, &mut errs);
-        if memory_cache == 0 {
+        if memory_cache == 0 && parse_size(&file.memory_cache).is_some() {
             errs.push("memory_cache: must be larger than 0".into());
         }
         if max_entry_size == 0 || max_entry_size > 64 << 20 {
@@ -357,6 +365,8 @@ impl Settings {
             retry_max_delay: duration_field("upstream.retry_max_delay", &u.retry_max_delay, &mut errs),
             retry_total: duration_field("upstream.retry_total", &u.retry_total, &mut errs),
             max_connections: u.max_connections,
+            breaker_failures: u.breaker_failures,
+            breaker_cooldown: duration_field("upstream.breaker_cooldown", &u.breaker_cooldown, &mut errs),
         };
         if upstream.retry_attempts == 0 || upstream.retry_attempts > 10 {
             errs.push("upstream.retry_attempts: must be between 1 and 10".into());

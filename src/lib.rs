@@ -8,6 +8,7 @@
 //! maps failures to JSON; [`config`] loads settings; [`server`] wires it all.
 
 pub mod admin;
+pub mod breaker;
 pub mod cache;
 pub mod config;
 pub mod error;

@@ -15,6 +15,7 @@ use futures_util::StreamExt;
 use tracing_actix_web::RootSpan;
 
 use crate::admin::Health;
+use crate::breaker::{Breakers, Permit};
 use crate::cache::{Entry, HitSource, TileCache};
 use crate::config::{Policy, Settings};
 use crate::error::{ProxyError, UpstreamFailure};
@@ -33,6 +34,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub upstream: Arc<UpstreamConfig>,
     pub health: Arc<Health>,
+    pub breakers: Arc<Breakers>,
 }
 
 /// Unix time in milliseconds.
@@ -64,7 +66,9 @@ pub async fn tile(
     let policy = state.settings.policy(&t.index).clone();
     let now = now_ms();
 
-    let mut fallback = None;
+    // `expired`: an old copy, used to revalidate (If-None-Match) and, if `usable`, to stand in
+    // for a failing upstream.
+    let mut expired: Option<(Entry, bool)> = None;
     if let Some((entry, source)) = state.cache.get(&key).await {
         match freshness::decide(&entry, &policy, now) {
             Decision::Fresh => {
@@ -79,16 +83,15 @@ pub async fn tile(
                 return answer_entry(&req, &state, &span, &index, &entry, &policy, now, "stale", Some("revalidating"));
             }
             Decision::Fetch { fallback: usable } => {
-                if usable {
-                    fallback = Some((entry, source));
-                }
+                tracing::debug!(source = source.as_str(), usable, "expired entry found");
+                expired = Some((entry, usable));
             }
         }
     }
 
     let (mut reader, label) = match state.flights.join(&key) {
         Join::Leader(writer, reader) => {
-            let revalidate = fallback.as_ref().map(|(e, _)| e.clone());
+            let revalidate = expired.as_ref().map(|(e, _)| e.clone());
             spawn_fetch(writer, &state, &client, t, revalidate, index.clone(), policy.clone());
             (reader, "miss")
         }
@@ -118,8 +121,8 @@ pub async fn tile(
                 }
             }))
         }
-        Err(failure) => match fallback {
-            Some((entry, _)) if freshness::usable_if_error(&entry, &policy, now_ms()) => {
+        Err(failure) => match expired {
+            Some((entry, true)) if freshness::usable_if_error(&entry, &policy, now_ms()) => {
                 answer_entry(&req, &state, &span, &index, &entry, &policy, now_ms(), "stale", Some(failure.label()))
             }
             _ => {
@@ -189,6 +192,8 @@ fn answer_entry(
     b.insert_header((header::CACHE_CONTROL, freshness::client_cache_control(policy, entry.remaining_secs(now))));
     if let Some(r) = reason {
         b.insert_header(("X-Cache-Reason", r));
+        let warning = if r == "revalidating" { "110 - \"Response is Stale\"" } else { "111 - \"Revalidation Failed\"" };
+        b.insert_header((header::WARNING, warning));
     }
     if let Some(etag) = &entry.etag {
         b.insert_header((header::ETAG, etag.clone()));
@@ -224,14 +229,41 @@ fn spawn_fetch(
     index: String,
     policy: Policy,
 ) {
+    // Only a 200 with an ETag can be revalidated.
+    let stale = stale.filter(|e| e.status == 200 && e.etag.is_some());
     let ctx = FetchCtx { state: state.clone(), client: client.get_ref().clone(), tile, stale, index, policy };
     // awc futures are not Send: the fetch runs on this worker's local runtime.
     actix_web::rt::spawn(run_fetch(writer, ctx));
 }
 
-/// Runs one upstream fetch for a flight: retries, relays the head and every body chunk, and
-/// stores the answer only after a clean, complete body.
+/// Runs one upstream fetch for a flight, through the circuit breaker.
 async fn run_fetch(writer: FlightWriter, ctx: FetchCtx) {
+    let breaker = ctx.state.breakers.get(ctx.tile.api);
+    let permit = match breaker.try_acquire(std::time::Instant::now()) {
+        Ok(p) => p,
+        Err(wait) => {
+            writer.finish(End::Failed(UpstreamFailure::BreakerOpen { retry_after_secs: wait.as_secs().max(1) }));
+            return;
+        }
+    };
+    let healthy = fetch_and_relay(writer, &ctx).await;
+    if let Some(new_state) = breaker.record(permit, healthy, std::time::Instant::now()) {
+        let open = matches!(new_state, crate::breaker::BreakerState::Open);
+        ctx.state.metrics.breaker_open.with_label_values(&[ctx.tile.api.as_str()]).set(i64::from(open));
+        if open {
+            tracing::error!(upstream = ctx.tile.api.as_str(), "circuit breaker opened: upstream calls paused");
+        } else {
+            tracing::warn!(upstream = ctx.tile.api.as_str(), state = new_state.as_str(), "circuit breaker changed");
+        }
+    }
+    if permit == Permit::Probe {
+        tracing::info!(upstream = ctx.tile.api.as_str(), healthy, "circuit breaker probe done");
+    }
+}
+
+/// Retries, relays the head and every body chunk, and stores the answer only after a clean,
+/// complete body. Returns whether the upstream behaved (for the breaker).
+async fn fetch_and_relay(writer: FlightWriter, ctx: &FetchCtx) -> bool {
     let state = &ctx.state;
     let m = &state.metrics;
     let url = state.upstream.url(&ctx.tile);
@@ -253,7 +285,7 @@ async fn run_fetch(writer: FlightWriter, ctx: FetchCtx) {
             state.health.upstream_failed(ctx.tile.api, failure.label());
             tracing::warn!(index = %ctx.index, failure = failure.label(), attempts, "upstream fetch failed");
             writer.finish(End::Failed(failure));
-            return;
+            return false;
         }
     };
     let status = response.status().as_u16();
@@ -277,18 +309,18 @@ async fn run_fetch(writer: FlightWriter, ctx: FetchCtx) {
                 m.inserts.with_label_values(&[&ctx.index]).inc();
                 let head = entry_head(&entry, &ctx.policy, now, "MISS");
                 writer.complete_with(head, entry.body);
-                return;
+                return true;
             }
             // A 304 we did not ask for: nothing to relay.
             writer.finish(End::Failed(UpstreamFailure::Status(304)));
-            return;
+            return true;
         }
         401 | 403 => {
             m.auth_failures.with_label_values(&[&status.to_string()]).inc();
             state.health.auth_failed(status);
             tracing::error!(status, "the upstream rejected the HERE API key: check HERE_API_KEY");
             writer.finish(End::Failed(UpstreamFailure::Auth));
-            return;
+            return true;
         }
         429 => {
             let secs = hdr(header::RETRY_AFTER)
@@ -296,12 +328,12 @@ async fn run_fetch(writer: FlightWriter, ctx: FetchCtx) {
                 .map(|d| d.as_secs());
             state.health.upstream_failed(ctx.tile.api, "rate_limited");
             writer.finish(End::Failed(UpstreamFailure::RateLimited { retry_after_secs: secs }));
-            return;
+            return false;
         }
         s if s >= 500 => {
             state.health.upstream_failed(ctx.tile.api, "upstream_error");
             writer.finish(End::Failed(UpstreamFailure::Status(s)));
-            return;
+            return false;
         }
         _ => {}
     }
@@ -392,6 +424,7 @@ async fn run_fetch(writer: FlightWriter, ctx: FetchCtx) {
                 m.not_stored.with_label_values(&[&ctx.index, "no_store"]).inc();
             }
             writer.finish(End::Complete);
+            true
         }
         Err(failure) => {
             m.not_stored.with_label_values(&[&ctx.index, "truncated"]).inc();
@@ -399,6 +432,7 @@ async fn run_fetch(writer: FlightWriter, ctx: FetchCtx) {
             state.health.upstream_failed(ctx.tile.api, failure.label());
             tracing::warn!(index = %ctx.index, failure = failure.label(), received, "upstream body failed; nothing stored");
             writer.finish(End::Failed(failure));
+            false
         }
     }
 }

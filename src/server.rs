@@ -93,6 +93,10 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         flights: Flights::new(),
         metrics,
         health: Arc::new(Health::default()),
+        breakers: Arc::new(crate::breaker::Breakers::new(
+            settings.upstream.breaker_failures,
+            settings.upstream.breaker_cooldown,
+        )),
     });
 
     let app_state = state.clone();

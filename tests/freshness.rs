@@ -1,0 +1,326 @@
+//! Freshness and failure end to end: stale-while-revalidate, stale-if-error, revalidation with
+//! If-None-Match, negative caching, auth failures, the circuit breaker. Short TTLs, no long sleeps.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::future::join_all;
+use tile_proxy::config::{FileConfig, PolicyFileConfig};
+
+fn policy(ttl: &str, swr: &str, sie: &str) -> PolicyFileConfig {
+    PolicyFileConfig {
+        ttl: Some(ttl.into()),
+        stale_while_revalidate: Some(swr.into()),
+        stale_if_error: Some(sie.into()),
+        ..Default::default()
+    }
+}
+
+fn with_index(name: &str, p: PolicyFileConfig) -> impl FnOnce(&mut FileConfig) {
+    let name = name.to_string();
+    move |f| {
+        f.index.insert(name, p);
+    }
+}
+
+async fn sleep_ms(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+#[actix_rt::test]
+async fn stale_is_served_when_the_upstream_fails_with_503_or_times_out() {
+    let up = upstream(6_000);
+    let p = Proxy::start(&up, |f| {
+        f.index.insert("sie".into(), policy("300ms", "0s", "1h"));
+        f.upstream.head_timeout = "300ms".into();
+        f.upstream.retry_attempts = 2;
+        f.upstream.breaker_failures = 0;
+    })
+    .await;
+    let (a, b) = ("/v3/base/mc/9/1/1/png", "/v3/base/mc/9/1/2/png");
+    let fresh_a = p.get(&format!("{a}?indice=sie")).await;
+    let fresh_b = p.get(&format!("{b}?indice=sie")).await;
+    sleep_ms(400).await;
+
+    up.fail_always(a, Fault::Status { code: 503, retry_after: None });
+    let r = p.get(&format!("{a}?indice=sie")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.x_cache(), "STALE");
+    assert_eq!(r.header("x-cache-reason"), Some("upstream_error"));
+    assert!(r.header("warning").unwrap().starts_with("111"));
+    assert_eq!(r.header("cache-control"), Some("public, max-age=0"), "no freshness promised");
+    assert_eq!(r.bytes(), fresh_a.bytes());
+    assert_eq!(up.count(a), 1 + 2, "asked (with a retry) before falling back");
+
+    up.fail_always(b, Fault::Delay(Duration::from_secs(3)));
+    let r = p.get(&format!("{b}?indice=sie")).await;
+    assert_eq!(r.x_cache(), "STALE");
+    assert_eq!(r.header("x-cache-reason"), Some("timeout"));
+    assert_eq!(r.bytes(), fresh_b.bytes());
+
+    // Without a copy: JSON errors naming the failure, no upstream URL or key.
+    let c = "/v3/base/mc/9/1/3/png";
+    up.fail_always(c, Fault::Status { code: 503, retry_after: None });
+    let r = p.get(&format!("{c}?indice=sie")).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["error"], "upstream_error");
+    let d = "/v3/base/mc/9/1/4/png";
+    up.fail_always(d, Fault::Delay(Duration::from_secs(3)));
+    let r = p.get(&format!("{d}?indice=sie")).await;
+    assert_eq!(r.status, 504);
+    let e = "/v3/base/mc/9/1/5/png";
+    up.fail_always(e, Fault::Status { code: 429, retry_after: Some(7) });
+    let r = p.get(&format!("{e}?indice=sie")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("7"));
+    assert_eq!(r.json()["error"], "rate_limited");
+    for r in [&r] {
+        let body = String::from_utf8_lossy(r.bytes());
+        assert!(!body.contains(SERVER_KEY) && !body.contains("127.0.0.1"), "{body}");
+    }
+    let m = p.metrics().await;
+    assert_eq!(metric(&m, "tile_proxy_requests_total", &["index=\"sie\"", "cache=\"stale\""]), 2.0);
+    up.clear_faults();
+    p.stop().await;
+}
+
+#[actix_rt::test]
+async fn stale_while_revalidate_serves_at_once_with_exactly_one_background_refresh() {
+    let up = upstream(7_000);
+    let p = Proxy::start(&up, with_index("swr", policy("300ms", "1h", "1h"))).await;
+    let path = "/v3/base/mc/9/2/2/png";
+    let url = format!("{path}?indice=swr");
+    let first = p.get(&url).await;
+    sleep_ms(400).await;
+    up.set_version(1);
+    // The refresh is slow: every reader must still get the stale copy at once.
+    up.fail(path, Fault::Delay(Duration::from_millis(500)), 1);
+    let started = std::time::Instant::now();
+    let responses = join_all((0..50).map(|_| p.get(&url))).await;
+    assert!(started.elapsed() < Duration::from_millis(450), "stale answers do not wait for the refresh");
+    for r in &responses {
+        assert_eq!(r.status, 200);
+        assert_eq!(r.x_cache(), "STALE");
+        assert_eq!(r.header("x-cache-reason"), Some("revalidating"));
+        assert_eq!(r.bytes(), first.bytes());
+    }
+    sleep_ms(700).await;
+    assert_eq!(up.count(path), 2, "the first fetch and exactly one refresh");
+    let refreshed = p.get(&url).await;
+    assert_eq!(refreshed.x_cache(), "HIT");
+    assert_ne!(refreshed.bytes(), first.bytes(), "the refresh stored the new version");
+    assert_eq!(refreshed.bytes(), &up.tile_bytes(path));
+    p.stop().await;
+}
+
+#[actix_rt::test]
+async fn revalidation_sends_if_none_match_and_a_304_extends_the_entry() {
+    let up = upstream(9_000);
+    let p = Proxy::start(&up, with_index("reval", policy("300ms", "0s", "1h"))).await;
+    let path = "/v3/base/mc/9/3/3/png";
+    let url = format!("{path}?indice=reval");
+    let first = p.get(&url).await;
+    let etag = first.header("etag").unwrap().to_string();
+    sleep_ms(400).await;
+
+    let r = p.get(&url).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.bytes(), first.bytes(), "body from our copy");
+    let seen = up.requests();
+    let last = seen.iter().rev().find(|q| q.path == path).unwrap();
+    assert_eq!(last.header("if-none-match"), Some(etag.as_str()), "the upstream saw If-None-Match");
+    let again = p.get(&url).await;
+    assert_eq!(again.x_cache(), "HIT", "the 304 extended the entry");
+    assert_eq!(up.count(path), 2);
+    let m = p.metrics().await;
+    assert_eq!(metric(&m, "tile_proxy_revalidations_total", &["index=\"reval\"", "result=\"not_modified\""]), 1.0);
+
+    // A changed tile comes back as a 200 and replaces the entry.
+    up.set_version(5);
+    sleep_ms(400).await;
+    let changed = p.get(&url).await;
+    assert_eq!(changed.bytes(), &up.tile_bytes(path));
+    assert_ne!(changed.bytes(), first.bytes());
+    assert_eq!(p.get(&url).await.bytes(), changed.bytes());
+    let m = p.metrics().await;
+    assert_eq!(metric(&m, "tile_proxy_revalidations_total", &["index=\"reval\"", "result=\"modified\""]), 1.0);
+    p.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_404_or_204_is_remembered_for_the_negative_ttl_then_asked_again() {
+    let up = upstream(2_000);
+    let p = Proxy::start(&up, |f| {
+        f.index.insert("neg".into(), PolicyFileConfig { negative_ttl: Some("400ms".into()), ..Default::default() });
+    })
+    .await;
+    let path = "/v3/base/mc/9/4/4/png";
+    up.fail(path, Fault::Status { code: 404, retry_after: None }, 1);
+    let url = format!("{path}?indice=neg");
+    let r = p.get(&url).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.x_cache(), "MISS");
+    let body = r.bytes().clone();
+    let r = p.get(&url).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.x_cache(), "HIT");
+    assert_eq!(r.bytes(), &body, "the same answer, remembered");
+    assert_eq!(up.count(path), 1);
+    sleep_ms(500).await;
+    let r = p.get(&url).await;
+    assert_eq!(r.status, 200, "asked again after the negative TTL");
+    assert_eq!(up.count(path), 2);
+
+    let vpath = "/v2/vectortiles/base/mc/9/4/4/omv";
+    up.fail(vpath, Fault::Status { code: 204, retry_after: None }, 1);
+    let vurl = format!("{vpath}?indice=neg");
+    assert_eq!(p.get(&vurl).await.status, 204);
+    let r = p.get(&vurl).await;
+    assert_eq!((r.status.as_u16(), r.x_cache()), (204, "HIT"));
+    assert_eq!(up.count(vpath), 1);
+    let m = p.metrics().await;
+    assert_eq!(metric(&m, "tile_proxy_requests_total", &["index=\"neg\"", "cache=\"negative_hit\""]), 2.0);
+
+    // 400 is never cached.
+    let bad = "/v3/base/mc/9/4/5/png";
+    up.fail(bad, Fault::Status { code: 400, retry_after: None }, 2);
+    assert_eq!(p.get(&format!("{bad}?indice=neg")).await.status, 400);
+    assert_eq!(p.get(&format!("{bad}?indice=neg")).await.status, 400);
+    assert_eq!(up.count(bad), 2);
+    p.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_401_from_here_is_never_cached_and_reported_loudly() {
+    let up = upstream(2_000);
+    let p = Proxy::start(&up, |f| f.here_api_key = Some("EXPIREDKEY".into())).await;
+    let url = "/here-proxy/mc/3/3/3/png?indice=auth";
+    for _ in 0..2 {
+        let r = p.get(url).await;
+        assert_eq!(r.status, 502);
+        assert_eq!(r.json()["error"], "upstream_auth");
+        assert!(!String::from_utf8_lossy(r.bytes()).contains("EXPIREDKEY"));
+    }
+    assert_eq!(up.count("/v3/base/mc/3/3/3/png"), 2, "never cached");
+    let h = p.get("/health").await.json();
+    assert_eq!(h["status"], "degraded");
+    assert!(h["problems"][0].as_str().unwrap().contains("401"), "{h}");
+    let m = p.metrics().await;
+    assert_eq!(metric(&m, "tile_proxy_upstream_auth_failures_total", &["status=\"401\""]), 2.0);
+    p.stop().await;
+}
+
+#[actix_rt::test]
+async fn the_breaker_opens_after_n_failures_pauses_upstream_calls_and_closes_after_a_good_probe() {
+    let up = upstream(2_000);
+    let p = Proxy::start(&up, |f| {
+        f.upstream.retry_attempts = 1;
+        f.upstream.breaker_failures = 3;
+        f.upstream.breaker_cooldown = "500ms".into();
+    })
+    .await;
+    up.fail_always("/v3/base/mc/11/", Fault::Status { code: 500, retry_after: None });
+    for y in 0..3 {
+        let r = p.get(&format!("/v3/base/mc/11/0/{y}/png?indice=brk")).await;
+        assert_eq!(r.status, 502);
+    }
+    assert_eq!(up.count_matching("/v3/base/mc/11/"), 3);
+    // Open: fail fast, no upstream call.
+    for y in 3..8 {
+        let r = p.get(&format!("/v3/base/mc/11/0/{y}/png?indice=brk")).await;
+        assert_eq!(r.status, 503);
+        assert_eq!(r.json()["error"], "breaker_open");
+        assert!(r.header("retry-after").is_some());
+    }
+    assert_eq!(up.count_matching("/v3/base/mc/11/"), 3, "no calls while open");
+    let h = p.get("/health").await.json();
+    assert_eq!(h["circuit_breakers"]["raster"]["state"], "open");
+    assert_eq!(h["status"], "degraded");
+    assert_eq!(metric(&p.metrics().await, "tile_proxy_breaker_open", &["upstream=\"raster\""]), 1.0);
+    // The vector API has its own breaker.
+    assert_eq!(p.get("/v2/vectortiles/base/mc/11/0/0/omv?indice=brk").await.status, 200);
+
+    up.clear_faults();
+    sleep_ms(600).await;
+    let r = p.get("/v3/base/mc/11/0/9/png?indice=brk").await;
+    assert_eq!(r.status, 200, "the probe went through");
+    assert_eq!(p.get("/v3/base/mc/11/0/10/png?indice=brk").await.status, 200);
+    let h = p.get("/health").await.json();
+    assert_eq!(h["circuit_breakers"]["raster"]["state"], "closed");
+    assert_eq!(metric(&p.metrics().await, "tile_proxy_breaker_open", &["upstream=\"raster\""]), 0.0);
+    p.stop().await;
+}
+
+#[actix_rt::test]
+async fn the_breaker_serves_stale_while_open() {
+    let up = upstream(2_000);
+    let p = Proxy::start(&up, |f| {
+        f.upstream.retry_attempts = 1;
+        f.upstream.breaker_failures = 1;
+        f.upstream.breaker_cooldown = "10s".into();
+        f.index.insert("bs".into(), policy("200ms", "0s", "1h"));
+    })
+    .await;
+    let good = "/v3/base/mc/12/0/0/png?indice=bs";
+    let first = p.get(good).await;
+    sleep_ms(300).await;
+    up.fail_always("/v3/base/mc/12/0/1/", Fault::Status { code: 500, retry_after: None });
+    assert_eq!(p.get("/v3/base/mc/12/0/1/png?indice=bs").await.status, 502);
+    let r = p.get(good).await;
+    assert_eq!(r.x_cache(), "STALE");
+    assert_eq!(r.header("x-cache-reason"), Some("breaker_open"));
+    assert_eq!(r.bytes(), first.bytes());
+    assert_eq!(up.count("/v3/base/mc/12/0/0/png"), 1);
+    p.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_truncated_refresh_never_replaces_a_good_entry() {
+    let up = upstream(30_000);
+    let p = Proxy::start(&up, with_index("tr", policy("200ms", "1h", "1h"))).await;
+    let path = "/v3/base/mc/9/6/6/png";
+    let url = format!("{path}?indice=tr");
+    let first = p.get(&url).await;
+    sleep_ms(300).await;
+    up.set_version(2);
+    up.fail(path, Fault::Truncate { after: 10_000 }, 1);
+    let r = p.get(&url).await;
+    assert_eq!(r.x_cache(), "STALE");
+    sleep_ms(300).await;
+    // The failed refresh stored nothing: the old complete copy is still served.
+    let r = p.get(&url).await;
+    assert_eq!(r.bytes(), first.bytes());
+    assert_eq!(r.bytes().len(), 30_000);
+    sleep_ms(300).await;
+    let r = p.get(&url).await;
+    assert_eq!(r.bytes().len(), 30_000);
+    assert_eq!(r.bytes(), &up.tile_bytes(path), "the next good refresh replaced it");
+    p.stop().await;
+}
+
+#[actix_rt::test]
+async fn age_and_client_cache_control_follow_the_index_policy() {
+    let up = upstream(1_000);
+    let p = Proxy::start(&up, |f| {
+        f.index.insert(
+            "cdn".into(),
+            PolicyFileConfig {
+                ttl: Some("1h".into()),
+                client_cache_control: Some("public, max-age={max_age}, s-maxage=60".into()),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let url = "/here-proxy/mc/4/4/4/png?indice=cdn";
+    let miss = p.get(url).await;
+    assert_eq!(miss.header("cache-control"), Some("public, max-age=3600, s-maxage=60"));
+    assert_eq!(miss.header("age"), Some("0"));
+    sleep_ms(1_100).await;
+    let hit = p.get(url).await;
+    assert_eq!(hit.header("age"), Some("1"));
+    assert_eq!(hit.header("cache-control"), Some("public, max-age=3598, s-maxage=60"));
+    p.stop().await;
+}
