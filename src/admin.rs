@@ -34,6 +34,7 @@ pub struct Health {
     vector: Observed,
     auth_failure_ms: AtomicU64,
     auth_failure_status: AtomicU16,
+    cache_problem: Option<String>,
 }
 
 impl Default for Health {
@@ -45,11 +46,17 @@ impl Default for Health {
             vector: Observed::default(),
             auth_failure_ms: AtomicU64::new(0),
             auth_failure_status: AtomicU16::new(0),
+            cache_problem: None,
         }
     }
 }
 
 impl Health {
+    /// Health with a standing cache problem (e.g. the disk tier could not be opened).
+    pub fn with_cache_problem(problem: Option<String>) -> Self {
+        Self { cache_problem: problem, ..Self::default() }
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
     }
@@ -138,6 +145,9 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     }
     if vector_down {
         problems.push("vector upstream: last call failed".to_string());
+    }
+    if let Some(p) = &h.cache_problem {
+        problems.push(format!("disk tier disabled: {p}"));
     }
     let now = std::time::Instant::now();
     let mut breakers = serde_json::Map::new();

@@ -136,7 +136,15 @@ impl Code for Entry {
     }
 
     fn estimated_size(&self) -> usize {
-        1 + 2 + 8 + 8 + 4 + self.content_type.len() + 1 + self.etag.as_ref().map_or(0, |e| 4 + e.len()) + 4 + self.body.len()
+        1 + 2
+            + 8
+            + 8
+            + 4
+            + self.content_type.len()
+            + 1
+            + self.etag.as_ref().map_or(0, |e| 4 + e.len())
+            + 4
+            + self.body.len()
     }
 }
 
@@ -211,6 +219,18 @@ impl FoyerTier {
     /// Opens the tier, recovering what the disk tier holds. Its I/O runs on a dedicated runtime.
     pub async fn open(opts: FoyerOptions<'_>, registry: &prometheus::Registry) -> Result<FoyerTier, TierError> {
         let err = |message: String| TierError { tier: "foyer", message };
+        // The disk device first: a folder we cannot use fails here, before anything is registered.
+        let device = if opts.disk > 0 {
+            std::fs::create_dir_all(opts.dir)
+                .map_err(|e| err(format!("cannot create cache dir {}: {e}", opts.dir.display())))?;
+            let device = FsDeviceBuilder::new(opts.dir)
+                .with_capacity(opts.disk)
+                .build()
+                .map_err(|e| err(format!("cannot open cache dir {}: {e}", opts.dir.display())))?;
+            Some(device)
+        } else {
+            None
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("foyer")
@@ -226,21 +246,16 @@ impl FoyerTier {
             .with_weighter(|k: &String, v: &Entry| k.len() + v.weight())
             .storage()
             .with_spawner(runtime.into());
-        let cache = if opts.disk > 0 {
-            std::fs::create_dir_all(opts.dir)
-                .map_err(|e| err(format!("cannot create cache dir {}: {e}", opts.dir.display())))?;
-            let device = FsDeviceBuilder::new(opts.dir)
-                .with_capacity(opts.disk)
-                .build()
-                .map_err(|e| err(format!("cannot open cache dir {}: {e}", opts.dir.display())))?;
-            builder
-                .with_io_engine_config(PsyncIoEngineConfig::new())
-                .with_engine_config(BlockEngineConfig::new(device).with_block_size(block_size_for(opts.max_entry)))
-                .with_recover_mode(RecoverMode::Quiet)
-                .build()
-                .await
-        } else {
-            builder.build().await
+        let cache = match device {
+            Some(device) => {
+                builder
+                    .with_io_engine_config(PsyncIoEngineConfig::new())
+                    .with_engine_config(BlockEngineConfig::new(device).with_block_size(block_size_for(opts.max_entry)))
+                    .with_recover_mode(RecoverMode::Quiet)
+                    .build()
+                    .await
+            }
+            None => builder.build().await,
         }
         .map_err(|e| err(format!("cannot open the cache: {e}")))?;
         Ok(FoyerTier { cache, disk_enabled: opts.disk > 0, memory_capacity: opts.memory, disk_capacity: opts.disk })
@@ -277,9 +292,9 @@ impl Tier for FoyerTier {
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), TierError>> {
-        Box::pin(async move {
-            self.cache.close().await.map_err(|e| TierError { tier: "foyer", message: e.to_string() })
-        })
+        Box::pin(
+            async move { self.cache.close().await.map_err(|e| TierError { tier: "foyer", message: e.to_string() }) },
+        )
     }
 
     fn status(&self) -> serde_json::Value {

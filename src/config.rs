@@ -508,9 +508,7 @@ fn resolve_key(file: &FileConfig, errs: &mut Vec<String>) -> Option<String> {
 
 fn check_base_url(field: &str, url: &str, errs: &mut Vec<String>) -> String {
     let trimmed = url.trim_end_matches('/');
-    let rest = trimmed
-        .strip_prefix("https://")
-        .or_else(|| trimmed.strip_prefix("http://"));
+    let rest = trimmed.strip_prefix("https://").or_else(|| trimmed.strip_prefix("http://"));
     match rest {
         Some(host) if !host.is_empty() && !host.contains(['?', '#', '@', ' ']) => trimmed.to_string(),
         _ => {
@@ -556,7 +554,12 @@ fn resolve_policy(section: &str, p: &PolicyFileConfig, base: &Policy, errs: &mut
     }
     Policy {
         ttl,
-        stale_while_revalidate: dur("stale_while_revalidate", &p.stale_while_revalidate, base.stale_while_revalidate, errs),
+        stale_while_revalidate: dur(
+            "stale_while_revalidate",
+            &p.stale_while_revalidate,
+            base.stale_while_revalidate,
+            errs,
+        ),
         stale_if_error: dur("stale_if_error", &p.stale_if_error, base.stale_if_error, errs),
         negative_ttl: dur("negative_ttl", &p.negative_ttl, base.negative_ttl, errs),
         client_cache_control: p.client_cache_control.clone().or_else(|| base.client_cache_control.clone()),
@@ -660,10 +663,7 @@ mod tests {
             ..Default::default()
         };
         f.upstream.retry_attempts = 0;
-        f.index.insert(
-            "bad name!".into(),
-            PolicyFileConfig { ttl: Some("forever".into()), ..Default::default() },
-        );
+        f.index.insert("bad name!".into(), PolicyFileConfig { ttl: Some("forever".into()), ..Default::default() });
         let err = Settings::from_file_config(f).unwrap_err();
         let text = err.to_string();
         for needle in ["listen", "memory_cache", "raster_upstream", "retry_attempts", "index.bad name!", "ttl"] {

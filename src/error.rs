@@ -73,14 +73,18 @@ impl ProxyError {
     pub fn response(&self) -> HttpResponse {
         let body = match self {
             ProxyError::BadRequest(e) => json!({"error": "invalid_request", "field": e.field, "message": e.message}),
-            ProxyError::NotFound => json!({"error": "not_found", "message": "not a tile route; see /here-proxy/{z}/{x}/{y}/{format}, /v3/{resource}/mc/... and /v2/vectortiles/{layer}/mc/..."}),
+            ProxyError::NotFound => {
+                json!({"error": "not_found", "message": "not a tile route; see /here-proxy/{z}/{x}/{y}/{format}, /v3/{resource}/mc/... and /v2/vectortiles/{layer}/mc/..."})
+            }
             ProxyError::Upstream(f) => json!({"error": f.label(), "message": f.to_string()}),
         };
         let mut res = HttpResponse::build(self.status());
         res.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
         res.insert_header(("X-Cache", "ERROR"));
         let retry = match self {
-            ProxyError::Upstream(UpstreamFailure::RateLimited { retry_after_secs }) => Some(retry_after_secs.unwrap_or(1)),
+            ProxyError::Upstream(UpstreamFailure::RateLimited { retry_after_secs }) => {
+                Some(retry_after_secs.unwrap_or(1))
+            }
             ProxyError::Upstream(UpstreamFailure::BreakerOpen { retry_after_secs }) => Some(*retry_after_secs),
             _ => None,
         };

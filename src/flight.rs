@@ -204,25 +204,23 @@ impl FlightReader {
             if done {
                 return None;
             }
-            loop {
-                let step = Self::step(&rx.borrow_and_update(), next);
-                let step = match step {
-                    Step::Wait => match rx.changed().await {
-                        Ok(()) => continue,
-                        // The writer is gone: whatever it left is final.
-                        Err(_) => match Self::step(&rx.borrow(), next) {
-                            Step::Wait => Step::Fail(UpstreamFailure::Aborted),
-                            s => s,
-                        },
-                    },
-                    s => s,
-                };
-                return match step {
-                    Step::Chunk(c) => Some((Ok(c), (rx, next + 1, false))),
-                    Step::Done => None,
-                    Step::Fail(f) => Some((Err(body_error(&f)), (rx, next, true))),
-                    Step::Wait => unreachable!("handled above"),
-                };
+            let step = loop {
+                match Self::step(&rx.borrow_and_update(), next) {
+                    Step::Wait => {}
+                    ready => break ready,
+                }
+                if rx.changed().await.is_err() {
+                    // The writer is gone: whatever it left is final.
+                    break match Self::step(&rx.borrow(), next) {
+                        Step::Wait => Step::Fail(UpstreamFailure::Aborted),
+                        ready => ready,
+                    };
+                }
+            };
+            match step {
+                Step::Chunk(c) => Some((Ok(c), (rx, next + 1, false))),
+                Step::Fail(f) => Some((Err(body_error(&f)), (rx, next, true))),
+                Step::Done | Step::Wait => None,
             }
         })
     }

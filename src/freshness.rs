@@ -134,14 +134,14 @@ mod tests {
         let day = Duration::from_secs(86400);
         let cap = Duration::from_secs(3600);
         let cases: [(Option<u64>, Option<&str>, Option<u64>); 8] = [
-            (Some(60), Some("max-age=10"), Some(60)),     // index TTL wins
-            (Some(7200), None, Some(3600)),               // capped
+            (Some(60), Some("max-age=10"), Some(60)), // index TTL wins
+            (Some(7200), None, Some(3600)),           // capped
             (None, Some("public, max-age=120"), Some(120)),
             (None, Some("max-age=120, s-maxage=30"), Some(30)),
-            (None, Some("max-age=999999"), Some(3600)),   // capped
-            (None, None, Some(3600)),                     // default (1 day) capped
+            (None, Some("max-age=999999"), Some(3600)), // capped
+            (None, None, Some(3600)),                   // default (1 day) capped
             (None, Some("no-store"), None),
-            (Some(60), Some("private"), Some(60)),        // the operator's TTL overrides
+            (Some(60), Some("private"), Some(60)), // the operator's TTL overrides
         ];
         for (ttl, cc, want) in cases {
             let got = ttl_for(&policy(ttl, 0, 0), cc, day, cap);

@@ -46,7 +46,11 @@ pub struct Metrics {
 
 impl Metrics {
     /// Creates and registers every metric. `configured` indices always keep their own label.
-    pub fn new(registry: &Registry, max_indices: usize, configured: impl IntoIterator<Item = String>) -> prometheus::Result<Metrics> {
+    pub fn new(
+        registry: &Registry,
+        max_indices: usize,
+        configured: impl IntoIterator<Item = String>,
+    ) -> prometheus::Result<Metrics> {
         fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
             let c = IntCounterVec::new(Opts::new(name, help), labels)?;
             r.register(Box::new(c.clone()))?;
@@ -58,20 +62,58 @@ impl Metrics {
             &["index"],
         )?;
         registry.register(Box::new(upstream_latency.clone()))?;
-        let breaker_open = IntGaugeVec::new(Opts::new("tile_proxy_breaker_open", "1 while the upstream circuit breaker is open"), &["upstream"])?;
+        let breaker_open = IntGaugeVec::new(
+            Opts::new("tile_proxy_breaker_open", "1 while the upstream circuit breaker is open"),
+            &["upstream"],
+        )?;
         registry.register(Box::new(breaker_open.clone()))?;
         Ok(Metrics {
-            requests: counter(registry, "tile_proxy_requests_total", "Tile requests by cache result", &["index", "cache"])?,
-            upstream_requests: counter(registry, "tile_proxy_upstream_requests_total", "Upstream requests by status", &["index", "status"])?,
+            requests: counter(
+                registry,
+                "tile_proxy_requests_total",
+                "Tile requests by cache result",
+                &["index", "cache"],
+            )?,
+            upstream_requests: counter(
+                registry,
+                "tile_proxy_upstream_requests_total",
+                "Upstream requests by status",
+                &["index", "status"],
+            )?,
             upstream_latency,
             upstream_retries: counter(registry, "tile_proxy_upstream_retries_total", "Upstream retries", &["index"])?,
-            bytes_served: counter(registry, "tile_proxy_bytes_served_total", "Body bytes served to clients", &["index", "cache"])?,
+            bytes_served: counter(
+                registry,
+                "tile_proxy_bytes_served_total",
+                "Body bytes served to clients",
+                &["index", "cache"],
+            )?,
             hits_by_tier: counter(registry, "tile_proxy_cache_hits_total", "Cache hits by tier", &["index", "tier"])?,
             inserts: counter(registry, "tile_proxy_cache_inserts_total", "Entries stored", &["index"])?,
-            not_stored: counter(registry, "tile_proxy_cache_not_stored_total", "Upstream answers not stored, by reason", &["index", "reason"])?,
-            cache_errors: counter(registry, "tile_proxy_cache_errors_total", "Cache tier failures (bypassed)", &["tier", "op"])?,
-            revalidations: counter(registry, "tile_proxy_revalidations_total", "Upstream revalidations by result", &["index", "result"])?,
-            auth_failures: counter(registry, "tile_proxy_upstream_auth_failures_total", "401/403 answers from the upstream", &["status"])?,
+            not_stored: counter(
+                registry,
+                "tile_proxy_cache_not_stored_total",
+                "Upstream answers not stored, by reason",
+                &["index", "reason"],
+            )?,
+            cache_errors: counter(
+                registry,
+                "tile_proxy_cache_errors_total",
+                "Cache tier failures (bypassed)",
+                &["tier", "op"],
+            )?,
+            revalidations: counter(
+                registry,
+                "tile_proxy_revalidations_total",
+                "Upstream revalidations by result",
+                &["index", "result"],
+            )?,
+            auth_failures: counter(
+                registry,
+                "tile_proxy_upstream_auth_failures_total",
+                "401/403 answers from the upstream",
+                &["status"],
+            )?,
             breaker_open,
             known: RwLock::new(configured.into_iter().collect()),
             max_indices,

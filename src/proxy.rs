@@ -353,7 +353,8 @@ async fn fetch_and_relay(writer: FlightWriter, ctx: &FetchCtx) -> bool {
         404 | 204 if !ctx.policy.negative_ttl.is_zero() => Some(ctx.policy.negative_ttl.min(state.settings.ttl_cap)),
         _ => None,
     };
-    let content_length = response.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let content_length =
+        response.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let content_type = hdr(header::CONTENT_TYPE).unwrap_or_else(|| HeaderValue::from_static(ctx.tile.content_type()));
     let upstream_etag = hdr(header::ETAG);
     let max_entry = state.settings.max_entry_size;

@@ -186,16 +186,7 @@ pub fn parse(path: &str, query: &str, opts: ParseOptions) -> Result<Option<TileR
         return Err(RouteError::new("format", format!("must be one of {}", formats.join(", "))));
     }
     let (index, params) = parse_query(api, query, opts)?;
-    Ok(Some(TileRequest {
-        index,
-        api,
-        resource: resource.to_string(),
-        z,
-        x,
-        y,
-        format: format.to_string(),
-        params,
-    }))
+    Ok(Some(TileRequest { index, api, resource: resource.to_string(), z, x, y, format: format.to_string(), params }))
 }
 
 /// Decimal digits only (no sign, no leading `+`), at most 9 of them.
@@ -365,12 +356,40 @@ mod tests {
     #[test]
     fn accepted_shapes() {
         let cases = [
-            ("/here-proxy/mc/5/15/13/png", "indice=123&style=explore.day&size=512", "123", Api::Raster, "base", "size=512"),
+            (
+                "/here-proxy/mc/5/15/13/png",
+                "indice=123&style=explore.day&size=512",
+                "123",
+                Api::Raster,
+                "base",
+                "size=512",
+            ),
             ("/here-proxy/5/15/13/png", "", "default", Api::Raster, "base", ""),
             ("/v3/label/mc/0/0/0/png8", "apiKey=x&indice=a.b-c_d", "a.b-c_d", Api::Raster, "label", ""),
-            ("/v3/base/mc/20/1048575/0/jpeg", "lang=en-US&pview=ARG", "default", Api::Raster, "base", "lang=en-US&pview=ARG"),
-            ("/v2/vectortiles/core/mc/17/0/131071/omv", "apikey=x&content=default,transit", "default", Api::Vector, "core", "content=default,transit"),
-            ("/v3/base/mc/3/1/2/png", "features=pois:all,congestion_zones:disabled&startTime=2024-01-02T03:04", "default", Api::Raster, "base", "features=pois:all,congestion_zones:disabled&startTime=2024-01-02T03:04"),
+            (
+                "/v3/base/mc/20/1048575/0/jpeg",
+                "lang=en-US&pview=ARG",
+                "default",
+                Api::Raster,
+                "base",
+                "lang=en-US&pview=ARG",
+            ),
+            (
+                "/v2/vectortiles/core/mc/17/0/131071/omv",
+                "apikey=x&content=default,transit",
+                "default",
+                Api::Vector,
+                "core",
+                "content=default,transit",
+            ),
+            (
+                "/v3/base/mc/3/1/2/png",
+                "features=pois:all,congestion_zones:disabled&startTime=2024-01-02T03:04",
+                "default",
+                Api::Raster,
+                "base",
+                "features=pois:all,congestion_zones:disabled&startTime=2024-01-02T03:04",
+            ),
         ];
         for (path, q, index, api, resource, query) in cases {
             let t = p(path, q).unwrap().unwrap();
@@ -418,14 +437,16 @@ mod tests {
 
     #[test]
     fn not_ours() {
-        for path in ["/", "/v3/info", "/v1/base/mc/1/0/0/png", "/here-proxyx/1/0/0/png", "/v2/other/base/mc/1/0/0/omv"] {
+        for path in ["/", "/v3/info", "/v1/base/mc/1/0/0/png", "/here-proxyx/1/0/0/png", "/v2/other/base/mc/1/0/0/omv"]
+        {
             assert_eq!(p(path, ""), Ok(None), "{path}");
         }
     }
 
     #[test]
     fn api_key_in_any_case_is_dropped_and_defaults_normalised() {
-        let a = p("/here-proxy/mc/5/15/13/png", "APIKEY=a&ApiKey=b&apiKey=c&style=explore.day&size=256").unwrap().unwrap();
+        let a =
+            p("/here-proxy/mc/5/15/13/png", "APIKEY=a&ApiKey=b&apiKey=c&style=explore.day&size=256").unwrap().unwrap();
         let b = p("/here-proxy/5/15/13/png", "").unwrap().unwrap();
         assert_eq!(a, b);
         assert!(a.params.is_empty());

@@ -74,16 +74,23 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         Metrics::new(&prom.registry, settings.metrics_max_indices, settings.policies.keys().cloned())
             .map_err(|e| StartError::Metrics(e.to_string()))?,
     );
-    let tier = FoyerTier::open(
-        FoyerOptions {
-            dir: &settings.cache_dir,
-            memory: settings.memory_cache,
-            disk: settings.disk_cache,
-            max_entry: settings.max_entry_size,
-        },
-        &prom.registry,
-    )
-    .await?;
+    let opts = FoyerOptions {
+        dir: &settings.cache_dir,
+        memory: settings.memory_cache,
+        disk: settings.disk_cache,
+        max_entry: settings.max_entry_size,
+    };
+    // A disk that cannot be used degrades the service to memory only; it never stops it.
+    let (tier, disk_problem) = match FoyerTier::open(opts.clone(), &prom.registry).await {
+        Ok(t) => (t, None),
+        Err(e) if opts.disk > 0 => {
+            tracing::error!(error = %e, "disk tier unavailable; running with the memory tier only");
+            // A failed open may have registered foyer's metrics already: the fallback gets its own.
+            let t = FoyerTier::open(FoyerOptions { disk: 0, ..opts }, &prometheus::Registry::new()).await?;
+            (t, Some(e.to_string()))
+        }
+        Err(e) => return Err(e.into()),
+    };
     let cache = Arc::new(TileCache::new(vec![Box::new(tier)], metrics.clone()));
     let settings = Arc::new(settings);
     let state = web::Data::new(AppState {
@@ -92,7 +99,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         cache,
         flights: Flights::new(),
         metrics,
-        health: Arc::new(Health::default()),
+        health: Arc::new(Health::with_cache_problem(disk_problem)),
         breakers: Arc::new(crate::breaker::Breakers::new(
             settings.upstream.breaker_failures,
             settings.upstream.breaker_cooldown,
@@ -105,7 +112,11 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let server = HttpServer::new(move || {
         // One awc client per worker: awc is not Send, and its pool is per client.
         let client = web::Data::new(upstream::build_client(&upstream_settings));
-        let tile = || web::route().guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head())).to(proxy::tile);
+        let tile = || {
+            web::route()
+                .guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()))
+                .to(proxy::tile)
+        };
         App::new()
             .app_data(app_state.clone())
             .app_data(client)
@@ -125,9 +136,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     .workers(settings.workers)
     .disable_signals()
     .shutdown_timeout(settings.shutdown_timeout.as_secs().max(1));
-    let server = server
-        .bind(settings.listen)
-        .map_err(|source| StartError::Bind { addr: settings.listen, source })?;
+    let server = server.bind(settings.listen).map_err(|source| StartError::Bind { addr: settings.listen, source })?;
     let addrs = server.addrs();
     let server = server.run();
     let handle = server.handle();

@@ -22,15 +22,10 @@ pub fn init(json: bool) {
             filter = filter.add_directive(d);
         }
     }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_span_events(FmtSpan::CLOSE)
-        .with_writer(std::io::stdout);
-    let _ = if json {
-        builder.json().with_current_span(true).with_span_list(false).try_init()
-    } else {
-        builder.try_init()
-    };
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_span_events(FmtSpan::CLOSE).with_writer(std::io::stdout);
+    let _ =
+        if json { builder.json().with_current_span(true).with_span_list(false).try_init() } else { builder.try_init() };
 }
 
 /// Time the request started, kept in the request's extensions.
@@ -67,10 +62,7 @@ impl RootSpanBuilder for TileSpan {
                 if let Some(started) = res.request().extensions().get::<Started>() {
                     span.record("latency_ms", started.0.elapsed().as_secs_f64() * 1000.0);
                 }
-                let len = res
-                    .headers()
-                    .get(CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                let len = res.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
                 if let Some(len) = len {
                     span.record("bytes", len);
                 } else if let actix_web::body::BodySize::Sized(n) = res.response().body().size() {

@@ -222,9 +222,17 @@ mod tests {
     fn urls_come_from_config_and_validated_parts() {
         let c = cfg(Some("SERVERKEY"));
         let cases = [
-            ("/here-proxy/mc/5/15/13/png", "indice=1&apiKey=CLIENT&size=512&style=explore.day", "https://maps.example.com/v3/base/mc/5/15/13/png?size=512&apiKey=SERVERKEY"),
+            (
+                "/here-proxy/mc/5/15/13/png",
+                "indice=1&apiKey=CLIENT&size=512&style=explore.day",
+                "https://maps.example.com/v3/base/mc/5/15/13/png?size=512&apiKey=SERVERKEY",
+            ),
             ("/v3/label/mc/1/0/1/jpeg", "", "https://maps.example.com/v3/label/mc/1/0/1/jpeg?apiKey=SERVERKEY"),
-            ("/v2/vectortiles/core/mc/2/1/1/omv", "apikey=CLIENT&content=transit", "http://127.0.0.1:9/v2/vectortiles/core/mc/2/1/1/omv?content=transit&apikey=SERVERKEY"),
+            (
+                "/v2/vectortiles/core/mc/2/1/1/omv",
+                "apikey=CLIENT&content=transit",
+                "http://127.0.0.1:9/v2/vectortiles/core/mc/2/1/1/omv?content=transit&apikey=SERVERKEY",
+            ),
         ];
         for (path, q, want) in cases {
             let t = parse(path, q, ParseOptions::default()).unwrap().unwrap();
@@ -238,7 +246,8 @@ mod tests {
     fn redaction_and_retry_rules() {
         let c = cfg(Some("SERVERKEY"));
         assert_eq!(c.redact("GET /x?apiKey=SERVERKEY failed"), "GET /x?apiKey=<redacted> failed");
-        for (s, want) in [(429, true), (502, true), (503, true), (504, true), (500, false), (404, false), (200, false)] {
+        for (s, want) in [(429, true), (502, true), (503, true), (504, true), (500, false), (404, false), (200, false)]
+        {
             assert_eq!(is_retryable_status(s), want, "{s}");
         }
         assert_eq!(parse_retry_after(" 3 "), Some(Duration::from_secs(3)));

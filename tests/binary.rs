@@ -36,7 +36,8 @@ fn spawn(up: &Upstream, dir: &std::path::Path) -> Proc {
         .spawn()
         .expect("tile-proxy starts");
     let lines = Arc::new(Mutex::new(Vec::new()));
-    for pipe in [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())] {
+    for pipe in [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())]
+    {
         let lines = lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
@@ -48,7 +49,8 @@ fn spawn(up: &Upstream, dir: &std::path::Path) -> Proc {
     let addr = loop {
         let found = lines.lock().unwrap().iter().find_map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            (v["fields"]["message"] == "tile-proxy listening").then(|| v["fields"]["addr"].as_str().unwrap().to_string())
+            (v["fields"]["message"] == "tile-proxy listening")
+                .then(|| v["fields"]["addr"].as_str().unwrap().to_string())
         });
         if let Some(a) = found {
             break a;
@@ -93,10 +95,17 @@ impl Proc {
 
 #[test]
 fn sigterm_drains_closes_the_cache_and_a_restart_serves_from_disk_without_leaking_the_key() {
-    let up = Upstream::start(Options { api_key: Some(KEY.into()), min_size: 12_000, max_size: 12_000, ..Options::default() }).unwrap();
+    let up = Upstream::start(Options {
+        api_key: Some(KEY.into()),
+        min_size: 12_000,
+        max_size: 12_000,
+        ..Options::default()
+    })
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = spawn(&up, dir.path());
-    let (status, head, body) = p.get("/here-proxy/mc/5/15/13/png?indice=123&style=explore.day&size=512&apiKey=CLIENTKEY9");
+    let (status, head, body) =
+        p.get("/here-proxy/mc/5/15/13/png?indice=123&style=explore.day&size=512&apiKey=CLIENTKEY9");
     assert_eq!(status, 200);
     assert!(head.contains("x-cache: miss"), "{head}");
     assert_eq!(body, up.tile_bytes("/v3/base/mc/5/15/13/png?size=512"));
@@ -158,7 +167,8 @@ fn configuration_errors_are_all_listed_and_exit_non_zero() {
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, "upstream_requires_key = false\n[index.abc]\nttl = \"5m\"\nstale_if_error = \"1h\"\n").unwrap();
+    std::fs::write(&cfg, "upstream_requires_key = false\n[index.abc]\nttl = \"5m\"\nstale_if_error = \"1h\"\n")
+        .unwrap();
     let out = Command::new(BIN).env_clear().args(["check-config", "--config"]).arg(&cfg).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);

@@ -76,10 +76,8 @@ async fn stale_is_served_when_the_upstream_fails_with_503_or_times_out() {
     assert_eq!(r.status, 503);
     assert_eq!(r.header("retry-after"), Some("7"));
     assert_eq!(r.json()["error"], "rate_limited");
-    for r in [&r] {
-        let body = String::from_utf8_lossy(r.bytes());
-        assert!(!body.contains(SERVER_KEY) && !body.contains("127.0.0.1"), "{body}");
-    }
+    let body = String::from_utf8_lossy(r.bytes());
+    assert!(!body.contains(SERVER_KEY) && !body.contains("127.0.0.1"), "{body}");
     let m = p.metrics().await;
     assert_eq!(metric(&m, "tile_proxy_requests_total", &["index=\"sie\"", "cache=\"stale\""]), 2.0);
     up.clear_faults();

@@ -271,7 +271,10 @@ async fn transient_503s_are_retried_then_succeed() {
 async fn expired_entries_are_refetched_never_served_as_fresh() {
     let up = upstream(2_000);
     let p = Proxy::start(&up, |f| {
-        f.index.insert("short".into(), tile_proxy::config::PolicyFileConfig { ttl: Some("1s".into()), ..Default::default() });
+        f.index.insert(
+            "short".into(),
+            tile_proxy::config::PolicyFileConfig { ttl: Some("1s".into()), ..Default::default() },
+        );
     })
     .await;
     let path = "/here-proxy/mc/6/6/6/png?indice=short";
@@ -420,5 +423,22 @@ async fn configured_origins_only() {
     assert_eq!(ok.header("access-control-allow-origin"), Some("https://ok.example"));
     let other = p.get_with("/here-proxy/mc/1/1/0/png", &[("Origin", "https://evil.example")]).await;
     assert_eq!(other.header("access-control-allow-origin"), None);
+    p.stop().await;
+}
+
+#[actix_rt::test]
+async fn an_unusable_disk_degrades_to_memory_only_instead_of_failing() {
+    let up = upstream(2_000);
+    let blocker = tempfile::NamedTempFile::new().unwrap();
+    // The cache "folder" is a regular file: the disk tier cannot open.
+    let cache_dir = blocker.path().join("sub");
+    let p = Proxy::start(&up, |f| f.cache_dir = cache_dir).await;
+    let url = "/here-proxy/mc/2/2/2/png?indice=nodisk";
+    assert_eq!(p.get(url).await.x_cache(), "MISS");
+    assert_eq!(p.get(url).await.x_cache(), "HIT", "the memory tier still works");
+    let h = p.get("/health").await.json();
+    assert_eq!(h["status"], "degraded");
+    assert!(h["problems"][0].as_str().unwrap().contains("disk tier disabled"), "{h}");
+    assert_eq!(h["cache"][0]["disk"]["enabled"], false);
     p.stop().await;
 }

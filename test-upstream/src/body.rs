@@ -43,9 +43,7 @@ pub(crate) fn body_hash(body: &[u8]) -> u64 {
     for w in &mut words {
         let mut a = [0u8; 8];
         a.copy_from_slice(w);
-        h = (h ^ u64::from_le_bytes(a))
-            .wrapping_mul(FNV_PRIME)
-            .rotate_left(23);
+        h = (h ^ u64::from_le_bytes(a)).wrapping_mul(FNV_PRIME).rotate_left(23);
     }
     h = fnv1a(h, words.remainder());
     mix64(h)
@@ -137,10 +135,7 @@ pub(crate) fn is_key_param(name: &str) -> bool {
 /// The query in canonical form for hashing: key parameters removed, decoded pairs sorted,
 /// joined with separators that cannot be confused with content.
 pub(crate) fn canonical_query(query: &str) -> String {
-    let mut pairs: Vec<(String, String)> = parse_query(query)
-        .into_iter()
-        .filter(|(k, _)| !is_key_param(k))
-        .collect();
+    let mut pairs: Vec<(String, String)> = parse_query(query).into_iter().filter(|(k, _)| !is_key_param(k)).collect();
     pairs.sort();
     let mut out = String::new();
     for (k, v) in pairs {
@@ -161,14 +156,7 @@ pub(crate) struct Tile {
 
 /// Generates the body for (version, path, canonical query). `min`/`max` bound the size;
 /// when `max <= min` the size is exactly `min`.
-pub(crate) fn generate(
-    version: u64,
-    path: &str,
-    canonical: &str,
-    kind: BodyKind,
-    min: usize,
-    max: usize,
-) -> Tile {
+pub(crate) fn generate(version: u64, path: &str, canonical: &str, kind: BodyKind, min: usize, max: usize) -> Tile {
     let mut seed = fnv1a(FNV_OFFSET, &version.to_le_bytes());
     seed = fnv1a(seed, &[0xff]);
     seed = fnv1a(seed, path.as_bytes());
@@ -191,10 +179,7 @@ pub(crate) fn generate(
     let n = prefix.len().min(size);
     body[..n].copy_from_slice(&prefix[..n]);
     let etag = format!("\"{:016x}\"", body_hash(&body));
-    Tile {
-        body: Bytes::from(body),
-        etag,
-    }
+    Tile { body: Bytes::from(body), etag }
 }
 
 /// A UUID-shaped correlation id derived from a sequence number.
@@ -225,10 +210,7 @@ mod tests {
 
     #[test]
     fn canonical_ignores_key_and_order() {
-        assert_eq!(
-            canonical_query("b=2&apiKey=x&a=1"),
-            canonical_query("a=1&apikey=y&b=%32")
-        );
+        assert_eq!(canonical_query("b=2&apiKey=x&a=1"), canonical_query("a=1&apikey=y&b=%32"));
         assert_ne!(canonical_query("a=1"), canonical_query("a=2"));
     }
 

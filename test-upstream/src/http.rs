@@ -26,21 +26,13 @@ pub(crate) struct Request {
 impl Request {
     /// First value of a header (name must be lowercase).
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     /// Whether the client asked (or the protocol version implies) to close after this exchange.
     pub(crate) fn wants_close(&self) -> bool {
         let tokens = |v: &str, t: &str| v.split(',').any(|x| x.trim().eq_ignore_ascii_case(t));
-        let conn: Vec<&str> = self
-            .headers
-            .iter()
-            .filter(|(k, _)| k == "connection")
-            .map(|(_, v)| v.as_str())
-            .collect();
+        let conn: Vec<&str> = self.headers.iter().filter(|(k, _)| k == "connection").map(|(_, v)| v.as_str()).collect();
         if conn.iter().any(|v| tokens(v, "close")) {
             return true;
         }
@@ -78,9 +70,7 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
 }
 
 fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Tries to parse one request head from the start of `buf`.
@@ -166,9 +156,7 @@ fn origin_form(target: &str) -> Option<&str> {
     if target.starts_with('/') {
         return Some(target);
     }
-    let rest = target
-        .strip_prefix("http://")
-        .or_else(|| target.strip_prefix("https://"))?;
+    let rest = target.strip_prefix("http://").or_else(|| target.strip_prefix("https://"))?;
     match rest.find('/') {
         Some(i) => Some(&rest[i..]),
         None => Some("/"),
@@ -223,11 +211,7 @@ pub(crate) struct Response {
 impl Response {
     /// A response with no headers yet.
     pub(crate) fn new(status: u16, body: Bytes) -> Response {
-        Response {
-            status,
-            headers: Vec::new(),
-            body,
-        }
+        Response { status, headers: Vec::new(), body }
     }
 
     /// Adds a header.
@@ -301,33 +285,20 @@ mod tests {
     fn incomplete_and_bad() {
         assert!(parse_head(b"GET / HTTP/1.1\r\n").unwrap().is_none());
         assert_eq!(parse_head(b"GARBAGE\r\n\r\n").unwrap_err(), ParseError::Bad);
-        assert_eq!(
-            parse_head(b"GET / HTTP/2\r\n\r\n").unwrap_err(),
-            ParseError::Bad
-        );
-        assert_eq!(
-            parse_head(b"GET / HTTP/1.1\r\nnocolon\r\n\r\n").unwrap_err(),
-            ParseError::Bad
-        );
-        assert_eq!(
-            parse_head(b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n").unwrap_err(),
-            ParseError::Bad
-        );
+        assert_eq!(parse_head(b"GET / HTTP/2\r\n\r\n").unwrap_err(), ParseError::Bad);
+        assert_eq!(parse_head(b"GET / HTTP/1.1\r\nnocolon\r\n\r\n").unwrap_err(), ParseError::Bad);
+        assert_eq!(parse_head(b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n").unwrap_err(), ParseError::Bad);
         let big = vec![b'a'; MAX_HEAD + 10];
         assert_eq!(parse_head(&big).unwrap_err(), ParseError::HeadTooLarge);
     }
 
     #[test]
     fn absolute_form_and_http10() {
-        let (req, _) = parse_head(b"GET http://h:1/x?y HTTP/1.0\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let (req, _) = parse_head(b"GET http://h:1/x?y HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert_eq!(req.path, "/x");
         assert_eq!(req.query, "y");
         assert!(req.wants_close());
-        let (req, _) = parse_head(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let (req, _) = parse_head(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().unwrap();
         assert!(!req.wants_close());
     }
 }

@@ -95,18 +95,12 @@ pub struct Recorded {
 impl Recorded {
     /// First value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// First value of query parameter `name` (exact case), percent-decoded (`+` = space).
     pub fn query_param(&self, name: &str) -> Option<String> {
-        body::parse_query(&self.query)
-            .into_iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v)
+        body::parse_query(&self.query).into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
     }
 }
 
@@ -168,9 +162,7 @@ pub struct Upstream {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream")
-            .field("addr", &self.addr)
-            .finish()
+        f.debug_struct("Upstream").field("addr", &self.addr).finish()
     }
 }
 
@@ -184,44 +176,42 @@ impl Upstream {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<SocketAddr>>();
         let thread_state = state.clone();
-        let thread = std::thread::Builder::new()
-            .name("test-upstream".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .thread_name("test-upstream-worker")
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
+        let thread = std::thread::Builder::new().name("test-upstream".into()).spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("test-upstream-worker")
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let listener = match server::bind(listen) {
+                    Ok(l) => l,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                         return;
                     }
                 };
-                rt.block_on(async move {
-                    let listener = match server::bind(listen) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    let addr = match listener.local_addr() {
-                        Ok(a) => a,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    if ready_tx.send(Ok(addr)).is_err() {
+                let addr = match listener.local_addr() {
+                    Ok(a) => a,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
                         return;
                     }
-                    server::serve(thread_state, listener, stop_rx).await;
-                });
-                // Dropping the runtime cancels every connection task (hung ones included).
-                drop(rt);
-            })?;
+                };
+                if ready_tx.send(Ok(addr)).is_err() {
+                    return;
+                }
+                server::serve(thread_state, listener, stop_rx).await;
+            });
+            // Dropping the runtime cancels every connection task (hung ones included).
+            drop(rt);
+        })?;
         let addr = match ready_rx.recv() {
             Ok(Ok(addr)) => addr,
             Ok(Err(e)) => {
@@ -233,12 +223,7 @@ impl Upstream {
                 return Err(io::Error::other("test-upstream thread exited early"));
             }
         };
-        Ok(Upstream {
-            state,
-            addr,
-            stop: stop_tx,
-            thread: Some(thread),
-        })
+        Ok(Upstream { state, addr, stop: stop_tx, thread: Some(thread) })
     }
 
     /// The bound address.

@@ -41,8 +41,7 @@ enum Command {
 
 fn parse_num<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T, String> {
     let v = value.ok_or_else(|| format!("{flag} needs a value"))?;
-    v.parse()
-        .map_err(|_| format!("{flag}: invalid number '{v}'"))
+    v.parse().map_err(|_| format!("{flag}: invalid number '{v}'"))
 }
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
@@ -60,15 +59,11 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
             "-h" | "--help" => return Ok(Command::Help),
             "--listen" => {
                 let v = value().ok_or("--listen needs a value")?;
-                opts.listen = v
-                    .parse()
-                    .map_err(|_| format!("--listen: invalid socket address '{v}'"))?;
+                opts.listen = v.parse().map_err(|_| format!("--listen: invalid socket address '{v}'"))?;
             }
             "--key" => opts.api_key = Some(value().ok_or("--key needs a value")?),
             "--no-auth" => opts.api_key = None,
-            "--forbidden-key" => opts
-                .forbidden_keys
-                .push(value().ok_or("--forbidden-key needs a value")?),
+            "--forbidden-key" => opts.forbidden_keys.push(value().ok_or("--forbidden-key needs a value")?),
             "--min-size" => opts.min_size = parse_num(&flag, value())?,
             "--max-size" => max_size = Some(parse_num(&flag, value())?),
             "--latency-ms" => opts.latency = Duration::from_millis(parse_num(&flag, value())?),
@@ -126,10 +121,7 @@ fn main() {
     let mut out = std::io::stdout();
     let _ = writeln!(out, "listening on {}", upstream.base_url());
     let _ = out.flush();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("test-upstream: cannot build signal runtime: {e}");
@@ -182,10 +174,7 @@ mod tests {
         let o = run(&["--key", "k", "--min-size", "5000"]);
         assert_eq!(o.api_key.as_deref(), Some("k"));
         assert_eq!((o.min_size, o.max_size), (5000, 5000));
-        assert!(matches!(
-            parse_args(["--help".to_string()]),
-            Ok(Command::Help)
-        ));
+        assert!(matches!(parse_args(["--help".to_string()]), Ok(Command::Help)));
         assert!(parse_args(["--bogus".to_string()]).is_err());
         assert!(parse_args(["--min-size".to_string()]).is_err());
         assert!(parse_args(["--min-size".to_string(), "x".to_string()]).is_err());

@@ -82,12 +82,7 @@ impl State {
     }
 
     pub(crate) fn count_matching(&self, needle: &str) -> u64 {
-        lock(&self.stats)
-            .paths
-            .iter()
-            .filter(|(p, _)| p.contains(needle))
-            .map(|(_, n)| *n)
-            .sum()
+        lock(&self.stats).paths.iter().filter(|(p, _)| p.contains(needle)).map(|(_, n)| *n).sum()
     }
 
     pub(crate) fn requests(&self) -> Vec<Recorded> {
@@ -98,11 +93,7 @@ impl State {
         if remaining == Some(0) {
             return;
         }
-        lock(&self.faults).push(Rule {
-            needle: needle.to_string(),
-            fault,
-            remaining,
-        });
+        lock(&self.faults).push(Rule { needle: needle.to_string(), fault, remaining });
     }
 
     pub(crate) fn clear_faults(&self) {
@@ -124,9 +115,7 @@ impl State {
 
     /// The body a 200 for `path_and_query` would carry.
     pub(crate) fn tile_bytes(&self, path_and_query: &str) -> Bytes {
-        let (path, query) = path_and_query
-            .split_once('?')
-            .unwrap_or((path_and_query, ""));
+        let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
         match classify(path) {
             Route::Tile { kind, .. } => self.tile(path, query, kind).body.clone(),
             Route::Meta(meta) => meta_body(meta),
@@ -158,9 +147,7 @@ impl State {
     /// Finds the first rule (insertion order) whose needle is in `path` and consumes one use.
     fn take_fault(&self, path: &str) -> Option<Fault> {
         let mut rules = lock(&self.faults);
-        let idx = rules
-            .iter()
-            .position(|r| path.contains(r.needle.as_str()))?;
+        let idx = rules.iter().position(|r| path.contains(r.needle.as_str()))?;
         let fault = rules[idx].fault.clone();
         if let Some(n) = rules[idx].remaining.as_mut() {
             *n -= 1;
@@ -178,14 +165,7 @@ impl State {
         if let Some(t) = lock(&self.cache).map.get(&key) {
             return t.clone();
         }
-        let tile = Arc::new(body::generate(
-            version,
-            path,
-            &canonical,
-            kind,
-            self.opts.min_size,
-            self.opts.max_size,
-        ));
+        let tile = Arc::new(body::generate(version, path, &canonical, kind, self.opts.min_size, self.opts.max_size));
         let mut cache = lock(&self.cache);
         if cache.map.len() >= CACHE_MAX_ENTRIES || cache.bytes >= CACHE_MAX_BYTES {
             cache.map.clear();
@@ -224,26 +204,14 @@ impl Meta {
 
 #[derive(Debug)]
 enum Route {
-    Tile {
-        api: Api,
-        kind: BodyKind,
-        content_type: &'static str,
-    },
-    Invalid {
-        parameter: &'static str,
-        code: &'static str,
-        message: String,
-    },
+    Tile { api: Api, kind: BodyKind, content_type: &'static str },
+    Invalid { parameter: &'static str, code: &'static str, message: String },
     Meta(Meta),
     NotFound,
 }
 
 fn invalid(parameter: &'static str, code: &'static str, message: String) -> Route {
-    Route::Invalid {
-        parameter,
-        code,
-        message,
-    }
+    Route::Invalid { parameter, code, message }
 }
 
 /// Validates z/x/y; `None` when fine.
@@ -254,9 +222,7 @@ fn check_zxy(z: &str, x: &str, y: &str, max_zoom: u32) -> Option<Route> {
             return Some(invalid(
                 "zoom",
                 "E622004",
-                format!(
-                    "Invalid value '{z}' for parameter 'zoom': must be an integer 0..{max_zoom}"
-                ),
+                format!("Invalid value '{z}' for parameter 'zoom': must be an integer 0..{max_zoom}"),
             ))
         }
     };
@@ -291,18 +257,10 @@ fn classify(path: &str) -> Route {
         ["", "v3", "politicalViews"] => Route::Meta(Meta::PoliticalViews),
         ["", "v3", resource, proj, z, x, y, format] => {
             if !matches!(*resource, "base" | "background" | "label") {
-                return invalid(
-                    "resource",
-                    "E622003",
-                    format!("Invalid value '{resource}' for parameter 'resource'"),
-                );
+                return invalid("resource", "E622003", format!("Invalid value '{resource}' for parameter 'resource'"));
             }
             if *proj != "mc" {
-                return invalid(
-                    "projection",
-                    "E622008",
-                    format!("Invalid value '{proj}' for parameter 'projection'"),
-                );
+                return invalid("projection", "E622008", format!("Invalid value '{proj}' for parameter 'projection'"));
             }
             if let Some(err) = check_zxy(z, x, y, 20) {
                 return err;
@@ -311,49 +269,25 @@ fn classify(path: &str) -> Route {
                 "png" | "png8" => (BodyKind::Png, "image/png"),
                 "jpeg" => (BodyKind::Jpeg, "image/jpeg"),
                 other => {
-                    return invalid(
-                        "format",
-                        "E622007",
-                        format!("Invalid value '{other}' for parameter 'format'"),
-                    )
+                    return invalid("format", "E622007", format!("Invalid value '{other}' for parameter 'format'"))
                 }
             };
-            Route::Tile {
-                api: Api::Raster,
-                kind,
-                content_type,
-            }
+            Route::Tile { api: Api::Raster, kind, content_type }
         }
         ["", "v2", "vectortiles", layer, proj, z, x, y, format] => {
             if !matches!(*layer, "base" | "core") {
-                return invalid(
-                    "layer",
-                    "E622003",
-                    format!("Invalid value '{layer}' for parameter 'layer'"),
-                );
+                return invalid("layer", "E622003", format!("Invalid value '{layer}' for parameter 'layer'"));
             }
             if *proj != "mc" {
-                return invalid(
-                    "projection",
-                    "E622008",
-                    format!("Invalid value '{proj}' for parameter 'projection'"),
-                );
+                return invalid("projection", "E622008", format!("Invalid value '{proj}' for parameter 'projection'"));
             }
             if let Some(err) = check_zxy(z, x, y, 17) {
                 return err;
             }
             if *format != "omv" {
-                return invalid(
-                    "format",
-                    "E622007",
-                    format!("Invalid value '{format}' for parameter 'format'"),
-                );
+                return invalid("format", "E622007", format!("Invalid value '{format}' for parameter 'format'"));
             }
-            Route::Tile {
-                api: Api::Vector,
-                kind: BodyKind::Omv,
-                content_type: "application/x-protobuf",
-            }
+            Route::Tile { api: Api::Vector, kind: BodyKind::Omv, content_type: "application/x-protobuf" }
         }
         _ => Route::NotFound,
     }
@@ -391,13 +325,7 @@ fn json_response(status: u16, value: serde_json::Value, corr: String) -> Respons
 }
 
 /// HERE's 400/404/500-style error body.
-fn here_error(
-    status: u16,
-    code: &str,
-    parameter: Option<&str>,
-    cause: &str,
-    corr: String,
-) -> Response {
+fn here_error(status: u16, code: &str, parameter: Option<&str>, cause: &str, corr: String) -> Response {
     let title = match status {
         400 => "Input data failed validation",
         _ => http::reason(status),
@@ -448,32 +376,12 @@ fn status_response(state: &State, code: u16, retry_after: Option<u32>) -> Respon
             json!({"error": "Service Unavailable", "error_description": "The service is temporarily unavailable, try again later"}),
             corr,
         ),
-        c if c < 200 || c == 204 || c == 304 => {
-            Response::new(c, Bytes::new()).with("X-Correlation-ID", corr)
-        }
-        404 => here_error(
-            404,
-            "E622000",
-            None,
-            "The requested resource was not found",
-            corr,
-        ),
-        400 => here_error(
-            400,
-            "E622002",
-            Some("path"),
-            "Input data failed validation",
-            corr,
-        ),
+        c if c < 200 || c == 204 || c == 304 => Response::new(c, Bytes::new()).with("X-Correlation-ID", corr),
+        404 => here_error(404, "E622000", None, "The requested resource was not found", corr),
+        400 => here_error(400, "E622002", Some("path"), "Input data failed validation", corr),
         c if c >= 500 => {
             let code_str = format!("E6220{}", 50 + (c % 5));
-            here_error(
-                c,
-                &code_str,
-                None,
-                "Internal error while processing the request",
-                corr,
-            )
+            here_error(c, &code_str, None, "Internal error while processing the request", corr)
         }
         c => here_error(c, "E622002", None, http::reason(c), corr),
     };
@@ -494,16 +402,10 @@ fn etag_matches(req: &Request, etag: &str) -> bool {
 
 /// 401/403 when the request's credentials are not acceptable.
 fn check_auth(state: &State, req: &Request) -> Option<Response> {
-    let mut keys: Vec<String> = body::parse_query(&req.query)
-        .into_iter()
-        .filter(|(k, _)| body::is_key_param(k))
-        .map(|(_, v)| v)
-        .collect();
+    let mut keys: Vec<String> =
+        body::parse_query(&req.query).into_iter().filter(|(k, _)| body::is_key_param(k)).map(|(_, v)| v).collect();
     if let Some(auth) = req.header("authorization") {
-        if let Some(token) = auth
-            .strip_prefix("Bearer ")
-            .or_else(|| auth.strip_prefix("bearer "))
-        {
+        if let Some(token) = auth.strip_prefix("Bearer ").or_else(|| auth.strip_prefix("bearer ")) {
             keys.push(token.trim().to_string());
         }
     }
@@ -511,9 +413,7 @@ fn check_auth(state: &State, req: &Request) -> Option<Response> {
         return Some(status_response(state, 403, None));
     }
     match &state.opts.api_key {
-        Some(expected) if !keys.iter().any(|k| k == expected) => {
-            Some(status_response(state, 401, None))
-        }
+        Some(expected) if !keys.iter().any(|k| k == expected) => Some(status_response(state, 401, None)),
         _ => None,
     }
 }
@@ -525,14 +425,8 @@ fn normal(state: &State, req: &Request, strict: bool) -> Response {
     if strict {
         if req.method != "GET" && req.method != "HEAD" {
             let corr = state.correlation_id();
-            return here_error(
-                405,
-                "E622001",
-                None,
-                "Only GET and HEAD are supported",
-                corr,
-            )
-            .with("Allow", "GET, HEAD");
+            return here_error(405, "E622001", None, "Only GET and HEAD are supported", corr)
+                .with("Allow", "GET, HEAD");
         }
         let needs_auth = !matches!(route, Route::Meta(m) if !m.needs_auth());
         if needs_auth {
@@ -542,33 +436,19 @@ fn normal(state: &State, req: &Request, strict: bool) -> Response {
         }
     }
     match route {
-        Route::Tile {
-            api,
-            kind,
-            content_type,
-        } => {
+        Route::Tile { api, kind, content_type } => {
             let tile = state.tile(&req.path, &req.query, kind);
             let max_age = match api {
                 Api::Raster => state.opts.raster_max_age,
                 Api::Vector => state.opts.vector_max_age,
             };
-            let status = if strict && etag_matches(req, &tile.etag) {
-                304
-            } else {
-                200
-            };
-            let body = if status == 200 {
-                tile.body.clone()
-            } else {
-                Bytes::new()
-            };
+            let status = if strict && etag_matches(req, &tile.etag) { 304 } else { 200 };
+            let body = if status == 200 { tile.body.clone() } else { Bytes::new() };
             let mut resp = Response::new(status, body);
             if status == 200 {
                 resp = resp.with("Content-Type", content_type);
             }
-            resp = resp
-                .with("ETag", tile.etag.clone())
-                .with("X-Correlation-ID", state.correlation_id());
+            resp = resp.with("ETag", tile.etag.clone()).with("X-Correlation-ID", state.correlation_id());
             if let Some(age) = max_age {
                 resp = resp.with("Cache-Control", format!("max-age={age}"));
             }
@@ -584,18 +464,12 @@ fn normal(state: &State, req: &Request, strict: bool) -> Response {
                 resp
             }
         }
-        Route::Invalid {
-            parameter,
-            code,
-            message,
-        } => here_error(400, code, Some(parameter), &message, state.correlation_id()),
-        Route::NotFound => here_error(
-            404,
-            "E622000",
-            None,
-            &format!("No route for '{}'", req.path),
-            state.correlation_id(),
-        ),
+        Route::Invalid { parameter, code, message } => {
+            here_error(400, code, Some(parameter), &message, state.correlation_id())
+        }
+        Route::NotFound => {
+            here_error(404, "E622000", None, &format!("No route for '{}'", req.path), state.correlation_id())
+        }
     }
 }
 
@@ -606,11 +480,8 @@ fn internal(state: &State, req: &Request) -> Response {
     match req.path.as_str() {
         "/__stats" if method_ok(&["GET", "HEAD"]) => {
             let stats = lock(&state.stats);
-            let paths: serde_json::Map<String, serde_json::Value> = stats
-                .paths
-                .iter()
-                .map(|(k, v)| (k.clone(), json!(v)))
-                .collect();
+            let paths: serde_json::Map<String, serde_json::Value> =
+                stats.paths.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
             let v = json!({"total": stats.total, "paths": paths, "version": state.version()});
             drop(stats);
             json_response(200, v, corr)
@@ -632,9 +503,7 @@ fn internal(state: &State, req: &Request) -> Response {
                 None => json_response(400, json!({"error": "expected ?v=<u64>"}), corr),
             }
         }
-        "/__stats" | "/__reset" | "/__version" => {
-            json_response(405, json!({"error": "method not allowed"}), corr)
-        }
+        "/__stats" | "/__reset" | "/__version" => json_response(405, json!({"error": "method not allowed"}), corr),
         _ => json_response(404, json!({"error": "unknown control endpoint"}), corr),
     }
 }
@@ -651,22 +520,14 @@ enum Shape {
 }
 
 enum Action {
-    Respond {
-        resp: Response,
-        delay: Duration,
-        shape: Shape,
-    },
+    Respond { resp: Response, delay: Duration, shape: Shape },
     Reset,
     Hang,
 }
 
 fn handle(state: &State, req: &Request) -> Action {
     if req.path.starts_with("/__") {
-        return Action::Respond {
-            resp: internal(state, req),
-            delay: Duration::ZERO,
-            shape: Shape::Normal,
-        };
+        return Action::Respond { resp: internal(state, req), delay: Duration::ZERO, shape: Shape::Normal };
     }
     state.record(req);
     let mut delay = state.opts.latency;
@@ -674,30 +535,20 @@ fn handle(state: &State, req: &Request) -> Action {
         None => (normal(state, req, true), Shape::Normal),
         Some(Fault::Reset) => return Action::Reset,
         Some(Fault::Hang) => return Action::Hang,
-        Some(Fault::Status {
-            code: 200,
-            retry_after,
-        }) => {
+        Some(Fault::Status { code: 200, retry_after }) => {
             let mut resp = normal(state, req, false);
             if let Some(secs) = retry_after {
                 resp = resp.with("Retry-After", secs.to_string());
             }
             (resp, Shape::Normal)
         }
-        Some(Fault::Status { code, retry_after }) => {
-            (status_response(state, code, retry_after), Shape::Normal)
-        }
+        Some(Fault::Status { code, retry_after }) => (status_response(state, code, retry_after), Shape::Normal),
         Some(Fault::Delay(d)) => {
             delay += d;
             (normal(state, req, true), Shape::Normal)
         }
-        Some(Fault::SlowBody { chunk, interval }) => {
-            (normal(state, req, false), Shape::Slow { chunk, interval })
-        }
-        Some(Fault::Chunked { chunk, interval }) => (
-            normal(state, req, false),
-            Shape::Chunked { chunk, interval },
-        ),
+        Some(Fault::SlowBody { chunk, interval }) => (normal(state, req, false), Shape::Slow { chunk, interval }),
+        Some(Fault::Chunked { chunk, interval }) => (normal(state, req, false), Shape::Chunked { chunk, interval }),
         Some(Fault::Truncate { after }) => (normal(state, req, false), Shape::Truncate { after }),
     };
     Action::Respond { resp, delay, shape }
@@ -707,22 +558,14 @@ fn handle(state: &State, req: &Request) -> Action {
 
 /// Binds the listener (SO_REUSEADDR, backlog 1024).
 pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
 }
 
 /// Accepts connections until `stop` flips (or its sender is dropped).
-pub(crate) async fn serve(
-    state: Arc<State>,
-    listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
-) {
+pub(crate) async fn serve(state: Arc<State>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
     loop {
         if *stop.borrow() {
             break;
@@ -818,10 +661,7 @@ async fn connection(state: Arc<State>, mut stream: TcpStream) {
                 if matches!(shape, Shape::Truncate { .. }) {
                     close = true;
                 }
-                if write_response(&mut stream, &resp, shape, head_only, close)
-                    .await
-                    .is_err()
-                {
+                if write_response(&mut stream, &resp, shape, head_only, close).await.is_err() {
                     return;
                 }
             }
@@ -862,11 +702,7 @@ async fn write_response(
             Ok(())
         }
         Shape::Chunked { chunk, interval } => {
-            let framing = if resp.bodiless() {
-                Framing::None
-            } else {
-                Framing::Chunked
-            };
+            let framing = if resp.bodiless() { Framing::None } else { Framing::Chunked };
             stream.write_all(&resp.head(framing, close)).await?;
             stream.flush().await?;
             if send_body {
@@ -898,80 +734,17 @@ mod tests {
 
     #[test]
     fn classify_routes() {
-        assert!(matches!(
-            classify("/v3/base/mc/0/0/0/png"),
-            Route::Tile {
-                api: Api::Raster,
-                ..
-            }
-        ));
-        assert!(matches!(
-            classify("/v3/base/mc/20/1048575/0/jpeg"),
-            Route::Tile {
-                kind: BodyKind::Jpeg,
-                ..
-            }
-        ));
-        assert!(matches!(
-            classify("/v3/base/mc/21/0/0/png"),
-            Route::Invalid {
-                parameter: "zoom",
-                ..
-            }
-        ));
-        assert!(matches!(
-            classify("/v3/base/mc/2/4/0/png"),
-            Route::Invalid {
-                parameter: "column",
-                ..
-            }
-        ));
-        assert!(matches!(
-            classify("/v3/base/mc/2/0/-1/png"),
-            Route::Invalid {
-                parameter: "row",
-                ..
-            }
-        ));
-        assert!(matches!(
-            classify("/v3/base/mc/2/+1/0/png"),
-            Route::Invalid {
-                parameter: "column",
-                ..
-            }
-        ));
-        assert!(matches!(
-            classify("/v3/sat/mc/2/0/0/png"),
-            Route::Invalid {
-                parameter: "resource",
-                ..
-            }
-        ));
-        assert!(matches!(
-            classify("/v3/base/mc/2/0/0/gif"),
-            Route::Invalid {
-                parameter: "format",
-                ..
-            }
-        ));
-        assert!(matches!(
-            classify("/v2/vectortiles/core/mc/17/0/0/omv"),
-            Route::Tile {
-                api: Api::Vector,
-                ..
-            }
-        ));
-        assert!(matches!(
-            classify("/v2/vectortiles/core/mc/18/0/0/omv"),
-            Route::Invalid {
-                parameter: "zoom",
-                ..
-            }
-        ));
-        assert!(matches!(
-            classify("/v3/base/mc/2/0/0/png/"),
-            Route::NotFound
-        ));
+        assert!(matches!(classify("/v3/base/mc/0/0/0/png"), Route::Tile { api: Api::Raster, .. }));
+        assert!(matches!(classify("/v3/base/mc/20/1048575/0/jpeg"), Route::Tile { kind: BodyKind::Jpeg, .. }));
+        assert!(matches!(classify("/v3/base/mc/21/0/0/png"), Route::Invalid { parameter: "zoom", .. }));
+        assert!(matches!(classify("/v3/base/mc/2/4/0/png"), Route::Invalid { parameter: "column", .. }));
+        assert!(matches!(classify("/v3/base/mc/2/0/-1/png"), Route::Invalid { parameter: "row", .. }));
+        assert!(matches!(classify("/v3/base/mc/2/+1/0/png"), Route::Invalid { parameter: "column", .. }));
+        assert!(matches!(classify("/v3/sat/mc/2/0/0/png"), Route::Invalid { parameter: "resource", .. }));
+        assert!(matches!(classify("/v3/base/mc/2/0/0/gif"), Route::Invalid { parameter: "format", .. }));
+        assert!(matches!(classify("/v2/vectortiles/core/mc/17/0/0/omv"), Route::Tile { api: Api::Vector, .. }));
+        assert!(matches!(classify("/v2/vectortiles/core/mc/18/0/0/omv"), Route::Invalid { parameter: "zoom", .. }));
+        assert!(matches!(classify("/v3/base/mc/2/0/0/png/"), Route::NotFound));
         assert!(matches!(classify("/"), Route::NotFound));
         assert!(matches!(classify("/v3/info"), Route::Meta(Meta::Info)));
     }

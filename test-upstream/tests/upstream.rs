@@ -18,10 +18,7 @@ struct Resp {
 
 impl Resp {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     fn json(&self) -> serde_json::Value {
@@ -59,11 +56,7 @@ fn read_head(r: &mut BufReader<TcpStream>) -> std::io::Result<(u16, Vec<(String,
 /// Reads one full response (Content-Length or chunked framing, or until EOF).
 fn read_response(r: &mut BufReader<TcpStream>, head_request: bool) -> std::io::Result<Resp> {
     let (status, headers) = read_head(r)?;
-    let mut resp = Resp {
-        status,
-        headers,
-        body: Vec::new(),
-    };
+    let mut resp = Resp { status, headers, body: Vec::new() };
     if head_request || status == 204 || status == 304 {
         return Ok(resp);
     }
@@ -100,11 +93,7 @@ fn read_chunked(r: &mut BufReader<TcpStream>) -> std::io::Result<Vec<u8>> {
 
 fn request_with(up: &Upstream, method: &str, target: &str, extra: &str) -> Resp {
     let mut s = connect(up);
-    write!(
-        s,
-        "{method} {target} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n"
-    )
-    .unwrap();
+    write!(s, "{method} {target} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n").unwrap();
     let mut r = BufReader::new(s);
     read_response(&mut r, method == "HEAD").unwrap()
 }
@@ -134,11 +123,7 @@ fn ok_raster_tile_bytes_and_headers() {
     assert_eq!(&r.body[..8], b"\x89PNG\r\n\x1a\n");
     assert_eq!(r.body, up.tile_bytes(&target).to_vec());
     // apiKey and parameter order do not matter for the bytes.
-    assert_eq!(
-        r.body,
-        up.tile_bytes(&format!("{TILE}?style=explore.day&size=512"))
-            .to_vec()
-    );
+    assert_eq!(r.body, up.tile_bytes(&format!("{TILE}?style=explore.day&size=512")).to_vec());
     assert_ne!(r.body, up.tile_bytes(TILE).to_vec());
     let etag = r.header("etag").unwrap();
     assert_eq!(etag.len(), 18);
@@ -159,30 +144,19 @@ fn ok_raster_tile_bytes_and_headers() {
 
 #[test]
 fn ok_vector_tile_and_cache_control() {
-    let up = Upstream::start(Options {
-        raster_max_age: Some(60),
-        ..Options::default()
-    })
-    .unwrap();
+    let up = Upstream::start(Options { raster_max_age: Some(60), ..Options::default() }).unwrap();
     let r = get(&up, &format!("{VTILE}?apikey=test-key&content=default"));
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("application/x-protobuf"));
     assert_eq!(r.header("cache-control"), Some("max-age=3600"));
-    assert_eq!(
-        r.body,
-        up.tile_bytes(&format!("{VTILE}?content=default")).to_vec()
-    );
+    assert_eq!(r.body, up.tile_bytes(&format!("{VTILE}?content=default")).to_vec());
     let r = get(&up, &keyed(TILE));
     assert_eq!(r.header("cache-control"), Some("max-age=60"));
 }
 
 #[test]
 fn deterministic_across_servers_and_sizes_in_range() {
-    let opts = || Options {
-        min_size: 100,
-        max_size: 5000,
-        ..Options::default()
-    };
+    let opts = || Options { min_size: 100, max_size: 5000, ..Options::default() };
     let a = Upstream::start(opts()).unwrap();
     let b = Upstream::start(opts()).unwrap();
     let mut sizes = std::collections::HashSet::new();
@@ -201,16 +175,8 @@ fn deterministic_across_servers_and_sizes_in_range() {
 
 #[test]
 fn auth_401_403_and_no_auth() {
-    let up = Upstream::start(Options {
-        forbidden_keys: vec!["banned".into()],
-        ..Options::default()
-    })
-    .unwrap();
-    for target in [
-        TILE.to_string(),
-        format!("{TILE}?apiKey=wrong"),
-        "/v3/info".to_string(),
-    ] {
+    let up = Upstream::start(Options { forbidden_keys: vec!["banned".into()], ..Options::default() }).unwrap();
+    for target in [TILE.to_string(), format!("{TILE}?apiKey=wrong"), "/v3/info".to_string()] {
         let r = get(&up, &target);
         assert_eq!(r.status, 401, "{target}");
         assert_eq!(r.header("content-type"), Some("application/json"));
@@ -230,11 +196,7 @@ fn auth_401_403_and_no_auth() {
     let r = request_with(&up, "GET", TILE, "Authorization: Bearer test-key\r\n");
     assert_eq!(r.status, 200);
 
-    let open = Upstream::start(Options {
-        api_key: None,
-        ..Options::default()
-    })
-    .unwrap();
+    let open = Upstream::start(Options { api_key: None, ..Options::default() }).unwrap();
     assert_eq!(get(&open, TILE).status, 200);
 }
 
@@ -262,11 +224,7 @@ fn validation_400_and_404_shapes() {
         assert_eq!(j["title"], "Input data failed validation");
         assert_eq!(j["parameter"], param, "{path}");
         assert!(j["code"].as_str().unwrap().starts_with("E6220"));
-        assert_eq!(
-            j["correlationId"].as_str(),
-            r.header("x-correlation-id"),
-            "{path}"
-        );
+        assert_eq!(j["correlationId"].as_str(), r.header("x-correlation-id"), "{path}");
         assert!(j["cause"].is_string() && j["action"].is_string());
         assert!(j["details"][0]["message"].is_string());
     }
@@ -292,10 +250,7 @@ fn metadata_endpoints() {
     assert_eq!(get(&up, "/v3/info").status, 401);
     let i = get(&up, &keyed("/v3/info"));
     assert_eq!(i.status, 200);
-    assert_eq!(
-        i.json()["zoomLevels"],
-        serde_json::json!({"min":0,"max":20})
-    );
+    assert_eq!(i.json()["zoomLevels"], serde_json::json!({"min":0,"max":20}));
     assert_eq!(i.header("cache-control"), Some("max-age=86400"));
     assert_eq!(up.count("/v3/info"), 2);
     assert_eq!(up.total(), 4);
@@ -306,24 +261,14 @@ fn conditional_304() {
     let up = start();
     let target = keyed(TILE);
     let etag = get(&up, &target).header("etag").unwrap().to_string();
-    for inm in [
-        etag.clone(),
-        format!("W/{etag}"),
-        format!("\"0000000000000000\", {etag}"),
-        "*".to_string(),
-    ] {
+    for inm in [etag.clone(), format!("W/{etag}"), format!("\"0000000000000000\", {etag}"), "*".to_string()] {
         let r = request_with(&up, "GET", &target, &format!("If-None-Match: {inm}\r\n"));
         assert_eq!(r.status, 304, "{inm}");
         assert_eq!(r.header("etag"), Some(etag.as_str()));
         assert!(r.header("x-correlation-id").is_some());
         assert!(r.body.is_empty());
     }
-    let r = request_with(
-        &up,
-        "GET",
-        &target,
-        "If-None-Match: \"0000000000000000\"\r\n",
-    );
+    let r = request_with(&up, "GET", &target, "If-None-Match: \"0000000000000000\"\r\n");
     assert_eq!(r.status, 200);
     assert_eq!(up.count(TILE), 6);
 }
@@ -338,12 +283,7 @@ fn set_version_changes_bytes_and_etag() {
     assert_ne!(before.header("etag"), after.header("etag"));
     assert_ne!(before.body, after.body);
     assert_eq!(after.body, up.tile_bytes(&target).to_vec());
-    let r = request_with(
-        &up,
-        "GET",
-        &target,
-        &format!("If-None-Match: {}\r\n", before.header("etag").unwrap()),
-    );
+    let r = request_with(&up, "GET", &target, &format!("If-None-Match: {}\r\n", before.header("etag").unwrap()));
     assert_eq!(r.status, 200);
     up.set_version(0);
     assert_eq!(get(&up, &target).body, before.body);
@@ -352,10 +292,7 @@ fn set_version_changes_bytes_and_etag() {
 #[test]
 fn counters_recording_and_control_endpoints() {
     let up = start();
-    get(
-        &up,
-        &format!("{TILE}?apiKey=test-key&lang=en%2DUS&features=pois%3Aall"),
-    );
+    get(&up, &format!("{TILE}?apiKey=test-key&lang=en%2DUS&features=pois%3Aall"));
     get(&up, &keyed(TILE));
     get(&up, &keyed("/v3/base/mc/5/15/14/png"));
     request_with(&up, "HEAD", &keyed(VTILE), "User-Agent: probe\r\n");
@@ -382,13 +319,7 @@ fn counters_recording_and_control_endpoints() {
     assert_eq!(j["paths"][VTILE], 1);
     assert_eq!(up.total(), 4, "/__stats is not counted");
 
-    up.fail_always(
-        "/v3",
-        Fault::Status {
-            code: 500,
-            retry_after: None,
-        },
-    );
+    up.fail_always("/v3", Fault::Status { code: 500, retry_after: None });
     let reset = request_with(&up, "POST", "/__reset", "Content-Length: 0\r\n");
     assert_eq!(reset.status, 200);
     assert_eq!(up.total(), 0);
@@ -449,11 +380,7 @@ fn keep_alive_sequential_and_pipelined() {
     assert_eq!(e.body, up.tile_bytes("/v3/base/mc/1/1/0/png").to_vec());
     assert_eq!(e.header("connection"), Some("close"));
     let mut rest = Vec::new();
-    assert_eq!(
-        r.read_to_end(&mut rest).unwrap(),
-        0,
-        "closed after Connection: close"
-    );
+    assert_eq!(r.read_to_end(&mut rest).unwrap(), 0, "closed after Connection: close");
     assert_eq!(up.total(), 5);
 }
 
@@ -487,14 +414,7 @@ fn bad_requests_get_400_or_431_and_close() {
 #[test]
 fn fault_status_shapes_retry_after_and_times() {
     let up = start();
-    up.fail(
-        "/v3/base",
-        Fault::Status {
-            code: 503,
-            retry_after: Some(7),
-        },
-        2,
-    );
+    up.fail("/v3/base", Fault::Status { code: 503, retry_after: Some(7) }, 2);
     for _ in 0..2 {
         let r = get(&up, &keyed(TILE));
         assert_eq!(r.status, 503);
@@ -504,22 +424,8 @@ fn fault_status_shapes_retry_after_and_times() {
     assert_eq!(get(&up, &keyed(TILE)).status, 200, "rule used up");
 
     // A fault wins over auth; rules apply in insertion order.
-    up.fail(
-        "/v3",
-        Fault::Status {
-            code: 500,
-            retry_after: None,
-        },
-        1,
-    );
-    up.fail(
-        "/v3",
-        Fault::Status {
-            code: 429,
-            retry_after: None,
-        },
-        1,
-    );
+    up.fail("/v3", Fault::Status { code: 500, retry_after: None }, 1);
+    up.fail("/v3", Fault::Status { code: 429, retry_after: None }, 1);
     let r = get(&up, TILE);
     assert_eq!(r.status, 500);
     let j = r.json();
@@ -532,28 +438,14 @@ fn fault_status_shapes_retry_after_and_times() {
     assert_eq!(r.json()["error"], "Too Many Requests");
     assert_eq!(get(&up, TILE).status, 401);
 
-    up.fail(
-        VTILE,
-        Fault::Status {
-            code: 204,
-            retry_after: None,
-        },
-        1,
-    );
+    up.fail(VTILE, Fault::Status { code: 204, retry_after: None }, 1);
     let r = get(&up, &keyed(VTILE));
     assert_eq!(r.status, 204);
     assert!(r.body.is_empty());
     assert_eq!(r.header("content-length"), None);
 
     for code in [400, 401, 403, 404] {
-        up.fail(
-            "/v3",
-            Fault::Status {
-                code,
-                retry_after: None,
-            },
-            1,
-        );
+        up.fail("/v3", Fault::Status { code, retry_after: None }, 1);
         let r = get(&up, &keyed(TILE));
         assert_eq!(r.status, code);
         let j = r.json();
@@ -570,13 +462,7 @@ fn fault_status_shapes_retry_after_and_times() {
 #[test]
 fn fault_fail_always_until_clear() {
     let up = start();
-    up.fail_always(
-        "/15/",
-        Fault::Status {
-            code: 502,
-            retry_after: None,
-        },
-    );
+    up.fail_always("/15/", Fault::Status { code: 502, retry_after: None });
     for _ in 0..3 {
         assert_eq!(get(&up, &keyed(TILE)).status, 502);
     }
@@ -587,11 +473,7 @@ fn fault_fail_always_until_clear() {
 
 #[test]
 fn fault_delay_and_latency() {
-    let up = Upstream::start(Options {
-        latency: Duration::from_millis(50),
-        ..Options::default()
-    })
-    .unwrap();
+    let up = Upstream::start(Options { latency: Duration::from_millis(50), ..Options::default() }).unwrap();
     let t = Instant::now();
     assert_eq!(get(&up, &keyed(TILE)).status, 200);
     assert!(t.elapsed() >= Duration::from_millis(50));
@@ -606,14 +488,7 @@ fn fault_delay_and_latency() {
 #[test]
 fn fault_slow_body() {
     let up = start();
-    up.fail(
-        TILE,
-        Fault::SlowBody {
-            chunk: 500,
-            interval: Duration::from_millis(60),
-        },
-        1,
-    );
+    up.fail(TILE, Fault::SlowBody { chunk: 500, interval: Duration::from_millis(60) }, 1);
     let t = Instant::now();
     // No key: the fault wins over auth, the normal 200 body is sent.
     let r = get(&up, TILE);
@@ -621,24 +496,13 @@ fn fault_slow_body() {
     assert_eq!(r.header("content-length"), Some("2000"));
     assert_eq!(r.header("transfer-encoding"), None);
     assert_eq!(r.body, up.tile_bytes(TILE).to_vec());
-    assert!(
-        t.elapsed() >= Duration::from_millis(4 * 60),
-        "{:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() >= Duration::from_millis(4 * 60), "{:?}", t.elapsed());
 }
 
 #[test]
 fn fault_slow_body_bytes_arrive_gradually() {
     let up = start();
-    up.fail(
-        TILE,
-        Fault::SlowBody {
-            chunk: 1000,
-            interval: Duration::from_millis(400),
-        },
-        1,
-    );
+    up.fail(TILE, Fault::SlowBody { chunk: 1000, interval: Duration::from_millis(400) }, 1);
     let mut s = connect(&up);
     write!(s, "GET {} HTTP/1.1\r\n\r\n", keyed(TILE)).unwrap();
     let mut r = BufReader::new(s);
@@ -646,28 +510,16 @@ fn fault_slow_body_bytes_arrive_gradually() {
     assert_eq!(status, 200);
     // The head arrives at once; the body does not (nothing buffered yet).
     assert!(r.buffer().is_empty());
-    r.get_ref()
-        .set_read_timeout(Some(Duration::from_millis(150)))
-        .unwrap();
+    r.get_ref().set_read_timeout(Some(Duration::from_millis(150))).unwrap();
     let mut byte = [0u8; 1];
     let err = r.read(&mut byte).unwrap_err();
-    assert!(matches!(
-        err.kind(),
-        ErrorKind::WouldBlock | ErrorKind::TimedOut
-    ));
+    assert!(matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut));
 }
 
 #[test]
 fn fault_chunked() {
     let up = start();
-    up.fail(
-        VTILE,
-        Fault::Chunked {
-            chunk: 700,
-            interval: Duration::from_millis(20),
-        },
-        1,
-    );
+    up.fail(VTILE, Fault::Chunked { chunk: 700, interval: Duration::from_millis(20) }, 1);
     let mut s = connect(&up);
     write!(s, "GET {} HTTP/1.1\r\n\r\n", keyed(VTILE)).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
@@ -691,9 +543,7 @@ fn fault_truncate() {
     let mut r = BufReader::new(s);
     let (status, headers) = read_head(&mut r).unwrap();
     assert_eq!(status, 200);
-    assert!(headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("content-length") && v == "2000"));
+    assert!(headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("content-length") && v == "2000"));
     let mut body = Vec::new();
     r.read_to_end(&mut body).unwrap();
     assert_eq!(body.len(), 123);
@@ -722,14 +572,10 @@ fn fault_hang_until_shutdown() {
     up.fail(TILE, Fault::Hang, 1);
     let mut s = connect(&up);
     write!(s, "GET {} HTTP/1.1\r\n\r\n", keyed(TILE)).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
     let mut buf = [0u8; 64];
     let err = s.read(&mut buf).unwrap_err();
-    assert!(matches!(
-        err.kind(),
-        ErrorKind::WouldBlock | ErrorKind::TimedOut
-    ));
+    assert!(matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut));
     // Other connections are unaffected.
     assert_eq!(get(&up, &keyed(TILE)).status, 200);
     let addr = up.addr();
@@ -743,13 +589,9 @@ fn fault_hang_until_shutdown() {
 fn start_and_drop_inside_tokio_runtimes() {
     for multi in [false, true] {
         let rt = if multi {
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()
         } else {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
+            tokio::runtime::Builder::new_current_thread().enable_all().build()
         }
         .unwrap();
         rt.block_on(async {
@@ -774,9 +616,6 @@ fn start_and_drop_inside_tokio_runtimes() {
 #[test]
 fn bind_error_is_reported() {
     let up = start();
-    let err = Upstream::start(Options {
-        listen: up.addr(),
-        ..Options::default()
-    });
+    let err = Upstream::start(Options { listen: up.addr(), ..Options::default() });
     assert!(err.is_err());
 }

@@ -18,13 +18,8 @@ pub const SERVER_KEY: &str = "SERVERKEY0123456789";
 
 /// A test upstream that accepts [`SERVER_KEY`] and serves `size`-byte tiles.
 pub fn upstream(size: usize) -> Upstream {
-    Upstream::start(Options {
-        api_key: Some(SERVER_KEY.into()),
-        min_size: size,
-        max_size: size,
-        ..Options::default()
-    })
-    .expect("test upstream starts")
+    Upstream::start(Options { api_key: Some(SERVER_KEY.into()), min_size: size, max_size: size, ..Options::default() })
+        .expect("test upstream starts")
 }
 
 /// A config pointing both APIs at `upstream`, small caches, fast retries.

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it (`.ci/run` calls this script).
+# Formatting, lints, then every unit and integration test of both crates. The integration tests
+# start their own servers on 127.0.0.1 (the proxy, the HERE-like test upstream) and use temporary
+# folders; nothing outside the repository is touched.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
