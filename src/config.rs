@@ -700,6 +700,20 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid_and_matches_the_defaults() {
+        let f: FileConfig = toml::from_str(include_str!("../config.example.toml")).expect("example parses");
+        let d = FileConfig::default();
+        assert_eq!(
+            (f.listen.as_str(), f.memory_cache.as_str(), f.ttl_cap),
+            (d.listen.as_str(), d.memory_cache.as_str(), d.ttl_cap)
+        );
+        assert_eq!(f.upstream.retry_attempts, d.upstream.retry_attempts);
+        let s = Settings::from_file_config(FileConfig { here_api_key: Some("k".into()), ..f }).expect("valid");
+        assert_eq!(s.policy("123").ttl, Some(Duration::from_secs(7 * 86400)));
+        assert_eq!(s.policy("other").stale_if_error, Duration::from_secs(86400));
+    }
+
+    #[test]
     fn unknown_keys_rejected() {
         let r: Result<FileConfig, _> = toml::from_str("listen = \"0.0.0.0:1\"\nlisten_port = 3\n");
         assert!(r.is_err());
