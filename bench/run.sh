@@ -173,6 +173,17 @@ cpu_ticks() { # pid...
     echo "$total"
 }
 
+# "busy total steal" jiffies of one core, from /proc/stat (busy excludes idle and iowait).
+core_jiffies() { # cpu-number
+    awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= 9; i++) t += $i
+        print t - $5 - $6, t, $9 }' /proc/stat
+}
+# Busy % of a core between two core_jiffies snapshots.
+core_busy() { # "busy0 total0 steal0" "busy1 total1 steal1"
+    awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); t = y[2] - x[2]
+        if (t <= 0) print 0; else printf "%.0f\n", 100 * (y[1] - x[1]) / t }'
+}
+
 # ---- 3. tile list ----------------------------------------------------------------------------
 TILES_FILE="$TMP/tiles.txt"
 awk -v n="$TILES" 'BEGIN {
@@ -298,6 +309,8 @@ run_wrk() {
     local name="$1" url="$2" dur="$3" out="$4" pids c0 c1 t0 t1 wall user sys
     if [ "$name" = tile-proxy ]; then pids=("$PROXY_PID"); else read -r -a pids <<<"$NGINX_PID $NGINX_WORKERS"; fi
     c0="$(cpu_ticks "${pids[@]}")"
+    local s0 l0 s1 l1
+    s0="$(core_jiffies "$SERVER_CPU")"; l0="$(core_jiffies "$LOAD_CPU")"
     t0="$(date +%s.%N)"
     local TIMEFORMAT='%U %S'
     { time timeout $((dur + 30)) taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${dur}s" \
@@ -305,6 +318,7 @@ run_wrk() {
         { cat "$out.err" >&2; die "wrk against $name failed"; }
     t1="$(date +%s.%N)"
     c1="$(cpu_ticks "${pids[@]}")"
+    s1="$(core_jiffies "$SERVER_CPU")"; l1="$(core_jiffies "$LOAD_CPU")"
     read -r user sys <"$out.time"
     local rps p50 p99 xfer reqs errs
     rps="$(awk '/^Requests\/sec:/ { print $2 }' "$out")"
@@ -318,9 +332,10 @@ run_wrk() {
     [ -n "$rps" ] && [ -n "$reqs" ] || { cat "$out" >&2; die "cannot parse wrk output for $name"; }
     awk -v rps="$rps" -v p50="$p50" -v p99="$p99" -v x="$xfer" -v r="$reqs" -v e="$errs" \
         -v c0="$c0" -v c1="$c1" -v tck="$CLK_TCK" -v t0="$t0" -v t1="$t1" -v u="$user" -v s="$sys" \
+        -v sb="$(core_busy "$s0" "$s1")" -v lb="$(core_busy "$l0" "$l1")" \
         'BEGIN { wall = t1 - t0; if (wall <= 0) wall = 1
-                 printf "%.2f %.3f %.3f %.2f %d %d %.0f %.0f\n", rps, p50, p99, x, r, e,
-                        100 * (c1 - c0) / tck / wall, 100 * (u + s) / wall }'
+                 printf "%.2f %.3f %.3f %.2f %d %d %.0f %.0f %d %d\n", rps, p50, p99, x, r, e,
+                        100 * (c1 - c0) / tck / wall, 100 * (u + s) / wall, sb, lb }'
 }
 
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
