@@ -259,7 +259,7 @@ warm() { # name base-url
     awk -v base="$base" '{ printf "url = \"%s%s\"\noutput = \"/dev/null\"\n", base, $0 }' \
         "$TILES_FILE" >"$cfg"
     timeout 300 taskset -c "$LOAD_CPU" curl -s --parallel --parallel-max 8 --max-time 30 \
-        -w '%{http_code}\n' -K "$cfg" >"$TMP/warm-$name.codes" || true
+        -w '%{http_code}\n' -K "$cfg" >"$TMP/warm-$name.codes" 2>"$TMP/warm-$name.err" || true
     ok="$(grep -c '^200$' "$TMP/warm-$name.codes" || true)"
     [ "$ok" -eq "$TILES" ] || die "warming $name: $ok of $TILES requests answered 200"
 }
@@ -345,14 +345,15 @@ if [ "$WARMUP" -gt 0 ]; then
     run_wrk nginx "$NGINX_URL" "$WARMUP" "$TMP/wrk-warmup-nginx.txt" >/dev/null
 fi
 
-declare -a P_RPS P_P50 P_P99 P_XFER P_REQ P_ERR P_CPU P_WCPU N_RPS N_P50 N_P99 N_XFER N_REQ N_ERR N_CPU N_WCPU
+declare -a P_RPS P_P50 P_P99 P_XFER P_REQ P_ERR P_CPU P_WCPU P_C0 P_C1
+declare -a N_RPS N_P50 N_P99 N_XFER N_REQ N_ERR N_CPU N_WCPU N_C0 N_C1
 for r in $(seq 1 "$ROUNDS"); do
     log "round $r/$ROUNDS: tile-proxy ${DURATION}s"
-    read -r P_RPS[r] P_P50[r] P_P99[r] P_XFER[r] P_REQ[r] P_ERR[r] P_CPU[r] P_WCPU[r] \
+    read -r P_RPS[r] P_P50[r] P_P99[r] P_XFER[r] P_REQ[r] P_ERR[r] P_CPU[r] P_WCPU[r] P_C0[r] P_C1[r] \
         < <(run_wrk tile-proxy "$PROXY_URL" "$DURATION" "$TMP/wrk-r$r-proxy.txt")
     [ -n "${P_RPS[r]}" ] || die "tile-proxy run $r failed"
     log "round $r/$ROUNDS: nginx ${DURATION}s"
-    read -r N_RPS[r] N_P50[r] N_P99[r] N_XFER[r] N_REQ[r] N_ERR[r] N_CPU[r] N_WCPU[r] \
+    read -r N_RPS[r] N_P50[r] N_P99[r] N_XFER[r] N_REQ[r] N_ERR[r] N_CPU[r] N_WCPU[r] N_C0[r] N_C1[r] \
         < <(run_wrk nginx "$NGINX_URL" "$DURATION" "$TMP/wrk-r$r-nginx.txt")
     [ -n "${N_RPS[r]}" ] || die "nginx run $r failed"
 done
@@ -374,6 +375,8 @@ MP_P99="$(median "${P_P99[@]}")";  MN_P99="$(median "${N_P99[@]}")"
 MP_XFER="$(median "${P_XFER[@]}")"; MN_XFER="$(median "${N_XFER[@]}")"
 MP_CPU="$(median "${P_CPU[@]}")";  MN_CPU="$(median "${N_CPU[@]}")"
 MP_WCPU="$(median "${P_WCPU[@]}")"; MN_WCPU="$(median "${N_WCPU[@]}")"
+MP_C0="$(median "${P_C0[@]}")"; MN_C0="$(median "${N_C0[@]}")"
+MP_C1="$(median "${P_C1[@]}")"; MN_C1="$(median "${N_C1[@]}")"
 R_RPS="$(ratio "$MP_RPS" "$MN_RPS")"
 R_P99="$(ratio "$MP_P99" "$MN_P99")"
 R_XFER="$(ratio "$MP_XFER" "$MN_XFER")"
@@ -386,26 +389,31 @@ NGINX_VERSION="$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')"
 WRK_VERSION="$(wrk --version 2>&1 | head -n1 | awk '{ print $2 }' || true)"
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 
+ROWFMT='%-7s %-10s %9s %8s %8s %8s %9s %9s %7s %7s %6s\n'
 {
     echo
     echo "tile-proxy vs nginx proxy_cache: cache hits ($COMMIT, $STAMP)"
     echo "  $TILES distinct tiles (z12-14, ${MIN_SIZE}-${MAX_SIZE} B), all cached; wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, $ROUNDS round(s) A/B alternating"
     echo "  servers pinned to core $SERVER_CPU (tile-proxy $WORKERS worker(s), nginx 1 worker); wrk + upstream on core $LOAD_CPU; loopback"
-    echo "  per-request logging off on both: tile-proxy RUST_LOG=$PROXY_LOG, nginx access_log off"
+    echo "  binaries: $TARGET_DIR/release ($([ "$SKIP_BUILD" = 1 ] && echo "prebuilt, SKIP_BUILD=1" || echo "built by this run"))"
+    case "$PROXY_LOG" in
+        warn | error | off) echo "  per-request logging off on both: tile-proxy RUST_LOG=$PROXY_LOG, nginx access_log off" ;;
+        *) echo "  NOTE: tile-proxy RUST_LOG=$PROXY_LOG may log every request; nginx access_log off" ;;
+    esac
     echo "  upstream requests while warming: tile-proxy $UP_AFTER_PROXY + nginx $((UP_AFTER_NGINX - UP_AFTER_PROXY)) = $UP_AFTER_NGINX; during measurement: $UP_DURING"
     echo "  load average before/after: $LOAD_BEFORE / $LOAD_AFTER"
     echo
-    printf '%-7s %-10s %11s %9s %9s %10s %9s %8s %7s\n' round server 'req/s' 'p50 ms' 'p99 ms' 'MiB/s' 'srv cpu%' 'wrk cpu%' errors
+    printf "$ROWFMT" round server 'req/s' 'p50 ms' 'p99 ms' 'MiB/s' 'srv cpu%' 'wrk cpu%' "core$SERVER_CPU%" "core$LOAD_CPU%" errors
     for r in $(seq 1 "$ROUNDS"); do
-        printf '%-7s %-10s %11s %9s %9s %10s %9s %8s %7s\n' "$r" tile-proxy "$(fmt "${P_RPS[r]}" 0)" \
-            "$(fmt "${P_P50[r]}" 2)" "$(fmt "${P_P99[r]}" 2)" "$(fmt "${P_XFER[r]}" 1)" "${P_CPU[r]}" "${P_WCPU[r]}" "${P_ERR[r]}"
-        printf '%-7s %-10s %11s %9s %9s %10s %9s %8s %7s\n' "$r" nginx "$(fmt "${N_RPS[r]}" 0)" \
-            "$(fmt "${N_P50[r]}" 2)" "$(fmt "${N_P99[r]}" 2)" "$(fmt "${N_XFER[r]}" 1)" "${N_CPU[r]}" "${N_WCPU[r]}" "${N_ERR[r]}"
+        printf "$ROWFMT" "$r" tile-proxy "$(fmt "${P_RPS[r]}" 0)" "$(fmt "${P_P50[r]}" 2)" "$(fmt "${P_P99[r]}" 2)" \
+            "$(fmt "${P_XFER[r]}" 1)" "${P_CPU[r]}" "${P_WCPU[r]}" "${P_C0[r]}" "${P_C1[r]}" "${P_ERR[r]}"
+        printf "$ROWFMT" "$r" nginx "$(fmt "${N_RPS[r]}" 0)" "$(fmt "${N_P50[r]}" 2)" "$(fmt "${N_P99[r]}" 2)" \
+            "$(fmt "${N_XFER[r]}" 1)" "${N_CPU[r]}" "${N_WCPU[r]}" "${N_C0[r]}" "${N_C1[r]}" "${N_ERR[r]}"
     done
-    printf '%-7s %-10s %11s %9s %9s %10s %9s %8s\n' median tile-proxy "$(fmt "$MP_RPS" 0)" "$(fmt "$MP_P50" 2)" \
-        "$(fmt "$MP_P99" 2)" "$(fmt "$MP_XFER" 1)" "$(fmt "$MP_CPU" 0)" "$(fmt "$MP_WCPU" 0)"
-    printf '%-7s %-10s %11s %9s %9s %10s %9s %8s\n' median nginx "$(fmt "$MN_RPS" 0)" "$(fmt "$MN_P50" 2)" \
-        "$(fmt "$MN_P99" 2)" "$(fmt "$MN_XFER" 1)" "$(fmt "$MN_CPU" 0)" "$(fmt "$MN_WCPU" 0)"
+    printf "$ROWFMT" median tile-proxy "$(fmt "$MP_RPS" 0)" "$(fmt "$MP_P50" 2)" "$(fmt "$MP_P99" 2)" \
+        "$(fmt "$MP_XFER" 1)" "$(fmt "$MP_CPU" 0)" "$(fmt "$MP_WCPU" 0)" "$(fmt "$MP_C0" 0)" "$(fmt "$MP_C1" 0)" ""
+    printf "$ROWFMT" median nginx "$(fmt "$MN_RPS" 0)" "$(fmt "$MN_P50" 2)" "$(fmt "$MN_P99" 2)" \
+        "$(fmt "$MN_XFER" 1)" "$(fmt "$MN_CPU" 0)" "$(fmt "$MN_WCPU" 0)" "$(fmt "$MN_C0" 0)" "$(fmt "$MN_C1" 0)" ""
     echo
     echo "  tile-proxy / nginx:  req/s x$R_RPS   p99 x$R_P99   transfer/s x$R_XFER   (errors: $TOTAL_ERR)"
     echo
@@ -419,11 +427,13 @@ server_json() { # rps p50 p99 xfer req err cpu wcpu medians...
 {
       "rounds": {
         "req_per_s": $1, "p50_ms": $2, "p99_ms": $3, "transfer_mib_per_s": $4,
-        "requests": $5, "errors": $6, "server_cpu_pct": $7, "wrk_cpu_pct": $8
+        "requests": $5, "errors": $6, "server_cpu_pct": $7, "wrk_cpu_pct": $8,
+        "server_core_busy_pct": ${15}, "load_core_busy_pct": ${16}
       },
       "median": {
         "req_per_s": $9, "p50_ms": ${10}, "p99_ms": ${11}, "transfer_mib_per_s": ${12},
-        "server_cpu_pct": ${13}, "wrk_cpu_pct": ${14}
+        "server_cpu_pct": ${13}, "wrk_cpu_pct": ${14},
+        "server_core_busy_pct": ${17}, "load_core_busy_pct": ${18}
       }
     }
 EOF
@@ -434,6 +444,7 @@ cat >"$JSON" <<EOF
   "timestamp": "$STAMP",
   "commit": "$COMMIT",
   "smoke": $([ "$SMOKE" = 1 ] && echo true || echo false),
+  "binaries": "$TARGET_DIR/release", "built_by_run": $([ "$SKIP_BUILD" = 1 ] && echo false || echo true),
   "config": {
     "tiles": $TILES, "min_size": $MIN_SIZE, "max_size": $MAX_SIZE, "duration_s": $DURATION,
     "rounds": $ROUNDS, "connections": $CONNECTIONS, "wrk_threads": $THREADS, "warmup_s": $WARMUP,
@@ -449,10 +460,12 @@ cat >"$JSON" <<EOF
   "servers": {
     "tile-proxy": $(server_json "$(json_arr "${P_RPS[@]}")" "$(json_arr "${P_P50[@]}")" "$(json_arr "${P_P99[@]}")" \
         "$(json_arr "${P_XFER[@]}")" "$(json_arr "${P_REQ[@]}")" "$(json_arr "${P_ERR[@]}")" "$(json_arr "${P_CPU[@]}")" \
-        "$(json_arr "${P_WCPU[@]}")" "$MP_RPS" "$MP_P50" "$MP_P99" "$MP_XFER" "$MP_CPU" "$MP_WCPU"),
+        "$(json_arr "${P_WCPU[@]}")" "$MP_RPS" "$MP_P50" "$MP_P99" "$MP_XFER" "$MP_CPU" "$MP_WCPU" \
+        "$(json_arr "${P_C0[@]}")" "$(json_arr "${P_C1[@]}")" "$MP_C0" "$MP_C1"),
     "nginx": $(server_json "$(json_arr "${N_RPS[@]}")" "$(json_arr "${N_P50[@]}")" "$(json_arr "${N_P99[@]}")" \
         "$(json_arr "${N_XFER[@]}")" "$(json_arr "${N_REQ[@]}")" "$(json_arr "${N_ERR[@]}")" "$(json_arr "${N_CPU[@]}")" \
-        "$(json_arr "${N_WCPU[@]}")" "$MN_RPS" "$MN_P50" "$MN_P99" "$MN_XFER" "$MN_CPU" "$MN_WCPU")
+        "$(json_arr "${N_WCPU[@]}")" "$MN_RPS" "$MN_P50" "$MN_P99" "$MN_XFER" "$MN_CPU" "$MN_WCPU" \
+        "$(json_arr "${N_C0[@]}")" "$(json_arr "${N_C1[@]}")" "$MN_C0" "$MN_C1")
   },
   "ratios_tile_proxy_over_nginx": {
     "req_per_s": $(jnum "$R_RPS"), "p99": $(jnum "$R_P99"), "transfer_per_s": $(jnum "$R_XFER")
