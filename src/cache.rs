@@ -179,6 +179,11 @@ pub struct TierError {
 pub trait Tier: Send + Sync {
     /// Short name for logs and metrics.
     fn name(&self) -> &'static str;
+    /// Looks a key up in what the tier holds in memory, without I/O; `None` if that would need
+    /// I/O or the tier has no memory part. The hot path for hits.
+    fn peek(&self, _key: &CacheKey) -> Option<(Entry, HitSource)> {
+        None
+    }
     /// Looks a key up.
     fn get<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Result<Option<(Entry, HitSource)>, TierError>>;
     /// Stores an entry (replacing any older one). Best effort.
@@ -267,6 +272,10 @@ impl Tier for FoyerTier {
         "foyer"
     }
 
+    fn peek(&self, key: &CacheKey) -> Option<(Entry, HitSource)> {
+        self.cache.memory().get(key.as_str()).map(|e| (e.value().clone(), HitSource::Memory))
+    }
+
     fn get<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Result<Option<(Entry, HitSource)>, TierError>> {
         Box::pin(async move {
             match self.cache.get(key.as_str()).await {
@@ -319,6 +328,9 @@ impl TileCache {
 
     /// First hit wins. A failing tier counts as a miss for that tier.
     pub async fn get(&self, key: &CacheKey) -> Option<(Entry, HitSource)> {
+        if let Some(hit) = self.tiers.first().and_then(|t| t.peek(key)) {
+            return Some(hit);
+        }
         for (i, tier) in self.tiers.iter().enumerate() {
             match tier.get(key).await {
                 Ok(Some((entry, source))) => {

@@ -52,6 +52,8 @@ pub enum ProxyError {
     BadRequest(RouteError),
     #[error("not found")]
     NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
     #[error("{0}")]
     Upstream(UpstreamFailure),
 }
@@ -61,6 +63,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NotFound => StatusCode::NOT_FOUND,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(UpstreamFailure::RateLimited { .. } | UpstreamFailure::BreakerOpen { .. }) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -76,6 +79,9 @@ impl ProxyError {
             ProxyError::NotFound => {
                 json!({"error": "not_found", "message": "not a tile route; see /here-proxy/{z}/{x}/{y}/{format}, /v3/{resource}/mc/... and /v2/vectortiles/{layer}/mc/..."})
             }
+            ProxyError::MethodNotAllowed => {
+                json!({"error": "method_not_allowed", "message": "tiles are read with GET or HEAD"})
+            }
             ProxyError::Upstream(f) => json!({"error": f.label(), "message": f.to_string()}),
         };
         let mut res = HttpResponse::build(self.status());
@@ -88,6 +94,9 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamFailure::BreakerOpen { retry_after_secs }) => Some(*retry_after_secs),
             _ => None,
         };
+        if matches!(self, ProxyError::MethodNotAllowed) {
+            res.insert_header((header::ALLOW, "GET, HEAD, OPTIONS"));
+        }
         if let Some(secs) = retry {
             res.insert_header((header::RETRY_AFTER, secs.max(1).to_string()));
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::http::StatusCode;
+use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -50,7 +50,14 @@ pub async fn tile(
     span: RootSpan,
 ) -> HttpResponse {
     let opts = ParseOptions { reject_unknown_params: state.settings.reject_unknown_params };
-    let t = match routes::parse(req.path(), req.query_string(), opts) {
+    let parsed = routes::parse(req.path(), req.query_string(), opts);
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return match parsed {
+            Ok(None) => ProxyError::NotFound.response(),
+            _ => ProxyError::MethodNotAllowed.response(),
+        };
+    }
+    let t = match parsed {
         Ok(Some(t)) => t,
         Ok(None) => return ProxyError::NotFound.response(),
         Err(e) => {
@@ -59,28 +66,28 @@ pub async fn tile(
             return ProxyError::BadRequest(e).response();
         }
     };
-    let index = state.metrics.index_label(&t.index).to_string();
-    span.record("index", index.as_str());
-    span.record("tile", tracing::field::display(format_args!("{}/{}/{}", t.api.as_str(), t.resource, t.zxy())));
     let key = CacheKey::of(&t);
-    let policy = state.settings.policy(&t.index).clone();
+    let index: &str = state.metrics.index_label(key.index());
+    span.record("index", index);
+    span.record("tile", tracing::field::display(format_args!("{}/{}/{}", t.api.as_str(), t.resource, t.zxy())));
+    let policy = state.settings.policy(&t.index);
     let now = now_ms();
 
     // `expired`: an old copy, used to revalidate (If-None-Match) and, if `usable`, to stand in
     // for a failing upstream.
     let mut expired: Option<(Entry, bool)> = None;
     if let Some((entry, source)) = state.cache.get(&key).await {
-        match freshness::decide(&entry, &policy, now) {
+        match freshness::decide(&entry, policy, now) {
             Decision::Fresh => {
                 let label = if entry.status == 200 { "hit" } else { "negative_hit" };
-                state.metrics.hits_by_tier.with_label_values(&[&index, source.as_str()]).inc();
-                return answer_entry(&req, &state, &span, &index, &entry, &policy, now, label, None);
+                state.metrics.hits_by_tier.with_label_values(&[index, source.as_str()]).inc();
+                return answer_entry(&req, &state, &span, index, &entry, policy, now, label, None);
             }
             Decision::StaleWhileRevalidate => {
                 if let Join::Leader(writer, _reader) = state.flights.join(&key) {
-                    spawn_fetch(writer, &state, &client, t, Some(entry.clone()), index.clone(), policy.clone());
+                    spawn_fetch(writer, &state, &client, t, Some(entry.clone()), index.to_string(), policy.clone());
                 }
-                return answer_entry(&req, &state, &span, &index, &entry, &policy, now, "stale", Some("revalidating"));
+                return answer_entry(&req, &state, &span, index, &entry, policy, now, "stale", Some("revalidating"));
             }
             Decision::Fetch { fallback: usable } => {
                 tracing::debug!(source = source.as_str(), usable, "expired entry found");
@@ -92,7 +99,7 @@ pub async fn tile(
     let (mut reader, label) = match state.flights.join(&key) {
         Join::Leader(writer, reader) => {
             let revalidate = expired.as_ref().map(|(e, _)| e.clone());
-            spawn_fetch(writer, &state, &client, t, revalidate, index.clone(), policy.clone());
+            spawn_fetch(writer, &state, &client, t, revalidate, index.to_string(), policy.clone());
             (reader, "miss")
         }
         Join::Follower(reader) => (reader, "coalesced"),
@@ -106,11 +113,11 @@ pub async fn tile(
     match head {
         Ok(head) => {
             span.record("cache", label);
-            state.metrics.requests.with_label_values(&[&index, label]).inc();
+            state.metrics.requests.with_label_values(&[index, label]).inc();
             if head.status == 200 && not_modified(&req, head.etag.as_ref()) {
                 return head_builder(&head).status(StatusCode::NOT_MODIFIED).finish();
             }
-            let bytes = state.metrics.bytes_served.with_label_values(&[&index, label]);
+            let bytes = state.metrics.bytes_served.with_label_values(&[index, label]);
             let mut builder = head_builder(&head);
             if let Some(len) = head.content_length {
                 builder.no_chunking(len);
@@ -122,12 +129,12 @@ pub async fn tile(
             }))
         }
         Err(failure) => match expired {
-            Some((entry, true)) if freshness::usable_if_error(&entry, &policy, now_ms()) => {
-                answer_entry(&req, &state, &span, &index, &entry, &policy, now_ms(), "stale", Some(failure.label()))
+            Some((entry, true)) if freshness::usable_if_error(&entry, policy, now_ms()) => {
+                answer_entry(&req, &state, &span, index, &entry, policy, now_ms(), "stale", Some(failure.label()))
             }
             _ => {
                 span.record("cache", "error");
-                state.metrics.requests.with_label_values(&[&index, "error"]).inc();
+                state.metrics.requests.with_label_values(&[index, "error"]).inc();
                 ProxyError::Upstream(failure).response()
             }
         },

@@ -64,12 +64,12 @@ pub struct TileRequest {
     pub index: String,
     pub api: Api,
     /// Raster resource (`base`, ...) or vector layer (`base`, `core`).
-    pub resource: String,
+    pub resource: &'static str,
     pub z: u8,
     pub x: u32,
     pub y: u32,
     /// `png`, `png8`, `jpeg` or `omv`.
-    pub format: String,
+    pub format: &'static str,
     /// Remaining query parameters, validated and normalised (defaults dropped), sorted by name.
     /// Never holds `apiKey` or `indice`.
     pub params: BTreeMap<String, String>,
@@ -105,7 +105,7 @@ impl TileRequest {
 
     /// MIME type of the tile format.
     pub fn content_type(&self) -> &'static str {
-        match self.format.as_str() {
+        match self.format {
             "jpeg" => "image/jpeg",
             "omv" => "application/x-protobuf",
             _ => "image/png",
@@ -151,8 +151,17 @@ impl Default for ParseOptions {
 /// Returns `Ok(None)` when the path is not one of our tile routes (a 404), `Err` when it is a
 /// tile route with something invalid in it (a 400 naming the field).
 pub fn parse(path: &str, query: &str, opts: ParseOptions) -> Result<Option<TileRequest>, RouteError> {
-    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let (api, resource, rest): (Api, &str, &[&str]) = match segs.as_slice() {
+    // At most 9 segments are meaningful; more is no tile route. No allocation on the hot path.
+    let mut buf = [""; 9];
+    let mut n = 0;
+    for seg in path.trim_start_matches('/').split('/') {
+        if n == buf.len() {
+            return Ok(None);
+        }
+        buf[n] = seg;
+        n += 1;
+    }
+    let (api, resource, rest): (Api, &str, &[&str]) = match &buf[..n] {
         // The service we replace: /here-proxy/[mc/]{z}/{x}/{y}/{format}, raster `base`.
         ["here-proxy", "mc", rest @ ..] => (Api::Raster, "base", rest),
         ["here-proxy", rest @ ..] => (Api::Raster, "base", rest),
@@ -168,9 +177,9 @@ pub fn parse(path: &str, query: &str, opts: ParseOptions) -> Result<Option<TileR
         Api::Vector => (VECTOR_LAYERS, &["omv"][..], VECTOR_MAX_ZOOM),
     };
     let resource_field = if api == Api::Raster { "resource" } else { "layer" };
-    if !resources.contains(&resource) {
+    let Some(resource) = resources.iter().copied().find(|r| *r == resource) else {
         return Err(RouteError::new(resource_field, format!("must be one of {}", resources.join(", "))));
-    }
+    };
     let z: u8 = parse_int(z)
         .filter(|z| *z <= u32::from(max_zoom))
         .and_then(|z| u8::try_from(z).ok())
@@ -182,11 +191,11 @@ pub fn parse(path: &str, query: &str, opts: ParseOptions) -> Result<Option<TileR
     let y = parse_int(y)
         .filter(|v| u64::from(*v) <= max_xy)
         .ok_or_else(|| RouteError::new("y", format!("row must be an integer from 0 to {max_xy} at zoom {z}")))?;
-    if !formats.contains(format) {
+    let Some(format) = formats.iter().copied().find(|f| f == format) else {
         return Err(RouteError::new("format", format!("must be one of {}", formats.join(", "))));
-    }
+    };
     let (index, params) = parse_query(api, query, opts)?;
-    Ok(Some(TileRequest { index, api, resource: resource.to_string(), z, x, y, format: format.to_string(), params }))
+    Ok(Some(TileRequest { index, api, resource, z, x, y, format, params }))
 }
 
 /// Decimal digits only (no sign, no leading `+`), at most 9 of them.

@@ -7,14 +7,13 @@ use std::sync::Arc;
 
 use actix_cors::Cors;
 use actix_web::http::header;
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpServer};
 use actix_web_prom::PrometheusMetricsBuilder;
 use tracing_actix_web::TracingLogger;
 
 use crate::admin::{self, Health};
 use crate::cache::{FoyerOptions, FoyerTier, TileCache};
 use crate::config::Settings;
-use crate::error::ProxyError;
 use crate::flight::Flights;
 use crate::metrics::Metrics;
 use crate::proxy::{self, AppState};
@@ -56,10 +55,6 @@ fn cors(origins: &[String]) -> Cors {
     cors
 }
 
-async fn not_found() -> HttpResponse {
-    ProxyError::NotFound.response()
-}
-
 /// Opens the cache, binds and starts serving. Ready once this returns.
 pub async fn start(settings: Settings) -> Result<Running, StartError> {
     // awc builds rustls without a crypto provider; a second install is a harmless error.
@@ -67,7 +62,9 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
 
     let prom = PrometheusMetricsBuilder::new("tile_proxy")
         .endpoint("/metrics")
-        .mask_unmatched_patterns("UNKNOWN")
+        // Tiles have no router pattern (see below): they are counted under this label, by
+        // status; our own tile_proxy_requests_total has the per-index detail.
+        .mask_unmatched_patterns("tiles_or_unknown")
         .build()
         .map_err(|e| StartError::Metrics(e.to_string()))?;
     let metrics = Arc::new(
@@ -112,11 +109,6 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let server = HttpServer::new(move || {
         // One awc client per worker: awc is not Send, and its pool is per client.
         let client = web::Data::new(upstream::build_client(&upstream_settings));
-        let tile = || {
-            web::route()
-                .guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()))
-                .to(proxy::tile)
-        };
         App::new()
             .app_data(app_state.clone())
             .app_data(client)
@@ -126,12 +118,10 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             .route("/live", web::get().to(admin::live))
             .route("/ready", web::get().to(admin::ready))
             .route("/health", web::get().to(admin::health))
-            // Explicit shapes (no regex tails) so HTTP metrics are labelled by route pattern.
-            .route("/here-proxy/{z}/{x}/{y}/{format}", tile())
-            .route("/here-proxy/mc/{z}/{x}/{y}/{format}", tile())
-            .route("/v3/{resource}/mc/{z}/{x}/{y}/{format}", tile())
-            .route("/v2/vectortiles/{layer}/mc/{z}/{x}/{y}/{format}", tile())
-            .default_service(web::to(not_found))
+            // Tiles are routed by `routes::parse` itself (one pass, no regex router on the hot
+            // path): everything that is not an admin route goes there; it answers 404 for
+            // non-tile paths and 405 for methods other than GET and HEAD.
+            .default_service(web::to(proxy::tile))
     })
     .workers(settings.workers)
     .disable_signals()

@@ -37,25 +37,34 @@ pub struct TileSpan;
 
 impl RootSpanBuilder for TileSpan {
     fn on_request_start(request: &ServiceRequest) -> Span {
-        let request_id = request.extensions().get::<RequestId>().map(|r| r.to_string()).unwrap_or_default();
-        request.extensions_mut().insert(Started(std::time::Instant::now()));
-        let client = request.connection_info().realip_remote_addr().unwrap_or("-").to_string();
-        tracing::info_span!(
+        let span = tracing::info_span!(
             "request",
-            request_id = %request_id,
+            request_id = tracing::field::Empty,
             method = %request.method(),
             path = %request.path(),
-            client = %client,
+            client = tracing::field::Empty,
             index = tracing::field::Empty,
             tile = tracing::field::Empty,
             cache = tracing::field::Empty,
             status = tracing::field::Empty,
             latency_ms = tracing::field::Empty,
             bytes = tracing::field::Empty,
-        )
+        );
+        // Nothing more to do when request logging is off (e.g. RUST_LOG=warn): keep hits cheap.
+        if !span.is_disabled() {
+            if let Some(id) = request.extensions().get::<RequestId>() {
+                span.record("request_id", tracing::field::display(id));
+            }
+            span.record("client", request.connection_info().realip_remote_addr().unwrap_or("-"));
+            request.extensions_mut().insert(Started(std::time::Instant::now()));
+        }
+        span
     }
 
     fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
+        if span.is_disabled() {
+            return;
+        }
         match outcome {
             Ok(res) => {
                 span.record("status", res.status().as_u16());

@@ -165,7 +165,10 @@ async fn invalid_requests_get_a_json_400_naming_the_field_and_cost_nothing() {
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["error"], "not_found");
     let post = p.client.post(p.url("/here-proxy/mc/1/0/0/png")).send().await.unwrap();
-    assert_eq!(post.status(), 404, "only GET and HEAD route to tiles");
+    assert_eq!(post.status(), 405, "tiles are read with GET and HEAD");
+    assert_eq!(post.headers().get("allow").unwrap(), "GET, HEAD, OPTIONS");
+    let post = p.client.post(p.url("/elsewhere")).send().await.unwrap();
+    assert_eq!(post.status(), 404);
     assert_eq!(up.total(), 0, "nothing invalid reaches the upstream");
     p.stop().await;
 }
@@ -198,9 +201,13 @@ async fn a_truncated_upstream_body_fails_the_transfer_and_is_not_stored() {
     let path = "/v3/base/mc/10/5/5/png";
     up.fail(path, Fault::Truncate { after: 20_000 }, 1);
     let p = Proxy::start(&up, |_| {}).await;
+    // The head may or may not have left before the failure was known; either way the client must
+    // never receive a complete 200: a head announces 50000 bytes and fewer arrive.
     let (head, body) = raw_get(&p, &format!("{path}?indice=trunc")).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "the head was already relayed: {head}");
-    assert!(head.to_ascii_lowercase().contains("content-length: 50000"), "{head}");
+    if !head.is_empty() {
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.to_ascii_lowercase().contains("content-length: 50000"), "{head}");
+    }
     assert!(body.len() < 50_000, "the connection must be cut short, got {} bytes", body.len());
     let again = p.get(&format!("{path}?indice=trunc")).await;
     assert_eq!(again.x_cache(), "MISS", "nothing was stored");
