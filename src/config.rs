@@ -120,6 +120,9 @@ pub struct FileConfig {
     pub metrics_max_indices: usize,
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_timeout: String,
+    /// After SIGTERM, keep serving with `/ready` failing this long before draining, so load
+    /// balancers (Kubernetes endpoints, NGINX health checks) stop sending traffic first.
+    pub drain_delay: String,
     pub upstream: UpstreamFileConfig,
     /// Policy for indices without a section of their own.
     pub defaults: PolicyFileConfig,
@@ -148,6 +151,7 @@ impl Default for FileConfig {
             log_format: "json".into(),
             metrics_max_indices: 500,
             shutdown_timeout: "10s".into(),
+            drain_delay: "0s".into(),
             upstream: UpstreamFileConfig::default(),
             defaults: PolicyFileConfig::default(),
             index: BTreeMap::new(),
@@ -258,6 +262,7 @@ pub struct Settings {
     pub log_json: bool,
     pub metrics_max_indices: usize,
     pub shutdown_timeout: Duration,
+    pub drain_delay: Duration,
     pub upstream: UpstreamSettings,
     pub default_policy: Policy,
     pub policies: BTreeMap<String, Policy>,
@@ -355,6 +360,7 @@ impl Settings {
             }
         }
         let shutdown_timeout = duration_field("shutdown_timeout", &file.shutdown_timeout, &mut errs);
+        let drain_delay = duration_field("drain_delay", &file.drain_delay, &mut errs);
         let u = &file.upstream;
         let upstream = UpstreamSettings {
             connect_timeout: duration_field("upstream.connect_timeout", &u.connect_timeout, &mut errs),
@@ -410,6 +416,7 @@ impl Settings {
             log_json,
             metrics_max_indices: file.metrics_max_indices,
             shutdown_timeout,
+            drain_delay,
             upstream,
             default_policy,
             policies,

@@ -150,6 +150,11 @@ impl Running {
     /// buffers reach disk, so entries come back on the next start).
     pub async fn shutdown(self) {
         self.state.health.set_ready(false);
+        let delay = self.state.settings.drain_delay;
+        if !delay.is_zero() {
+            tracing::info!(?delay, "not ready; serving on before draining");
+            tokio::time::sleep(delay).await;
+        }
         self.handle.stop(true).await;
         match self.server.await {
             Ok(Ok(())) => {}

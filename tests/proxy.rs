@@ -423,6 +423,37 @@ async fn head_cors_and_admin_endpoints() {
 }
 
 #[actix_rt::test]
+async fn on_shutdown_ready_fails_while_tiles_are_still_served_then_the_port_closes() {
+    let up = upstream(1_000);
+    let mut p = Proxy::start(&up, |f| f.drain_delay = "600ms".into()).await;
+    assert_eq!(p.get("/ready").await.status, 200);
+    let running = p.running.take().unwrap();
+    let stopping = actix_rt::spawn(running.shutdown());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let r = p.get("/ready").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["ready"], false);
+    assert_eq!(p.get("/here-proxy/mc/1/0/1/png?indice=drain").await.status, 200, "still serving while draining");
+    stopping.await.unwrap();
+    let addr = p.base.trim_start_matches("http://").to_string();
+    assert!(std::net::TcpStream::connect(addr).is_err(), "closed after the drain");
+}
+
+#[actix_rt::test]
+async fn retry_after_is_honoured_between_attempts() {
+    let up = upstream(1_000);
+    let path = "/v3/base/mc/4/9/9/png";
+    up.fail(path, Fault::Status { code: 429, retry_after: Some(1) }, 1);
+    let p = Proxy::start(&up, |f| f.upstream.retry_max_delay = "3s".into()).await;
+    let started = Instant::now();
+    let r = p.get(&format!("{path}?indice=ra")).await;
+    assert_eq!(r.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(950), "waited {:?}, not the 1 s asked", started.elapsed());
+    assert_eq!(up.count(path), 2);
+    p.stop().await;
+}
+
+#[actix_rt::test]
 async fn configured_origins_only() {
     let up = upstream(1_000);
     let p = Proxy::start(&up, |f| f.cors_origins = vec!["https://ok.example".into()]).await;
