@@ -24,7 +24,7 @@ fn main() -> ExitCode {
         println!("{settings:#?}");
         return ExitCode::SUCCESS;
     }
-    telemetry::init(settings.log_json);
+    let _log_guard = telemetry::init(settings.log_json);
     actix_web::rt::System::new().block_on(async move {
         let listen = settings.listen;
         match server::start(settings).await {

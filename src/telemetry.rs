@@ -13,19 +13,29 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber (`RUST_LOG`, default `info`). Safe to call more than once.
 ///
+/// Lines are written to stdout by a background thread (workers only queue them), so a log line
+/// per request does not put a `write` syscall on every request's path. Keep the returned guard
+/// alive until exit: dropping it flushes what is queued.
+///
 /// The HTTP client and server libraries are held at `warn` whatever `RUST_LOG` says: their debug
 /// output can carry upstream URLs, and those hold the server's key.
-pub fn init(json: bool) {
+pub fn init(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     for quiet in ["awc=warn", "actix_http=warn", "h2=warn", "rustls=warn"] {
         if let Ok(d) = quiet.parse() {
             filter = filter.add_directive(d);
         }
     }
+    // Not lossy: under overload a full queue slows workers down rather than dropping lines.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::stdout());
     let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_span_events(FmtSpan::CLOSE).with_writer(std::io::stdout);
+        tracing_subscriber::fmt().with_env_filter(filter).with_span_events(FmtSpan::CLOSE).with_writer(writer);
     let _ =
         if json { builder.json().with_current_span(true).with_span_list(false).try_init() } else { builder.try_init() };
+    guard
 }
 
 /// Time the request started, kept in the request's extensions.
