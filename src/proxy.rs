@@ -12,7 +12,6 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use tracing_actix_web::RootSpan;
 
 use crate::admin::Health;
 use crate::breaker::{Breakers, Permit};
@@ -24,6 +23,7 @@ use crate::freshness::{self, Decision};
 use crate::key::{stable_hash, CacheKey};
 use crate::metrics::Metrics;
 use crate::routes::{self, ParseOptions, TileRequest};
+use crate::telemetry;
 use crate::upstream::{self, UpstreamConfig};
 
 /// Shared by every worker.
@@ -43,12 +43,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// GET/HEAD on every tile route.
-pub async fn tile(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    client: web::Data<awc::Client>,
-    span: RootSpan,
-) -> HttpResponse {
+pub async fn tile(req: HttpRequest, state: web::Data<AppState>, client: web::Data<awc::Client>) -> HttpResponse {
     let opts = ParseOptions { reject_unknown_params: state.settings.reject_unknown_params };
     let parsed = routes::parse(req.path(), req.query_string(), opts);
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -61,15 +56,17 @@ pub async fn tile(
         Ok(Some(t)) => t,
         Ok(None) => return ProxyError::NotFound.response(),
         Err(e) => {
-            span.record("cache", "invalid");
+            telemetry::note(&req, |a| a.cache = "invalid");
             state.metrics.requests.with_label_values(&["_invalid", "invalid"]).inc();
             return ProxyError::BadRequest(e).response();
         }
     };
     let key = CacheKey::of(&t);
     let index: &str = state.metrics.index_label(key.index());
-    span.record("index", index);
-    span.record("tile", tracing::field::display(format_args!("{}/{}/{}", t.api.as_str(), t.resource, t.zxy())));
+    telemetry::note(&req, |a| {
+        a.index = index.to_string();
+        a.tile = format!("{}/{}/{}", t.api.as_str(), t.resource, t.zxy());
+    });
     let policy = state.settings.policy(&t.index);
     let now = now_ms();
 
@@ -81,13 +78,13 @@ pub async fn tile(
             Decision::Fresh => {
                 let label = if entry.status == 200 { "hit" } else { "negative_hit" };
                 state.metrics.hits_by_tier.with_label_values(&[index, source.as_str()]).inc();
-                return answer_entry(&req, &state, &span, index, &entry, policy, now, label, None);
+                return answer_entry(&req, &state, index, &entry, policy, now, label, None);
             }
             Decision::StaleWhileRevalidate => {
                 if let Join::Leader(writer, _reader) = state.flights.join(&key) {
                     spawn_fetch(writer, &state, &client, t, Some(entry.clone()), index.to_string(), policy.clone());
                 }
-                return answer_entry(&req, &state, &span, index, &entry, policy, now, "stale", Some("revalidating"));
+                return answer_entry(&req, &state, index, &entry, policy, now, "stale", Some("revalidating"));
             }
             Decision::Fetch { fallback: usable } => {
                 tracing::debug!(source = source.as_str(), usable, "expired entry found");
@@ -112,7 +109,7 @@ pub async fn tile(
     };
     match head {
         Ok(head) => {
-            span.record("cache", label);
+            telemetry::note(&req, |a| a.cache = label);
             state.metrics.requests.with_label_values(&[index, label]).inc();
             if head.status == 200 && not_modified(&req, head.etag.as_ref()) {
                 return head_builder(&head).status(StatusCode::NOT_MODIFIED).finish();
@@ -130,10 +127,10 @@ pub async fn tile(
         }
         Err(failure) => match expired {
             Some((entry, true)) if freshness::usable_if_error(&entry, policy, now_ms()) => {
-                answer_entry(&req, &state, &span, index, &entry, policy, now_ms(), "stale", Some(failure.label()))
+                answer_entry(&req, &state, index, &entry, policy, now_ms(), "stale", Some(failure.label()))
             }
             _ => {
-                span.record("cache", "error");
+                telemetry::note(&req, |a| a.cache = "error");
                 state.metrics.requests.with_label_values(&[index, "error"]).inc();
                 ProxyError::Upstream(failure).response()
             }
@@ -182,7 +179,6 @@ pub fn not_modified(req: &HttpRequest, etag: Option<&HeaderValue>) -> bool {
 fn answer_entry(
     req: &HttpRequest,
     state: &AppState,
-    span: &RootSpan,
     index: &str,
     entry: &Entry,
     policy: &Policy,
@@ -190,7 +186,7 @@ fn answer_entry(
     label: &'static str,
     reason: Option<&'static str>,
 ) -> HttpResponse {
-    span.record("cache", label);
+    telemetry::note(req, |a| a.cache = label);
     state.metrics.requests.with_label_values(&[index, label]).inc();
     let x_cache = if label == "stale" { "STALE" } else { "HIT" };
     let mut b = HttpResponse::build(StatusCode::from_u16(entry.status).unwrap_or(StatusCode::OK));

@@ -1,14 +1,18 @@
-//! Logs: one JSON line per request (tracing-actix-web root span, printed when it closes) with
-//! request id, method, path (never the query: it may hold a client's key), index, tile, cache
-//! result, status, latency to the response head and body bytes.
+//! Logs: one JSON line per request, the access line (target `tile_proxy::access`), with request
+//! id, method, path (never the query: it may hold a client's key), client address, index, tile,
+//! cache result, status, latency to the response head and body bytes.
+//!
+//! tracing-actix-web gives each request its id and a root span; the handler notes what it learned
+//! with [`note`], and [`TileSpan::on_request_end`] emits the line as one event with every field.
+//! (Span fields are not used for it: re-reading them at every line is costly at thousands of
+//! requests per second.) With access logging off (`RUST_LOG=warn`), none of this work is done.
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::CONTENT_LENGTH;
-use actix_web::{Error, HttpMessage};
+use actix_web::{Error, HttpMessage, HttpRequest};
 use tracing::Span;
 use tracing_actix_web::{RequestId, RootSpanBuilder};
-use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber (`RUST_LOG`, default `info`). Safe to call more than once.
@@ -31,66 +35,100 @@ pub fn init(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
         .lossy(false)
         .thread_name("log-writer")
         .finish(std::io::stdout());
-    let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_span_events(FmtSpan::CLOSE).with_writer(writer);
-    let _ =
-        if json { builder.json().with_current_span(true).with_span_list(false).try_init() } else { builder.try_init() };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let _ = if json {
+        builder.json().with_current_span(false).with_span_list(false).flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
     guard
+}
+
+/// True when access lines are logged (the `tile_proxy::access` target is enabled at info).
+pub fn access_enabled() -> bool {
+    tracing::enabled!(target: "tile_proxy::access", tracing::Level::INFO)
+}
+
+/// What the handler learned about a request, for its access line.
+#[derive(Debug, Default)]
+pub struct AccessFields {
+    pub index: String,
+    pub tile: String,
+    pub cache: &'static str,
+}
+
+/// Notes fields for the access line. Does nothing when access logging is off.
+pub fn note(req: &HttpRequest, f: impl FnOnce(&mut AccessFields)) {
+    if !access_enabled() {
+        return;
+    }
+    let mut ext = req.extensions_mut();
+    match ext.get_mut::<AccessFields>() {
+        Some(a) => f(a),
+        None => {
+            let mut a = AccessFields::default();
+            f(&mut a);
+            ext.insert(a);
+        }
+    }
 }
 
 /// Time the request started, kept in the request's extensions.
 #[derive(Clone, Copy)]
 struct Started(std::time::Instant);
 
-/// Our root span: only safe fields, filled in as the request goes.
+/// Root span per request (carries the request id for anything logged inside it) and the access
+/// line at its end.
 pub struct TileSpan;
 
 impl RootSpanBuilder for TileSpan {
     fn on_request_start(request: &ServiceRequest) -> Span {
-        let span = tracing::info_span!(
-            "request",
-            request_id = tracing::field::Empty,
-            method = %request.method(),
-            path = %request.path(),
-            client = tracing::field::Empty,
-            index = tracing::field::Empty,
-            tile = tracing::field::Empty,
-            cache = tracing::field::Empty,
-            status = tracing::field::Empty,
-            latency_ms = tracing::field::Empty,
-            bytes = tracing::field::Empty,
-        );
-        // Nothing more to do when request logging is off (e.g. RUST_LOG=warn): keep hits cheap.
-        if !span.is_disabled() {
-            if let Some(id) = request.extensions().get::<RequestId>() {
-                span.record("request_id", tracing::field::display(id));
-            }
-            span.record("client", request.connection_info().realip_remote_addr().unwrap_or("-"));
-            request.extensions_mut().insert(Started(std::time::Instant::now()));
+        if !access_enabled() {
+            return Span::none();
         }
-        span
+        request.extensions_mut().insert(Started(std::time::Instant::now()));
+        let id = request.extensions().get::<RequestId>().map(|r| r.to_string()).unwrap_or_default();
+        tracing::info_span!("request", request_id = %id)
     }
 
-    fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
-        if span.is_disabled() {
+    fn on_request_end<B: MessageBody>(_span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
+        if !access_enabled() {
             return;
         }
-        match outcome {
-            Ok(res) => {
-                span.record("status", res.status().as_u16());
-                if let Some(started) = res.request().extensions().get::<Started>() {
-                    span.record("latency_ms", started.0.elapsed().as_secs_f64() * 1000.0);
-                }
-                let len = res.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-                if let Some(len) = len {
-                    span.record("bytes", len);
-                } else if let actix_web::body::BodySize::Sized(n) = res.response().body().size() {
-                    span.record("bytes", n);
-                }
-            }
+        let res = match outcome {
+            Ok(res) => res,
             Err(e) => {
-                span.record("status", e.as_response_error().status_code().as_u16());
+                tracing::info!(target: "tile_proxy::access", status = e.as_response_error().status_code().as_u16(), "request");
+                return;
             }
-        }
+        };
+        let req = res.request();
+        // Before borrowing the extensions: connection_info() caches itself in them.
+        let client = req.connection_info().realip_remote_addr().unwrap_or("-").to_string();
+        let ext = req.extensions();
+        let latency_ms = ext.get::<Started>().map(|s| s.0.elapsed().as_secs_f64() * 1000.0);
+        let request_id = ext.get::<RequestId>().map(|r| r.to_string()).unwrap_or_default();
+        let fields = ext.get::<AccessFields>();
+        let bytes =
+            res.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).or(
+                match res.response().body().size() {
+                    actix_web::body::BodySize::Sized(n) => Some(n),
+                    _ => None,
+                },
+            );
+        tracing::info!(
+            target: "tile_proxy::access",
+            request_id = %request_id,
+            method = %req.method(),
+            path = %req.path(),
+            client = %client,
+            index = fields.map(|f| f.index.as_str()),
+            tile = fields.map(|f| f.tile.as_str()),
+            cache = fields.map(|f| f.cache),
+            status = res.status().as_u16(),
+            latency_ms,
+            bytes,
+            "request"
+        );
     }
 }

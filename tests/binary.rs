@@ -49,8 +49,7 @@ fn spawn(up: &Upstream, dir: &std::path::Path) -> Proc {
     let addr = loop {
         let found = lines.lock().unwrap().iter().find_map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            (v["fields"]["message"] == "tile-proxy listening")
-                .then(|| v["fields"]["addr"].as_str().unwrap().to_string())
+            (v["message"] == "tile-proxy listening").then(|| v["addr"].as_str().unwrap().to_string())
         });
         if let Some(a) = found {
             break a;
@@ -126,18 +125,24 @@ fn sigterm_drains_closes_the_cache_and_a_restart_serves_from_disk_without_leakin
     let request_lines: Vec<serde_json::Value> = logs
         .iter()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["span"]["name"] == "request" && v["fields"]["message"] == "close")
+        .filter(|v| v["target"] == "tile_proxy::access" && v["message"] == "request")
         .collect();
     let tile_line = request_lines
         .iter()
-        .find(|v| v["span"]["path"] == "/here-proxy/mc/5/15/13/png" && v["span"]["cache"] == "miss")
+        .find(|v| v["path"] == "/here-proxy/mc/5/15/13/png" && v["cache"] == "miss")
         .unwrap_or_else(|| panic!("no request line in {logs:#?}"));
-    for field in ["request_id", "method", "index", "tile", "status", "latency_ms", "bytes"] {
-        assert!(!tile_line["span"][field].is_null(), "{field} missing in {tile_line}");
+    for field in ["request_id", "method", "client", "index", "tile", "status", "latency_ms", "bytes"] {
+        assert!(!tile_line[field].is_null(), "{field} missing in {tile_line}");
     }
-    assert_eq!(tile_line["span"]["index"], "123");
-    assert_eq!(tile_line["span"]["status"], 200);
-    assert!(request_lines.iter().any(|v| v["span"]["cache"] == "hit"));
+    assert_eq!(tile_line["index"], "123");
+    assert_eq!(tile_line["tile"], "raster/base/5/15/13");
+    assert_eq!(tile_line["status"], 200);
+    assert_eq!(tile_line["bytes"], 12_000);
+    assert_eq!(tile_line["request_id"].as_str().unwrap().len(), 36, "a uuid");
+    assert!(request_lines.iter().any(|v| v["cache"] == "hit"));
+    assert!(request_lines.iter().any(|v| v["cache"] == "invalid" && v["status"] == 400));
+    // One line per request: 3 tile requests + /metrics.
+    assert_eq!(request_lines.len(), 4, "{request_lines:#?}");
     // The key, server's or client's, appears nowhere.
     let everything = logs.join("\n") + &String::from_utf8_lossy(&metrics);
     assert!(!everything.contains(KEY), "server key leaked");
