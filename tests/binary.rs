@@ -60,6 +60,14 @@ fn spawn(up: &Upstream, dir: &std::path::Path) -> Proc {
     Proc { child, lines, addr }
 }
 
+impl Drop for Proc {
+    // A failing test must not leave a server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Proc {
     fn get(&self, path: &str) -> (u16, String, Vec<u8>) {
         let mut s = TcpStream::connect(&self.addr).unwrap();
