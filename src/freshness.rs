@@ -45,11 +45,6 @@ pub fn usable_if_error(entry: &Entry, policy: &Policy, now_ms: u64) -> bool {
     entry.is_fresh(now_ms) || Duration::from_millis(now_ms - entry.fresh_until_ms) < policy.stale_if_error
 }
 
-/// How long an entry stays in the cache after its freshness ends (the longest stale window).
-pub fn keep_after_expiry(policy: &Policy) -> Duration {
-    policy.stale_while_revalidate.max(policy.stale_if_error)
-}
-
 /// The freshness lifetime of a 200: the index's TTL, else the upstream's `s-maxage`/`max-age`,
 /// else `default_ttl`; always capped by `cap`. `None` means "do not store": the upstream said
 /// `no-store`/`private`/`no-cache` and the index sets no TTL of its own.
@@ -169,7 +164,6 @@ mod tests {
         assert_eq!(decide(&e, &strict, 1_000_000), Decision::Fetch { fallback: false });
         assert!(usable_if_error(&e, &p, 1_050_000));
         assert!(!usable_if_error(&e, &p, 1_100_000));
-        assert_eq!(keep_after_expiry(&p), Duration::from_secs(100));
     }
 
     #[test]

@@ -37,10 +37,6 @@ impl CacheKey {
         &self.0
     }
 
-    pub fn into_string(self) -> String {
-        self.0
-    }
-
     /// The index part of the key.
     pub fn index(&self) -> &str {
         self.0.split('|').nth(1).unwrap_or_default()

@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 
 use crate::admin::Health;
 use crate::breaker::{Breakers, Permit};
-use crate::cache::{Entry, HitSource, TileCache};
+use crate::cache::{Entry, TileCache};
 use crate::config::{Policy, Settings};
 use crate::error::{ProxyError, UpstreamFailure};
 use crate::flight::{End, FlightHead, FlightWriter, Flights, Join};
@@ -458,9 +458,4 @@ fn entry_head(entry: &Entry, policy: &Policy, now: u64, x_cache: &'static str) -
         retry_after: None,
         reason: None,
     }
-}
-
-/// `HitSource` label helper for logs.
-pub fn source_label(s: HitSource) -> &'static str {
-    s.as_str()
 }
