@@ -1,159 +1,44 @@
-//! Cache tiers behind one small interface, and the entry they store.
+//! Cache tiers behind one small interface.
 //!
-//! An [`Entry`] is a complete upstream answer (a 200 tile, or later a remembered 404/204) that
-//! knows when it was stored, until when it is fresh, and its ETag. [`Tier`] is the interface every
-//! tier implements; [`TileCache`] asks its tiers in order, promotes a hit into the tiers before
-//! it, and writes to all. Tiers fail open: an error is logged, counted and treated as a miss.
+//! [`Tier`] is what every tier implements: `get` (and a sync, memory-only `peek` for the hot
+//! path), and async, fallible `insert`/`remove` that carry the entry's expiry (a shared tier such
+//! as Redis needs them). [`TileCache`] asks its tiers in order, promotes a hit into the tiers
+//! before it, and writes to all. Tiers fail open: an error is logged, counted
+//! (`tile_proxy_cache_errors_total`) and treated as a miss.
 //!
 //! The built-in tier is [`FoyerTier`]: a foyer `HybridCache` with a memory tier weighted by bytes
 //! and a block-engine disk tier in the cache folder, written on insertion and flushed by
-//! [`TileCache::close`], so entries survive a restart.
+//! [`TileCache::close`], so entries survive a restart. The folder is locked
+//! ([`lock_dir`]): a second process on it is refused. The disk tier's whole capacity is reserved
+//! when it opens (`fallocate`), so a disk that fills up later cannot fail its writes; a disk
+//! without room for it leaves the tier memory-only, reported on `/health`.
 
+use std::fs::File;
 use std::future::Future;
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-use actix_web::http::header::HeaderValue;
-use bytes::Bytes;
 use foyer::{
     BlockEngineConfig, Code, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder, HybridCachePolicy,
     PsyncIoEngineConfig, RecoverMode, Source,
 };
 
+use crate::entry::Entry;
 use crate::key::CacheKey;
 use crate::metrics::Metrics;
 
 /// Boxed future returned by [`Tier`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// One stored upstream answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// Upstream status: 200, or a remembered "no tile here" (404/204).
-    pub status: u16,
-    pub content_type: HeaderValue,
-    /// Quoted ETag, from the upstream or derived from the body.
-    pub etag: Option<HeaderValue>,
-    /// Unix milliseconds when the body was fetched or last revalidated.
-    pub stored_at_ms: u64,
-    /// Unix milliseconds until which the entry is fresh.
-    pub fresh_until_ms: u64,
-    pub body: Bytes,
-}
-
-impl Entry {
-    /// Seconds since stored (the `Age` header).
-    pub fn age_secs(&self, now_ms: u64) -> u64 {
-        now_ms.saturating_sub(self.stored_at_ms) / 1000
-    }
-
-    /// Whole seconds of freshness left, rounded down: never promises more than we have.
-    pub fn remaining_secs(&self, now_ms: u64) -> u64 {
-        self.fresh_until_ms.saturating_sub(now_ms) / 1000
-    }
-
-    pub fn is_fresh(&self, now_ms: u64) -> bool {
-        now_ms < self.fresh_until_ms
-    }
-
-    /// Bytes this entry weighs in the memory tier.
-    pub fn weight(&self) -> usize {
-        self.body.len() + self.content_type.len() + self.etag.as_ref().map_or(0, |e| e.len()) + 64
-    }
-}
-
-const ENTRY_MAGIC: u8 = 0xE1;
-
-fn io_err(msg: &str) -> foyer::Error {
-    foyer::Error::io_error(std::io::Error::new(std::io::ErrorKind::InvalidData, msg.to_string()))
-}
-
-fn put_bytes(w: &mut impl Write, b: &[u8]) -> std::io::Result<()> {
-    w.write_all(&(b.len() as u32).to_le_bytes())?;
-    w.write_all(b)
-}
-
-fn get_bytes(r: &mut impl Read, limit: usize) -> foyer::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len).map_err(foyer::Error::io_error)?;
-    let len = u32::from_le_bytes(len) as usize;
-    if len > limit {
-        return Err(io_err("entry field longer than allowed"));
-    }
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf).map_err(foyer::Error::io_error)?;
-    Ok(buf)
-}
-
-fn header_value(b: Vec<u8>) -> foyer::Result<HeaderValue> {
-    HeaderValue::from_maybe_shared(Bytes::from(b)).map_err(|_| io_err("invalid header value in entry"))
-}
-
-/// On-disk encoding: magic, status, times, then length-prefixed content type, ETag and body.
-/// A new layout must bump [`crate::key::KEY_VERSION`] so old entries are never decoded.
-impl Code for Entry {
-    fn encode(&self, w: &mut impl Write) -> foyer::Result<()> {
-        let run = |w: &mut dyn Write| -> std::io::Result<()> {
-            let mut w = w;
-            w.write_all(&[ENTRY_MAGIC])?;
-            w.write_all(&self.status.to_le_bytes())?;
-            w.write_all(&self.stored_at_ms.to_le_bytes())?;
-            w.write_all(&self.fresh_until_ms.to_le_bytes())?;
-            put_bytes(&mut w, self.content_type.as_bytes())?;
-            match &self.etag {
-                Some(e) => {
-                    w.write_all(&[1])?;
-                    put_bytes(&mut w, e.as_bytes())?;
-                }
-                None => w.write_all(&[0])?,
-            }
-            put_bytes(&mut w, &self.body)
-        };
-        run(w).map_err(foyer::Error::io_error)
-    }
-
-    fn decode(r: &mut impl Read) -> foyer::Result<Self> {
-        let mut head = [0u8; 1 + 2 + 8 + 8];
-        r.read_exact(&mut head).map_err(foyer::Error::io_error)?;
-        if head[0] != ENTRY_MAGIC {
-            return Err(io_err("not a tile-proxy entry"));
-        }
-        let status = u16::from_le_bytes([head[1], head[2]]);
-        let stored_at_ms = u64::from_le_bytes(head[3..11].try_into().map_err(|_| io_err("short entry"))?);
-        let fresh_until_ms = u64::from_le_bytes(head[11..19].try_into().map_err(|_| io_err("short entry"))?);
-        let content_type = header_value(get_bytes(r, 256)?)?;
-        let mut flag = [0u8; 1];
-        r.read_exact(&mut flag).map_err(foyer::Error::io_error)?;
-        let etag = match flag[0] {
-            0 => None,
-            1 => Some(header_value(get_bytes(r, 256)?)?),
-            _ => return Err(io_err("bad etag flag")),
-        };
-        let body = Bytes::from(get_bytes(r, 256 << 20)?);
-        Ok(Entry { status, content_type, etag, stored_at_ms, fresh_until_ms, body })
-    }
-
-    fn estimated_size(&self) -> usize {
-        1 + 2
-            + 8
-            + 8
-            + 4
-            + self.content_type.len()
-            + 1
-            + self.etag.as_ref().map_or(0, |e| 4 + e.len())
-            + 4
-            + self.body.len()
-    }
-}
-
 /// Where a hit was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HitSource {
     Memory,
     Disk,
-    /// A shared tier (Redis) in a later version.
+    /// A shared tier (Redis).
     Remote,
 }
 
@@ -162,7 +47,7 @@ impl HitSource {
         match self {
             HitSource::Memory => "memory",
             HitSource::Disk => "disk",
-            HitSource::Remote => "remote",
+            HitSource::Remote => "redis",
         }
     }
 }
@@ -186,14 +71,48 @@ pub trait Tier: Send + Sync {
     }
     /// Looks a key up.
     fn get<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Result<Option<(Entry, HitSource)>, TierError>>;
-    /// Stores an entry (replacing any older one). Best effort.
-    fn insert(&self, key: &CacheKey, entry: Entry);
-    /// Forgets a key. Best effort.
-    fn remove(&self, key: &CacheKey);
+    /// Stores an entry (replacing any older one) that no index can use after `expires_at_ms`
+    /// (Unix ms). Tiers that evict by size alone may ignore the expiry.
+    fn insert<'a>(
+        &'a self,
+        key: &'a CacheKey,
+        entry: Entry,
+        expires_at_ms: u64,
+    ) -> BoxFuture<'a, Result<(), TierError>>;
+    /// Forgets a key.
+    fn remove<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Result<(), TierError>>;
     /// Flushes and closes (entries in write buffers reach disk).
     fn close(&self) -> BoxFuture<'_, Result<(), TierError>>;
     /// JSON status for `/health`.
     fn status(&self) -> serde_json::Value;
+    /// A standing problem for `/health` (`degraded`), if any.
+    fn problem(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Largest body a decoded entry may have: the largest `max_entry_size` of any cache opened in
+/// this process (foyer's decoder takes no context, so it reads it here).
+static MAX_DECODE: AtomicUsize = AtomicUsize::new(0);
+
+/// The foyer value: our own codec ([`Entry::encode`]) behind foyer's trait.
+#[derive(Debug, Clone)]
+pub struct Stored(pub Entry);
+
+impl Code for Stored {
+    fn encode(&self, w: &mut impl Write) -> foyer::Result<()> {
+        self.0.encode(w).map_err(foyer::Error::io_error)
+    }
+
+    fn decode(r: &mut impl Read) -> foyer::Result<Self> {
+        Entry::decode(r, MAX_DECODE.load(Ordering::Relaxed))
+            .map(Stored)
+            .map_err(|e| foyer::Error::io_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())))
+    }
+
+    fn estimated_size(&self) -> usize {
+        self.0.encoded_len()
+    }
 }
 
 /// The disk tier's block size for a largest entry: a power of two at least the entry plus
@@ -202,12 +121,72 @@ pub fn block_size_for(max_entry: usize) -> usize {
     (max_entry + (64 << 10)).next_power_of_two().max(1 << 20)
 }
 
+/// An exclusive lock on a cache folder, held for the life of the process (released on exit).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+/// Why a cache folder cannot be locked.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("cache folder {0} is in use by another tile-proxy process (lock file {0}/.tile-proxy.lock); give each process its own folder")]
+    InUse(PathBuf),
+    #[error("cannot use cache folder {dir}: {source}")]
+    Io { dir: PathBuf, source: std::io::Error },
+}
+
+/// Creates `dir` and takes an exclusive lock on it.
+pub fn lock_dir(dir: &Path) -> Result<DirLock, LockError> {
+    let io = |source| LockError::Io { dir: dir.to_path_buf(), source };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".tile-proxy.lock"))
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(DirLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LockError::InUse(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
+}
+
+/// Reserves the disk space of every block file foyer created in `dir`, so later writes cannot
+/// fail for lack of space. Filesystems without `fallocate` are left as they are.
+fn reserve_blocks(dir: &Path) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let mut reserved = 0;
+    for f in std::fs::read_dir(dir)? {
+        let f = f?;
+        if !f.file_name().to_string_lossy().starts_with("foyer-storage-") {
+            continue;
+        }
+        let file = std::fs::OpenOptions::new().write(true).open(f.path())?;
+        let len = file.metadata()?.len();
+        // SAFETY: plain syscall on an fd we own for the duration of the call.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                tracing::warn!(dir = %dir.display(), "filesystem cannot reserve space; a full disk may fail cache writes");
+                return Ok(reserved);
+            }
+            return Err(e);
+        }
+        reserved += len;
+    }
+    Ok(reserved)
+}
+
 /// foyer `HybridCache`: memory tier weighted by bytes, block-engine disk tier.
 pub struct FoyerTier {
-    cache: HybridCache<String, Entry>,
+    cache: HybridCache<String, Stored>,
     disk_enabled: bool,
     memory_capacity: usize,
     disk_capacity: usize,
+    problem: Mutex<Option<String>>,
 }
 
 /// Sizes and place of the foyer tier.
@@ -222,19 +201,45 @@ pub struct FoyerOptions<'a> {
 
 impl FoyerTier {
     /// Opens the tier, recovering what the disk tier holds. Its I/O runs on a dedicated runtime.
+    /// A disk tier that cannot be opened or reserved degrades to memory only (see
+    /// [`Tier::problem`]); only a memory tier that cannot start is an error.
     pub async fn open(opts: FoyerOptions<'_>, registry: &prometheus::Registry) -> Result<FoyerTier, TierError> {
+        MAX_DECODE.fetch_max(opts.max_entry, Ordering::Relaxed);
+        if opts.disk == 0 {
+            return Self::build(&opts, None, registry).await;
+        }
+        let problem = match Self::build(&opts, Some(opts.dir), registry).await {
+            Ok(tier) => match reserve_blocks(opts.dir) {
+                Ok(_) => return Ok(tier),
+                Err(e) => {
+                    let _ = tier.cache.close().await;
+                    format!("cannot reserve {} bytes in {}: {e}", opts.disk, opts.dir.display())
+                }
+            },
+            Err(e) => e.message,
+        };
+        tracing::error!(problem = %problem, "disk tier unavailable; running with the memory tier only");
+        // A failed open may have registered foyer's metrics already: the fallback gets its own.
+        let tier = Self::build(&FoyerOptions { disk: 0, ..opts }, None, &prometheus::Registry::new()).await?;
+        *tier.problem.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("disk tier disabled: {problem}"));
+        Ok(tier)
+    }
+
+    async fn build(
+        opts: &FoyerOptions<'_>,
+        dir: Option<&Path>,
+        registry: &prometheus::Registry,
+    ) -> Result<FoyerTier, TierError> {
         let err = |message: String| TierError { tier: "foyer", message };
         // The disk device first: a folder we cannot use fails here, before anything is registered.
-        let device = if opts.disk > 0 {
-            std::fs::create_dir_all(opts.dir)
-                .map_err(|e| err(format!("cannot create cache dir {}: {e}", opts.dir.display())))?;
-            let device = FsDeviceBuilder::new(opts.dir)
-                .with_capacity(opts.disk)
-                .build()
-                .map_err(|e| err(format!("cannot open cache dir {}: {e}", opts.dir.display())))?;
-            Some(device)
-        } else {
-            None
+        let device = match dir {
+            Some(dir) => Some(
+                FsDeviceBuilder::new(dir)
+                    .with_capacity(opts.disk)
+                    .build()
+                    .map_err(|e| err(format!("cannot open cache dir {}: {e}", dir.display())))?,
+            ),
+            None => None,
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -248,7 +253,7 @@ impl FoyerTier {
             .with_metrics_registry(Box::new(metrics))
             .with_policy(HybridCachePolicy::WriteOnInsertion)
             .memory(opts.memory)
-            .with_weighter(|k: &String, v: &Entry| k.len() + v.weight())
+            .with_weighter(|k: &String, v: &Stored| k.len() + v.0.weight())
             .storage()
             .with_spawner(runtime.into());
         let cache = match device {
@@ -263,7 +268,23 @@ impl FoyerTier {
             None => builder.build().await,
         }
         .map_err(|e| err(format!("cannot open the cache: {e}")))?;
-        Ok(FoyerTier { cache, disk_enabled: opts.disk > 0, memory_capacity: opts.memory, disk_capacity: opts.disk })
+        Ok(FoyerTier {
+            cache,
+            disk_enabled: dir.is_some(),
+            memory_capacity: opts.memory,
+            disk_capacity: if dir.is_some() { opts.disk } else { 0 },
+            problem: Mutex::new(None),
+        })
+    }
+
+    /// Records a standing problem for `/health`.
+    pub fn set_problem(&self, problem: String) {
+        *self.problem.lock().unwrap_or_else(|p| p.into_inner()) = Some(problem);
+    }
+
+    /// True when the disk tier is in use.
+    pub fn disk_enabled(&self) -> bool {
+        self.disk_enabled
     }
 }
 
@@ -273,7 +294,7 @@ impl Tier for FoyerTier {
     }
 
     fn peek(&self, key: &CacheKey) -> Option<(Entry, HitSource)> {
-        self.cache.memory().get(key.as_str()).map(|e| (e.value().clone(), HitSource::Memory))
+        self.cache.memory().get(key.as_str()).map(|e| (e.value().0.clone(), HitSource::Memory))
     }
 
     fn get<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Result<Option<(Entry, HitSource)>, TierError>> {
@@ -284,7 +305,7 @@ impl Tier for FoyerTier {
                         Source::Disk => HitSource::Disk,
                         _ => HitSource::Memory,
                     };
-                    Ok(Some((e.value().clone(), source)))
+                    Ok(Some((e.value().0.clone(), source)))
                 }
                 Ok(None) => Ok(None),
                 Err(e) => Err(TierError { tier: "foyer", message: e.to_string() }),
@@ -292,12 +313,19 @@ impl Tier for FoyerTier {
         })
     }
 
-    fn insert(&self, key: &CacheKey, entry: Entry) {
-        self.cache.insert(key.as_str().to_string(), entry);
+    fn insert<'a>(
+        &'a self,
+        key: &'a CacheKey,
+        entry: Entry,
+        _expires_at_ms: u64,
+    ) -> BoxFuture<'a, Result<(), TierError>> {
+        self.cache.insert(key.as_str().to_string(), Stored(entry));
+        Box::pin(std::future::ready(Ok(())))
     }
 
-    fn remove(&self, key: &CacheKey) {
+    fn remove<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Result<(), TierError>> {
         self.cache.remove(key.as_str());
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), TierError>> {
@@ -313,6 +341,10 @@ impl Tier for FoyerTier {
             "disk": {"enabled": self.disk_enabled, "capacity_bytes": self.disk_capacity},
         })
     }
+
+    fn problem(&self) -> Option<String> {
+        self.problem.lock().ok().and_then(|p| p.clone())
+    }
 }
 
 /// The tiers, asked in order. A hit in a later tier is promoted into the earlier ones.
@@ -326,40 +358,54 @@ impl TileCache {
         Self { tiers, metrics }
     }
 
+    fn failed(&self, tier: &dyn Tier, op: &str, e: &TierError) {
+        self.metrics.cache_errors.with_label_values(&[tier.name(), op]).inc();
+        tracing::warn!(error = %e, op, "cache tier failed; bypassed");
+    }
+
+    /// The first tier's memory, without I/O (the hot path).
+    pub fn peek(&self, key: &CacheKey) -> Option<(Entry, HitSource)> {
+        self.tiers.first().and_then(|t| t.peek(key))
+    }
+
     /// First hit wins. A failing tier counts as a miss for that tier.
     pub async fn get(&self, key: &CacheKey) -> Option<(Entry, HitSource)> {
-        if let Some(hit) = self.tiers.first().and_then(|t| t.peek(key)) {
+        if let Some(hit) = self.peek(key) {
             return Some(hit);
         }
         for (i, tier) in self.tiers.iter().enumerate() {
             match tier.get(key).await {
                 Ok(Some((entry, source))) => {
+                    // Promotion keeps the entry as long as the tier it came from would.
                     for earlier in &self.tiers[..i] {
-                        earlier.insert(key, entry.clone());
+                        if let Err(e) = earlier.insert(key, entry.clone(), u64::MAX).await {
+                            self.failed(earlier.as_ref(), "insert", &e);
+                        }
                     }
                     return Some((entry, source));
                 }
                 Ok(None) => {}
-                Err(e) => {
-                    self.metrics.cache_errors.with_label_values(&[tier.name(), "get"]).inc();
-                    tracing::warn!(error = %e, "cache tier failed on get; treated as a miss");
-                }
+                Err(e) => self.failed(tier.as_ref(), "get", &e),
             }
         }
         None
     }
 
-    /// Stores into every tier.
-    pub fn insert(&self, key: &CacheKey, entry: Entry) {
+    /// Stores into every tier; failures are counted and the other tiers still get it.
+    pub async fn insert(&self, key: &CacheKey, entry: Entry, expires_at_ms: u64) {
         for tier in &self.tiers {
-            tier.insert(key, entry.clone());
+            if let Err(e) = tier.insert(key, entry.clone(), expires_at_ms).await {
+                self.failed(tier.as_ref(), "insert", &e);
+            }
         }
     }
 
     /// Removes from every tier.
-    pub fn remove(&self, key: &CacheKey) {
+    pub async fn remove(&self, key: &CacheKey) {
         for tier in &self.tiers {
-            tier.remove(key);
+            if let Err(e) = tier.remove(key).await {
+                self.failed(tier.as_ref(), "remove", &e);
+            }
         }
     }
 
@@ -376,58 +422,30 @@ impl TileCache {
     pub fn status(&self) -> serde_json::Value {
         serde_json::Value::Array(self.tiers.iter().map(|t| t.status()).collect())
     }
+
+    /// Standing problems of the tiers.
+    pub fn problems(&self) -> Vec<String> {
+        self.tiers.iter().filter_map(|t| t.problem()).collect()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn entry(body: &'static [u8]) -> Entry {
-        Entry {
-            status: 200,
-            content_type: HeaderValue::from_static("image/png"),
-            etag: Some(HeaderValue::from_static("\"abc\"")),
-            stored_at_ms: 1_700_000_000_000,
-            fresh_until_ms: 1_700_000_060_000,
-            body: Bytes::from_static(body),
-        }
-    }
-
-    #[test]
-    fn entry_roundtrip() {
-        for e in [entry(b"\x89PNG..."), Entry { etag: None, status: 404, ..entry(b"") }] {
-            let mut buf = Vec::new();
-            e.encode(&mut buf).unwrap();
-            assert_eq!(buf.len(), e.estimated_size());
-            let back = Entry::decode(&mut buf.as_slice()).unwrap();
-            assert_eq!(back, e);
-        }
-    }
-
-    #[test]
-    fn corrupt_entries_are_rejected() {
-        let mut buf = Vec::new();
-        entry(b"data").encode(&mut buf).unwrap();
-        let mut bad = buf.clone();
-        bad[0] = 0;
-        assert!(Entry::decode(&mut bad.as_slice()).is_err());
-        let short = &buf[..buf.len() - 2];
-        assert!(Entry::decode(&mut &short[..]).is_err());
-    }
-
-    #[test]
-    fn freshness_helpers() {
-        let e = entry(b"x");
-        assert!(e.is_fresh(1_700_000_059_999));
-        assert!(!e.is_fresh(1_700_000_060_000));
-        assert_eq!(e.remaining_secs(1_700_000_000_500), 59);
-        assert_eq!(e.age_secs(1_700_000_002_999), 2);
-    }
-
     #[test]
     fn block_sizes() {
         assert_eq!(block_size_for(2 << 20), 4 << 20);
         assert_eq!(block_size_for(10_000), 1 << 20);
         assert!(block_size_for(60_000) >= 60_000 + (64 << 10));
+    }
+
+    #[test]
+    fn a_folder_is_locked_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock_dir(dir.path()).unwrap();
+        assert!(matches!(lock_dir(dir.path()), Err(LockError::InUse(_))));
+        drop(first);
+        assert!(lock_dir(dir.path()).is_ok());
     }
 }

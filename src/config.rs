@@ -123,6 +123,12 @@ pub struct FileConfig {
     /// After SIGTERM, keep serving with `/ready` failing this long before draining, so load
     /// balancers (Kubernetes endpoints, NGINX health checks) stop sending traffic first.
     pub drain_delay: String,
+    /// Bytes one in-flight fetch keeps for late joiners (past it: backpressure, no joiners).
+    pub flight_buffer: String,
+    /// `allow` (default) or `reject` requests naming an index with no `[index.<name>]` section.
+    pub unknown_indices: String,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` is trusted for the client address.
+    pub trusted_proxies: Vec<String>,
     pub upstream: UpstreamFileConfig,
     /// Policy for indices without a section of their own.
     pub defaults: PolicyFileConfig,
@@ -152,6 +158,9 @@ impl Default for FileConfig {
             metrics_max_indices: 500,
             shutdown_timeout: "10s".into(),
             drain_delay: "0s".into(),
+            flight_buffer: "8MiB".into(),
+            unknown_indices: "allow".into(),
+            trusted_proxies: Vec::new(),
             upstream: UpstreamFileConfig::default(),
             defaults: PolicyFileConfig::default(),
             index: BTreeMap::new(),
@@ -215,6 +224,15 @@ pub struct PolicyFileConfig {
     /// `Cache-Control` sent to clients instead of `public, max-age=<remaining>`; `{max_age}` is
     /// replaced by the remaining freshness, e.g. `"public, max-age={max_age}, s-maxage=60"`.
     pub client_cache_control: Option<String>,
+    /// Environment variable holding this index's own HERE key (never the key in the file).
+    pub api_key_env: Option<String>,
+}
+
+/// What to do with a request for an index that has no section of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownIndices {
+    Allow,
+    Reject,
 }
 
 /// Cache policy of one index, resolved.
@@ -266,6 +284,11 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     pub default_policy: Policy,
     pub policies: BTreeMap<String, Policy>,
+    pub flight_buffer: usize,
+    pub unknown_indices: UnknownIndices,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Indices with their own HERE key: index -> key.
+    pub index_keys: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -396,10 +419,41 @@ impl Settings {
             let policy = resolve_policy(&format!("index.{name}"), p, &default_policy, &mut errs);
             policies.insert(name.clone(), policy);
         }
+        let flight_buffer = size_field("flight_buffer", &file.flight_buffer, &mut errs);
+        let unknown_indices = match file.unknown_indices.as_str() {
+            "allow" => UnknownIndices::Allow,
+            "reject" => UnknownIndices::Reject,
+            other => {
+                errs.push(format!("unknown_indices: `{other}` is not allow or reject"));
+                UnknownIndices::Allow
+            }
+        };
+        let mut trusted_proxies = Vec::new();
+        for p in &file.trusted_proxies {
+            match p.parse::<ipnet::IpNet>().or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from)) {
+                Ok(n) => trusted_proxies.push(n),
+                Err(_) => errs.push(format!("trusted_proxies: `{p}` is not a CIDR like 10.0.0.0/8 or an address")),
+            }
+        }
+        let mut index_keys = BTreeMap::new();
+        for (name, p) in &file.index {
+            if let Some(var) = &p.api_key_env {
+                match std::env::var(var) {
+                    Ok(k) if !k.trim().is_empty() => {
+                        index_keys.insert(name.clone(), k.trim().to_string());
+                    }
+                    _ => errs.push(format!("index.{name}.api_key_env: environment variable {var} is not set")),
+                }
+            }
+        }
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }
         Ok(Settings {
+            flight_buffer,
+            unknown_indices,
+            trusted_proxies,
+            index_keys,
             listen: listen.unwrap_or_else(|| ([0, 0, 0, 0], 8080).into()),
             workers,
             api_key,

@@ -52,6 +52,8 @@ pub enum ProxyError {
     BadRequest(RouteError),
     #[error("not found")]
     NotFound,
+    #[error("unknown index")]
+    UnknownIndex,
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("{0}")]
@@ -63,6 +65,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NotFound => StatusCode::NOT_FOUND,
+            ProxyError::UnknownIndex => StatusCode::FORBIDDEN,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(UpstreamFailure::RateLimited { .. } | UpstreamFailure::BreakerOpen { .. }) => {
@@ -79,6 +82,11 @@ impl ProxyError {
             ProxyError::NotFound => {
                 json!({"error": "not_found", "message": "not a tile route; see /here-proxy/{z}/{x}/{y}/{format}, /v3/{resource}/mc/... and /v2/vectortiles/{layer}/mc/..."})
             }
+            ProxyError::UnknownIndex => json!({
+                "error": "unknown_index",
+                "field": "indice",
+                "message": "this index is not configured (unknown_indices = \"reject\")"
+            }),
             ProxyError::MethodNotAllowed => {
                 json!({"error": "method_not_allowed", "message": "tiles are read with GET or HEAD"})
             }

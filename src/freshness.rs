@@ -1,6 +1,10 @@
-//! Freshness: how long an answer may be kept, and the one place that decides "fetch upstream?".
+//! Freshness: how long an index may use a stored answer, and the one place that decides "fetch
+//! upstream?".
 //!
-//! Pure functions, table-tested. An entry's life, with `t` = its `fresh_until`:
+//! Pure functions, table-tested. A stored entry carries the upstream's own facts
+//! ([`crate::entry::Freshness`]); each index turns them into a lifetime with its policy
+//! ([`lifetime`]): its fixed `ttl`, else the upstream's, else `default_ttl`, capped. With `t` =
+//! stored + lifetime:
 //!
 //! ```text
 //!  stored ........ fresh ........ t ... stale-while-revalidate ... t+swr
@@ -10,11 +14,14 @@
 //! * within `swr` after `t`: served at once as `STALE`, one background refresh;
 //! * within `sie` after `t`: fetched; if the upstream fails the old copy is served as `STALE`;
 //! * after both: a plain miss.
+//!
+//! Downstream caches get `Cache-Control: max-age=<lifetime>` with `Age: <elapsed>` (RFC 9111
+//! 4.2.3: they subtract the age themselves), on misses and hits alike.
 
 use std::time::Duration;
 
-use crate::cache::Entry;
 use crate::config::Policy;
+use crate::entry::{Freshness, Meta};
 
 /// What to do with a request, given what the cache holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,12 +34,42 @@ pub enum Decision {
     Fetch { fallback: bool },
 }
 
-/// Decides for a cached entry at `now_ms`.
-pub fn decide(entry: &Entry, policy: &Policy, now_ms: u64) -> Decision {
-    if entry.is_fresh(now_ms) {
+/// The limits every lifetime is computed within.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Lifetime of a 200 when neither the index nor the upstream says anything.
+    pub default_ttl: Duration,
+    /// Cap on every lifetime (`CACHE_TTL_CAP`).
+    pub cap: Duration,
+}
+
+/// How long `policy`'s index may use an answer with this metadata. `None`: not at all (the
+/// upstream said `no-store` and the index has no TTL of its own, negative caching is off, or
+/// the status is never reused).
+pub fn lifetime(meta: &Meta, policy: &Policy, limits: Limits) -> Option<Duration> {
+    match meta.status {
+        200 => match policy.ttl {
+            Some(t) => Some(t.min(limits.cap)),
+            None if meta.freshness.no_store => None,
+            None => Some(
+                meta.freshness.ttl_secs.map_or(limits.default_ttl, |s| Duration::from_secs(s.into())).min(limits.cap),
+            ),
+        },
+        404 | 204 if !policy.negative_ttl.is_zero() => Some(policy.negative_ttl.min(limits.cap)),
+        _ => None,
+    }
+}
+
+/// Decides for a cached entry at `now_ms`, given the index's lifetime for it.
+pub fn decide(meta: &Meta, lifetime: Option<Duration>, policy: &Policy, now_ms: u64) -> Decision {
+    let Some(lifetime) = lifetime else {
+        return Decision::Fetch { fallback: false };
+    };
+    let fresh_until = meta.stored_at_ms.saturating_add(lifetime.as_millis() as u64);
+    if now_ms < fresh_until {
         return Decision::Fresh;
     }
-    let past = Duration::from_millis(now_ms - entry.fresh_until_ms);
+    let past = Duration::from_millis(now_ms - fresh_until);
     if past < policy.stale_while_revalidate {
         Decision::StaleWhileRevalidate
     } else {
@@ -40,26 +77,64 @@ pub fn decide(entry: &Entry, policy: &Policy, now_ms: u64) -> Decision {
     }
 }
 
-/// True while an expired entry may still stand in for a failing upstream.
-pub fn usable_if_error(entry: &Entry, policy: &Policy, now_ms: u64) -> bool {
-    entry.is_fresh(now_ms) || Duration::from_millis(now_ms - entry.fresh_until_ms) < policy.stale_if_error
+/// True while an entry may still stand in for a failing upstream.
+pub fn usable_if_error(meta: &Meta, lifetime: Option<Duration>, policy: &Policy, now_ms: u64) -> bool {
+    match decide(meta, lifetime, policy, now_ms) {
+        Decision::Fresh | Decision::StaleWhileRevalidate => lifetime.is_some(),
+        Decision::Fetch { fallback } => fallback,
+    }
 }
 
-/// The freshness lifetime of a 200: the index's TTL, else the upstream's `s-maxage`/`max-age`,
-/// else `default_ttl`; always capped by `cap`. `None` means "do not store": the upstream said
-/// `no-store`/`private`/`no-cache` and the index sets no TTL of its own.
-pub fn ttl_for(policy: &Policy, cache_control: Option<&str>, default_ttl: Duration, cap: Duration) -> Option<Duration> {
-    let ttl = match policy.ttl {
-        Some(t) => t,
-        None => {
-            let cc = cache_control.map(CacheControl::parse).unwrap_or_default();
-            if cc.no_store {
-                return None;
-            }
-            cc.s_maxage.or(cc.max_age).unwrap_or(default_ttl)
-        }
-    };
-    Some(ttl.min(cap))
+/// How long the shared entry must be kept: the longest any index can use it (its lifetime plus
+/// its stale windows). `None`: no index can use it, so it is not stored.
+pub fn retention<'a>(meta: &Meta, policies: impl IntoIterator<Item = &'a Policy>, limits: Limits) -> Option<Duration> {
+    policies
+        .into_iter()
+        .filter_map(|p| lifetime(meta, p, limits).map(|l| l + p.stale_while_revalidate.max(p.stale_if_error)))
+        .max()
+}
+
+impl crate::config::Settings {
+    /// The limits every lifetime is computed within.
+    pub fn limits(&self) -> Limits {
+        Limits { default_ttl: self.default_ttl, cap: self.ttl_cap }
+    }
+
+    /// How long a shared entry must be kept for the longest view of any configured index (and
+    /// of unconfigured ones, which use `[defaults]`). `None`: no index can use it.
+    pub fn retention(&self, meta: &Meta) -> Option<Duration> {
+        retention(meta, std::iter::once(&self.default_policy).chain(self.policies.values()), self.limits())
+    }
+}
+
+/// The upstream's freshness facts from its response headers, at `now_ms`.
+///
+/// `s-maxage` wins over `max-age`, which wins over `Expires` (taken relative to the upstream's
+/// `Date`, else to now; an unparseable `Expires` means "already expired", RFC 9111 5.3). The
+/// upstream's `Age` is subtracted: the answer was already that old when we got it.
+pub fn upstream_freshness(
+    cache_control: Option<&str>,
+    expires: Option<&str>,
+    date: Option<&str>,
+    age: Option<&str>,
+    now_ms: u64,
+) -> Freshness {
+    let cc = cache_control.map(CacheControl::parse).unwrap_or_default();
+    let secs = cc.s_maxage.or(cc.max_age).map(|d| d.as_secs()).or_else(|| {
+        let expires = expires?;
+        let Ok(exp) = httpdate::parse_http_date(expires.trim()) else {
+            return Some(0);
+        };
+        let base = date
+            .and_then(|d| httpdate::parse_http_date(d.trim()).ok())
+            .unwrap_or_else(|| std::time::UNIX_EPOCH + Duration::from_millis(now_ms));
+        Some(exp.duration_since(base).map(|d| d.as_secs()).unwrap_or(0))
+    });
+    let age = age.and_then(|a| a.trim().parse::<u64>().ok()).unwrap_or(0);
+    Freshness {
+        ttl_secs: secs.map(|s| u32::try_from(s.saturating_sub(age)).unwrap_or(u32::MAX - 1)),
+        no_store: cc.no_store,
+    }
 }
 
 /// The parts of a `Cache-Control` header a shared cache cares about.
@@ -89,11 +164,16 @@ impl CacheControl {
     }
 }
 
-/// The `Cache-Control` header sent to clients for an entry with `remaining` seconds of freshness.
-pub fn client_cache_control(policy: &Policy, remaining_secs: u64) -> String {
+/// The `Cache-Control` header sent to clients for an answer this index may keep `lifetime`
+/// (sent together with `Age`), or `no-store` when it may not be kept.
+pub fn client_cache_control(policy: &Policy, lifetime: Option<Duration>) -> String {
+    let Some(lifetime) = lifetime else {
+        return "no-store".to_string();
+    };
+    let secs = lifetime.as_secs();
     match &policy.client_cache_control {
-        Some(template) => template.replace("{max_age}", &remaining_secs.to_string()),
-        None => format!("public, max-age={remaining_secs}"),
+        Some(template) => template.replace("{max_age}", &secs.to_string()),
+        None => format!("public, max-age={secs}"),
     }
 }
 
@@ -101,7 +181,9 @@ pub fn client_cache_control(policy: &Policy, remaining_secs: u64) -> String {
 mod tests {
     use super::*;
     use actix_web::http::header::HeaderValue;
-    use bytes::Bytes;
+
+    const DAY: Duration = Duration::from_secs(86400);
+    const LIMITS: Limits = Limits { default_ttl: DAY, cap: Duration::from_secs(3600) };
 
     fn policy(ttl: Option<u64>, swr: u64, sie: u64) -> Policy {
         Policy {
@@ -113,64 +195,106 @@ mod tests {
         }
     }
 
-    fn entry(fresh_until_ms: u64) -> Entry {
-        Entry {
-            status: 200,
-            content_type: HeaderValue::from_static("image/png"),
+    fn meta(status: u16, ttl_secs: Option<u32>, no_store: bool) -> Meta {
+        Meta {
+            status,
+            content_type: Some(HeaderValue::from_static("image/png")),
+            content_encoding: None,
             etag: None,
-            stored_at_ms: 0,
-            fresh_until_ms,
-            body: Bytes::new(),
+            stored_at_ms: 1_000_000,
+            version_ms: 1_000_000,
+            freshness: Freshness { ttl_secs, no_store },
         }
     }
 
     #[test]
-    fn ttl_rules() {
-        let day = Duration::from_secs(86400);
-        let cap = Duration::from_secs(3600);
-        let cases: [(Option<u64>, Option<&str>, Option<u64>); 8] = [
-            (Some(60), Some("max-age=10"), Some(60)), // index TTL wins
-            (Some(7200), None, Some(3600)),           // capped
-            (None, Some("public, max-age=120"), Some(120)),
-            (None, Some("max-age=120, s-maxage=30"), Some(30)),
-            (None, Some("max-age=999999"), Some(3600)), // capped
-            (None, None, Some(3600)),                   // default (1 day) capped
-            (None, Some("no-store"), None),
-            (Some(60), Some("private"), Some(60)), // the operator's TTL overrides
+    fn lifetime_rules() {
+        type Case = (Option<u64>, u16, Option<u32>, bool, Option<u64>);
+        let cases: [Case; 10] = [
+            (Some(60), 200, Some(10), false, Some(60)), // index TTL wins
+            (Some(7200), 200, None, false, Some(3600)), // capped
+            (None, 200, Some(120), false, Some(120)),   // the upstream's
+            (None, 200, Some(999_999), false, Some(3600)),
+            (None, 200, None, false, Some(3600)),    // default (1 day) capped
+            (None, 200, None, true, None),           // no-store, no TTL of our own
+            (Some(60), 200, None, true, Some(60)),   // the operator's TTL overrides
+            (None, 404, Some(500), false, Some(60)), // negative TTL
+            (None, 204, None, true, Some(60)),
+            (None, 400, None, false, None),
         ];
-        for (ttl, cc, want) in cases {
-            let got = ttl_for(&policy(ttl, 0, 0), cc, day, cap);
-            assert_eq!(got, want.map(Duration::from_secs), "{ttl:?} {cc:?}");
+        for (ttl, status, up, no_store, want) in cases {
+            let got = lifetime(&meta(status, up, no_store), &policy(ttl, 0, 0), LIMITS);
+            assert_eq!(got, want.map(Duration::from_secs), "{ttl:?} {status} {up:?} {no_store}");
         }
+        let mut off = policy(None, 0, 0);
+        off.negative_ttl = Duration::ZERO;
+        assert_eq!(lifetime(&meta(404, None, false), &off, LIMITS), None);
     }
 
     #[test]
     fn decisions_over_an_entry_life() {
         let p = policy(None, 10, 100);
-        let e = entry(1_000_000);
+        let m = meta(200, Some(1000), false);
+        let l = lifetime(&m, &p, LIMITS);
+        // stored at 1_000_000 ms, fresh 1000 s: fresh until 2_000_000.
         let cases = [
-            (0, Decision::Fresh),
-            (999_999, Decision::Fresh),
-            (1_000_000, Decision::StaleWhileRevalidate),
-            (1_009_999, Decision::StaleWhileRevalidate),
-            (1_010_000, Decision::Fetch { fallback: true }),
-            (1_099_999, Decision::Fetch { fallback: true }),
-            (1_100_000, Decision::Fetch { fallback: false }),
+            (1_000_000, Decision::Fresh),
+            (1_999_999, Decision::Fresh),
+            (2_000_000, Decision::StaleWhileRevalidate),
+            (2_009_999, Decision::StaleWhileRevalidate),
+            (2_010_000, Decision::Fetch { fallback: true }),
+            (2_099_999, Decision::Fetch { fallback: true }),
+            (2_100_000, Decision::Fetch { fallback: false }),
         ];
         for (now, want) in cases {
-            assert_eq!(decide(&e, &p, now), want, "at {now}");
+            assert_eq!(decide(&m, l, &p, now), want, "at {now}");
         }
-        let strict = policy(None, 0, 0);
-        assert_eq!(decide(&e, &strict, 1_000_000), Decision::Fetch { fallback: false });
-        assert!(usable_if_error(&e, &p, 1_050_000));
-        assert!(!usable_if_error(&e, &p, 1_100_000));
+        assert_eq!(decide(&m, l, &policy(None, 0, 0), 2_000_000), Decision::Fetch { fallback: false });
+        assert_eq!(decide(&m, None, &p, 1_000_001), Decision::Fetch { fallback: false });
+        assert!(usable_if_error(&m, l, &p, 2_050_000));
+        assert!(!usable_if_error(&m, l, &p, 2_100_000));
+        assert!(!usable_if_error(&m, None, &p, 1_000_001));
+    }
+
+    #[test]
+    fn one_entry_many_views() {
+        // One stored tile, two indices: each sees its own freshness.
+        let m = meta(200, Some(100), false);
+        let short = policy(Some(10), 0, 0);
+        let long = policy(None, 0, 0);
+        let at = 1_000_000 + 50_000;
+        assert_eq!(decide(&m, lifetime(&m, &short, LIMITS), &short, at), Decision::Fetch { fallback: false });
+        assert_eq!(decide(&m, lifetime(&m, &long, LIMITS), &long, at), Decision::Fresh);
+        // Kept for the longest view: 100 s + the long index's 30 s stale window.
+        let stale = policy(None, 0, 30);
+        assert_eq!(retention(&m, [&short, &stale], LIMITS), Some(Duration::from_secs(130)));
+        assert_eq!(retention(&meta(200, None, true), [&long], LIMITS), None);
+    }
+
+    #[test]
+    fn upstream_facts() {
+        let now = 1_445_412_480_000; // Wed, 21 Oct 2015 07:28:00 GMT
+        let f = |cc, exp, date, age| upstream_freshness(cc, exp, date, age, now);
+        assert_eq!(f(Some("max-age=120"), None, None, None).ttl_secs, Some(120));
+        assert_eq!(f(Some("max-age=120, s-maxage=30"), None, None, None).ttl_secs, Some(30));
+        assert_eq!(f(Some("max-age=120"), None, None, Some("100")).ttl_secs, Some(20));
+        assert_eq!(f(Some("max-age=120"), None, None, Some("500")).ttl_secs, Some(0));
+        assert_eq!(f(None, Some("Wed, 21 Oct 2015 08:28:00 GMT"), None, None).ttl_secs, Some(3600));
+        let with_date = f(None, Some("Wed, 21 Oct 2015 08:28:00 GMT"), Some("Wed, 21 Oct 2015 08:00:00 GMT"), None);
+        assert_eq!(with_date.ttl_secs, Some(1680));
+        assert_eq!(f(None, Some("0"), None, None).ttl_secs, Some(0));
+        assert_eq!(f(Some("max-age=5"), Some("Wed, 21 Oct 2015 08:28:00 GMT"), None, None).ttl_secs, Some(5));
+        assert_eq!(f(None, None, None, None), Freshness::default());
+        assert!(f(Some("private, max-age=60"), None, None, None).no_store);
     }
 
     #[test]
     fn client_header() {
-        assert_eq!(client_cache_control(&policy(None, 0, 0), 42), "public, max-age=42");
+        let p = policy(None, 0, 0);
+        assert_eq!(client_cache_control(&p, Some(Duration::from_secs(42))), "public, max-age=42");
+        assert_eq!(client_cache_control(&p, None), "no-store");
         let mut p = policy(None, 0, 0);
         p.client_cache_control = Some("public, max-age={max_age}, s-maxage=60".into());
-        assert_eq!(client_cache_control(&p, 7), "public, max-age=7, s-maxage=60");
+        assert_eq!(client_cache_control(&p, Some(Duration::from_secs(7))), "public, max-age=7, s-maxage=60");
     }
 }

@@ -1,23 +1,33 @@
 //! tile-proxy: a caching proxy for HERE map tiles.
 //!
 //! The request path, module by module (see `docs/architecture.md`):
-//! [`routes`] parses and validates -> [`key`] names the tile -> [`cache`] looks it up ->
-//! [`freshness`] decides -> [`proxy`] answers from the cache or joins the one [`flight`] for the
-//! key, whose fetch [`upstream`] performs with retries -> the body streams to every waiting client
-//! and is stored after a clean end. [`metrics`], [`telemetry`] and [`admin`] observe; [`error`]
-//! maps failures to JSON; [`config`] loads settings; [`server`] wires it all.
+//! [`proxy`] (HTTP) -> [`routes`] parses and validates -> [`service`] keys the tile by its
+//! upstream identity ([`key`], [`upstream`]), looks it up in the [`cache`] tiers, lets the
+//! index's policy decide ([`freshness`]), and answers from the [`entry`] or leads/joins the one
+//! [`flight`] for the key (through the [`flight::FillLock`] seam), whose [`fetch`] asks the
+//! upstream with retries, plans what the answer means, streams it to every reader and stores
+//! it. [`metrics`], [`telemetry`], [`health`] and [`admin`] observe; [`error`] maps failures to
+//! JSON; [`config`] loads settings; [`clock`] is injected time; [`state`] holds what workers
+//! share; [`server`] wires it all.
 
 pub mod admin;
 pub mod breaker;
 pub mod cache;
+pub mod client_ip;
+pub mod clock;
 pub mod config;
+pub mod entry;
 pub mod error;
+pub mod fetch;
 pub mod flight;
 pub mod freshness;
+pub mod health;
 pub mod key;
 pub mod metrics;
 pub mod proxy;
 pub mod routes;
 pub mod server;
+pub mod service;
+pub mod state;
 pub mod telemetry;
 pub mod upstream;

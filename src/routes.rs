@@ -239,6 +239,7 @@ fn parse_query(api: Api, query: &str, opts: ParseOptions) -> Result<(String, BTr
         }
         match check_param(api, &k, &v) {
             Check::Ok => {
+                let v = normalise(&k, v).map_err(|msg| RouteError::new(k.clone(), msg))?;
                 if !is_default(api, &k, &v) {
                     params.insert(k, v);
                 }
@@ -276,7 +277,7 @@ fn check_param(api: Api, k: &str, v: &str) -> Check {
         (Api::Raster, "pview") => {
             ok((2..=3).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_uppercase()), "must be 2-3 capital letters")
         }
-        (Api::Raster, "mv") => ok(!v.is_empty() && v.len() <= 32 && is_safe_token(v), "must be a short map version"),
+        (Api::Raster, "mv") => ok(is_map_version(v), "must match ^([a-z]{2,3}[0-9]+)+$ (e.g. ds1, gbr23)"),
         (Api::Raster, "features") => ok(is_features(v), "must be a comma list of name:mode"),
         (Api::Raster, "startTime" | "endTime") => ok(is_time(v), "must be YYYY-MM-DDTHH:mm"),
         (Api::Vector, "content") => ok(
@@ -289,7 +290,56 @@ fn check_param(api: Api, k: &str, v: &str) -> Check {
 
 /// HERE's documented defaults: the same tile with or without them shares one cache entry.
 fn is_default(api: Api, k: &str, v: &str) -> bool {
-    matches!((api, k, v), (Api::Raster, "style", "explore.day") | (Api::Raster, "size", "256"))
+    matches!(
+        (api, k, v),
+        (Api::Raster, "style", "explore.day") | (Api::Raster, "size", "256") | (Api::Vector, "content", "default")
+    )
+}
+
+/// Puts comma lists in one canonical order so equal requests share a key: `content` sorted and
+/// deduplicated; `features` sorted by name, an exact repeat dropped, two modes for one feature
+/// refused.
+fn normalise(k: &str, v: String) -> Result<String, String> {
+    match k {
+        "content" => {
+            let mut items: Vec<&str> = v.split(',').collect();
+            items.sort_unstable();
+            items.dedup();
+            Ok(items.join(","))
+        }
+        "features" => {
+            let mut items: Vec<(&str, &str)> = v.split(',').filter_map(|f| f.split_once(':')).collect();
+            items.sort_unstable();
+            items.dedup();
+            if items.windows(2).any(|w| w[0].0 == w[1].0) {
+                return Err("names a feature twice with different modes".into());
+            }
+            Ok(items.iter().map(|(n, m)| format!("{n}:{m}")).collect::<Vec<_>>().join(","))
+        }
+        _ => Ok(v),
+    }
+}
+
+/// HERE's pattern for `mv`: `^([a-z]{2,3}[0-9]+)+$`, at most 64 characters.
+fn is_map_version(v: &str) -> bool {
+    let b = v.as_bytes();
+    if b.is_empty() || b.len() > 64 {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        let letters = b[i..].iter().take_while(|c| c.is_ascii_lowercase()).count();
+        if !(2..=3).contains(&letters) {
+            return false;
+        }
+        i += letters;
+        let digits = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 {
+            return false;
+        }
+        i += digits;
+    }
+    true
 }
 
 fn is_lang(v: &str) -> bool {
@@ -312,16 +362,30 @@ fn is_word(s: &str) -> bool {
     !s.is_empty() && s.len() <= 48 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
+/// `YYYY-MM-DDTHH:mm` naming a real minute (month 1-12, a day that month has, hour 0-23).
 fn is_time(v: &str) -> bool {
-    // YYYY-MM-DDTHH:mm
     let b = v.as_bytes();
-    b.len() == 16
+    let shape = b.len() == 16
         && b.iter().enumerate().all(|(i, c)| match i {
             4 | 7 => *c == b'-',
             10 => *c == b'T',
             13 => *c == b':',
             _ => c.is_ascii_digit(),
-        })
+        });
+    if !shape {
+        return false;
+    }
+    let num = |r: std::ops::Range<usize>| v[r].parse::<u32>().unwrap_or(u32::MAX);
+    let (year, month, day, hour, minute) = (num(0..4), num(5..7), num(8..10), num(11..13), num(14..16));
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    (1..=days).contains(&day) && hour < 24 && minute < 60
 }
 
 fn is_safe_token(s: &str) -> bool {
@@ -397,7 +461,7 @@ mod tests {
                 "default",
                 Api::Raster,
                 "base",
-                "features=pois:all,congestion_zones:disabled&startTime=2024-01-02T03:04",
+                "features=congestion_zones:disabled,pois:all&startTime=2024-01-02T03:04",
             ),
         ];
         for (path, q, index, api, resource, query) in cases {
@@ -437,6 +501,16 @@ mod tests {
             ("/here-proxy/mc/1/0/0/png", "style=%zz", "style"),
             ("/v2/vectortiles/base/mc/1/0/0/omv", "content=everything", "content"),
             ("/v2/vectortiles/base/mc/1/0/0/omv", "style=explore.day", "style"),
+            ("/here-proxy/mc/1/0/0/png", "mv=a1", "mv"),
+            ("/here-proxy/mc/1/0/0/png", "mv=abcd1", "mv"),
+            ("/here-proxy/mc/1/0/0/png", "mv=ds1x", "mv"),
+            ("/here-proxy/mc/1/0/0/png", "mv=DS1", "mv"),
+            ("/here-proxy/mc/1/0/0/png", "startTime=2024-13-01T00:00", "startTime"),
+            ("/here-proxy/mc/1/0/0/png", "startTime=2023-02-29T00:00", "startTime"),
+            ("/here-proxy/mc/1/0/0/png", "endTime=2024-04-31T10:00", "endTime"),
+            ("/here-proxy/mc/1/0/0/png", "endTime=2024-04-30T24:00", "endTime"),
+            ("/here-proxy/mc/1/0/0/png", "endTime=2024-04-30T23:60", "endTime"),
+            ("/here-proxy/mc/1/0/0/png", "features=pois:all,pois:disabled", "features"),
         ];
         for (path, q, field) in cases {
             let err = p(path, q).unwrap_err();
@@ -459,6 +533,26 @@ mod tests {
         let b = p("/here-proxy/5/15/13/png", "").unwrap().unwrap();
         assert_eq!(a, b);
         assert!(a.params.is_empty());
+    }
+
+    #[test]
+    fn equal_requests_normalise_to_one_query() {
+        let q = |path: &str, query: &str| p(path, query).unwrap().unwrap().query_string();
+        let v = "/v2/vectortiles/base/mc/1/0/0/omv";
+        assert_eq!(q(v, "content=transit,default"), q(v, "content=default,transit"));
+        assert_eq!(q(v, "content=transit,default,transit"), "content=default,transit");
+        assert_eq!(q(v, "content=default"), "");
+        let r = "/here-proxy/1/0/0/png";
+        assert_eq!(
+            q(r, "features=pois:all,congestion_zones:disabled"),
+            q(r, "features=congestion_zones:disabled,pois:all")
+        );
+        assert_eq!(q(r, "features=pois:all,pois:all"), "features=pois:all");
+        assert_eq!(q(r, "style=explore.day&size=256"), "");
+        for ok in ["ds1", "gbr23", "ds1gbr23", "abc123de4"] {
+            assert_eq!(q(r, &format!("mv={ok}")), format!("mv={ok}"));
+        }
+        assert_eq!(q(r, "startTime=2024-02-29T23:59"), "startTime=2024-02-29T23:59");
     }
 
     #[test]

@@ -11,12 +11,16 @@ use actix_web::{web, App, HttpServer};
 use actix_web_prom::PrometheusMetricsBuilder;
 use tracing_actix_web::TracingLogger;
 
-use crate::admin::{self, Health};
-use crate::cache::{FoyerOptions, FoyerTier, TileCache};
+use crate::admin;
+use crate::cache::{lock_dir, DirLock, FoyerOptions, FoyerTier, LockError, Tier, TileCache};
+use crate::clock::{SharedClock, SystemClock};
 use crate::config::Settings;
 use crate::flight::Flights;
+use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::proxy::{self, AppState};
+use crate::proxy;
+use crate::service::TileService;
+use crate::state::AppState;
 use crate::telemetry::TileSpan;
 use crate::upstream::{self, UpstreamConfig};
 
@@ -27,6 +31,8 @@ pub enum StartError {
     Metrics(String),
     #[error("{0}")]
     Cache(#[from] crate::cache::TierError),
+    #[error("{0}")]
+    CacheInUse(LockError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
 }
@@ -36,7 +42,17 @@ pub struct Running {
     addrs: Vec<SocketAddr>,
     handle: actix_web::dev::ServerHandle,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
-    state: web::Data<AppState>,
+    state: Arc<AppState>,
+    _dir_lock: Option<DirLock>,
+}
+
+/// What tests (and embedders) may swap in; production uses the defaults.
+#[derive(Default)]
+pub struct StartOptions {
+    /// The clock freshness follows; default the system clock.
+    pub clock: Option<SharedClock>,
+    /// Cache tiers to use instead of the built-in foyer tier.
+    pub tiers: Option<Vec<Box<dyn Tier>>>,
 }
 
 fn cors(origins: &[String]) -> Cors {
@@ -57,8 +73,14 @@ fn cors(origins: &[String]) -> Cors {
 
 /// Opens the cache, binds and starts serving. Ready once this returns.
 pub async fn start(settings: Settings) -> Result<Running, StartError> {
+    start_with(settings, StartOptions::default()).await
+}
+
+/// [`start`] with a chosen clock or cache tiers.
+pub async fn start_with(settings: Settings, opts: StartOptions) -> Result<Running, StartError> {
     // awc builds rustls without a crypto provider; a second install is a harmless error.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let clock = opts.clock.unwrap_or_else(|| Arc::new(SystemClock));
 
     let prom = PrometheusMetricsBuilder::new("tile_proxy")
         .endpoint("/metrics")
@@ -71,46 +93,63 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         Metrics::new(&prom.registry, settings.metrics_max_indices, settings.policies.keys().cloned())
             .map_err(|e| StartError::Metrics(e.to_string()))?,
     );
-    let opts = FoyerOptions {
-        dir: &settings.cache_dir,
-        memory: settings.memory_cache,
-        disk: settings.disk_cache,
-        max_entry: settings.max_entry_size,
-    };
-    // A disk that cannot be used degrades the service to memory only; it never stops it.
-    let (tier, disk_problem) = match FoyerTier::open(opts.clone(), &prom.registry).await {
-        Ok(t) => (t, None),
-        Err(e) if opts.disk > 0 => {
-            tracing::error!(error = %e, "disk tier unavailable; running with the memory tier only");
-            // A failed open may have registered foyer's metrics already: the fallback gets its own.
-            let t = FoyerTier::open(FoyerOptions { disk: 0, ..opts }, &prometheus::Registry::new()).await?;
-            (t, Some(e.to_string()))
+    let mut dir_lock = None;
+    let tiers = match opts.tiers {
+        Some(tiers) => tiers,
+        None => {
+            if settings.disk_cache > 0 {
+                // One process per folder: a second one would corrupt the first one's blocks.
+                match lock_dir(&settings.cache_dir) {
+                    Ok(l) => dir_lock = Some(l),
+                    Err(e @ LockError::InUse(_)) => return Err(StartError::CacheInUse(e)),
+                    // An unusable folder: the tier below degrades to memory only and says why.
+                    Err(e) => tracing::error!(error = %e, "cache folder unusable"),
+                }
+            }
+            let foyer = FoyerOptions {
+                dir: &settings.cache_dir,
+                memory: settings.memory_cache,
+                disk: if dir_lock.is_some() { settings.disk_cache } else { 0 },
+                max_entry: settings.max_entry_size,
+            };
+            let tier = FoyerTier::open(foyer, &prom.registry).await?;
+            if settings.disk_cache > 0 && dir_lock.is_none() {
+                tier.set_problem(format!("disk tier disabled: cache folder {} unusable", settings.cache_dir.display()));
+            }
+            if settings.disk_cache > 0 && !tier.disk_enabled() {
+                metrics.cache_errors.with_label_values(&["foyer", "open_disk"]).inc();
+            }
+            let tier: Box<dyn Tier> = Box::new(tier);
+            vec![tier]
         }
-        Err(e) => return Err(e.into()),
     };
-    let cache = Arc::new(TileCache::new(vec![Box::new(tier)], metrics.clone()));
+    let cache = Arc::new(TileCache::new(tiers, metrics.clone()));
     let settings = Arc::new(settings);
-    let state = web::Data::new(AppState {
+    let flights = Flights::new(settings.flight_buffer);
+    let state = Arc::new(AppState {
         upstream: Arc::new(UpstreamConfig::from_settings(&settings)),
         settings: settings.clone(),
         cache,
-        flights: Flights::new(),
+        fill: flights.clone(),
+        flights,
         metrics,
-        health: Arc::new(Health::with_cache_problem(disk_problem)),
+        health: Arc::new(Health::new(clock.clone())),
         breakers: Arc::new(crate::breaker::Breakers::new(
             settings.upstream.breaker_failures,
             settings.upstream.breaker_cooldown,
         )),
+        clock,
     });
+    let service = web::Data::new(TileService::new(state.clone()));
 
-    let app_state = state.clone();
+    let app_service = service.clone();
     let upstream_settings = settings.upstream.clone();
     let origins = settings.cors_origins.clone();
     let server = HttpServer::new(move || {
         // One awc client per worker: awc is not Send, and its pool is per client.
         let client = web::Data::new(upstream::build_client(&upstream_settings));
         App::new()
-            .app_data(app_state.clone())
+            .app_data(app_service.clone())
             .app_data(client)
             .wrap(cors(&origins))
             .wrap(prom.clone())
@@ -132,7 +171,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let handle = server.handle();
     let server = actix_web::rt::spawn(server);
     state.health.set_ready(true);
-    Ok(Running { addrs, handle, server, state })
+    Ok(Running { addrs, handle, server, state, _dir_lock: dir_lock })
 }
 
 impl Running {
@@ -142,7 +181,7 @@ impl Running {
     }
 
     /// Shared state (tests read metrics and the cache through it).
-    pub fn state(&self) -> &web::Data<AppState> {
+    pub fn state(&self) -> &Arc<AppState> {
         &self.state
     }
 

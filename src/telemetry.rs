@@ -105,8 +105,18 @@ impl RootSpanBuilder for TileSpan {
             }
         };
         let req = res.request();
-        // Before borrowing the extensions: connection_info() caches itself in them.
-        let client = req.connection_info().realip_remote_addr().unwrap_or("-").to_string();
+        // X-Forwarded-For counts only from configured proxies (`trusted_proxies`).
+        let trusted = req
+            .app_data::<actix_web::web::Data<crate::service::TileService>>()
+            .map(|s| s.state().settings.trusted_proxies.as_slice())
+            .unwrap_or(&[]);
+        let client = match req.peer_addr() {
+            Some(peer) => {
+                let xff: Vec<&str> = req.headers().get_all("x-forwarded-for").filter_map(|v| v.to_str().ok()).collect();
+                crate::client_ip::client_ip(peer.ip(), &xff, trusted).to_string()
+            }
+            None => "-".to_string(),
+        };
         let ext = req.extensions();
         let latency_ms = ext.get::<Started>().map(|s| s.0.elapsed().as_secs_f64() * 1000.0);
         let request_id = ext.get::<RequestId>().map(|r| r.to_string()).unwrap_or_default();

@@ -6,6 +6,7 @@
 //! delay, honouring `Retry-After`. What comes back is the response head; its body is streamed by
 //! the caller and is never retried once relayed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,22 +15,51 @@ use backon::{ExponentialBuilder, Retryable};
 
 use crate::config::{Settings, UpstreamSettings};
 use crate::error::UpstreamFailure;
+use crate::key::{CacheKey, Origin};
 use crate::routes::{Api, TileRequest};
 
-/// Where and how to call the upstream. Shared by all workers.
+/// One credential: the key sent upstream and the origins (cache-key identities) it gives.
+struct Credential {
+    key: Option<String>,
+    raster: Origin,
+    vector: Origin,
+}
+
+impl Credential {
+    fn new(raster_base: &str, vector_base: &str, key: Option<String>) -> Credential {
+        Credential {
+            raster: Origin::new(raster_base, key.as_deref()),
+            vector: Origin::new(vector_base, key.as_deref()),
+            key,
+        }
+    }
+}
+
+/// Where and how to call the upstream, with which key for which index. Shared by all workers.
 pub struct UpstreamConfig {
     raster_base: String,
     vector_base: String,
-    api_key: Option<String>,
+    /// The server's key, used by every index without one of its own.
+    default: Credential,
+    /// Indices with their own HERE key (multi-tenant): their tiles are separate entries.
+    by_index: HashMap<String, Credential>,
+    /// Every key, to scrub from anything relayed.
+    secrets: Vec<String>,
     pub settings: UpstreamSettings,
 }
 
 impl UpstreamConfig {
     pub fn from_settings(s: &Settings) -> Self {
+        let (r, v) = (s.raster_upstream.as_str(), s.vector_upstream.as_str());
+        let by_index: HashMap<String, Credential> =
+            s.index_keys.iter().map(|(i, k)| (i.clone(), Credential::new(r, v, Some(k.clone())))).collect();
+        let secrets = s.api_key.iter().chain(s.index_keys.values()).cloned().collect();
         Self {
-            raster_base: s.raster_upstream.clone(),
-            vector_base: s.vector_upstream.clone(),
-            api_key: s.api_key.clone(),
+            raster_base: r.to_string(),
+            vector_base: v.to_string(),
+            default: Credential::new(r, v, s.api_key.clone()),
+            by_index,
+            secrets,
             settings: s.upstream.clone(),
         }
     }
@@ -42,8 +72,31 @@ impl UpstreamConfig {
         }
     }
 
-    /// The upstream URL of a tile: configured base + HERE path + normalised query + server key.
-    /// Never log it: it holds the key.
+    fn credential(&self, index: &str) -> &Credential {
+        self.by_index.get(index).unwrap_or(&self.default)
+    }
+
+    /// Who answers this request: the identity its cache key is built from.
+    pub fn origin(&self, t: &TileRequest) -> &Origin {
+        let c = self.credential(&t.index);
+        match t.api {
+            Api::Raster => &c.raster,
+            Api::Vector => &c.vector,
+        }
+    }
+
+    /// The cache key of a request.
+    pub fn cache_key(&self, t: &TileRequest) -> CacheKey {
+        CacheKey::of(t, self.origin(t))
+    }
+
+    /// Every configured key (to scrub from relayed bodies).
+    pub fn secrets(&self) -> &[String] {
+        &self.secrets
+    }
+
+    /// The upstream URL of a tile: configured base + HERE path + normalised query + the index's
+    /// key (or the server's). Never log it: it holds the key.
     pub fn url(&self, t: &TileRequest) -> String {
         let mut url = format!("{}{}", self.base(t.api), t.upstream_path());
         let query = t.query_string();
@@ -53,7 +106,7 @@ impl UpstreamConfig {
             url.push_str(&query);
             sep = '&';
         }
-        if let Some(key) = &self.api_key {
+        if let Some(key) = &self.credential(&t.index).key {
             url.push(sep);
             url.push_str(match t.api {
                 Api::Raster => "apiKey=",

@@ -8,8 +8,12 @@ use std::time::Duration;
 use actix_web::http::header::HeaderMap;
 use actix_web::http::StatusCode;
 use bytes::Bytes;
+use std::sync::Arc;
+
+use tile_proxy::cache::Tier;
+use tile_proxy::clock::ManualClock;
 use tile_proxy::config::{FileConfig, Settings};
-use tile_proxy::server::{self, Running};
+use tile_proxy::server::{self, Running, StartOptions};
 
 pub use test_upstream::{Fault, Options, Upstream};
 
@@ -47,6 +51,8 @@ pub fn config(upstream: &Upstream, dir: &std::path::Path) -> FileConfig {
 /// A running proxy and what it needs.
 pub struct Proxy {
     pub running: Option<Running>,
+    /// The proxy's clock: tests move it instead of sleeping.
+    pub clock: Arc<ManualClock>,
     pub dir: tempfile::TempDir,
     pub base: String,
     pub client: awc::Client,
@@ -61,13 +67,31 @@ impl Proxy {
 
     /// Starts a proxy whose cache lives in `dir` (to restart on the same folder).
     pub async fn start_in(upstream: &Upstream, dir: tempfile::TempDir, tweak: impl FnOnce(&mut FileConfig)) -> Proxy {
+        Self::start_with(upstream, dir, tweak, None).await
+    }
+
+    /// Starts a proxy with its own cache tiers instead of the built-in one.
+    pub async fn start_with(
+        upstream: &Upstream,
+        dir: tempfile::TempDir,
+        tweak: impl FnOnce(&mut FileConfig),
+        tiers: Option<Vec<Box<dyn Tier>>>,
+    ) -> Proxy {
         let mut f = config(upstream, dir.path());
         tweak(&mut f);
         let settings = Settings::from_file_config(f).expect("valid test config");
-        let running = server::start(settings).await.expect("proxy starts");
+        let clock = ManualClock::new();
+        let running = server::start_with(settings, StartOptions { clock: Some(clock.clone()), tiers })
+            .await
+            .expect("proxy starts");
         let base = format!("http://{}", running.addr());
         let client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
-        Proxy { running: Some(running), dir, base, client }
+        Proxy { running: Some(running), clock, dir, base, client }
+    }
+
+    /// The running server's shared state.
+    pub fn state(&self) -> &tile_proxy::state::AppState {
+        self.running.as_ref().expect("running").state()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -103,6 +127,16 @@ impl Proxy {
             r.shutdown().await;
         }
         self.dir
+    }
+}
+
+/// Waits (bounded: 10 s) until `done` holds: for events such as a background refresh having
+/// reached the upstream, never for time to pass (tests move the clock for that).
+pub async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
