@@ -106,8 +106,10 @@ impl Recorded {
 
 /// A misbehaviour injected with [`Upstream::fail`] / [`Upstream::fail_always`].
 ///
-/// Body-shaping faults (`SlowBody`, `Chunked`, `Truncate`) answer with the normal `200`
-/// content for the path, skipping the auth and `If-None-Match` checks (a fault rule wins).
+/// A fault rule wins over everything else: faulted requests skip the method, auth and
+/// `If-None-Match` checks. Body-shaping faults (`SlowBody`, `Chunked`, `Truncate`, `Headers`)
+/// answer with the normal `200` content for the path (a 400/404 error for a path that has
+/// none).
 #[derive(Clone, Debug)]
 pub enum Fault {
     /// Answer with this status and HERE's JSON body for it (400/404/500-style with
@@ -149,6 +151,35 @@ pub enum Fault {
     Reset,
     /// Read the request and never answer; the connection is closed at shutdown.
     Hang,
+    /// `302 Found` with `Location: http://{Host header, else the listen address}{path}?{query}`:
+    /// the request URL exactly as received (raw query, `apiKey` included; no `?` when the
+    /// query is empty), and a `text/plain` body that echoes the same URL. Proves a proxy never
+    /// relays a redirect (or its body) that would leak its key.
+    Redirect,
+    /// Status `code` (clamped to 100..=999) with `Content-Type: text/html`, a `Location`
+    /// header and an HTML body both echoing the full request URL as [`Fault::Redirect`] builds
+    /// it (`apiKey` included). Proves upstream error bodies never reach clients. 1xx, 204 and
+    /// 304 carry the header but no body.
+    Echo {
+        /// HTTP status code.
+        code: u16,
+    },
+    /// The normal `200` for the path with these response headers added, each replacing any
+    /// header of the same name (case-insensitive) the server would send: e.g.
+    /// `Content-Encoding`, `Expires`, `Age`, `Cache-Control`, `Date`, `ETag`. The body is not
+    /// changed (`Content-Encoding: gzip` does not gzip it). Framing stays right: entries named
+    /// `Content-Length`, `Transfer-Encoding` or `Connection` are ignored, and so are names
+    /// that are not HTTP tokens and values with control characters.
+    Headers(Vec<(String, String)>),
+    /// `200` with `Content-Length: size` and `size` deterministic bytes (a function of
+    /// version, path and query; raster paths start with the PNG/JPEG signature), with the
+    /// route's `Content-Type` (`application/octet-stream` off the tile routes). The body is
+    /// generated lazily and written 64 KiB at a time as fast as the client reads, so memory
+    /// does not grow with `size` (64 MiB and more is fine).
+    BigBody {
+        /// Body length in bytes.
+        size: u64,
+    },
 }
 
 /// A running test upstream. Stops (thread joined, listener closed, open connections

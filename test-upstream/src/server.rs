@@ -24,6 +24,8 @@ pub(crate) const MAX_RECORDED: usize = 100_000;
 /// Generated-body cache limits; the cache is simply cleared when either is exceeded.
 const CACHE_MAX_ENTRIES: usize = 16_384;
 const CACHE_MAX_BYTES: usize = 256 * 1024 * 1024;
+/// Piece size for [`Fault::BigBody`] bodies.
+const BIG_BODY_PIECE: usize = 64 * 1024;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -510,13 +512,15 @@ fn internal(state: &State, req: &Request) -> Response {
 
 // ---- actions -----------------------------------------------------------------------------
 
-/// How the body of a response is delivered.
+/// How the body of a response is delivered. `Big` streams `size` bytes of
+/// [`body::fill_stream`] (the response's own body is empty).
 #[derive(Debug, Clone, Copy)]
 enum Shape {
     Normal,
     Slow { chunk: usize, interval: Duration },
     Chunked { chunk: usize, interval: Duration },
     Truncate { after: usize },
+    Big { size: u64, seed: u64, kind: BodyKind },
 }
 
 enum Action {
@@ -525,7 +529,66 @@ enum Action {
     Hang,
 }
 
-fn handle(state: &State, req: &Request) -> Action {
+/// The request URL as received: `http://{Host, else local}{path}?{raw query}`.
+fn request_url(req: &Request, local: Option<SocketAddr>) -> String {
+    let host = match (req.header("host"), local) {
+        (Some(h), _) if !h.is_empty() => h.to_string(),
+        (_, Some(addr)) => addr.to_string(),
+        _ => "localhost".to_string(),
+    };
+    let q = if req.query.is_empty() { "" } else { "?" };
+    format!("http://{host}{}{q}{}", req.path, req.query)
+}
+
+/// `Fault::Redirect`: 302 to the request URL, echoed in a text body too.
+fn redirect_response(state: &State, url: &str) -> Response {
+    Response::new(302, Bytes::from(format!("Found. Redirecting to {url}\n")))
+        .with("Content-Type", "text/plain; charset=utf-8")
+        .with("Location", url)
+        .with("X-Correlation-ID", state.correlation_id())
+}
+
+/// `Fault::Echo`: an HTML error page (and `Location`) echoing the request URL.
+fn echo_response(state: &State, code: u16, url: &str) -> Response {
+    let code = code.clamp(100, 999);
+    let reason = http::reason(code);
+    let page = format!(
+        "<!DOCTYPE html>\n<html><head><title>{code} {reason}</title></head>\n\
+         <body><h1>{code} {reason}</h1>\n<p>The request {url} could not be served.</p>\n\
+         <p><a href=\"{url}\">{url}</a></p></body></html>\n"
+    );
+    Response::new(code, Bytes::from(page))
+        .with("Content-Type", "text/html; charset=utf-8")
+        .with("Location", url)
+        .with("X-Correlation-ID", state.correlation_id())
+}
+
+/// `Fault::Headers`: `resp` with `headers` set, keeping the framing headers the server's.
+fn with_headers(mut resp: Response, headers: &[(String, String)]) -> Response {
+    for (name, value) in headers {
+        let framing =
+            ["content-length", "transfer-encoding", "connection"].iter().any(|f| name.eq_ignore_ascii_case(f));
+        if !framing && http::valid_header(name, value) {
+            resp = resp.set(name, value);
+        }
+    }
+    resp
+}
+
+/// `Fault::BigBody`: the head of a `size`-byte 200 and how to stream its body.
+fn big_body(state: &State, req: &Request, size: u64) -> (Response, Shape) {
+    let (kind, content_type) = match classify(&req.path) {
+        Route::Tile { kind, content_type, .. } => (kind, content_type),
+        _ => (BodyKind::Omv, "application/octet-stream"),
+    };
+    let seed = body::tile_seed(state.version(), &req.path, &body::canonical_query(&req.query));
+    let resp = Response::new(200, Bytes::new())
+        .with("Content-Type", content_type)
+        .with("X-Correlation-ID", state.correlation_id());
+    (resp, Shape::Big { size, seed, kind })
+}
+
+fn handle(state: &State, req: &Request, local: Option<SocketAddr>) -> Action {
     if req.path.starts_with("/__") {
         return Action::Respond { resp: internal(state, req), delay: Duration::ZERO, shape: Shape::Normal };
     }
@@ -550,6 +613,10 @@ fn handle(state: &State, req: &Request) -> Action {
         Some(Fault::SlowBody { chunk, interval }) => (normal(state, req, false), Shape::Slow { chunk, interval }),
         Some(Fault::Chunked { chunk, interval }) => (normal(state, req, false), Shape::Chunked { chunk, interval }),
         Some(Fault::Truncate { after }) => (normal(state, req, false), Shape::Truncate { after }),
+        Some(Fault::Redirect) => (redirect_response(state, &request_url(req, local)), Shape::Normal),
+        Some(Fault::Echo { code }) => (echo_response(state, code, &request_url(req, local)), Shape::Normal),
+        Some(Fault::Headers(headers)) => (with_headers(normal(state, req, false), &headers), Shape::Normal),
+        Some(Fault::BigBody { size }) => big_body(state, req, size),
     };
     Action::Respond { resp, delay, shape }
 }
@@ -608,6 +675,7 @@ async fn close_gracefully(mut stream: TcpStream) {
 /// Serves one connection: pipelined / keep-alive requests, answered in order.
 async fn connection(state: Arc<State>, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().ok();
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         // Read one request head.
@@ -643,7 +711,7 @@ async fn connection(state: Arc<State>, mut stream: TcpStream) {
 
         let head_only = req.method == "HEAD";
         let mut close = req.wants_close();
-        match handle(&state, &req) {
+        match handle(&state, &req, local) {
             Action::Reset => {
                 let _ = stream.set_zero_linger();
                 drop(stream);
@@ -724,6 +792,20 @@ async fn write_response(
                 out.extend_from_slice(&resp.body[..after.min(resp.body.len())]);
             }
             stream.write_all(&out).await
+        }
+        Shape::Big { size, seed, kind } => {
+            stream.write_all(&resp.head(Framing::Length(size), close)).await?;
+            if send_body {
+                let mut piece = vec![0u8; BIG_BODY_PIECE];
+                let mut sent = 0u64;
+                while sent < size {
+                    let n = usize::try_from(size - sent).map_or(BIG_BODY_PIECE, |left| left.min(BIG_BODY_PIECE));
+                    body::fill_stream(seed, kind, sent, &mut piece[..n]);
+                    stream.write_all(&piece[..n]).await?;
+                    sent += n as u64;
+                }
+            }
+            Ok(())
         }
     }
 }

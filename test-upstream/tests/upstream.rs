@@ -619,3 +619,137 @@ fn bind_error_is_reported() {
     let err = Upstream::start(Options { listen: up.addr(), ..Options::default() });
     assert!(err.is_err());
 }
+
+// ---- redirect, echo, headers, big body ---------------------------------------------------------
+
+#[test]
+fn fault_redirect_echoes_the_request_url() {
+    let up = start();
+    up.fail(TILE, Fault::Redirect, 2);
+    let target = format!("{TILE}?apiKey=secret-123&lang=en%2DUS");
+    let r = get(&up, &target);
+    assert_eq!(r.status, 302);
+    let url = format!("http://x{target}");
+    assert_eq!(r.header("location"), Some(url.as_str()));
+    assert!(String::from_utf8_lossy(&r.body).contains(&url), "body echoes the URL");
+    // Without a Host header the listen address is used; without a query there is no '?'.
+    let mut s = connect(&up);
+    write!(s, "GET {TILE} HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    let r = read_response(&mut BufReader::new(s), false).unwrap();
+    assert_eq!(r.status, 302);
+    assert_eq!(r.header("location"), Some(format!("{}{TILE}", up.base_url()).as_str()));
+    assert_eq!(get(&up, &keyed(TILE)).status, 200, "used up");
+    assert_eq!(up.count(TILE), 3);
+}
+
+#[test]
+fn fault_echo_error_page_with_the_url() {
+    let up = start();
+    for code in [502, 404, 500] {
+        up.fail(TILE, Fault::Echo { code }, 1);
+        let target = format!("{TILE}?apiKey=secret-456&style=explore.day");
+        let r = get(&up, &target);
+        assert_eq!(r.status, code);
+        assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+        let url = format!("http://x{target}");
+        assert_eq!(r.header("location"), Some(url.as_str()));
+        let body = String::from_utf8(r.body).unwrap();
+        assert!(body.contains(&url) && body.contains("apiKey=secret-456"), "{body}");
+        assert!(body.starts_with("<!DOCTYPE html>"));
+    }
+    up.fail(TILE, Fault::Echo { code: 204 }, 1);
+    let r = get(&up, &format!("{TILE}?apiKey=k"));
+    assert_eq!((r.status, r.body.len()), (204, 0));
+    assert_eq!(r.header("location"), Some(format!("http://x{TILE}?apiKey=k").as_str()));
+}
+
+#[test]
+fn fault_headers_add_and_override() {
+    let up = Upstream::start(Options { raster_max_age: Some(60), ..Options::default() }).unwrap();
+    let set = |k: &str, v: &str| (k.to_string(), v.to_string());
+    up.fail(
+        TILE,
+        Fault::Headers(vec![
+            set("cache-control", "no-store"),
+            set("Expires", "Thu, 01 Jan 1970 00:00:00 GMT"),
+            set("Age", "100"),
+            set("Date", "Wed, 21 Oct 2015 07:28:00 GMT"),
+            set("Content-Encoding", "gzip"),
+            set("ETag", "\"forced\""),
+            set("Content-Length", "1"),
+            set("Transfer-Encoding", "chunked"),
+            set("Bad Name", "x"),
+            set("X-Evil", "a\r\nInjected: 1"),
+        ]),
+        1,
+    );
+    let r = get(&up, &keyed(TILE));
+    assert_eq!(r.status, 200);
+    let all = |name: &str| r.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).count();
+    assert_eq!(all("cache-control"), 1);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(r.header("expires"), Some("Thu, 01 Jan 1970 00:00:00 GMT"));
+    assert_eq!(r.header("age"), Some("100"));
+    assert_eq!(r.header("date"), Some("Wed, 21 Oct 2015 07:28:00 GMT"));
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    assert_eq!((all("etag"), r.header("etag")), (1, Some("\"forced\"")));
+    assert_eq!((all("content-length"), r.header("content-length")), (1, Some("2000")));
+    assert_eq!(r.header("transfer-encoding"), None);
+    assert_eq!((all("bad name"), all("x-evil"), all("injected")), (0, 0, 0));
+    assert_eq!(r.body, up.tile_bytes(TILE).to_vec(), "body unchanged");
+    assert_eq!(get(&up, &keyed(TILE)).header("cache-control"), Some("max-age=60"), "used up");
+}
+
+/// Reads a `Content-Length` body without keeping it: (length, FNV hash, first 8 bytes).
+fn drain_body(r: &mut BufReader<TcpStream>, len: u64) -> (u64, u64, Vec<u8>) {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut first = Vec::new();
+    let mut left = len;
+    let mut buf = vec![0u8; 256 * 1024];
+    while left > 0 {
+        let want = buf.len().min(left as usize);
+        let n = r.read(&mut buf[..want]).unwrap();
+        assert!(n > 0, "EOF with {left} bytes left");
+        if first.len() < 8 {
+            first.extend_from_slice(&buf[..n.min(8 - first.len())]);
+        }
+        for &b in &buf[..n] {
+            h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+        left -= n as u64;
+    }
+    (len, h, first)
+}
+
+#[test]
+fn fault_big_body_streams_64_mib() {
+    let up = start();
+    const SIZE: u64 = 64 * 1024 * 1024 + 7;
+    up.fail(TILE, Fault::BigBody { size: SIZE }, 1);
+    let t = Instant::now();
+    let mut s = connect(&up);
+    write!(s, "GET {} HTTP/1.1\r\nHost: x\r\n\r\n", keyed(TILE)).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let (status, headers) = read_head(&mut r).unwrap();
+    assert_eq!(status, 200);
+    let len = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).unwrap();
+    assert_eq!(len.1, SIZE.to_string());
+    assert!(headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("content-type") && v == "image/png"));
+    let (_, _, first) = drain_body(&mut r, SIZE);
+    assert_eq!(&first[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    // The connection stays usable.
+    write!(s, "GET {} HTTP/1.1\r\nHost: x\r\n\r\n", keyed(TILE)).unwrap();
+    assert_eq!(read_response(&mut r, false).unwrap().body, up.tile_bytes(TILE).to_vec());
+
+    // Deterministic: the same bytes twice; HEAD gets the length only.
+    up.fail_always(VTILE, Fault::BigBody { size: 3 * 65536 + 5 });
+    let a = get(&up, &keyed(VTILE));
+    let b = get(&up, &keyed(VTILE));
+    assert_eq!(a.body.len(), 3 * 65536 + 5);
+    assert_eq!(a.header("content-type"), Some("application/x-protobuf"));
+    assert_eq!(a.body, b.body);
+    let h = request_with(&up, "HEAD", &keyed(VTILE), "");
+    assert_eq!(h.header("content-length"), Some("196613"));
+    assert!(h.body.is_empty());
+}
