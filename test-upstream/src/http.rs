@@ -1,7 +1,8 @@
 //! Minimal HTTP/1.1 request-head parsing and response-head formatting.
 //!
 //! Only what the test upstream needs: request line + headers up to [`MAX_HEAD`] bytes,
-//! `Content-Length` request bodies (discarded), keep-alive semantics. Never panics on input.
+//! `Content-Length` request bodies (up to [`MAX_BODY`], kept for the control endpoints),
+//! keep-alive semantics. Never panics on input.
 
 use std::borrow::Cow;
 
@@ -9,7 +10,7 @@ use bytes::Bytes;
 
 /// Largest request head (request line + headers + blank line) accepted.
 pub(crate) const MAX_HEAD: usize = 16 * 1024;
-/// Largest request body accepted (it is read and discarded).
+/// Largest request body accepted (read into [`Request::body`]).
 pub(crate) const MAX_BODY: usize = 1024 * 1024;
 
 /// A parsed request head.
@@ -22,7 +23,10 @@ pub(crate) struct Request {
     pub(crate) http11: bool,
     /// Header names lowercased, values trimmed, in arrival order.
     pub(crate) headers: Vec<(String, String)>,
+    /// `Content-Length` of the request body.
     pub(crate) body_len: usize,
+    /// The request body; empty from [`parse_head`], filled in by the connection loop.
+    pub(crate) body: Bytes,
 }
 
 impl Request {
@@ -149,6 +153,7 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, ParseEr
         http11,
         headers,
         body_len,
+        body: Bytes::new(),
     };
     Ok(Some((req, skip + end)))
 }

@@ -14,9 +14,10 @@
 //!   `/v3/languages`, `/v3/features`, `/v3/politicalViews` (auth);
 //! * request counting and recording ([`Upstream::count`], [`Upstream::requests`], ...);
 //! * faults on demand ([`Upstream::fail`], [`Fault`]): error statuses, delays, slow or
-//!   chunked bodies, truncated bodies, connection resets and hangs;
-//! * control endpoints for shell scripts: `GET /__stats`, `POST /__reset`,
-//!   `POST /__version?v=N` (neither counted nor faulted).
+//!   chunked bodies, truncated bodies, connection resets and hangs, redirects and error pages
+//!   that echo the request URL (key included), extra response headers, huge bodies;
+//! * control endpoints, so shell scripts and benchmarks get every misbehaviour without this
+//!   library (see below).
 //!
 //! ```no_run
 //! use test_upstream::{Fault, Options, Upstream};
@@ -26,8 +27,51 @@
 //! // ... point the proxy at up.base_url(), request tiles, then:
 //! assert!(up.total() <= 2);
 //! ```
+//!
+//! # Control endpoints
+//!
+//! Paths starting with `/__` are neither counted, recorded nor faulted. They answer JSON;
+//! a bad request gets `400 {"error": "<what is wrong>"}`, a wrong method `405`.
+//!
+//! | endpoint | effect | library equivalent |
+//! |---|---|---|
+//! | `GET /__stats` | `{"total", "paths": {path: count}, "version", "latency_ms", "faults"}` | [`Upstream::total`], [`Upstream::count`] |
+//! | `POST /__reset` | clears counters, recorded requests and fault rules | [`Upstream::reset`] |
+//! | `POST /__version?v=N` | content version `N` (every tile's bytes and ETag change) | [`Upstream::set_version`] |
+//! | `POST /__latency?ms=N` | extra delay before every counted response head | [`Upstream::set_latency`] |
+//! | `POST /__fault` (JSON body) | adds a fault rule | [`Upstream::fail`], [`Upstream::fail_always`] |
+//! | `GET /__fault` | `{"rules": [{"match", "remaining", "fault"}]}`, the active rules | |
+//! | `POST /__clear` | removes every fault rule (counters kept) | [`Upstream::clear_faults`] |
+//!
+//! `POST /__fault` takes `{"match": "/v3/base", "times": 3, "fault": {...}}`: `match` is a
+//! substring of the request path (required; `"/"` matches every path), `times` how many
+//! matching requests get the fault (absent or `null` = until `/__clear` or `/__reset`).
+//! `fault` holds exactly one of these keys ([`Fault`] explains each):
+//!
+//! | `fault` | [`Fault`] |
+//! |---|---|
+//! | `{"status": 503, "retry_after": 2}` (`retry_after` optional, seconds) | [`Fault::Status`] |
+//! | `{"delay_ms": 500}` | [`Fault::Delay`] |
+//! | `{"slow_body": {"chunk": 100, "interval_ms": 50}}` | [`Fault::SlowBody`] |
+//! | `{"chunked": {"chunk": 100, "interval_ms": 50}}` | [`Fault::Chunked`] |
+//! | `{"truncate": 123}` (body bytes sent) | [`Fault::Truncate`] |
+//! | `{"reset": true}` | [`Fault::Reset`] |
+//! | `{"hang": true}` | [`Fault::Hang`] |
+//! | `{"redirect": true}` | [`Fault::Redirect`] |
+//! | `{"echo": 500}` (status code) | [`Fault::Echo`] |
+//! | `{"headers": {"Cache-Control": "no-store"}}` or `{"headers": [["Age", "5"]]}` | [`Fault::Headers`] |
+//! | `{"big_body": 67108864}` (bytes) | [`Fault::BigBody`] |
+//!
+//! The answer is `{"ok": true, "rule": {"match", "remaining", "fault"}, "rules": N}` with the
+//! rule as understood (`remaining` = `times`) and the number of active rules.
+//!
+//! ```text
+//! curl -X POST localhost:9090/__fault -d '{"match": "/v3/base", "times": 3, "fault": {"status": 503, "retry_after": 2}}'
+//! curl -X POST localhost:9090/__clear
+//! ```
 
 mod body;
+mod control;
 mod http;
 mod server;
 
@@ -109,7 +153,7 @@ impl Recorded {
 /// A fault rule wins over everything else: faulted requests skip the method, auth and
 /// `If-None-Match` checks. Body-shaping faults (`SlowBody`, `Chunked`, `Truncate`, `Headers`)
 /// answer with the normal `200` content for the path (a 400/404 error for a path that has
-/// none).
+/// none). Every fault can also be set over HTTP with `POST /__fault` (see the crate docs).
 #[derive(Clone, Debug)]
 pub enum Fault {
     /// Answer with this status and HERE's JSON body for it (400/404/500-style with
@@ -299,14 +343,21 @@ impl Upstream {
         self.state.add_rule(needle, fault, None);
     }
 
-    /// Removes every fault rule.
+    /// Removes every fault rule (same as `POST /__clear`).
     pub fn clear_faults(&self) {
         self.state.clear_faults();
     }
 
-    /// Clears counters, recorded requests and fault rules (same as `POST /__reset`).
+    /// Clears counters, recorded requests and fault rules (same as `POST /__reset`); the
+    /// content version and latency are kept.
     pub fn reset(&self) {
         self.state.reset();
+    }
+
+    /// Sets the extra delay before every counted response head (initially
+    /// [`Options::latency`]; same as `POST /__latency?ms=N`).
+    pub fn set_latency(&self, latency: Duration) {
+        self.state.set_latency(latency);
     }
 
     /// Sets the content version (default 0); every tile's bytes and ETag change with it.

@@ -5,7 +5,8 @@
 //!               [--min-size N] [--max-size N] [--latency-ms N]
 //!               [--raster-max-age N] [--vector-max-age N | --no-vector-max-age]
 //! ```
-//! Prints `listening on http://ADDR` on stdout once bound.
+//! Prints `listening on http://ADDR` on stdout once bound. `--help` also lists the control
+//! endpoints (`/__stats`, `/__fault`, ...; see the library docs).
 
 use std::io::Write;
 use std::time::Duration;
@@ -29,7 +30,35 @@ USAGE: test-upstream [FLAGS]
   --no-vector-max-age      no Cache-Control on /v2 tiles
   -h, --help               show this help
 
-Control endpoints: GET /__stats, POST /__reset, POST /__version?v=N
+CONTROL ENDPOINTS (not counted, never faulted; JSON answers, 400 {\"error\": ...} on bad input)
+
+  GET  /__stats            {\"total\", \"paths\": {path: count}, \"version\", \"latency_ms\", \"faults\"}
+  POST /__reset            clear counters, recorded requests and fault rules
+  POST /__version?v=N      content version N: every tile's bytes and ETag change
+  POST /__latency?ms=N     delay every counted response head by N ms
+  POST /__fault            add a fault rule (JSON body, below)
+  GET  /__fault            list the active fault rules
+  POST /__clear            remove every fault rule
+
+  POST /__fault body: {\"match\": \"/v3/base\", \"times\": 3, \"fault\": {...}}
+    match   substring of the request path (required; \"/\" = every path)
+    times   how many matching requests misbehave (absent or null = until /__clear)
+    fault   exactly one of:
+      {\"status\": 503, \"retry_after\": 2}   HERE-shaped error (retry_after optional)
+      {\"delay_ms\": 500}                     wait, then answer normally
+      {\"slow_body\": {\"chunk\": 100, \"interval_ms\": 50}}   200, body trickles
+      {\"chunked\": {\"chunk\": 100, \"interval_ms\": 50}}     200, chunked encoding
+      {\"truncate\": 123}                     full Content-Length, 123 bytes, close
+      {\"reset\": true}                       connection reset, no response
+      {\"hang\": true}                        never answer
+      {\"redirect\": true}                    302 to the request URL (apiKey included)
+      {\"echo\": 500}                         HTML error page + Location echoing the URL
+      {\"headers\": {\"Cache-Control\": \"no-store\"}}   normal 200 plus/overriding headers
+                                           (or a list: [[\"Age\", \"5\"], ...])
+      {\"big_body\": 67108864}                200 with that many bytes, streamed
+
+  e.g. curl -X POST http://127.0.0.1:9090/__fault \\
+         -d '{\"match\": \"/v3/base\", \"times\": 3, \"fault\": {\"status\": 503}}'
 ";
 
 /// What the command line asked for.

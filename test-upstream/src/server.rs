@@ -1,5 +1,5 @@
 //! The server: shared state, routing that imitates HERE, fault injection and the
-//! per-connection HTTP/1.1 loop.
+//! per-connection HTTP/1.1 loop. The `/__*` control endpoints live in [`crate::control`].
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::body::{self, BodyKind, Tile};
 use crate::http::{self, Framing, Request, Response};
-use crate::{Fault, Options, Recorded};
+use crate::{control, Fault, Options, Recorded};
 
 /// At most this many requests are kept for [`crate::Upstream::requests`] (oldest dropped);
 /// counters are unaffected. Bounds memory in long benchmark runs.
@@ -55,6 +55,8 @@ struct Cache {
 pub(crate) struct State {
     pub(crate) opts: Options,
     version: AtomicU64,
+    /// Extra latency before counted responses, in nanoseconds (starts at `opts.latency`).
+    latency_ns: AtomicU64,
     seq: AtomicU64,
     stats: Mutex<Stats>,
     faults: Mutex<Vec<Rule>>,
@@ -63,9 +65,11 @@ pub(crate) struct State {
 
 impl State {
     pub(crate) fn new(opts: Options) -> State {
+        let latency_ns = u64::try_from(opts.latency.as_nanos()).unwrap_or(u64::MAX);
         State {
             opts,
             version: AtomicU64::new(0),
+            latency_ns: AtomicU64::new(latency_ns),
             seq: AtomicU64::new(0),
             stats: Mutex::new(Stats::default()),
             faults: Mutex::new(Vec::new()),
@@ -115,6 +119,39 @@ impl State {
         self.version.load(Ordering::SeqCst)
     }
 
+    pub(crate) fn set_latency(&self, latency: Duration) {
+        self.latency_ns.store(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    pub(crate) fn latency(&self) -> Duration {
+        Duration::from_nanos(self.latency_ns.load(Ordering::SeqCst))
+    }
+
+    /// What `GET /__stats` answers.
+    pub(crate) fn stats_json(&self) -> serde_json::Value {
+        let stats = lock(&self.stats);
+        let paths: serde_json::Map<String, serde_json::Value> =
+            stats.paths.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        let total = stats.total;
+        drop(stats);
+        json!({
+            "total": total,
+            "paths": paths,
+            "version": self.version(),
+            "latency_ms": self.latency().as_secs_f64() * 1000.0,
+            "faults": self.rule_count(),
+        })
+    }
+
+    /// The active fault rules in JSON, in matching order.
+    pub(crate) fn rules_json(&self) -> Vec<serde_json::Value> {
+        lock(&self.faults).iter().map(|r| control::rule_json(&r.needle, r.remaining, &r.fault)).collect()
+    }
+
+    pub(crate) fn rule_count(&self) -> usize {
+        lock(&self.faults).len()
+    }
+
     /// The body a 200 for `path_and_query` would carry.
     pub(crate) fn tile_bytes(&self, path_and_query: &str) -> Bytes {
         let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
@@ -127,7 +164,7 @@ impl State {
 
     // ---- internals ---------------------------------------------------------------------
 
-    fn correlation_id(&self) -> String {
+    pub(crate) fn correlation_id(&self) -> String {
         body::correlation_id(self.seq.fetch_add(1, Ordering::Relaxed))
     }
 
@@ -320,7 +357,8 @@ fn meta_body(meta: Meta) -> Bytes {
     Bytes::from(v.to_string())
 }
 
-fn json_response(status: u16, value: serde_json::Value, corr: String) -> Response {
+/// A JSON response with an `X-Correlation-ID`.
+pub(crate) fn json_response(status: u16, value: serde_json::Value, corr: String) -> Response {
     Response::new(status, Bytes::from(value.to_string()))
         .with("Content-Type", "application/json")
         .with("X-Correlation-ID", corr)
@@ -475,41 +513,6 @@ fn normal(state: &State, req: &Request, strict: bool) -> Response {
     }
 }
 
-/// `/__stats`, `/__reset`, `/__version`: control endpoints, neither counted nor faulted.
-fn internal(state: &State, req: &Request) -> Response {
-    let corr = state.correlation_id();
-    let method_ok = |allowed: &[&str]| allowed.contains(&req.method.as_str());
-    match req.path.as_str() {
-        "/__stats" if method_ok(&["GET", "HEAD"]) => {
-            let stats = lock(&state.stats);
-            let paths: serde_json::Map<String, serde_json::Value> =
-                stats.paths.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-            let v = json!({"total": stats.total, "paths": paths, "version": state.version()});
-            drop(stats);
-            json_response(200, v, corr)
-        }
-        "/__reset" if method_ok(&["POST"]) => {
-            state.reset();
-            json_response(200, json!({"ok": true}), corr)
-        }
-        "/__version" if method_ok(&["POST"]) => {
-            let v = body::parse_query(&req.query)
-                .into_iter()
-                .find(|(k, _)| k == "v")
-                .and_then(|(_, v)| v.parse::<u64>().ok());
-            match v {
-                Some(v) => {
-                    state.set_version(v);
-                    json_response(200, json!({"ok": true, "version": v}), corr)
-                }
-                None => json_response(400, json!({"error": "expected ?v=<u64>"}), corr),
-            }
-        }
-        "/__stats" | "/__reset" | "/__version" => json_response(405, json!({"error": "method not allowed"}), corr),
-        _ => json_response(404, json!({"error": "unknown control endpoint"}), corr),
-    }
-}
-
 // ---- actions -----------------------------------------------------------------------------
 
 /// How the body of a response is delivered. `Big` streams `size` bytes of
@@ -590,10 +593,10 @@ fn big_body(state: &State, req: &Request, size: u64) -> (Response, Shape) {
 
 fn handle(state: &State, req: &Request, local: Option<SocketAddr>) -> Action {
     if req.path.starts_with("/__") {
-        return Action::Respond { resp: internal(state, req), delay: Duration::ZERO, shape: Shape::Normal };
+        return Action::Respond { resp: control::handle(state, req), delay: Duration::ZERO, shape: Shape::Normal };
     }
     state.record(req);
-    let mut delay = state.opts.latency;
+    let mut delay = state.latency();
     let (resp, shape) = match state.take_fault(&req.path) {
         None => (normal(state, req, true), Shape::Normal),
         Some(Fault::Reset) => return Action::Reset,
@@ -699,7 +702,7 @@ async fn connection(state: Arc<State>, mut stream: TcpStream) {
             }
         };
         buf.advance(used);
-        // Discard any request body.
+        // Read the request body (only the control endpoints look at it).
         while buf.len() < req.body_len {
             buf.reserve(8192);
             match stream.read_buf(&mut buf).await {
@@ -707,7 +710,8 @@ async fn connection(state: Arc<State>, mut stream: TcpStream) {
                 Ok(_) => {}
             }
         }
-        buf.advance(req.body_len);
+        let mut req = req;
+        req.body = buf.split_to(req.body_len).freeze();
 
         let head_only = req.method == "HEAD";
         let mut close = req.wants_close();

@@ -753,3 +753,161 @@ fn fault_big_body_streams_64_mib() {
     assert_eq!(h.header("content-length"), Some("196613"));
     assert!(h.body.is_empty());
 }
+
+// ---- control endpoints over HTTP ---------------------------------------------------------------
+
+fn post(up: &Upstream, target: &str, body: &str) -> Resp {
+    let extra = format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len());
+    let mut s = connect(up);
+    write!(s, "POST {target} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n{body}").unwrap();
+    let mut r = BufReader::new(s);
+    read_response(&mut r, false).unwrap()
+}
+
+/// Reads whatever the server sends until EOF, a reset or `timeout` (the hang case).
+fn raw_exchange(up: &Upstream, target: &str, timeout: Duration) -> Result<Vec<u8>, ErrorKind> {
+    let mut s = connect(up);
+    s.set_read_timeout(Some(timeout)).unwrap();
+    write!(s, "GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    match s.read_to_end(&mut out) {
+        Ok(_) => Ok(out),
+        Err(e) => Err(e.kind()),
+    }
+}
+
+#[test]
+fn control_fault_endpoint_covers_every_kind() {
+    let up = start();
+    let tile = |i: u32| format!("/v3/base/mc/9/{i}/1/png");
+    let add = |i: u32, fault: &str| {
+        let r = post(&up, "/__fault", &format!(r#"{{"match": "{}", "times": 1, "fault": {fault}}}"#, tile(i)));
+        assert_eq!(r.status, 200, "{fault}: {}", String::from_utf8_lossy(&r.body));
+        let j = r.json();
+        assert_eq!(j["ok"], true);
+        assert_eq!(j["rule"]["remaining"], 1);
+        assert_eq!(j["rule"]["fault"], serde_json::from_str::<serde_json::Value>(fault).unwrap());
+    };
+    let url = |i: u32| format!("{}?apiKey=test-key", tile(i));
+
+    add(0, r#"{"status": 503, "retry_after": 2}"#);
+    let r = get(&up, &url(0));
+    assert_eq!((r.status, r.header("retry-after")), (503, Some("2")));
+
+    add(1, r#"{"delay_ms": 300}"#);
+    let t = Instant::now();
+    assert_eq!(get(&up, &url(1)).status, 200);
+    assert!(t.elapsed() >= Duration::from_millis(300));
+
+    add(2, r#"{"slow_body": {"chunk": 500, "interval_ms": 50}}"#);
+    let t = Instant::now();
+    let r = get(&up, &url(2));
+    assert_eq!((r.status, r.body.len()), (200, 2000));
+    assert!(t.elapsed() >= Duration::from_millis(200));
+
+    add(3, r#"{"chunked": {"chunk": 700, "interval_ms": 1}}"#);
+    let r = get(&up, &url(3));
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.body, up.tile_bytes(&tile(3)).to_vec());
+
+    add(4, r#"{"truncate": 10}"#);
+    let raw = raw_exchange(&up, &url(4), Duration::from_secs(5)).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let body_at = text.find("\r\n\r\n").unwrap() + 4;
+    assert!(text.contains("Content-Length: 2000"));
+    assert_eq!(raw.len() - body_at, 10);
+
+    add(5, r#"{"reset": true}"#);
+    let reset = raw_exchange(&up, &url(5), Duration::from_secs(5));
+    assert!(matches!(reset, Ok(ref v) if v.is_empty()) || reset == Err(ErrorKind::ConnectionReset), "{reset:?}");
+
+    add(6, r#"{"hang": true}"#);
+    let hung = raw_exchange(&up, &url(6), Duration::from_millis(300));
+    assert!(matches!(hung, Err(ErrorKind::WouldBlock | ErrorKind::TimedOut)), "{hung:?}");
+
+    add(7, r#"{"redirect": true}"#);
+    let r = get(&up, &url(7));
+    assert_eq!((r.status, r.header("location")), (302, Some(format!("http://x{}", url(7)).as_str())));
+
+    add(8, r#"{"echo": 500}"#);
+    let r = get(&up, &url(8));
+    assert_eq!(r.status, 500);
+    assert!(String::from_utf8_lossy(&r.body).contains("apiKey=test-key"));
+
+    add(9, r#"{"headers": [["Cache-Control", "max-age=5"], ["Age", "3"]]}"#);
+    let r = get(&up, &url(9));
+    assert_eq!((r.header("cache-control"), r.header("age")), (Some("max-age=5"), Some("3")));
+
+    add(10, r#"{"big_body": 1000000}"#);
+    let r = get(&up, &url(10));
+    assert_eq!((r.status, r.body.len()), (200, 1_000_000));
+
+    // Every rule was used once; the same tiles now answer normally.
+    assert_eq!(get(&up, "/__fault").json()["rules"], serde_json::json!([]));
+    for i in 0..=10 {
+        assert_eq!(get(&up, &url(i)).body, up.tile_bytes(&tile(i)).to_vec(), "tile {i}");
+    }
+}
+
+#[test]
+fn control_fault_always_list_and_clear() {
+    let up = start();
+    let r = post(&up, "/__fault", r#"{"match": "/v3/base", "fault": {"status": 500}}"#);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["rule"], serde_json::json!({"match": "/v3/base", "remaining": null, "fault": {"status": 500}}));
+    post(&up, "/__fault", r#"{"match": "/v2/", "times": 5, "fault": {"delay_ms": 10}}"#);
+    for _ in 0..3 {
+        assert_eq!(get(&up, &keyed(TILE)).status, 500);
+    }
+    let rules = get(&up, "/__fault").json()["rules"].clone();
+    assert_eq!(rules.as_array().unwrap().len(), 2);
+    assert_eq!(rules[1], serde_json::json!({"match": "/v2/", "remaining": 5, "fault": {"delay_ms": 10}}));
+    assert_eq!(get(&up, "/__stats").json()["faults"], 2);
+
+    let c = post(&up, "/__clear", "");
+    assert_eq!((c.status, c.json()["ok"].as_bool()), (200, Some(true)));
+    assert_eq!(get(&up, &keyed(TILE)).status, 200);
+    assert_eq!(get(&up, "/__stats").json()["faults"], 0);
+    assert_eq!(up.total(), 4, "counters kept by /__clear");
+    assert_eq!(get(&up, "/__clear").status, 405);
+}
+
+#[test]
+fn control_fault_bad_input_is_a_400_naming_the_problem() {
+    let up = start();
+    for (body, needle) in [
+        ("{not json", "invalid JSON"),
+        ("", "empty body"),
+        (r#"{"match": "/v3", "fault": {"status": 503, "retry": 1}}"#, "unknown key \"retry\""),
+        (r#"{"match": "/v3", "fault": {"teapot": true}}"#, "needs one of"),
+        (r#"{"fault": {"reset": true}}"#, "missing \"match\""),
+    ] {
+        let r = post(&up, "/__fault", body);
+        assert_eq!(r.status, 400, "{body}");
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        let err = r.json()["error"].as_str().unwrap().to_string();
+        assert!(err.contains(needle), "{body}: {err}");
+    }
+    assert_eq!(get(&up, "/__stats").json()["faults"], 0, "nothing added");
+    assert_eq!(get(&up, &keyed(TILE)).status, 200);
+}
+
+#[test]
+fn control_latency() {
+    let up = start();
+    let r = post(&up, "/__latency?ms=250", "");
+    assert_eq!((r.status, r.json()["latency_ms"].as_u64()), (200, Some(250)));
+    assert_eq!(get(&up, "/__stats").json()["latency_ms"], 250.0);
+    let t = Instant::now();
+    assert_eq!(get(&up, &keyed(TILE)).status, 200);
+    assert!(t.elapsed() >= Duration::from_millis(250));
+    let t = Instant::now();
+    get(&up, "/__stats");
+    assert!(t.elapsed() < Duration::from_millis(250), "control endpoints are not delayed");
+    assert_eq!(post(&up, "/__latency?ms=x", "").status, 400);
+    assert_eq!(post(&up, "/__latency?ms=0", "").status, 200);
+    up.set_latency(Duration::from_millis(120));
+    let t = Instant::now();
+    get(&up, &keyed(TILE));
+    assert!(t.elapsed() >= Duration::from_millis(120));
+}
