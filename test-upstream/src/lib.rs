@@ -7,7 +7,8 @@
 //!
 //! * deterministic tile bodies (a function of content version, path and the query without
 //!   `apiKey`/`apikey`), with `ETag`, `X-Correlation-ID` and optional `Cache-Control`;
-//!   `If-None-Match` gives `304`;
+//!   `If-None-Match` gives `304`; with [`Options::images`] raster tiles are real PNG/JPEG
+//!   images (a grid and the tile's `z/x/y`), so a map client shows a map;
 //! * HERE-shaped JSON errors: 400 (validation of resource/projection/zoom/column/row/format),
 //!   401 (missing or wrong key), 403 (forbidden key), 404 (unknown path);
 //! * metadata: `/v3/health`, `/v3/version` (no auth), `/v3/info`, `/v3/copyright`,
@@ -73,6 +74,7 @@
 mod body;
 mod control;
 mod http;
+mod image;
 mod server;
 
 use std::io;
@@ -106,6 +108,14 @@ pub struct Options {
     pub raster_max_age: Option<u32>,
     /// `Cache-Control: max-age=N` on v2 vector tiles; default `Some(3600)` like HERE.
     pub vector_max_age: Option<u32>,
+    /// Serve v3 raster tiles as real images: `png` an RGB PNG, `png8` a palette PNG, `jpeg` a
+    /// JPEG, 512 px square for `size=512` and 256 px otherwise (`ppi`/`scale` ignored),
+    /// showing a grid and the tile's `z/x/y` on a background that depends on `style` and the
+    /// resource; the version tints it. Deterministic like the default bodies (same version,
+    /// path and query, same bytes and ETag); `min_size`/`max_size` do not apply. Vector
+    /// tiles are unaffected. Default `false`: pseudo-random bytes that only start with the
+    /// format's signature, sized by `min_size`/`max_size`.
+    pub images: bool,
 }
 
 impl Default for Options {
@@ -119,6 +129,7 @@ impl Default for Options {
             latency: Duration::ZERO,
             raster_max_age: None,
             vector_max_age: Some(3600),
+            images: false,
         }
     }
 }

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::body::{self, BodyKind, Tile};
 use crate::http::{self, Framing, Request, Response};
+use crate::image;
 use crate::{control, Fault, Options, Recorded};
 
 /// At most this many requests are kept for [`crate::Upstream::requests`] (oldest dropped);
@@ -204,7 +205,7 @@ impl State {
         if let Some(t) = lock(&self.cache).map.get(&key) {
             return t.clone();
         }
-        let tile = Arc::new(body::generate(version, path, &canonical, kind, self.opts.min_size, self.opts.max_size));
+        let tile = Arc::new(self.generate(version, path, query, &canonical, kind));
         let mut cache = lock(&self.cache);
         if cache.map.len() >= CACHE_MAX_ENTRIES || cache.bytes >= CACHE_MAX_BYTES {
             cache.map.clear();
@@ -213,6 +214,19 @@ impl State {
         cache.bytes += tile.body.len();
         cache.map.insert(key, tile.clone());
         tile
+    }
+
+    /// A fresh tile: an image under `opts.images` for raster paths, otherwise bytes.
+    fn generate(&self, version: u64, path: &str, query: &str, canonical: &str, kind: BodyKind) -> Tile {
+        if self.opts.images && kind != BodyKind::Omv {
+            let seed = body::tile_seed(version, path, canonical);
+            let spec = image::Spec::from_request(path, &body::parse_query(query), version, seed);
+            // Encoders writing to memory do not fail; if one ever did, the byte body is served.
+            if let Some(Ok(img)) = spec.map(|s| image::render(&s)) {
+                return Tile::from_body(img);
+            }
+        }
+        body::generate(version, path, canonical, kind, self.opts.min_size, self.opts.max_size)
     }
 }
 

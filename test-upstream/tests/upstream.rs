@@ -911,3 +911,94 @@ fn control_latency() {
     get(&up, &keyed(TILE));
     assert!(t.elapsed() >= Duration::from_millis(120));
 }
+
+// ---- real images ---------------------------------------------------------------------------------
+
+fn image_upstream() -> Upstream {
+    Upstream::start(Options { images: true, ..Options::default() }).unwrap()
+}
+
+/// Decodes a PNG: (width, height, colour type, RGB(A)/index bytes).
+fn decode_png(body: &[u8]) -> (u32, u32, png::ColorType, Vec<u8>) {
+    let mut reader = png::Decoder::new(std::io::Cursor::new(body)).read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    (info.width, info.height, info.color_type, buf)
+}
+
+#[test]
+fn images_png_decode_with_size_and_differ() {
+    let up = image_upstream();
+    let a = get(&up, &keyed(TILE));
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("content-type"), Some("image/png"));
+    let (w, h, color, pixels) = decode_png(&a.body);
+    assert_eq!((w, h, color), (256, 256, png::ColorType::Rgb));
+    let colours: std::collections::HashSet<&[u8]> = pixels.chunks(3).collect();
+    assert!(colours.len() >= 4, "background, grid, border, label, text: {}", colours.len());
+
+    let big = get(&up, &format!("{TILE}?apiKey=test-key&size=512&style=explore.night"));
+    let (w, h, _, _) = decode_png(&big.body);
+    assert_eq!((w, h), (512, 512));
+
+    // Same tile twice: byte-identical with the same ETag (and what tile_bytes says).
+    let again = get(&up, &format!("{TILE}?apikey=test-key"));
+    assert_eq!(again.body, a.body);
+    assert_eq!(again.header("etag"), a.header("etag"));
+    assert_eq!(a.body, up.tile_bytes(TILE).to_vec());
+    assert_eq!(a.body, image_upstream().tile_bytes(TILE).to_vec(), "same on another server");
+
+    // Neighbours, other styles and other resources differ.
+    let others = [
+        "/v3/base/mc/5/15/14/png".to_string(),
+        format!("{TILE}?style=explore.satellite.day"),
+        "/v3/background/mc/5/15/13/png".to_string(),
+    ];
+    for other in others {
+        assert_ne!(up.tile_bytes(&other), a.body, "{other}");
+    }
+    // png8 is a palette PNG.
+    let p8 = get(&up, &keyed("/v3/label/mc/5/15/13/png8"));
+    assert_eq!(p8.header("content-type"), Some("image/png"));
+    let (w, h, color, _) = decode_png(&p8.body);
+    assert_eq!((w, h, color), (256, 256, png::ColorType::Indexed));
+}
+
+#[test]
+fn images_change_with_version() {
+    let up = image_upstream();
+    let before = get(&up, &keyed(TILE));
+    up.set_version(3);
+    let after = get(&up, &keyed(TILE));
+    assert_ne!(before.body, after.body);
+    assert_ne!(before.header("etag"), after.header("etag"));
+    assert_eq!(decode_png(&after.body).0, 256);
+    up.set_version(0);
+    assert_eq!(get(&up, &keyed(TILE)).body, before.body);
+}
+
+#[test]
+fn images_jpeg_decodes_with_size() {
+    let up = image_upstream();
+    for (query, side) in [("", 256u16), ("&size=512", 512)] {
+        let r = get(&up, &format!("/v3/base/mc/7/100/50/jpeg?apiKey=test-key{query}"));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-type"), Some("image/jpeg"));
+        assert_eq!(&r.body[..2], &[0xff, 0xd8], "SOI");
+        assert_eq!(&r.body[r.body.len() - 2..], &[0xff, 0xd9], "EOI");
+        let mut dec = jpeg_decoder::Decoder::new(std::io::Cursor::new(&r.body));
+        let pixels = dec.decode().unwrap();
+        let info = dec.info().unwrap();
+        assert_eq!((info.width, info.height), (side, side));
+        assert_eq!(pixels.len(), usize::from(side) * usize::from(side) * 3);
+    }
+}
+
+#[test]
+fn images_leave_vector_tiles_alone() {
+    let up = image_upstream();
+    let r = get(&up, &keyed(VTILE));
+    assert_eq!(r.body.len(), 2000);
+    assert_eq!(r.body, start().tile_bytes(VTILE).to_vec(), "same bytes as without images");
+}
