@@ -154,15 +154,28 @@ pub(crate) struct Tile {
     pub(crate) etag: String,
 }
 
-/// Generates the body for (version, path, canonical query). `min`/`max` bound the size;
-/// when `max <= min` the size is exactly `min`.
-pub(crate) fn generate(version: u64, path: &str, canonical: &str, kind: BodyKind, min: usize, max: usize) -> Tile {
+/// The seed of a tile: a hash of (version, path, canonical query).
+pub(crate) fn tile_seed(version: u64, path: &str, canonical: &str) -> u64 {
     let mut seed = fnv1a(FNV_OFFSET, &version.to_le_bytes());
     seed = fnv1a(seed, &[0xff]);
     seed = fnv1a(seed, path.as_bytes());
     seed = fnv1a(seed, &[0xff]);
     seed = fnv1a(seed, canonical.as_bytes());
-    let seed = mix64(seed);
+    mix64(seed)
+}
+
+impl Tile {
+    /// A tile for a body made elsewhere (e.g. a rendered image): computes the ETag.
+    pub(crate) fn from_body(body: Vec<u8>) -> Tile {
+        let etag = format!("\"{:016x}\"", body_hash(&body));
+        Tile { body: Bytes::from(body), etag }
+    }
+}
+
+/// Generates the body for (version, path, canonical query). `min`/`max` bound the size;
+/// when `max <= min` the size is exactly `min`.
+pub(crate) fn generate(version: u64, path: &str, canonical: &str, kind: BodyKind, min: usize, max: usize) -> Tile {
+    let seed = tile_seed(version, path, canonical);
     let size = if max <= min {
         min
     } else {
@@ -178,8 +191,32 @@ pub(crate) fn generate(version: u64, path: &str, canonical: &str, kind: BodyKind
     let prefix = kind.prefix();
     let n = prefix.len().min(size);
     body[..n].copy_from_slice(&prefix[..n]);
-    let etag = format!("\"{:016x}\"", body_hash(&body));
-    Tile { body: Bytes::from(body), etag }
+    Tile::from_body(body)
+}
+
+/// Fills `buf` with bytes `offset..offset + buf.len()` of an endless deterministic stream:
+/// the splitmix64 outputs from `seed` in little-endian order, the first bytes replaced by
+/// `kind`'s signature. Any split of the stream into pieces gives the same bytes, so a large
+/// body can be produced piece by piece without holding it.
+pub(crate) fn fill_stream(seed: u64, kind: BodyKind, offset: u64, buf: &mut [u8]) {
+    let mut pos = offset;
+    let mut i = 0;
+    while i < buf.len() {
+        let word_index = pos / 8;
+        let word = mix64(seed.wrapping_add(word_index.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+        let bytes = word.to_le_bytes();
+        let start = (pos % 8) as usize;
+        let n = (8 - start).min(buf.len() - i);
+        buf[i..i + n].copy_from_slice(&bytes[start..start + n]);
+        i += n;
+        pos += n as u64;
+    }
+    let prefix = kind.prefix();
+    if offset < prefix.len() as u64 {
+        let from = offset as usize;
+        let n = (prefix.len() - from).min(buf.len());
+        buf[..n].copy_from_slice(&prefix[from..from + n]);
+    }
 }
 
 /// A UUID-shaped correlation id derived from a sequence number.
@@ -228,6 +265,26 @@ mod tests {
         let t = generate(0, "/p", "", BodyKind::Omv, 0, 0);
         assert!(t.body.is_empty());
         assert_eq!(t.etag.len(), 18);
+    }
+
+    #[test]
+    fn stream_is_split_independent_and_matches_generate() {
+        let mut whole = vec![0u8; 1000];
+        fill_stream(42, BodyKind::Png, 0, &mut whole);
+        assert_eq!(&whole[..8], &PNG_SIGNATURE);
+        let mut pieces = vec![0u8; 1000];
+        let mut off = 0;
+        for len in [3, 5, 1, 13, 200, 778] {
+            fill_stream(42, BodyKind::Png, off as u64, &mut pieces[off..off + len]);
+            off += len;
+        }
+        assert_eq!(whole, pieces);
+        // Same generator as the normal tile bodies.
+        let seed = tile_seed(0, "/p", "");
+        let t = generate(0, "/p", "", BodyKind::Jpeg, 500, 500);
+        let mut s = vec![0u8; 500];
+        fill_stream(seed, BodyKind::Jpeg, 0, &mut s);
+        assert_eq!(&t.body[..], &s[..]);
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! Minimal HTTP/1.1 request-head parsing and response-head formatting.
 //!
 //! Only what the test upstream needs: request line + headers up to [`MAX_HEAD`] bytes,
-//! `Content-Length` request bodies (discarded), keep-alive semantics. Never panics on input.
+//! `Content-Length` request bodies (up to [`MAX_BODY`], kept for the control endpoints),
+//! keep-alive semantics. Never panics on input.
+
+use std::borrow::Cow;
 
 use bytes::Bytes;
 
 /// Largest request head (request line + headers + blank line) accepted.
 pub(crate) const MAX_HEAD: usize = 16 * 1024;
-/// Largest request body accepted (it is read and discarded).
+/// Largest request body accepted (read into [`Request::body`]).
 pub(crate) const MAX_BODY: usize = 1024 * 1024;
 
 /// A parsed request head.
@@ -20,7 +23,10 @@ pub(crate) struct Request {
     pub(crate) http11: bool,
     /// Header names lowercased, values trimmed, in arrival order.
     pub(crate) headers: Vec<(String, String)>,
+    /// `Content-Length` of the request body.
     pub(crate) body_len: usize,
+    /// The request body; empty from [`parse_head`], filled in by the connection loop.
+    pub(crate) body: Bytes,
 }
 
 impl Request {
@@ -147,6 +153,7 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, ParseEr
         http11,
         headers,
         body_len,
+        body: Bytes::new(),
     };
     Ok(Some((req, skip + end)))
 }
@@ -161,6 +168,12 @@ fn origin_form(target: &str) -> Option<&str> {
         Some(i) => Some(&rest[i..]),
         None => Some("/"),
     }
+}
+
+/// Whether `name: value` can be written as a response header: `name` is a token, `value` has
+/// no control characters other than tab.
+pub(crate) fn valid_header(name: &str, value: &str) -> bool {
+    is_token(name) && value.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 /// Reason phrase for the statuses this server may send.
@@ -193,7 +206,7 @@ pub(crate) fn reason(code: u16) -> &'static str {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Framing {
     /// `Content-Length: n`.
-    Length(usize),
+    Length(u64),
     /// `Transfer-Encoding: chunked`.
     Chunked,
     /// No framing header (204/304).
@@ -204,7 +217,7 @@ pub(crate) enum Framing {
 #[derive(Debug, Clone)]
 pub(crate) struct Response {
     pub(crate) status: u16,
-    pub(crate) headers: Vec<(&'static str, String)>,
+    pub(crate) headers: Vec<(Cow<'static, str>, String)>,
     pub(crate) body: Bytes,
 }
 
@@ -216,7 +229,15 @@ impl Response {
 
     /// Adds a header.
     pub(crate) fn with(mut self, name: &'static str, value: impl Into<String>) -> Response {
-        self.headers.push((name, value.into()));
+        self.headers.push((Cow::Borrowed(name), value.into()));
+        self
+    }
+
+    /// Replaces every header called `name` (case-insensitive) with one `name: value`, or adds
+    /// it. The caller checks that name and value are safe to write (see [`valid_header`]).
+    pub(crate) fn set(mut self, name: &str, value: &str) -> Response {
+        self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        self.headers.push((Cow::Owned(name.to_string()), value.to_string()));
         self
     }
 
@@ -230,7 +251,7 @@ impl Response {
         if self.bodiless() {
             Framing::None
         } else {
-            Framing::Length(self.body.len())
+            Framing::Length(self.body.len() as u64)
         }
     }
 
@@ -300,5 +321,16 @@ mod tests {
         assert!(req.wants_close());
         let (req, _) = parse_head(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().unwrap();
         assert!(!req.wants_close());
+    }
+
+    #[test]
+    fn set_replaces_headers_and_validity() {
+        let r = Response::new(200, Bytes::new()).with("Cache-Control", "a").with("ETag", "x").set("cache-control", "b");
+        let head = String::from_utf8(r.head(r.framing(), false)).unwrap();
+        assert!(head.contains("ETag: x\r\ncache-control: b\r\n"), "{head}");
+        assert!(!head.contains("Cache-Control: a"));
+        assert!(valid_header("Expires", "Thu, 01 Jan 1970 00:00:00 GMT"));
+        assert!(!valid_header("Bad Name", "v"));
+        assert!(!valid_header("X", "a\r\nInjected: 1"));
     }
 }

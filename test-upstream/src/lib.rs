@@ -7,16 +7,18 @@
 //!
 //! * deterministic tile bodies (a function of content version, path and the query without
 //!   `apiKey`/`apikey`), with `ETag`, `X-Correlation-ID` and optional `Cache-Control`;
-//!   `If-None-Match` gives `304`;
+//!   `If-None-Match` gives `304`; with [`Options::images`] raster tiles are real PNG/JPEG
+//!   images (a grid and the tile's `z/x/y`), so a map client shows a map;
 //! * HERE-shaped JSON errors: 400 (validation of resource/projection/zoom/column/row/format),
 //!   401 (missing or wrong key), 403 (forbidden key), 404 (unknown path);
 //! * metadata: `/v3/health`, `/v3/version` (no auth), `/v3/info`, `/v3/copyright`,
 //!   `/v3/languages`, `/v3/features`, `/v3/politicalViews` (auth);
 //! * request counting and recording ([`Upstream::count`], [`Upstream::requests`], ...);
 //! * faults on demand ([`Upstream::fail`], [`Fault`]): error statuses, delays, slow or
-//!   chunked bodies, truncated bodies, connection resets and hangs;
-//! * control endpoints for shell scripts: `GET /__stats`, `POST /__reset`,
-//!   `POST /__version?v=N` (neither counted nor faulted).
+//!   chunked bodies, truncated bodies, connection resets and hangs, redirects and error pages
+//!   that echo the request URL (key included), extra response headers, huge bodies;
+//! * control endpoints, so shell scripts and benchmarks get every misbehaviour without this
+//!   library (see below).
 //!
 //! ```no_run
 //! use test_upstream::{Fault, Options, Upstream};
@@ -26,9 +28,53 @@
 //! // ... point the proxy at up.base_url(), request tiles, then:
 //! assert!(up.total() <= 2);
 //! ```
+//!
+//! # Control endpoints
+//!
+//! Paths starting with `/__` are neither counted, recorded nor faulted. They answer JSON;
+//! a bad request gets `400 {"error": "<what is wrong>"}`, a wrong method `405`.
+//!
+//! | endpoint | effect | library equivalent |
+//! |---|---|---|
+//! | `GET /__stats` | `{"total", "paths": {path: count}, "version", "latency_ms", "faults"}` | [`Upstream::total`], [`Upstream::count`] |
+//! | `POST /__reset` | clears counters, recorded requests and fault rules | [`Upstream::reset`] |
+//! | `POST /__version?v=N` | content version `N` (every tile's bytes and ETag change) | [`Upstream::set_version`] |
+//! | `POST /__latency?ms=N` | extra delay before every counted response head | [`Upstream::set_latency`] |
+//! | `POST /__fault` (JSON body) | adds a fault rule | [`Upstream::fail`], [`Upstream::fail_always`] |
+//! | `GET /__fault` | `{"rules": [{"match", "remaining", "fault"}]}`, the active rules | |
+//! | `POST /__clear` | removes every fault rule (counters kept) | [`Upstream::clear_faults`] |
+//!
+//! `POST /__fault` takes `{"match": "/v3/base", "times": 3, "fault": {...}}`: `match` is a
+//! substring of the request path (required; `"/"` matches every path), `times` how many
+//! matching requests get the fault (absent or `null` = until `/__clear` or `/__reset`).
+//! `fault` holds exactly one of these keys ([`Fault`] explains each):
+//!
+//! | `fault` | [`Fault`] |
+//! |---|---|
+//! | `{"status": 503, "retry_after": 2}` (`retry_after` optional, seconds) | [`Fault::Status`] |
+//! | `{"delay_ms": 500}` | [`Fault::Delay`] |
+//! | `{"slow_body": {"chunk": 100, "interval_ms": 50}}` | [`Fault::SlowBody`] |
+//! | `{"chunked": {"chunk": 100, "interval_ms": 50}}` | [`Fault::Chunked`] |
+//! | `{"truncate": 123}` (body bytes sent) | [`Fault::Truncate`] |
+//! | `{"reset": true}` | [`Fault::Reset`] |
+//! | `{"hang": true}` | [`Fault::Hang`] |
+//! | `{"redirect": true}` | [`Fault::Redirect`] |
+//! | `{"echo": 500}` (status code) | [`Fault::Echo`] |
+//! | `{"headers": {"Cache-Control": "no-store"}}` or `{"headers": [["Age", "5"]]}` | [`Fault::Headers`] |
+//! | `{"big_body": 67108864}` (bytes) | [`Fault::BigBody`] |
+//!
+//! The answer is `{"ok": true, "rule": {"match", "remaining", "fault"}, "rules": N}` with the
+//! rule as understood (`remaining` = `times`) and the number of active rules.
+//!
+//! ```text
+//! curl -X POST localhost:9090/__fault -d '{"match": "/v3/base", "times": 3, "fault": {"status": 503, "retry_after": 2}}'
+//! curl -X POST localhost:9090/__clear
+//! ```
 
 mod body;
+mod control;
 mod http;
+mod image;
 mod server;
 
 use std::io;
@@ -62,6 +108,14 @@ pub struct Options {
     pub raster_max_age: Option<u32>,
     /// `Cache-Control: max-age=N` on v2 vector tiles; default `Some(3600)` like HERE.
     pub vector_max_age: Option<u32>,
+    /// Serve v3 raster tiles as real images: `png` an RGB PNG, `png8` a palette PNG, `jpeg` a
+    /// JPEG, 512 px square for `size=512` and 256 px otherwise (`ppi`/`scale` ignored),
+    /// showing a grid and the tile's `z/x/y` on a background that depends on `style` and the
+    /// resource; the version tints it. Deterministic like the default bodies (same version,
+    /// path and query, same bytes and ETag); `min_size`/`max_size` do not apply. Vector
+    /// tiles are unaffected. Default `false`: pseudo-random bytes that only start with the
+    /// format's signature, sized by `min_size`/`max_size`.
+    pub images: bool,
 }
 
 impl Default for Options {
@@ -75,6 +129,7 @@ impl Default for Options {
             latency: Duration::ZERO,
             raster_max_age: None,
             vector_max_age: Some(3600),
+            images: false,
         }
     }
 }
@@ -106,8 +161,10 @@ impl Recorded {
 
 /// A misbehaviour injected with [`Upstream::fail`] / [`Upstream::fail_always`].
 ///
-/// Body-shaping faults (`SlowBody`, `Chunked`, `Truncate`) answer with the normal `200`
-/// content for the path, skipping the auth and `If-None-Match` checks (a fault rule wins).
+/// A fault rule wins over everything else: faulted requests skip the method, auth and
+/// `If-None-Match` checks. Body-shaping faults (`SlowBody`, `Chunked`, `Truncate`, `Headers`)
+/// answer with the normal `200` content for the path (a 400/404 error for a path that has
+/// none). Every fault can also be set over HTTP with `POST /__fault` (see the crate docs).
 #[derive(Clone, Debug)]
 pub enum Fault {
     /// Answer with this status and HERE's JSON body for it (400/404/500-style with
@@ -149,6 +206,35 @@ pub enum Fault {
     Reset,
     /// Read the request and never answer; the connection is closed at shutdown.
     Hang,
+    /// `302 Found` with `Location: http://{Host header, else the listen address}{path}?{query}`:
+    /// the request URL exactly as received (raw query, `apiKey` included; no `?` when the
+    /// query is empty), and a `text/plain` body that echoes the same URL. Proves a proxy never
+    /// relays a redirect (or its body) that would leak its key.
+    Redirect,
+    /// Status `code` (clamped to 100..=999) with `Content-Type: text/html`, a `Location`
+    /// header and an HTML body both echoing the full request URL as [`Fault::Redirect`] builds
+    /// it (`apiKey` included). Proves upstream error bodies never reach clients. 1xx, 204 and
+    /// 304 carry the header but no body.
+    Echo {
+        /// HTTP status code.
+        code: u16,
+    },
+    /// The normal `200` for the path with these response headers added, each replacing any
+    /// header of the same name (case-insensitive) the server would send: e.g.
+    /// `Content-Encoding`, `Expires`, `Age`, `Cache-Control`, `Date`, `ETag`. The body is not
+    /// changed (`Content-Encoding: gzip` does not gzip it). Framing stays right: entries named
+    /// `Content-Length`, `Transfer-Encoding` or `Connection` are ignored, and so are names
+    /// that are not HTTP tokens and values with control characters.
+    Headers(Vec<(String, String)>),
+    /// `200` with `Content-Length: size` and `size` deterministic bytes (a function of
+    /// version, path and query; raster paths start with the PNG/JPEG signature), with the
+    /// route's `Content-Type` (`application/octet-stream` off the tile routes). The body is
+    /// generated lazily and written 64 KiB at a time as fast as the client reads, so memory
+    /// does not grow with `size` (64 MiB and more is fine).
+    BigBody {
+        /// Body length in bytes.
+        size: u64,
+    },
 }
 
 /// A running test upstream. Stops (thread joined, listener closed, open connections
@@ -268,14 +354,21 @@ impl Upstream {
         self.state.add_rule(needle, fault, None);
     }
 
-    /// Removes every fault rule.
+    /// Removes every fault rule (same as `POST /__clear`).
     pub fn clear_faults(&self) {
         self.state.clear_faults();
     }
 
-    /// Clears counters, recorded requests and fault rules (same as `POST /__reset`).
+    /// Clears counters, recorded requests and fault rules (same as `POST /__reset`); the
+    /// content version and latency are kept.
     pub fn reset(&self) {
         self.state.reset();
+    }
+
+    /// Sets the extra delay before every counted response head (initially
+    /// [`Options::latency`]; same as `POST /__latency?ms=N`).
+    pub fn set_latency(&self, latency: Duration) {
+        self.state.set_latency(latency);
     }
 
     /// Sets the content version (default 0); every tile's bytes and ETag change with it.

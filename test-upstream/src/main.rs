@@ -3,9 +3,10 @@
 //! ```text
 //! test-upstream [--listen ADDR] [--key KEY | --no-auth] [--forbidden-key KEY]...
 //!               [--min-size N] [--max-size N] [--latency-ms N]
-//!               [--raster-max-age N] [--vector-max-age N | --no-vector-max-age]
+//!               [--raster-max-age N] [--vector-max-age N | --no-vector-max-age] [--images]
 //! ```
-//! Prints `listening on http://ADDR` on stdout once bound.
+//! Prints `listening on http://ADDR` on stdout once bound. `--help` also lists the control
+//! endpoints (`/__stats`, `/__fault`, ...; see the library docs).
 
 use std::io::Write;
 use std::time::Duration;
@@ -27,9 +28,40 @@ USAGE: test-upstream [FLAGS]
   --raster-max-age N       Cache-Control max-age on /v3 tiles (default none)
   --vector-max-age N       Cache-Control max-age on /v2 tiles (default 3600)
   --no-vector-max-age      no Cache-Control on /v2 tiles
+  --images                 raster tiles are real PNG/JPEG images (grid + z/x/y; 512 px for
+                           size=512) instead of random bytes; min/max-size then apply to
+                           vector tiles only
   -h, --help               show this help
 
-Control endpoints: GET /__stats, POST /__reset, POST /__version?v=N
+CONTROL ENDPOINTS (not counted, never faulted; JSON answers, 400 {\"error\": ...} on bad input)
+
+  GET  /__stats            {\"total\", \"paths\": {path: count}, \"version\", \"latency_ms\", \"faults\"}
+  POST /__reset            clear counters, recorded requests and fault rules
+  POST /__version?v=N      content version N: every tile's bytes and ETag change
+  POST /__latency?ms=N     delay every counted response head by N ms
+  POST /__fault            add a fault rule (JSON body, below)
+  GET  /__fault            list the active fault rules
+  POST /__clear            remove every fault rule
+
+  POST /__fault body: {\"match\": \"/v3/base\", \"times\": 3, \"fault\": {...}}
+    match   substring of the request path (required; \"/\" = every path)
+    times   how many matching requests misbehave (absent or null = until /__clear)
+    fault   exactly one of:
+      {\"status\": 503, \"retry_after\": 2}   HERE-shaped error (retry_after optional)
+      {\"delay_ms\": 500}                     wait, then answer normally
+      {\"slow_body\": {\"chunk\": 100, \"interval_ms\": 50}}   200, body trickles
+      {\"chunked\": {\"chunk\": 100, \"interval_ms\": 50}}     200, chunked encoding
+      {\"truncate\": 123}                     full Content-Length, 123 bytes, close
+      {\"reset\": true}                       connection reset, no response
+      {\"hang\": true}                        never answer
+      {\"redirect\": true}                    302 to the request URL (apiKey included)
+      {\"echo\": 500}                         HTML error page + Location echoing the URL
+      {\"headers\": {\"Cache-Control\": \"no-store\"}}   normal 200 plus/overriding headers
+                                           (or a list: [[\"Age\", \"5\"], ...])
+      {\"big_body\": 67108864}                200 with that many bytes, streamed
+
+  e.g. curl -X POST http://127.0.0.1:9090/__fault \\
+         -d '{\"match\": \"/v3/base\", \"times\": 3, \"fault\": {\"status\": 503}}'
 ";
 
 /// What the command line asked for.
@@ -70,6 +102,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
             "--raster-max-age" => opts.raster_max_age = Some(parse_num(&flag, value())?),
             "--vector-max-age" => opts.vector_max_age = Some(parse_num(&flag, value())?),
             "--no-vector-max-age" => opts.vector_max_age = None,
+            "--images" => opts.images = true,
             other => return Err(format!("unknown argument '{other}' (try --help)")),
         }
     }
@@ -159,6 +192,7 @@ mod tests {
             "--forbidden-key",
             "bad",
             "--no-vector-max-age",
+            "--images",
         ]);
         assert_eq!(o.listen.port(), 8099);
         assert_eq!(o.api_key, None);
@@ -167,6 +201,7 @@ mod tests {
         assert_eq!(o.raster_max_age, Some(60));
         assert_eq!(o.vector_max_age, None);
         assert_eq!(o.forbidden_keys, vec!["bad".to_string()]);
+        assert!(o.images);
     }
 
     #[test]
@@ -174,6 +209,7 @@ mod tests {
         let o = run(&["--key", "k", "--min-size", "5000"]);
         assert_eq!(o.api_key.as_deref(), Some("k"));
         assert_eq!((o.min_size, o.max_size), (5000, 5000));
+        assert!(!o.images);
         assert!(matches!(parse_args(["--help".to_string()]), Ok(Command::Help)));
         assert!(parse_args(["--bogus".to_string()]).is_err());
         assert!(parse_args(["--min-size".to_string()]).is_err());

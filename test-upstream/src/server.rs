@@ -1,5 +1,5 @@
 //! The server: shared state, routing that imitates HERE, fault injection and the
-//! per-connection HTTP/1.1 loop.
+//! per-connection HTTP/1.1 loop. The `/__*` control endpoints live in [`crate::control`].
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -16,7 +16,8 @@ use tokio::sync::watch;
 
 use crate::body::{self, BodyKind, Tile};
 use crate::http::{self, Framing, Request, Response};
-use crate::{Fault, Options, Recorded};
+use crate::image;
+use crate::{control, Fault, Options, Recorded};
 
 /// At most this many requests are kept for [`crate::Upstream::requests`] (oldest dropped);
 /// counters are unaffected. Bounds memory in long benchmark runs.
@@ -24,6 +25,8 @@ pub(crate) const MAX_RECORDED: usize = 100_000;
 /// Generated-body cache limits; the cache is simply cleared when either is exceeded.
 const CACHE_MAX_ENTRIES: usize = 16_384;
 const CACHE_MAX_BYTES: usize = 256 * 1024 * 1024;
+/// Piece size for [`Fault::BigBody`] bodies.
+const BIG_BODY_PIECE: usize = 64 * 1024;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -53,6 +56,8 @@ struct Cache {
 pub(crate) struct State {
     pub(crate) opts: Options,
     version: AtomicU64,
+    /// Extra latency before counted responses, in nanoseconds (starts at `opts.latency`).
+    latency_ns: AtomicU64,
     seq: AtomicU64,
     stats: Mutex<Stats>,
     faults: Mutex<Vec<Rule>>,
@@ -61,9 +66,11 @@ pub(crate) struct State {
 
 impl State {
     pub(crate) fn new(opts: Options) -> State {
+        let latency_ns = u64::try_from(opts.latency.as_nanos()).unwrap_or(u64::MAX);
         State {
             opts,
             version: AtomicU64::new(0),
+            latency_ns: AtomicU64::new(latency_ns),
             seq: AtomicU64::new(0),
             stats: Mutex::new(Stats::default()),
             faults: Mutex::new(Vec::new()),
@@ -113,6 +120,39 @@ impl State {
         self.version.load(Ordering::SeqCst)
     }
 
+    pub(crate) fn set_latency(&self, latency: Duration) {
+        self.latency_ns.store(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    pub(crate) fn latency(&self) -> Duration {
+        Duration::from_nanos(self.latency_ns.load(Ordering::SeqCst))
+    }
+
+    /// What `GET /__stats` answers.
+    pub(crate) fn stats_json(&self) -> serde_json::Value {
+        let stats = lock(&self.stats);
+        let paths: serde_json::Map<String, serde_json::Value> =
+            stats.paths.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        let total = stats.total;
+        drop(stats);
+        json!({
+            "total": total,
+            "paths": paths,
+            "version": self.version(),
+            "latency_ms": self.latency().as_secs_f64() * 1000.0,
+            "faults": self.rule_count(),
+        })
+    }
+
+    /// The active fault rules in JSON, in matching order.
+    pub(crate) fn rules_json(&self) -> Vec<serde_json::Value> {
+        lock(&self.faults).iter().map(|r| control::rule_json(&r.needle, r.remaining, &r.fault)).collect()
+    }
+
+    pub(crate) fn rule_count(&self) -> usize {
+        lock(&self.faults).len()
+    }
+
     /// The body a 200 for `path_and_query` would carry.
     pub(crate) fn tile_bytes(&self, path_and_query: &str) -> Bytes {
         let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
@@ -125,7 +165,7 @@ impl State {
 
     // ---- internals ---------------------------------------------------------------------
 
-    fn correlation_id(&self) -> String {
+    pub(crate) fn correlation_id(&self) -> String {
         body::correlation_id(self.seq.fetch_add(1, Ordering::Relaxed))
     }
 
@@ -165,7 +205,7 @@ impl State {
         if let Some(t) = lock(&self.cache).map.get(&key) {
             return t.clone();
         }
-        let tile = Arc::new(body::generate(version, path, &canonical, kind, self.opts.min_size, self.opts.max_size));
+        let tile = Arc::new(self.generate(version, path, query, &canonical, kind));
         let mut cache = lock(&self.cache);
         if cache.map.len() >= CACHE_MAX_ENTRIES || cache.bytes >= CACHE_MAX_BYTES {
             cache.map.clear();
@@ -174,6 +214,19 @@ impl State {
         cache.bytes += tile.body.len();
         cache.map.insert(key, tile.clone());
         tile
+    }
+
+    /// A fresh tile: an image under `opts.images` for raster paths, otherwise bytes.
+    fn generate(&self, version: u64, path: &str, query: &str, canonical: &str, kind: BodyKind) -> Tile {
+        if self.opts.images && kind != BodyKind::Omv {
+            let seed = body::tile_seed(version, path, canonical);
+            let spec = image::Spec::from_request(path, &body::parse_query(query), version, seed);
+            // Encoders writing to memory do not fail; if one ever did, the byte body is served.
+            if let Some(Ok(img)) = spec.map(|s| image::render(&s)) {
+                return Tile::from_body(img);
+            }
+        }
+        body::generate(version, path, canonical, kind, self.opts.min_size, self.opts.max_size)
     }
 }
 
@@ -318,7 +371,8 @@ fn meta_body(meta: Meta) -> Bytes {
     Bytes::from(v.to_string())
 }
 
-fn json_response(status: u16, value: serde_json::Value, corr: String) -> Response {
+/// A JSON response with an `X-Correlation-ID`.
+pub(crate) fn json_response(status: u16, value: serde_json::Value, corr: String) -> Response {
     Response::new(status, Bytes::from(value.to_string()))
         .with("Content-Type", "application/json")
         .with("X-Correlation-ID", corr)
@@ -473,50 +527,17 @@ fn normal(state: &State, req: &Request, strict: bool) -> Response {
     }
 }
 
-/// `/__stats`, `/__reset`, `/__version`: control endpoints, neither counted nor faulted.
-fn internal(state: &State, req: &Request) -> Response {
-    let corr = state.correlation_id();
-    let method_ok = |allowed: &[&str]| allowed.contains(&req.method.as_str());
-    match req.path.as_str() {
-        "/__stats" if method_ok(&["GET", "HEAD"]) => {
-            let stats = lock(&state.stats);
-            let paths: serde_json::Map<String, serde_json::Value> =
-                stats.paths.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-            let v = json!({"total": stats.total, "paths": paths, "version": state.version()});
-            drop(stats);
-            json_response(200, v, corr)
-        }
-        "/__reset" if method_ok(&["POST"]) => {
-            state.reset();
-            json_response(200, json!({"ok": true}), corr)
-        }
-        "/__version" if method_ok(&["POST"]) => {
-            let v = body::parse_query(&req.query)
-                .into_iter()
-                .find(|(k, _)| k == "v")
-                .and_then(|(_, v)| v.parse::<u64>().ok());
-            match v {
-                Some(v) => {
-                    state.set_version(v);
-                    json_response(200, json!({"ok": true, "version": v}), corr)
-                }
-                None => json_response(400, json!({"error": "expected ?v=<u64>"}), corr),
-            }
-        }
-        "/__stats" | "/__reset" | "/__version" => json_response(405, json!({"error": "method not allowed"}), corr),
-        _ => json_response(404, json!({"error": "unknown control endpoint"}), corr),
-    }
-}
-
 // ---- actions -----------------------------------------------------------------------------
 
-/// How the body of a response is delivered.
+/// How the body of a response is delivered. `Big` streams `size` bytes of
+/// [`body::fill_stream`] (the response's own body is empty).
 #[derive(Debug, Clone, Copy)]
 enum Shape {
     Normal,
     Slow { chunk: usize, interval: Duration },
     Chunked { chunk: usize, interval: Duration },
     Truncate { after: usize },
+    Big { size: u64, seed: u64, kind: BodyKind },
 }
 
 enum Action {
@@ -525,12 +546,71 @@ enum Action {
     Hang,
 }
 
-fn handle(state: &State, req: &Request) -> Action {
+/// The request URL as received: `http://{Host, else local}{path}?{raw query}`.
+fn request_url(req: &Request, local: Option<SocketAddr>) -> String {
+    let host = match (req.header("host"), local) {
+        (Some(h), _) if !h.is_empty() => h.to_string(),
+        (_, Some(addr)) => addr.to_string(),
+        _ => "localhost".to_string(),
+    };
+    let q = if req.query.is_empty() { "" } else { "?" };
+    format!("http://{host}{}{q}{}", req.path, req.query)
+}
+
+/// `Fault::Redirect`: 302 to the request URL, echoed in a text body too.
+fn redirect_response(state: &State, url: &str) -> Response {
+    Response::new(302, Bytes::from(format!("Found. Redirecting to {url}\n")))
+        .with("Content-Type", "text/plain; charset=utf-8")
+        .with("Location", url)
+        .with("X-Correlation-ID", state.correlation_id())
+}
+
+/// `Fault::Echo`: an HTML error page (and `Location`) echoing the request URL.
+fn echo_response(state: &State, code: u16, url: &str) -> Response {
+    let code = code.clamp(100, 999);
+    let reason = http::reason(code);
+    let page = format!(
+        "<!DOCTYPE html>\n<html><head><title>{code} {reason}</title></head>\n\
+         <body><h1>{code} {reason}</h1>\n<p>The request {url} could not be served.</p>\n\
+         <p><a href=\"{url}\">{url}</a></p></body></html>\n"
+    );
+    Response::new(code, Bytes::from(page))
+        .with("Content-Type", "text/html; charset=utf-8")
+        .with("Location", url)
+        .with("X-Correlation-ID", state.correlation_id())
+}
+
+/// `Fault::Headers`: `resp` with `headers` set, keeping the framing headers the server's.
+fn with_headers(mut resp: Response, headers: &[(String, String)]) -> Response {
+    for (name, value) in headers {
+        let framing =
+            ["content-length", "transfer-encoding", "connection"].iter().any(|f| name.eq_ignore_ascii_case(f));
+        if !framing && http::valid_header(name, value) {
+            resp = resp.set(name, value);
+        }
+    }
+    resp
+}
+
+/// `Fault::BigBody`: the head of a `size`-byte 200 and how to stream its body.
+fn big_body(state: &State, req: &Request, size: u64) -> (Response, Shape) {
+    let (kind, content_type) = match classify(&req.path) {
+        Route::Tile { kind, content_type, .. } => (kind, content_type),
+        _ => (BodyKind::Omv, "application/octet-stream"),
+    };
+    let seed = body::tile_seed(state.version(), &req.path, &body::canonical_query(&req.query));
+    let resp = Response::new(200, Bytes::new())
+        .with("Content-Type", content_type)
+        .with("X-Correlation-ID", state.correlation_id());
+    (resp, Shape::Big { size, seed, kind })
+}
+
+fn handle(state: &State, req: &Request, local: Option<SocketAddr>) -> Action {
     if req.path.starts_with("/__") {
-        return Action::Respond { resp: internal(state, req), delay: Duration::ZERO, shape: Shape::Normal };
+        return Action::Respond { resp: control::handle(state, req), delay: Duration::ZERO, shape: Shape::Normal };
     }
     state.record(req);
-    let mut delay = state.opts.latency;
+    let mut delay = state.latency();
     let (resp, shape) = match state.take_fault(&req.path) {
         None => (normal(state, req, true), Shape::Normal),
         Some(Fault::Reset) => return Action::Reset,
@@ -550,6 +630,10 @@ fn handle(state: &State, req: &Request) -> Action {
         Some(Fault::SlowBody { chunk, interval }) => (normal(state, req, false), Shape::Slow { chunk, interval }),
         Some(Fault::Chunked { chunk, interval }) => (normal(state, req, false), Shape::Chunked { chunk, interval }),
         Some(Fault::Truncate { after }) => (normal(state, req, false), Shape::Truncate { after }),
+        Some(Fault::Redirect) => (redirect_response(state, &request_url(req, local)), Shape::Normal),
+        Some(Fault::Echo { code }) => (echo_response(state, code, &request_url(req, local)), Shape::Normal),
+        Some(Fault::Headers(headers)) => (with_headers(normal(state, req, false), &headers), Shape::Normal),
+        Some(Fault::BigBody { size }) => big_body(state, req, size),
     };
     Action::Respond { resp, delay, shape }
 }
@@ -608,6 +692,7 @@ async fn close_gracefully(mut stream: TcpStream) {
 /// Serves one connection: pipelined / keep-alive requests, answered in order.
 async fn connection(state: Arc<State>, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().ok();
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         // Read one request head.
@@ -631,7 +716,7 @@ async fn connection(state: Arc<State>, mut stream: TcpStream) {
             }
         };
         buf.advance(used);
-        // Discard any request body.
+        // Read the request body (only the control endpoints look at it).
         while buf.len() < req.body_len {
             buf.reserve(8192);
             match stream.read_buf(&mut buf).await {
@@ -639,11 +724,12 @@ async fn connection(state: Arc<State>, mut stream: TcpStream) {
                 Ok(_) => {}
             }
         }
-        buf.advance(req.body_len);
+        let mut req = req;
+        req.body = buf.split_to(req.body_len).freeze();
 
         let head_only = req.method == "HEAD";
         let mut close = req.wants_close();
-        match handle(&state, &req) {
+        match handle(&state, &req, local) {
             Action::Reset => {
                 let _ = stream.set_zero_linger();
                 drop(stream);
@@ -724,6 +810,20 @@ async fn write_response(
                 out.extend_from_slice(&resp.body[..after.min(resp.body.len())]);
             }
             stream.write_all(&out).await
+        }
+        Shape::Big { size, seed, kind } => {
+            stream.write_all(&resp.head(Framing::Length(size), close)).await?;
+            if send_body {
+                let mut piece = vec![0u8; BIG_BODY_PIECE];
+                let mut sent = 0u64;
+                while sent < size {
+                    let n = usize::try_from(size - sent).map_or(BIG_BODY_PIECE, |left| left.min(BIG_BODY_PIECE));
+                    body::fill_stream(seed, kind, sent, &mut piece[..n]);
+                    stream.write_all(&piece[..n]).await?;
+                    sent += n as u64;
+                }
+            }
+            Ok(())
         }
     }
 }

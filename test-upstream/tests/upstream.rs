@@ -619,3 +619,386 @@ fn bind_error_is_reported() {
     let err = Upstream::start(Options { listen: up.addr(), ..Options::default() });
     assert!(err.is_err());
 }
+
+// ---- redirect, echo, headers, big body ---------------------------------------------------------
+
+#[test]
+fn fault_redirect_echoes_the_request_url() {
+    let up = start();
+    up.fail(TILE, Fault::Redirect, 2);
+    let target = format!("{TILE}?apiKey=secret-123&lang=en%2DUS");
+    let r = get(&up, &target);
+    assert_eq!(r.status, 302);
+    let url = format!("http://x{target}");
+    assert_eq!(r.header("location"), Some(url.as_str()));
+    assert!(String::from_utf8_lossy(&r.body).contains(&url), "body echoes the URL");
+    // Without a Host header the listen address is used; without a query there is no '?'.
+    let mut s = connect(&up);
+    write!(s, "GET {TILE} HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    let r = read_response(&mut BufReader::new(s), false).unwrap();
+    assert_eq!(r.status, 302);
+    assert_eq!(r.header("location"), Some(format!("{}{TILE}", up.base_url()).as_str()));
+    assert_eq!(get(&up, &keyed(TILE)).status, 200, "used up");
+    assert_eq!(up.count(TILE), 3);
+}
+
+#[test]
+fn fault_echo_error_page_with_the_url() {
+    let up = start();
+    for code in [502, 404, 500] {
+        up.fail(TILE, Fault::Echo { code }, 1);
+        let target = format!("{TILE}?apiKey=secret-456&style=explore.day");
+        let r = get(&up, &target);
+        assert_eq!(r.status, code);
+        assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+        let url = format!("http://x{target}");
+        assert_eq!(r.header("location"), Some(url.as_str()));
+        let body = String::from_utf8(r.body).unwrap();
+        assert!(body.contains(&url) && body.contains("apiKey=secret-456"), "{body}");
+        assert!(body.starts_with("<!DOCTYPE html>"));
+    }
+    up.fail(TILE, Fault::Echo { code: 204 }, 1);
+    let r = get(&up, &format!("{TILE}?apiKey=k"));
+    assert_eq!((r.status, r.body.len()), (204, 0));
+    assert_eq!(r.header("location"), Some(format!("http://x{TILE}?apiKey=k").as_str()));
+}
+
+#[test]
+fn fault_headers_add_and_override() {
+    let up = Upstream::start(Options { raster_max_age: Some(60), ..Options::default() }).unwrap();
+    let set = |k: &str, v: &str| (k.to_string(), v.to_string());
+    up.fail(
+        TILE,
+        Fault::Headers(vec![
+            set("cache-control", "no-store"),
+            set("Expires", "Thu, 01 Jan 1970 00:00:00 GMT"),
+            set("Age", "100"),
+            set("Date", "Wed, 21 Oct 2015 07:28:00 GMT"),
+            set("Content-Encoding", "gzip"),
+            set("ETag", "\"forced\""),
+            set("Content-Length", "1"),
+            set("Transfer-Encoding", "chunked"),
+            set("Bad Name", "x"),
+            set("X-Evil", "a\r\nInjected: 1"),
+        ]),
+        1,
+    );
+    let r = get(&up, &keyed(TILE));
+    assert_eq!(r.status, 200);
+    let all = |name: &str| r.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).count();
+    assert_eq!(all("cache-control"), 1);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(r.header("expires"), Some("Thu, 01 Jan 1970 00:00:00 GMT"));
+    assert_eq!(r.header("age"), Some("100"));
+    assert_eq!(r.header("date"), Some("Wed, 21 Oct 2015 07:28:00 GMT"));
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    assert_eq!((all("etag"), r.header("etag")), (1, Some("\"forced\"")));
+    assert_eq!((all("content-length"), r.header("content-length")), (1, Some("2000")));
+    assert_eq!(r.header("transfer-encoding"), None);
+    assert_eq!((all("bad name"), all("x-evil"), all("injected")), (0, 0, 0));
+    assert_eq!(r.body, up.tile_bytes(TILE).to_vec(), "body unchanged");
+    assert_eq!(get(&up, &keyed(TILE)).header("cache-control"), Some("max-age=60"), "used up");
+}
+
+/// Reads a `Content-Length` body without keeping it: (length, FNV hash, first 8 bytes).
+fn drain_body(r: &mut BufReader<TcpStream>, len: u64) -> (u64, u64, Vec<u8>) {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut first = Vec::new();
+    let mut left = len;
+    let mut buf = vec![0u8; 256 * 1024];
+    while left > 0 {
+        let want = buf.len().min(left as usize);
+        let n = r.read(&mut buf[..want]).unwrap();
+        assert!(n > 0, "EOF with {left} bytes left");
+        if first.len() < 8 {
+            first.extend_from_slice(&buf[..n.min(8 - first.len())]);
+        }
+        for &b in &buf[..n] {
+            h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+        left -= n as u64;
+    }
+    (len, h, first)
+}
+
+#[test]
+fn fault_big_body_streams_64_mib() {
+    let up = start();
+    const SIZE: u64 = 64 * 1024 * 1024 + 7;
+    up.fail(TILE, Fault::BigBody { size: SIZE }, 1);
+    let t = Instant::now();
+    let mut s = connect(&up);
+    write!(s, "GET {} HTTP/1.1\r\nHost: x\r\n\r\n", keyed(TILE)).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let (status, headers) = read_head(&mut r).unwrap();
+    assert_eq!(status, 200);
+    let len = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).unwrap();
+    assert_eq!(len.1, SIZE.to_string());
+    assert!(headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("content-type") && v == "image/png"));
+    let (_, _, first) = drain_body(&mut r, SIZE);
+    assert_eq!(&first[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    // The connection stays usable.
+    write!(s, "GET {} HTTP/1.1\r\nHost: x\r\n\r\n", keyed(TILE)).unwrap();
+    assert_eq!(read_response(&mut r, false).unwrap().body, up.tile_bytes(TILE).to_vec());
+
+    // Deterministic: the same bytes twice; HEAD gets the length only.
+    up.fail_always(VTILE, Fault::BigBody { size: 3 * 65536 + 5 });
+    let a = get(&up, &keyed(VTILE));
+    let b = get(&up, &keyed(VTILE));
+    assert_eq!(a.body.len(), 3 * 65536 + 5);
+    assert_eq!(a.header("content-type"), Some("application/x-protobuf"));
+    assert_eq!(a.body, b.body);
+    let h = request_with(&up, "HEAD", &keyed(VTILE), "");
+    assert_eq!(h.header("content-length"), Some("196613"));
+    assert!(h.body.is_empty());
+}
+
+// ---- control endpoints over HTTP ---------------------------------------------------------------
+
+fn post(up: &Upstream, target: &str, body: &str) -> Resp {
+    let extra = format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len());
+    let mut s = connect(up);
+    write!(s, "POST {target} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n{body}").unwrap();
+    let mut r = BufReader::new(s);
+    read_response(&mut r, false).unwrap()
+}
+
+/// Reads whatever the server sends until EOF, a reset or `timeout` (the hang case).
+fn raw_exchange(up: &Upstream, target: &str, timeout: Duration) -> Result<Vec<u8>, ErrorKind> {
+    let mut s = connect(up);
+    s.set_read_timeout(Some(timeout)).unwrap();
+    write!(s, "GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    match s.read_to_end(&mut out) {
+        Ok(_) => Ok(out),
+        Err(e) => Err(e.kind()),
+    }
+}
+
+#[test]
+fn control_fault_endpoint_covers_every_kind() {
+    let up = start();
+    let tile = |i: u32| format!("/v3/base/mc/9/{i}/1/png");
+    let add = |i: u32, fault: &str| {
+        let r = post(&up, "/__fault", &format!(r#"{{"match": "{}", "times": 1, "fault": {fault}}}"#, tile(i)));
+        assert_eq!(r.status, 200, "{fault}: {}", String::from_utf8_lossy(&r.body));
+        let j = r.json();
+        assert_eq!(j["ok"], true);
+        assert_eq!(j["rule"]["remaining"], 1);
+        assert_eq!(j["rule"]["fault"], serde_json::from_str::<serde_json::Value>(fault).unwrap());
+    };
+    let url = |i: u32| format!("{}?apiKey=test-key", tile(i));
+
+    add(0, r#"{"status": 503, "retry_after": 2}"#);
+    let r = get(&up, &url(0));
+    assert_eq!((r.status, r.header("retry-after")), (503, Some("2")));
+
+    add(1, r#"{"delay_ms": 300}"#);
+    let t = Instant::now();
+    assert_eq!(get(&up, &url(1)).status, 200);
+    assert!(t.elapsed() >= Duration::from_millis(300));
+
+    add(2, r#"{"slow_body": {"chunk": 500, "interval_ms": 50}}"#);
+    let t = Instant::now();
+    let r = get(&up, &url(2));
+    assert_eq!((r.status, r.body.len()), (200, 2000));
+    assert!(t.elapsed() >= Duration::from_millis(200));
+
+    add(3, r#"{"chunked": {"chunk": 700, "interval_ms": 1}}"#);
+    let r = get(&up, &url(3));
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.body, up.tile_bytes(&tile(3)).to_vec());
+
+    add(4, r#"{"truncate": 10}"#);
+    let raw = raw_exchange(&up, &url(4), Duration::from_secs(5)).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let body_at = text.find("\r\n\r\n").unwrap() + 4;
+    assert!(text.contains("Content-Length: 2000"));
+    assert_eq!(raw.len() - body_at, 10);
+
+    add(5, r#"{"reset": true}"#);
+    let reset = raw_exchange(&up, &url(5), Duration::from_secs(5));
+    assert!(matches!(reset, Ok(ref v) if v.is_empty()) || reset == Err(ErrorKind::ConnectionReset), "{reset:?}");
+
+    add(6, r#"{"hang": true}"#);
+    let hung = raw_exchange(&up, &url(6), Duration::from_millis(300));
+    assert!(matches!(hung, Err(ErrorKind::WouldBlock | ErrorKind::TimedOut)), "{hung:?}");
+
+    add(7, r#"{"redirect": true}"#);
+    let r = get(&up, &url(7));
+    assert_eq!((r.status, r.header("location")), (302, Some(format!("http://x{}", url(7)).as_str())));
+
+    add(8, r#"{"echo": 500}"#);
+    let r = get(&up, &url(8));
+    assert_eq!(r.status, 500);
+    assert!(String::from_utf8_lossy(&r.body).contains("apiKey=test-key"));
+
+    add(9, r#"{"headers": [["Cache-Control", "max-age=5"], ["Age", "3"]]}"#);
+    let r = get(&up, &url(9));
+    assert_eq!((r.header("cache-control"), r.header("age")), (Some("max-age=5"), Some("3")));
+
+    add(10, r#"{"big_body": 1000000}"#);
+    let r = get(&up, &url(10));
+    assert_eq!((r.status, r.body.len()), (200, 1_000_000));
+
+    // Every rule was used once; the same tiles now answer normally.
+    assert_eq!(get(&up, "/__fault").json()["rules"], serde_json::json!([]));
+    for i in 0..=10 {
+        assert_eq!(get(&up, &url(i)).body, up.tile_bytes(&tile(i)).to_vec(), "tile {i}");
+    }
+}
+
+#[test]
+fn control_fault_always_list_and_clear() {
+    let up = start();
+    let r = post(&up, "/__fault", r#"{"match": "/v3/base", "fault": {"status": 500}}"#);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["rule"], serde_json::json!({"match": "/v3/base", "remaining": null, "fault": {"status": 500}}));
+    post(&up, "/__fault", r#"{"match": "/v2/", "times": 5, "fault": {"delay_ms": 10}}"#);
+    for _ in 0..3 {
+        assert_eq!(get(&up, &keyed(TILE)).status, 500);
+    }
+    let rules = get(&up, "/__fault").json()["rules"].clone();
+    assert_eq!(rules.as_array().unwrap().len(), 2);
+    assert_eq!(rules[1], serde_json::json!({"match": "/v2/", "remaining": 5, "fault": {"delay_ms": 10}}));
+    assert_eq!(get(&up, "/__stats").json()["faults"], 2);
+
+    let c = post(&up, "/__clear", "");
+    assert_eq!((c.status, c.json()["ok"].as_bool()), (200, Some(true)));
+    assert_eq!(get(&up, &keyed(TILE)).status, 200);
+    assert_eq!(get(&up, "/__stats").json()["faults"], 0);
+    assert_eq!(up.total(), 4, "counters kept by /__clear");
+    assert_eq!(get(&up, "/__clear").status, 405);
+}
+
+#[test]
+fn control_fault_bad_input_is_a_400_naming_the_problem() {
+    let up = start();
+    for (body, needle) in [
+        ("{not json", "invalid JSON"),
+        ("", "empty body"),
+        (r#"{"match": "/v3", "fault": {"status": 503, "retry": 1}}"#, "unknown key \"retry\""),
+        (r#"{"match": "/v3", "fault": {"teapot": true}}"#, "needs one of"),
+        (r#"{"fault": {"reset": true}}"#, "missing \"match\""),
+    ] {
+        let r = post(&up, "/__fault", body);
+        assert_eq!(r.status, 400, "{body}");
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        let err = r.json()["error"].as_str().unwrap().to_string();
+        assert!(err.contains(needle), "{body}: {err}");
+    }
+    assert_eq!(get(&up, "/__stats").json()["faults"], 0, "nothing added");
+    assert_eq!(get(&up, &keyed(TILE)).status, 200);
+}
+
+#[test]
+fn control_latency() {
+    let up = start();
+    let r = post(&up, "/__latency?ms=250", "");
+    assert_eq!((r.status, r.json()["latency_ms"].as_u64()), (200, Some(250)));
+    assert_eq!(get(&up, "/__stats").json()["latency_ms"], 250.0);
+    let t = Instant::now();
+    assert_eq!(get(&up, &keyed(TILE)).status, 200);
+    assert!(t.elapsed() >= Duration::from_millis(250));
+    let t = Instant::now();
+    get(&up, "/__stats");
+    assert!(t.elapsed() < Duration::from_millis(250), "control endpoints are not delayed");
+    assert_eq!(post(&up, "/__latency?ms=x", "").status, 400);
+    assert_eq!(post(&up, "/__latency?ms=0", "").status, 200);
+    up.set_latency(Duration::from_millis(120));
+    let t = Instant::now();
+    get(&up, &keyed(TILE));
+    assert!(t.elapsed() >= Duration::from_millis(120));
+}
+
+// ---- real images ---------------------------------------------------------------------------------
+
+fn image_upstream() -> Upstream {
+    Upstream::start(Options { images: true, ..Options::default() }).unwrap()
+}
+
+/// Decodes a PNG: (width, height, colour type, RGB(A)/index bytes).
+fn decode_png(body: &[u8]) -> (u32, u32, png::ColorType, Vec<u8>) {
+    let mut reader = png::Decoder::new(std::io::Cursor::new(body)).read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    (info.width, info.height, info.color_type, buf)
+}
+
+#[test]
+fn images_png_decode_with_size_and_differ() {
+    let up = image_upstream();
+    let a = get(&up, &keyed(TILE));
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("content-type"), Some("image/png"));
+    let (w, h, color, pixels) = decode_png(&a.body);
+    assert_eq!((w, h, color), (256, 256, png::ColorType::Rgb));
+    let colours: std::collections::HashSet<&[u8]> = pixels.chunks(3).collect();
+    assert!(colours.len() >= 4, "background, grid, border, label, text: {}", colours.len());
+
+    let big = get(&up, &format!("{TILE}?apiKey=test-key&size=512&style=explore.night"));
+    let (w, h, _, _) = decode_png(&big.body);
+    assert_eq!((w, h), (512, 512));
+
+    // Same tile twice: byte-identical with the same ETag (and what tile_bytes says).
+    let again = get(&up, &format!("{TILE}?apikey=test-key"));
+    assert_eq!(again.body, a.body);
+    assert_eq!(again.header("etag"), a.header("etag"));
+    assert_eq!(a.body, up.tile_bytes(TILE).to_vec());
+    assert_eq!(a.body, image_upstream().tile_bytes(TILE).to_vec(), "same on another server");
+
+    // Neighbours, other styles and other resources differ.
+    let others = [
+        "/v3/base/mc/5/15/14/png".to_string(),
+        format!("{TILE}?style=explore.satellite.day"),
+        "/v3/background/mc/5/15/13/png".to_string(),
+    ];
+    for other in others {
+        assert_ne!(up.tile_bytes(&other), a.body, "{other}");
+    }
+    // png8 is a palette PNG.
+    let p8 = get(&up, &keyed("/v3/label/mc/5/15/13/png8"));
+    assert_eq!(p8.header("content-type"), Some("image/png"));
+    let (w, h, color, _) = decode_png(&p8.body);
+    assert_eq!((w, h, color), (256, 256, png::ColorType::Indexed));
+}
+
+#[test]
+fn images_change_with_version() {
+    let up = image_upstream();
+    let before = get(&up, &keyed(TILE));
+    up.set_version(3);
+    let after = get(&up, &keyed(TILE));
+    assert_ne!(before.body, after.body);
+    assert_ne!(before.header("etag"), after.header("etag"));
+    assert_eq!(decode_png(&after.body).0, 256);
+    up.set_version(0);
+    assert_eq!(get(&up, &keyed(TILE)).body, before.body);
+}
+
+#[test]
+fn images_jpeg_decodes_with_size() {
+    let up = image_upstream();
+    for (query, side) in [("", 256u16), ("&size=512", 512)] {
+        let r = get(&up, &format!("/v3/base/mc/7/100/50/jpeg?apiKey=test-key{query}"));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-type"), Some("image/jpeg"));
+        assert_eq!(&r.body[..2], &[0xff, 0xd8], "SOI");
+        assert_eq!(&r.body[r.body.len() - 2..], &[0xff, 0xd9], "EOI");
+        let mut dec = jpeg_decoder::Decoder::new(std::io::Cursor::new(&r.body));
+        let pixels = dec.decode().unwrap();
+        let info = dec.info().unwrap();
+        assert_eq!((info.width, info.height), (side, side));
+        assert_eq!(pixels.len(), usize::from(side) * usize::from(side) * 3);
+    }
+}
+
+#[test]
+fn images_leave_vector_tiles_alone() {
+    let up = image_upstream();
+    let r = get(&up, &keyed(VTILE));
+    assert_eq!(r.body.len(), 2000);
+    assert_eq!(r.body, start().tile_bytes(VTILE).to_vec(), "same bytes as without images");
+}
