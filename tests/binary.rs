@@ -209,3 +209,54 @@ fn help_documents_every_setting_with_its_environment_name() {
         assert!(help.contains(env), "{env} missing from --help:\n{help}");
     }
 }
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 =
+        status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+#[test]
+fn relaying_64_mib_to_a_slow_client_holds_a_flight_budget_not_the_body() {
+    let up = Upstream::start(Options { api_key: Some(KEY.into()), ..Options::default() }).expect("upstream");
+    let path = "/v3/base/mc/3/3/3/png";
+    up.fail_always(path, test_upstream::Fault::BigBody { size: 64 << 20 });
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn(&up, dir.path());
+    let pid = p.child.id();
+    // Warm up the process (allocator arenas, first request) before the baseline.
+    assert_eq!(p.get("/v3/base/mc/1/0/0/png").0, 200);
+    let before = rss(pid);
+    let mut s = TcpStream::connect(&p.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    // Read at 1 MiB/s for 8 s; the upstream would send all 64 MiB in well under a second.
+    let mut buf = vec![0u8; 64 << 10];
+    let mut read = 0usize;
+    let mut peak = before;
+    let started = Instant::now();
+    for second in 1..=8u32 {
+        while read < (second as usize) << 20 {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "body ended early");
+            read += n;
+        }
+        while started.elapsed() < Duration::from_secs(second.into()) {
+            std::thread::sleep(Duration::from_millis(20)); // the slow client's pace
+        }
+        peak = peak.max(rss(pid));
+    }
+    let growth = peak.saturating_sub(before);
+    println!(
+        "RSS before {} MiB, peak {} MiB, growth {} MiB, client read {} MiB",
+        before >> 20,
+        peak >> 20,
+        growth >> 20,
+        read >> 20
+    );
+    assert!(growth < 32 << 20, "RSS grew by {} MiB while relaying 64 MiB to a slow client", growth >> 20);
+    drop(s);
+    p.terminate();
+}

@@ -406,3 +406,81 @@ async fn a_disk_that_fills_up_after_start_cannot_fail_cache_writes() {
     assert_eq!(r.bytes(), &up.tile_bytes("/v3/base/mc/9/1/39/png"));
     p.stop().await;
 }
+
+#[actix_rt::test]
+async fn nothing_the_upstream_did_not_mean_for_a_client_is_relayed() {
+    let up = upstream(2_000);
+    let p = Proxy::start(&up, |f| f.upstream.retry_attempts = 1).await;
+    let no_leak = |r: &Resp, what: &str| {
+        let body = String::from_utf8_lossy(r.body.as_ref().unwrap()).to_string();
+        assert!(!body.contains(SERVER_KEY), "{what}: key in body {body}");
+        assert!(r.header("location").is_none(), "{what}: Location relayed");
+        assert!(r.headers.iter().all(|(_, v)| !v.to_str().unwrap_or("").contains(SERVER_KEY)), "{what}");
+    };
+    // A redirect echoing the URL (with our key): our JSON error, nothing of the upstream's.
+    let path = "/v3/base/mc/4/1/1/png";
+    up.fail(path, Fault::Redirect, 1);
+    let r = p.get(path).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["error"], "upstream_error");
+    no_leak(&r, "302");
+    // Error pages echoing the URL.
+    for (i, code) in [500u16, 418, 301, 401].into_iter().enumerate() {
+        let path = format!("/v3/base/mc/4/2/{i}/png");
+        up.fail(&path, Fault::Echo { code }, 1);
+        let r = p.get(&path).await;
+        assert_eq!(r.status, 502, "{code}");
+        assert_eq!(r.header("content-type"), Some("application/json"), "{code}");
+        no_leak(&r, &code.to_string());
+    }
+    // A 404 passes through, its body scrubbed of the key.
+    let path = "/v3/base/mc/4/3/1/png";
+    up.fail(path, Fault::Echo { code: 404 }, 1);
+    let r = p.get(path).await;
+    assert_eq!(r.status, 404);
+    no_leak(&r, "404");
+    assert!(String::from_utf8_lossy(r.bytes()).contains("apiKey=<redacted>"));
+    // HERE's own JSON 400 passes through as it is.
+    let path = "/v3/base/mc/4/3/2/png";
+    up.fail(path, Fault::Status { code: 400, retry_after: None }, 1);
+    let r = p.get(path).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["status"], 400, "HERE's body");
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    p.stop().await;
+}
+
+#[actix_rt::test]
+async fn upstream_encoding_expires_and_age_are_handled_deliberately() {
+    let up = upstream(2_000);
+    let p = Proxy::start(&up, |_| {}).await;
+    let hdrs = |v: &[(&str, &str)]| Fault::Headers(v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    // Content-Encoding is kept with the bytes and relayed on misses and hits.
+    let path = "/v2/vectortiles/base/mc/3/1/1/omv";
+    up.fail(path, hdrs(&[("Content-Encoding", "gzip")]), 1);
+    for want in ["MISS", "HIT"] {
+        let r = p.get(path).await;
+        assert_eq!(r.x_cache(), want);
+        assert_eq!(r.header("content-encoding"), Some("gzip"), "{want}");
+        assert!(r.header("vary").unwrap_or("").contains("Accept-Encoding"), "{want}");
+        assert_eq!(r.bytes(), &up.tile_bytes(path), "{want}: bytes as the upstream sent them");
+    }
+    // Expires relative to the upstream's Date gives the lifetime; Expires itself is not relayed.
+    let path = "/v3/base/mc/3/1/2/png";
+    up.fail(path, hdrs(&[("Date", "Wed, 21 Oct 2015 07:00:00 GMT"), ("Expires", "Wed, 21 Oct 2015 07:02:00 GMT")]), 1);
+    let r = p.get(path).await;
+    assert_eq!(r.header("cache-control"), Some("public, max-age=120"));
+    assert_eq!(r.header("expires"), None);
+    // The upstream's Age is subtracted from its max-age.
+    let path = "/v3/base/mc/3/1/3/png";
+    up.fail(path, hdrs(&[("Cache-Control", "public, max-age=300"), ("Age", "100")]), 1);
+    let r = p.get(path).await;
+    assert_eq!(r.header("cache-control"), Some("public, max-age=200"));
+    assert_eq!(r.header("age"), Some("0"));
+    p.clock.advance_secs(150);
+    let r = p.get(path).await;
+    assert_eq!((r.x_cache(), r.header("age")), ("HIT", Some("150")));
+    p.clock.advance_secs(60);
+    assert_eq!(p.get(path).await.x_cache(), "MISS", "expired after 200 s, not 300");
+    p.stop().await;
+}
