@@ -87,6 +87,13 @@ pub fn plan(
     max_entry: usize,
     now_ms: u64,
 ) -> Plan {
+    let facts = freshness::upstream_freshness(
+        h.cache_control.as_deref(),
+        h.expires.as_deref(),
+        h.date.as_deref(),
+        h.age.as_deref(),
+        now_ms,
+    );
     let meta = || Meta {
         status,
         content_type: match status {
@@ -97,13 +104,7 @@ pub fn plan(
         etag: h.etag.clone(),
         stored_at_ms: now_ms,
         version_ms: now_ms,
-        freshness: freshness::upstream_freshness(
-            h.cache_control.as_deref(),
-            h.expires.as_deref(),
-            h.date.as_deref(),
-            h.age.as_deref(),
-            now_ms,
-        ),
+        freshness: facts,
     };
     let fail = |failure, upstream_ok| Plan::Fail { failure, upstream_ok };
     match status {
@@ -113,15 +114,7 @@ pub fn plan(
             storable: h.content_length.is_some_and(|l| l <= max_entry as u64),
         },
         204 => Plan::Stream { meta: meta(), content_length: None, storable: true },
-        304 if revalidating => Plan::NotModified {
-            freshness: freshness::upstream_freshness(
-                h.cache_control.as_deref(),
-                h.expires.as_deref(),
-                h.date.as_deref(),
-                h.age.as_deref(),
-                now_ms,
-            ),
-        },
+        304 if revalidating => Plan::NotModified { freshness: facts },
         404 => Plan::Whole { meta: meta() },
         400 if h.content_type.as_ref().is_some_and(|c| c.to_str().unwrap_or("").contains("json")) => {
             Plan::Whole { meta: meta() }
