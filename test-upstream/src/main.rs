@@ -47,7 +47,7 @@ CONTROL ENDPOINTS (not counted, never faulted; JSON answers, 400 {\"error\": ...
     match   substring of the request path (required; \"/\" = every path)
     times   how many matching requests misbehave (absent or null = until /__clear)
     fault   exactly one of:
-      {\"status\": 503, \"retry_after\": 2}   HERE-shaped error (retry_after optional)
+      {\"status\": 503, \"retry_after\": 2}     HERE-shaped error (retry_after optional)
       {\"delay_ms\": 500}                     wait, then answer normally
       {\"slow_body\": {\"chunk\": 100, \"interval_ms\": 50}}   200, body trickles
       {\"chunked\": {\"chunk\": 100, \"interval_ms\": 50}}     200, chunked encoding
