@@ -708,7 +708,7 @@ mod tests {
 
     #[test]
     fn the_example_config_is_valid_and_matches_the_defaults() {
-        let f: FileConfig = toml::from_str(include_str!("../config.example.toml")).expect("example parses");
+        let f: FileConfig = toml::from_str(include_str!("../../config.example.toml")).expect("example parses");
         let d = FileConfig::default();
         assert_eq!(
             (f.listen.as_str(), f.memory_cache.as_str(), f.ttl_cap),
