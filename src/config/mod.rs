@@ -5,6 +5,8 @@
 //! everything at once and reports every problem, not just the first, before the server starts.
 //! Defaults are the named constants below; `--help` shows the same values.
 
+pub mod units;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
