@@ -1,19 +1,29 @@
-//! Configuration: one serde struct, layered file -> environment -> command line.
+//! Configuration: one serde struct ([`FileConfig`]), layered defaults -> TOML file ->
+//! environment -> command line, validated into [`Settings`].
 //!
-//! The TOML file (`--config`) is read first; every environment variable and CLI flag that is set
-//! overrides the file (clap resolves env vs. CLI, the CLI wins). [`Settings::validate`] then checks
-//! everything at once and reports every problem, not just the first, before the server starts.
+//! [`layers`] merges the sources with figment: the file (`--config` / `TILE_PROXY_CONFIG`),
+//! every setting as `TILE_PROXY_<KEY>` with `__` between nested keys
+//! (`TILE_PROXY_UPSTREAM__HEAD_TIMEOUT=5s`, `TILE_PROXY_INDEX__123__TTL=10m`), the legacy
+//! `HERE_API_KEY`, `HERE_API_KEY_FILE` and `CACHE_TTL_CAP`, then the flags of [`ServeArgs`].
+//! Unknown keys are rejected, in the file and in the environment. [`Settings::from_file_config`]
+//! then checks every value and its bounds. Every problem is reported at once, each naming what
+//! the user set: the file and line, the environment variable or the flag.
+//!
+//! Durations and sizes are spelled as in [`units`] and bounded ([`MAX_DURATION`],
+//! [`MAX_TIMEOUT`], [`MAX_SIZE`]), so no later arithmetic on them can overflow.
 //! Defaults are the named constants below; `--help` shows the same values.
 
+mod layers;
 pub mod units;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
+pub use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -24,19 +34,30 @@ pub const DEFAULT_VECTOR_UPSTREAM: &str = "https://vector.hereapi.com";
 /// Default cache folder (the disk tier's block files live here).
 pub const DEFAULT_CACHE_DIR: &str = "./tile-cache";
 /// Default memory tier size.
-pub const DEFAULT_MEMORY_CACHE: &str = "256MiB";
+pub const DEFAULT_MEMORY_CACHE: ByteSize = ByteSize::mib(256);
 /// Default disk tier size.
-pub const DEFAULT_DISK_CACHE: &str = "1GiB";
-/// Default cap on any TTL, in seconds (`CACHE_TTL_CAP`): 7 days.
-pub const DEFAULT_TTL_CAP_SECS: u64 = 7 * 24 * 3600;
+pub const DEFAULT_DISK_CACHE: ByteSize = ByteSize::gib(1);
+/// Default cap on any TTL (`CACHE_TTL_CAP`): 7 days.
+pub const DEFAULT_TTL_CAP: Duration = Duration::from_secs(7 * 24 * 3600);
 /// TTL used when neither the index nor the upstream says anything: 1 day.
-pub const DEFAULT_TTL: &str = "1d";
+pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Largest tile body that is stored; larger ones are streamed but not cached.
-pub const DEFAULT_MAX_ENTRY: &str = "2MiB";
+pub const DEFAULT_MAX_ENTRY: ByteSize = ByteSize::mib(2);
+
+/// Longest duration any setting accepts (TTLs, stale windows): 365 days.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest timeout, delay or cooldown: 1 hour.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Largest size any setting accepts: 1 TiB.
+pub const MAX_SIZE: ByteSize = ByteSize::tib(1);
+/// Largest `max_entry_size` (held in memory whole): 1 GiB.
+pub const MAX_BUFFERED: ByteSize = ByteSize::gib(1);
+/// Most worker threads.
+pub const MAX_WORKERS: usize = 1024;
 
 /// `tile-proxy`: a caching proxy for HERE map tiles.
 #[derive(Debug, Parser)]
-#[command(name = "tile-proxy", version, about, long_about = None)]
+#[command(name = "tile-proxy", version, about, long_about = None, after_help = ENV_HELP)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -47,59 +68,70 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy server (the default when no subcommand is given).
+    #[command(after_help = ENV_HELP)]
     Serve(ServeArgs),
-    /// Load and validate the configuration, print it (key redacted) and exit.
+    /// Load and validate the configuration, print it as TOML (keys redacted) and exit;
+    /// exit status 2 and every problem listed when it is invalid.
+    #[command(after_help = ENV_HELP)]
     CheckConfig(ServeArgs),
 }
 
-/// Settings that can come from the environment or the command line. Every one overrides the
-/// config file; unset ones leave the file's value (or the default) alone.
+const ENV_HELP: &str = "\
+Precedence: built-in defaults < config file < environment < flags.
+Every key of the config file can be set from the environment as TILE_PROXY_<KEY>, nested keys
+joined by __ (index names as written), e.g. TILE_PROXY_UPSTREAM__HEAD_TIMEOUT=5s,
+TILE_PROXY_DEFAULTS__TTL=1h, TILE_PROXY_INDEX__123__TTL=10m, TILE_PROXY_CORS_ORIGINS=https://a.example,https://b.example.
+An unknown TILE_PROXY_* variable is an error. See config.example.toml for every key.";
+
+fn help(what: &str, env: &str, default: impl std::fmt::Display) -> String {
+    format!("{what} [env: {env}] [default: {default}]")
+}
+
+/// The flags of `serve` and `check-config`. Each overrides the environment and the file; unset
+/// ones leave them alone. The environment itself is read by [`Settings::load`], not by clap.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ServeArgs {
-    /// TOML configuration file (per-index policies live there).
-    #[arg(long, env = "TILE_PROXY_CONFIG")]
+    /// TOML configuration file [env: TILE_PROXY_CONFIG]
+    #[arg(long, env = "TILE_PROXY_CONFIG", hide_env = true)]
     pub config: Option<PathBuf>,
-    /// Address to listen on [default: 0.0.0.0:8080].
-    #[arg(long, env = "TILE_PROXY_LISTEN")]
+    #[arg(long, value_name = "ADDR", help = help("Address to listen on", "TILE_PROXY_LISTEN", DEFAULT_LISTEN))]
     pub listen: Option<String>,
-    /// HERE API key sent upstream. Prefer HERE_API_KEY_FILE in production.
-    #[arg(long, env = "HERE_API_KEY", hide_env_values = true)]
+    /// HERE API key sent upstream; prefer HERE_API_KEY_FILE in production [env: HERE_API_KEY]
+    #[arg(long, value_name = "KEY")]
     pub here_api_key: Option<String>,
-    /// File holding the HERE API key (whitespace trimmed).
-    #[arg(long, env = "HERE_API_KEY_FILE")]
+    /// File holding the HERE API key, whitespace trimmed [env: HERE_API_KEY_FILE]
+    #[arg(long, value_name = "PATH")]
     pub here_api_key_file: Option<PathBuf>,
-    /// Raster tile upstream base URL [default: https://maps.hereapi.com].
-    #[arg(long, env = "TILE_PROXY_RASTER_UPSTREAM")]
+    #[arg(long, value_name = "URL", help = help("Raster tile upstream base URL", "TILE_PROXY_RASTER_UPSTREAM", DEFAULT_RASTER_UPSTREAM))]
     pub raster_upstream: Option<String>,
-    /// Vector tile upstream base URL [default: https://vector.hereapi.com].
-    #[arg(long, env = "TILE_PROXY_VECTOR_UPSTREAM")]
+    #[arg(long, value_name = "URL", help = help("Vector tile upstream base URL", "TILE_PROXY_VECTOR_UPSTREAM", DEFAULT_VECTOR_UPSTREAM))]
     pub vector_upstream: Option<String>,
-    /// Cache folder for the disk tier [default: ./tile-cache].
-    #[arg(long, env = "TILE_PROXY_CACHE_DIR")]
+    #[arg(long, value_name = "DIR", help = help("Cache folder for the disk tier", "TILE_PROXY_CACHE_DIR", DEFAULT_CACHE_DIR))]
     pub cache_dir: Option<PathBuf>,
-    /// Memory tier size, e.g. 256MiB [default: 256MiB].
-    #[arg(long, env = "TILE_PROXY_MEMORY_CACHE")]
+    #[arg(long, value_name = "SIZE", help = help("Memory tier size, e.g. 256MiB", "TILE_PROXY_MEMORY_CACHE", units::format_size(DEFAULT_MEMORY_CACHE)))]
     pub memory_cache: Option<String>,
-    /// Disk tier size, e.g. 10GiB; 0 disables the disk tier [default: 1GiB].
-    #[arg(long, env = "TILE_PROXY_DISK_CACHE")]
+    #[arg(long, value_name = "SIZE", help = help("Disk tier size, e.g. 10GiB; 0 disables the disk tier", "TILE_PROXY_DISK_CACHE", units::format_size(DEFAULT_DISK_CACHE)))]
     pub disk_cache: Option<String>,
-    /// HTTP worker threads [default: number of CPUs].
-    #[arg(long, env = "TILE_PROXY_WORKERS")]
+    #[arg(long, value_name = "N", help = help("HTTP worker threads", "TILE_PROXY_WORKERS", "number of CPUs"))]
     pub workers: Option<usize>,
-    /// Cap on every TTL, in seconds [default: 604800].
-    #[arg(long, env = "CACHE_TTL_CAP")]
+    #[arg(long, value_name = "SECONDS", help = help("Cap on every TTL, in seconds", "CACHE_TTL_CAP or TILE_PROXY_TTL_CAP", DEFAULT_TTL_CAP.as_secs()))]
     pub ttl_cap: Option<u64>,
-    /// Log format: json or text [default: json].
-    #[arg(long, env = "TILE_PROXY_LOG_FORMAT")]
+    #[arg(long, value_name = "FORMAT", help = help("Log format: json or text", "TILE_PROXY_LOG_FORMAT", "json"))]
     pub log_format: Option<String>,
 }
 
 /// The whole configuration as the file spells it. Unknown keys are rejected.
-#[derive(Debug, Clone, Deserialize)]
+///
+/// Tests build one with struct update syntax:
+/// `FileConfig { memory_cache: ByteSize::mib(32), ..FileConfig::default() }`, then
+/// [`Settings::from_file_config`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
     pub listen: String,
+    /// Default: the number of CPUs.
     pub workers: Option<usize>,
+    /// Best given as `HERE_API_KEY` or `here_api_key_file`, not in the file.
     pub here_api_key: Option<String>,
     pub here_api_key_file: Option<PathBuf>,
     /// When false the upstream is called without a key (test upstreams, internal mirrors).
@@ -107,24 +139,33 @@ pub struct FileConfig {
     pub raster_upstream: String,
     pub vector_upstream: String,
     pub cache_dir: PathBuf,
-    pub memory_cache: String,
-    pub disk_cache: String,
-    pub max_entry_size: String,
-    /// Seconds (`CACHE_TTL_CAP`).
-    pub ttl_cap: u64,
-    pub default_ttl: String,
+    #[serde(with = "units::size")]
+    pub memory_cache: ByteSize,
+    /// 0 turns the disk tier off.
+    #[serde(with = "units::size")]
+    pub disk_cache: ByteSize,
+    #[serde(with = "units::size")]
+    pub max_entry_size: ByteSize,
+    /// Cap on every TTL (`CACHE_TTL_CAP`, seconds).
+    #[serde(with = "units::duration")]
+    pub ttl_cap: Duration,
+    #[serde(with = "units::duration")]
+    pub default_ttl: Duration,
     /// Reject query parameters that are not in HERE's documented list (default true).
     pub reject_unknown_params: bool,
     /// Allowed CORS origins; `["*"]` allows any.
+    #[serde(deserialize_with = "units::list")]
     pub cors_origins: Vec<String>,
     pub log_format: String,
     /// Distinct index labels kept in metrics before the rest are folded into `_other`.
     pub metrics_max_indices: usize,
     /// How long in-flight requests may take to finish on shutdown.
-    pub shutdown_timeout: String,
+    #[serde(with = "units::duration")]
+    pub shutdown_timeout: Duration,
     /// After SIGTERM, keep serving with `/ready` failing this long before draining, so load
     /// balancers (Kubernetes endpoints, NGINX health checks) stop sending traffic first.
-    pub drain_delay: String,
+    #[serde(with = "units::duration")]
+    pub drain_delay: Duration,
     pub upstream: UpstreamFileConfig,
     /// Policy for indices without a section of their own.
     pub defaults: PolicyFileConfig,
@@ -143,17 +184,17 @@ impl Default for FileConfig {
             raster_upstream: DEFAULT_RASTER_UPSTREAM.into(),
             vector_upstream: DEFAULT_VECTOR_UPSTREAM.into(),
             cache_dir: DEFAULT_CACHE_DIR.into(),
-            memory_cache: DEFAULT_MEMORY_CACHE.into(),
-            disk_cache: DEFAULT_DISK_CACHE.into(),
-            max_entry_size: DEFAULT_MAX_ENTRY.into(),
-            ttl_cap: DEFAULT_TTL_CAP_SECS,
-            default_ttl: DEFAULT_TTL.into(),
+            memory_cache: DEFAULT_MEMORY_CACHE,
+            disk_cache: DEFAULT_DISK_CACHE,
+            max_entry_size: DEFAULT_MAX_ENTRY,
+            ttl_cap: DEFAULT_TTL_CAP,
+            default_ttl: DEFAULT_TTL,
             reject_unknown_params: true,
             cors_origins: vec!["*".into()],
             log_format: "json".into(),
             metrics_max_indices: 500,
-            shutdown_timeout: "10s".into(),
-            drain_delay: "0s".into(),
+            shutdown_timeout: Duration::from_secs(10),
+            drain_delay: Duration::ZERO,
             upstream: UpstreamFileConfig::default(),
             defaults: PolicyFileConfig::default(),
             index: BTreeMap::new(),
@@ -162,58 +203,69 @@ impl Default for FileConfig {
 }
 
 /// `[upstream]`: timeouts and retries for calls to HERE.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamFileConfig {
-    pub connect_timeout: String,
+    #[serde(with = "units::duration")]
+    pub connect_timeout: Duration,
     /// Until the response head has arrived.
-    pub head_timeout: String,
+    #[serde(with = "units::duration")]
+    pub head_timeout: Duration,
     /// For the whole body after the head.
-    pub body_timeout: String,
+    #[serde(with = "units::duration")]
+    pub body_timeout: Duration,
     /// Attempts in all, first one included.
     pub retry_attempts: usize,
-    pub retry_min_delay: String,
-    pub retry_max_delay: String,
+    #[serde(with = "units::duration")]
+    pub retry_min_delay: Duration,
+    #[serde(with = "units::duration")]
+    pub retry_max_delay: Duration,
     /// Bound on the time spent waiting between attempts.
-    pub retry_total: String,
+    #[serde(with = "units::duration")]
+    pub retry_total: Duration,
     /// Connections per worker to each upstream.
     pub max_connections: usize,
     /// Failed fetches in a row that open the circuit breaker; 0 disables it.
     pub breaker_failures: u32,
     /// How long the breaker stays open before one probe is let through.
-    pub breaker_cooldown: String,
+    #[serde(with = "units::duration")]
+    pub breaker_cooldown: Duration,
 }
 
 impl Default for UpstreamFileConfig {
     fn default() -> Self {
         Self {
-            connect_timeout: "2s".into(),
-            head_timeout: "10s".into(),
-            body_timeout: "30s".into(),
+            connect_timeout: Duration::from_secs(2),
+            head_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
             retry_attempts: 3,
-            retry_min_delay: "100ms".into(),
-            retry_max_delay: "2s".into(),
-            retry_total: "5s".into(),
+            retry_min_delay: Duration::from_millis(100),
+            retry_max_delay: Duration::from_secs(2),
+            retry_total: Duration::from_secs(5),
             max_connections: 100,
             breaker_failures: 5,
-            breaker_cooldown: "30s".into(),
+            breaker_cooldown: Duration::from_secs(30),
         }
     }
 }
 
 /// A cache policy as written in `[defaults]` or `[index.<name>]`. Unset fields fall back to
 /// `[defaults]`, then to the built-in default.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyFileConfig {
     /// Fixed TTL for this index; overrides the upstream's `max-age`. Still capped by `ttl_cap`.
-    pub ttl: Option<String>,
+    #[serde(with = "units::opt_duration")]
+    pub ttl: Option<Duration>,
     /// After expiry, serve the old copy while one background refresh runs.
-    pub stale_while_revalidate: Option<String>,
+    #[serde(with = "units::opt_duration")]
+    pub stale_while_revalidate: Option<Duration>,
     /// After expiry, serve the old copy when the upstream fails.
-    pub stale_if_error: Option<String>,
+    #[serde(with = "units::opt_duration")]
+    pub stale_if_error: Option<Duration>,
     /// How long upstream 404/204 answers are remembered.
-    pub negative_ttl: Option<String>,
+    #[serde(with = "units::opt_duration")]
+    pub negative_ttl: Option<Duration>,
     /// `Cache-Control` sent to clients instead of `public, max-age=<remaining>`; `{max_age}` is
     /// replaced by the remaining freshness, e.g. `"public, max-age={max_age}, s-maxage=60"`.
     pub client_cache_control: Option<String>,
@@ -244,7 +296,8 @@ pub struct UpstreamSettings {
     pub breaker_cooldown: Duration,
 }
 
-/// The validated configuration the server runs with.
+/// The validated configuration the server runs with. Every duration is at most
+/// [`MAX_DURATION`] (timeouts at most [`MAX_TIMEOUT`]) and every size at most [`MAX_SIZE`].
 #[derive(Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
@@ -271,7 +324,7 @@ pub struct Settings {
 }
 
 impl std::fmt::Debug for Settings {
-    // Hand-written so the key can never reach a log line through `{:?}`.
+    // Hand-written so no key can ever reach a log line through `{:?}`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
             .field("listen", &self.listen)
@@ -287,6 +340,10 @@ impl std::fmt::Debug for Settings {
             .field("default_ttl", &self.default_ttl)
             .field("reject_unknown_params", &self.reject_unknown_params)
             .field("cors_origins", &self.cors_origins)
+            .field("log_json", &self.log_json)
+            .field("metrics_max_indices", &self.metrics_max_indices)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("drain_delay", &self.drain_delay)
             .field("upstream", &self.upstream)
             .field("default_policy", &self.default_policy)
             .field("policies", &self.policies)
@@ -300,129 +357,35 @@ impl Settings {
         self.policies.get(index).unwrap_or(&self.default_policy)
     }
 
-    /// Loads file -> env -> CLI and validates. The error lists every problem found.
+    /// Loads defaults -> file -> environment -> flags and validates. The error lists every
+    /// problem found, each naming its source.
     pub fn load(args: &ServeArgs) -> Result<Settings, ConfigErrors> {
-        let mut file = match &args.config {
-            Some(path) => read_file(path)?,
-            None => FileConfig::default(),
-        };
-        apply_overrides(&mut file, args);
-        Self::from_file_config(file)
+        Self::load_effective(args).map(|(settings, _)| settings)
+    }
+
+    /// Like [`Settings::load`], and also gives the merged [`FileConfig`] the settings were
+    /// validated from (see [`FileConfig::effective_toml`]).
+    pub fn load_effective(args: &ServeArgs) -> Result<(Settings, FileConfig), ConfigErrors> {
+        layers::load(args, std::env::vars_os())
     }
 
     /// Validates a complete [`FileConfig`] into [`Settings`], collecting every problem.
     pub fn from_file_config(file: FileConfig) -> Result<Settings, ConfigErrors> {
-        let mut errs = Vec::new();
-        let listen = file
-            .listen
-            .parse::<SocketAddr>()
-            .map_err(|_| errs.push(format!("listen: `{}` is not an address like 0.0.0.0:8080", file.listen)))
-            .ok();
-        let workers = match file.workers {
-            Some(0) => {
-                errs.push("workers: must be at least 1".into());
-                1
-            }
-            Some(n) => n,
-            None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        };
-        let api_key = resolve_key(&file, &mut errs);
-        let raster_upstream = check_base_url("raster_upstream", &file.raster_upstream, &mut errs);
-        let vector_upstream = check_base_url("vector_upstream", &file.vector_upstream, &mut errs);
-        let memory_cache = size_field("memory_cache", &file.memory_cache, &mut errs);
-        let disk_cache = size_field("disk_cache", &file.disk_cache, &mut errs);
-        let max_entry_size = size_field("max_entry_size", &file.max_entry_size, &mut errs);
-        if memory_cache == 0 && parse_size(&file.memory_cache).is_some() {
-            errs.push("memory_cache: must be larger than 0".into());
+        validate(&file).map_err(|problems| ConfigErrors(problems.iter().map(Problem::to_string).collect()))
+    }
+}
+
+impl FileConfig {
+    /// This configuration as a TOML config file, with `workers` resolved from `settings` and the
+    /// key shown as `"<redacted>"`. It parses back into an equal `FileConfig` (but the key).
+    pub fn effective_toml(&self, settings: &Settings) -> String {
+        let mut shown = self.clone();
+        shown.workers = Some(settings.workers);
+        if shown.here_api_key.is_some() {
+            shown.here_api_key = Some("<redacted>".into());
         }
-        if max_entry_size == 0 || max_entry_size > 64 << 20 {
-            errs.push("max_entry_size: must be between 1 byte and 64MiB".into());
-        }
-        if disk_cache > 0 && disk_cache < 4 * crate::cache::block_size_for(max_entry_size) {
-            errs.push(format!(
-                "disk_cache: must be 0 (off) or at least 4 blocks of {} bytes (4 x block size, derived from max_entry_size)",
-                crate::cache::block_size_for(max_entry_size)
-            ));
-        }
-        if file.ttl_cap == 0 {
-            errs.push("ttl_cap (CACHE_TTL_CAP): must be at least 1 second".into());
-        }
-        let default_ttl = duration_field("default_ttl", &file.default_ttl, &mut errs);
-        let log_json = match file.log_format.as_str() {
-            "json" => true,
-            "text" => false,
-            other => {
-                errs.push(format!("log_format: `{other}` is not json or text"));
-                true
-            }
-        };
-        for origin in &file.cors_origins {
-            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
-                errs.push(format!("cors_origins: `{origin}` must be `*` or an http(s):// origin"));
-            }
-        }
-        let shutdown_timeout = duration_field("shutdown_timeout", &file.shutdown_timeout, &mut errs);
-        let drain_delay = duration_field("drain_delay", &file.drain_delay, &mut errs);
-        let u = &file.upstream;
-        let upstream = UpstreamSettings {
-            connect_timeout: duration_field("upstream.connect_timeout", &u.connect_timeout, &mut errs),
-            head_timeout: duration_field("upstream.head_timeout", &u.head_timeout, &mut errs),
-            body_timeout: duration_field("upstream.body_timeout", &u.body_timeout, &mut errs),
-            retry_attempts: u.retry_attempts,
-            retry_min_delay: duration_field("upstream.retry_min_delay", &u.retry_min_delay, &mut errs),
-            retry_max_delay: duration_field("upstream.retry_max_delay", &u.retry_max_delay, &mut errs),
-            retry_total: duration_field("upstream.retry_total", &u.retry_total, &mut errs),
-            max_connections: u.max_connections,
-            breaker_failures: u.breaker_failures,
-            breaker_cooldown: duration_field("upstream.breaker_cooldown", &u.breaker_cooldown, &mut errs),
-        };
-        if upstream.retry_attempts == 0 || upstream.retry_attempts > 10 {
-            errs.push("upstream.retry_attempts: must be between 1 and 10".into());
-        }
-        if upstream.max_connections == 0 {
-            errs.push("upstream.max_connections: must be at least 1".into());
-        }
-        let builtin = Policy {
-            ttl: None,
-            stale_while_revalidate: Duration::ZERO,
-            stale_if_error: Duration::from_secs(24 * 3600),
-            negative_ttl: Duration::from_secs(60),
-            client_cache_control: None,
-        };
-        let default_policy = resolve_policy("defaults", &file.defaults, &builtin, &mut errs);
-        let mut policies = BTreeMap::new();
-        for (name, p) in &file.index {
-            if !crate::routes::is_valid_index(name) {
-                errs.push(format!("index.{name}: index names are 1-64 characters of A-Z a-z 0-9 _ . -"));
-            }
-            let policy = resolve_policy(&format!("index.{name}"), p, &default_policy, &mut errs);
-            policies.insert(name.clone(), policy);
-        }
-        if !errs.is_empty() {
-            return Err(ConfigErrors(errs));
-        }
-        Ok(Settings {
-            listen: listen.unwrap_or_else(|| ([0, 0, 0, 0], 8080).into()),
-            workers,
-            api_key,
-            raster_upstream,
-            vector_upstream,
-            cache_dir: file.cache_dir,
-            memory_cache,
-            disk_cache,
-            max_entry_size,
-            ttl_cap: Duration::from_secs(file.ttl_cap),
-            default_ttl,
-            reject_unknown_params: file.reject_unknown_params,
-            cors_origins: file.cors_origins,
-            log_json,
-            metrics_max_indices: file.metrics_max_indices,
-            shutdown_timeout,
-            drain_delay,
-            upstream,
-            default_policy,
-            policies,
-        })
+        let body = toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot be shown as TOML: {e}\n"));
+        format!("# tile-proxy effective configuration (defaults < file < environment < flags)\n{body}")
     }
 }
 
@@ -442,216 +405,318 @@ impl std::fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigErrors> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigErrors(vec![format!("config file {}: {e}", path.display())]))?;
-    toml::from_str(&text).map_err(|e| ConfigErrors(vec![format!("config file {}: {e}", path.display())]))
+/// One problem: the setting it is about (`["upstream", "head_timeout"]`) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Problem {
+    path: Vec<String>,
+    message: String,
 }
 
-fn apply_overrides(file: &mut FileConfig, a: &ServeArgs) {
-    if let Some(v) = &a.listen {
-        file.listen = v.clone();
-    }
-    if let Some(v) = &a.here_api_key {
-        file.here_api_key = Some(v.clone());
-    }
-    if let Some(v) = &a.here_api_key_file {
-        file.here_api_key_file = Some(v.clone());
-    }
-    if let Some(v) = &a.raster_upstream {
-        file.raster_upstream = v.clone();
-    }
-    if let Some(v) = &a.vector_upstream {
-        file.vector_upstream = v.clone();
-    }
-    if let Some(v) = &a.cache_dir {
-        file.cache_dir = v.clone();
-    }
-    if let Some(v) = &a.memory_cache {
-        file.memory_cache = v.clone();
-    }
-    if let Some(v) = &a.disk_cache {
-        file.disk_cache = v.clone();
-    }
-    if let Some(v) = a.workers {
-        file.workers = Some(v);
-    }
-    if let Some(v) = a.ttl_cap {
-        file.ttl_cap = v;
-    }
-    if let Some(v) = &a.log_format {
-        file.log_format = v.clone();
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.join("."), self.message)
     }
 }
 
-fn resolve_key(file: &FileConfig, errs: &mut Vec<String>) -> Option<String> {
-    let key = match (&file.here_api_key, &file.here_api_key_file) {
-        (Some(k), _) if !k.trim().is_empty() => Some(k.trim().to_string()),
-        (_, Some(path)) => match std::fs::read_to_string(path) {
-            Ok(k) if !k.trim().is_empty() => Some(k.trim().to_string()),
-            Ok(_) => {
-                errs.push(format!("HERE_API_KEY_FILE: {} is empty", path.display()));
-                return None;
-            }
+/// Collects problems while validating.
+#[derive(Default)]
+struct Check {
+    problems: Vec<Problem>,
+}
+
+impl Check {
+    fn push(&mut self, path: &[&str], message: impl Into<String>) {
+        self.problems.push(Problem { path: path.iter().map(|s| s.to_string()).collect(), message: message.into() });
+    }
+
+    /// `d`, or an error when it is longer than `max` (then `max`).
+    fn duration(&mut self, path: &[&str], d: Duration, max: Duration) -> Duration {
+        if d > max {
+            self.push(
+                path,
+                format!("{} is too long: at most {}", units::format_duration(d), units::format_duration(max)),
+            );
+            return max;
+        }
+        d
+    }
+
+    /// Like [`Check::duration`], and longer than zero.
+    fn timeout(&mut self, path: &[&str], d: Duration) -> Duration {
+        if d.is_zero() {
+            self.push(path, "must be longer than 0");
+        }
+        self.duration(path, d, MAX_TIMEOUT)
+    }
+
+    /// `b` in bytes, or an error when it is outside `min..=max` (then clamped).
+    fn size(&mut self, path: &[&str], b: ByteSize, min: ByteSize, max: ByteSize) -> usize {
+        let clamped = if b > max {
+            self.push(path, format!("{} is too large: at most {}", units::format_size(b), units::format_size(max)));
+            max
+        } else if b < min {
+            self.push(path, format!("must be at least {}", units::format_size(min)));
+            min
+        } else {
+            b
+        };
+        usize::try_from(clamped.as_u64()).unwrap_or(usize::MAX)
+    }
+
+    fn count<T: PartialOrd + std::fmt::Display>(&mut self, path: &[&str], n: T, min: T, max: T) {
+        if n < min || n > max {
+            self.push(path, format!("{n} is out of range: {min} to {max}"));
+        }
+    }
+}
+
+fn validate(file: &FileConfig) -> Result<Settings, Vec<Problem>> {
+    let mut c = Check::default();
+    let listen = file
+        .listen
+        .parse::<SocketAddr>()
+        .map_err(|_| c.push(&["listen"], format!("`{}` is not an address like 0.0.0.0:8080", file.listen)))
+        .ok();
+    let workers = match file.workers {
+        Some(n) => {
+            c.count(&["workers"], n, 1, MAX_WORKERS);
+            n.clamp(1, MAX_WORKERS)
+        }
+        None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(MAX_WORKERS),
+    };
+    let api_key = resolve_key(file, &mut c);
+    let raster_upstream = check_base_url("raster_upstream", &file.raster_upstream, &mut c);
+    let vector_upstream = check_base_url("vector_upstream", &file.vector_upstream, &mut c);
+    let memory_cache = c.size(&["memory_cache"], file.memory_cache, ByteSize::b(1), MAX_SIZE);
+    let max_entry_size = c.size(&["max_entry_size"], file.max_entry_size, ByteSize::b(1), MAX_BUFFERED);
+    let disk_cache = c.size(&["disk_cache"], file.disk_cache, ByteSize::b(0), MAX_SIZE);
+    let block = crate::cache::block_size_for(max_entry_size);
+    if disk_cache != 0 && disk_cache < 4 * block {
+        c.push(
+            &["disk_cache"],
+            format!(
+                "must be 0 (off) or at least 4 blocks of {} (4 x block size, derived from max_entry_size)",
+                units::format_size(ByteSize::b(block as u64))
+            ),
+        );
+    }
+    if file.ttl_cap < Duration::from_secs(1) {
+        c.push(&["ttl_cap"], "must be at least 1 second (CACHE_TTL_CAP is in seconds)");
+    }
+    let ttl_cap = c.duration(&["ttl_cap"], file.ttl_cap, MAX_DURATION);
+    let default_ttl = c.duration(&["default_ttl"], file.default_ttl, MAX_DURATION);
+    let log_json = match file.log_format.as_str() {
+        "json" => true,
+        "text" => false,
+        other => {
+            c.push(&["log_format"], format!("`{other}` is not json or text"));
+            true
+        }
+    };
+    for origin in &file.cors_origins {
+        if origin != "*" && !is_origin(origin) {
+            c.push(
+                &["cors_origins"],
+                format!("`{origin}` must be `*` or an origin like https://maps.example.com (scheme, host, optional port; no path)"),
+            );
+        }
+    }
+    c.count(&["metrics_max_indices"], file.metrics_max_indices, 0, 100_000);
+    let shutdown_timeout = c.duration(&["shutdown_timeout"], file.shutdown_timeout, MAX_TIMEOUT);
+    let drain_delay = c.duration(&["drain_delay"], file.drain_delay, MAX_TIMEOUT);
+    let u = &file.upstream;
+    let upstream = UpstreamSettings {
+        connect_timeout: c.timeout(&["upstream", "connect_timeout"], u.connect_timeout),
+        head_timeout: c.timeout(&["upstream", "head_timeout"], u.head_timeout),
+        body_timeout: c.timeout(&["upstream", "body_timeout"], u.body_timeout),
+        retry_attempts: u.retry_attempts,
+        retry_min_delay: c.duration(&["upstream", "retry_min_delay"], u.retry_min_delay, MAX_TIMEOUT),
+        retry_max_delay: c.duration(&["upstream", "retry_max_delay"], u.retry_max_delay, MAX_TIMEOUT),
+        retry_total: c.duration(&["upstream", "retry_total"], u.retry_total, MAX_TIMEOUT),
+        max_connections: u.max_connections,
+        breaker_failures: u.breaker_failures,
+        breaker_cooldown: c.duration(&["upstream", "breaker_cooldown"], u.breaker_cooldown, MAX_TIMEOUT),
+    };
+    c.count(&["upstream", "retry_attempts"], u.retry_attempts, 1, 10);
+    c.count(&["upstream", "max_connections"], u.max_connections, 1, 10_000);
+    c.count(&["upstream", "breaker_failures"], u.breaker_failures, 0, 10_000);
+    let builtin = Policy {
+        ttl: None,
+        stale_while_revalidate: Duration::ZERO,
+        stale_if_error: Duration::from_secs(24 * 3600),
+        negative_ttl: Duration::from_secs(60),
+        client_cache_control: None,
+    };
+    let default_policy = resolve_policy(&["defaults"], &file.defaults, &builtin, &mut c);
+    let mut policies = BTreeMap::new();
+    for (name, p) in &file.index {
+        if !crate::routes::is_valid_index(name) {
+            c.push(&["index", name], "index names are 1-64 characters of A-Z a-z 0-9 _ . -");
+        }
+        let policy = resolve_policy(&["index", name], p, &default_policy, &mut c);
+        policies.insert(name.clone(), policy);
+    }
+    if !c.problems.is_empty() {
+        return Err(c.problems);
+    }
+    Ok(Settings {
+        listen: listen.unwrap_or_else(|| ([0, 0, 0, 0], 8080).into()),
+        workers,
+        api_key,
+        raster_upstream,
+        vector_upstream,
+        cache_dir: file.cache_dir.clone(),
+        memory_cache,
+        disk_cache,
+        max_entry_size,
+        ttl_cap,
+        default_ttl,
+        reject_unknown_params: file.reject_unknown_params,
+        cors_origins: file.cors_origins.clone(),
+        log_json,
+        metrics_max_indices: file.metrics_max_indices,
+        shutdown_timeout,
+        drain_delay,
+        upstream,
+        default_policy,
+        policies,
+    })
+}
+
+/// A HERE key as HERE issues them: A-Z a-z 0-9 - _ . ~ (so it is safe in a URL as is).
+fn is_key(k: &str) -> bool {
+    k.chars().all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c))
+}
+
+const KEY_CHARSET: &str = "the key holds characters other than A-Z a-z 0-9 - _ . ~";
+
+/// The trimmed, non-empty contents of a key file, or what is wrong with it.
+fn read_key_file(path: &std::path::Path) -> Result<String, String> {
+    match std::fs::read_to_string(path) {
+        Ok(k) if !k.trim().is_empty() => Ok(k.trim().to_string()),
+        Ok(_) => Err(format!("{} is empty", path.display())),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+fn resolve_key(file: &FileConfig, c: &mut Check) -> Option<String> {
+    let (key, from) = match (&file.here_api_key, &file.here_api_key_file) {
+        (Some(k), _) if !k.trim().is_empty() => (Some(k.trim().to_string()), "here_api_key"),
+        (_, Some(path)) => match read_key_file(path) {
+            Ok(k) => (Some(k), "here_api_key_file"),
             Err(e) => {
-                errs.push(format!("HERE_API_KEY_FILE: cannot read {}: {e}", path.display()));
+                c.push(&["here_api_key_file"], format!("HERE_API_KEY_FILE: {e}"));
                 return None;
             }
         },
-        _ => None,
+        _ => (None, "here_api_key"),
     };
     if key.is_none() && file.upstream_requires_key {
-        errs.push(
-            "HERE_API_KEY: no HERE API key given. Set HERE_API_KEY or HERE_API_KEY_FILE \
-             (or `upstream_requires_key = false` in the config file for an upstream that needs none)"
-                .into(),
+        c.push(
+            &["here_api_key"],
+            "no HERE API key given. Set HERE_API_KEY or HERE_API_KEY_FILE \
+             (or `upstream_requires_key = false` in the config file for an upstream that needs none)",
         );
     }
-    if let Some(k) = &key {
-        if !k.chars().all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c)) {
-            errs.push("HERE_API_KEY: the key holds characters other than A-Z a-z 0-9 - _ . ~".into());
-        }
+    if key.as_deref().is_some_and(|k| !is_key(k)) {
+        c.push(&[from], KEY_CHARSET);
     }
     key
 }
 
-fn check_base_url(field: &str, url: &str, errs: &mut Vec<String>) -> String {
+fn check_base_url(field: &str, url: &str, c: &mut Check) -> String {
     let trimmed = url.trim_end_matches('/');
     let rest = trimmed.strip_prefix("https://").or_else(|| trimmed.strip_prefix("http://"));
     match rest {
-        Some(host) if !host.is_empty() && !host.contains(['?', '#', '@', ' ']) => trimmed.to_string(),
+        Some(host)
+            if !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic()) && !host.contains(['?', '#', '@']) =>
+        {
+            trimmed.to_string()
+        }
         _ => {
-            errs.push(format!("{field}: `{url}` is not an http(s):// base URL without query"));
+            c.push(&[field], format!("`{url}` is not an http(s):// base URL without query"));
             String::new()
         }
     }
 }
 
-fn size_field(field: &str, v: &str, errs: &mut Vec<String>) -> usize {
-    parse_size(v).unwrap_or_else(|| {
-        errs.push(format!("{field}: `{v}` is not a size like 512KiB, 256MiB or 10GiB"));
-        0
-    })
-}
-
-fn duration_field(field: &str, v: &str, errs: &mut Vec<String>) -> Duration {
-    parse_duration(v).unwrap_or_else(|| {
-        errs.push(format!("{field}: `{v}` is not a duration like 500ms, 30s, 10m, 1h or 7d"));
-        Duration::ZERO
-    })
-}
-
-fn resolve_policy(section: &str, p: &PolicyFileConfig, base: &Policy, errs: &mut Vec<String>) -> Policy {
-    let dur = |name: &str, v: &Option<String>, fallback: Duration, errs: &mut Vec<String>| match v {
-        Some(s) => duration_field(&format!("{section}.{name}"), s, errs),
-        None => fallback,
+/// `scheme://host[:port]` as browsers send it in `Origin`: http or https, a DNS name or IP
+/// (IPv6 in brackets), an optional port, nothing after.
+fn is_origin(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")) else {
+        return false;
     };
-    let ttl = match &p.ttl {
-        Some(s) => {
-            let d = duration_field(&format!("{section}.ttl"), s, errs);
-            if d.is_zero() {
-                errs.push(format!("{section}.ttl: must be longer than 0"));
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((ip, "")) if ip.parse::<std::net::Ipv6Addr>().is_ok() => (ip, None),
+            Some((ip, after)) if ip.parse::<std::net::Ipv6Addr>().is_ok() && after.starts_with(':') => {
+                (ip, Some(&after[1..]))
             }
-            Some(d)
+            _ => return false,
         }
-        None => base.ttl,
+    } else {
+        match rest.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        }
     };
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0) && !p.starts_with('0'));
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && (rest.starts_with('[')
+            || host.split('.').all(|label| {
+                !label.is_empty()
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            }));
+    host_ok && port_ok
+}
+
+/// A `Cache-Control` template is sent as a header: one line of visible ASCII, and `{max_age}`
+/// is the only placeholder.
+fn check_client_cache_control(path: &[&str], cc: &str, c: &mut Check) {
+    let sample = cc.replace("{max_age}", "3600");
+    if !sample.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        c.push(path, "must be one line of visible ASCII (it is sent as a header)");
+    } else if sample.contains(['{', '}']) {
+        c.push(path, "`{max_age}` is the only placeholder; other braces are not allowed");
+    } else if actix_web::http::header::HeaderValue::from_str(&sample).is_err() {
+        c.push(path, "is not a valid header value");
+    }
+}
+
+fn resolve_policy(section: &[&str], p: &PolicyFileConfig, base: &Policy, c: &mut Check) -> Policy {
+    let path = |name: &'static str| -> Vec<&str> { section.iter().copied().chain([name]).collect() };
+    let dur =
+        |c: &mut Check, name: &'static str, v: Option<Duration>| v.map(|d| c.duration(&path(name), d, MAX_DURATION));
+    let ttl = dur(c, "ttl", p.ttl);
+    if ttl.is_some_and(|d| d.is_zero()) {
+        c.push(&path("ttl"), "must be longer than 0");
+    }
     if let Some(cc) = &p.client_cache_control {
-        if cc.contains(['\r', '\n']) || !cc.is_ascii() {
-            errs.push(format!("{section}.client_cache_control: must be one line of ASCII"));
-        }
+        check_client_cache_control(&path("client_cache_control"), cc, c);
     }
     Policy {
-        ttl,
-        stale_while_revalidate: dur(
-            "stale_while_revalidate",
-            &p.stale_while_revalidate,
-            base.stale_while_revalidate,
-            errs,
-        ),
-        stale_if_error: dur("stale_if_error", &p.stale_if_error, base.stale_if_error, errs),
-        negative_ttl: dur("negative_ttl", &p.negative_ttl, base.negative_ttl, errs),
+        ttl: ttl.or(base.ttl),
+        stale_while_revalidate: dur(c, "stale_while_revalidate", p.stale_while_revalidate)
+            .unwrap_or(base.stale_while_revalidate),
+        stale_if_error: dur(c, "stale_if_error", p.stale_if_error).unwrap_or(base.stale_if_error),
+        negative_ttl: dur(c, "negative_ttl", p.negative_ttl).unwrap_or(base.negative_ttl),
         client_cache_control: p.client_cache_control.clone().or_else(|| base.client_cache_control.clone()),
     }
-}
-
-/// Parses `256MiB`, `10GiB`, `512KiB`, `1GB`, `4096` (bytes). Case-insensitive units.
-pub fn parse_size(s: &str) -> Option<usize> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1_000,
-        "kib" => 1 << 10,
-        "m" | "mb" => 1_000_000,
-        "mib" => 1 << 20,
-        "g" | "gb" => 1_000_000_000,
-        "gib" => 1 << 30,
-        "t" | "tb" => 1_000_000_000_000,
-        "tib" => 1 << 40,
-        _ => return None,
-    };
-    usize::try_from(n.checked_mul(mult)?).ok()
-}
-
-/// Parses `500ms`, `30s`, `10m`, `1h`, `7d`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let d = match unit.trim() {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.checked_mul(60)?),
-        "h" => Duration::from_secs(n.checked_mul(3600)?),
-        "d" => Duration::from_secs(n.checked_mul(86400)?),
-        _ => return None,
-    };
-    Some(d)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn sizes() {
-        let cases = [
-            ("256MiB", Some(256 << 20)),
-            ("10GiB", Some(10usize << 30)),
-            ("512kib", Some(512 << 10)),
-            ("4096", Some(4096)),
-            ("1MB", Some(1_000_000)),
-            ("12 MiB", Some(12 << 20)),
-            ("MiB", None),
-            ("-1", None),
-            ("1.5GiB", None),
-            ("3 parsecs", None),
-        ];
-        for (input, want) in cases {
-            assert_eq!(parse_size(input), want, "{input}");
-        }
+    fn with_key() -> FileConfig {
+        FileConfig { here_api_key: Some("k".into()), ..Default::default() }
     }
 
-    #[test]
-    fn durations() {
-        let cases = [
-            ("500ms", Some(Duration::from_millis(500))),
-            ("30s", Some(Duration::from_secs(30))),
-            ("45", Some(Duration::from_secs(45))),
-            ("10m", Some(Duration::from_secs(600))),
-            ("2h", Some(Duration::from_secs(7200))),
-            ("7d", Some(Duration::from_secs(604800))),
-            ("1w", None),
-            ("", None),
-            ("s", None),
-        ];
-        for (input, want) in cases {
-            assert_eq!(parse_duration(input), want, "{input}");
-        }
+    fn problems(f: FileConfig) -> Vec<String> {
+        Settings::from_file_config(f).map(|_| ()).expect_err("invalid").0
     }
 
     #[test]
@@ -663,68 +728,207 @@ mod tests {
     }
 
     #[test]
+    fn defaults_are_valid_and_resolved() {
+        let s = Settings::from_file_config(with_key()).unwrap();
+        assert_eq!(s.memory_cache, 256 << 20);
+        assert_eq!(s.disk_cache, 1 << 30);
+        assert_eq!(s.ttl_cap, Duration::from_secs(7 * 86400));
+        assert_eq!(s.policy("any").stale_if_error, Duration::from_secs(86400));
+        assert!(format!("{s:?}").contains("<redacted>"));
+    }
+
+    #[test]
     fn every_problem_is_reported() {
         let mut f = FileConfig {
-            here_api_key: Some("k".into()),
             listen: "nowhere".into(),
-            memory_cache: "lots".into(),
+            memory_cache: ByteSize::tib(2),
             raster_upstream: "ftp://x".into(),
-            ..Default::default()
+            ..with_key()
         };
         f.upstream.retry_attempts = 0;
-        f.index.insert("bad name!".into(), PolicyFileConfig { ttl: Some("forever".into()), ..Default::default() });
-        let err = Settings::from_file_config(f).unwrap_err();
-        let text = err.to_string();
-        for needle in ["listen", "memory_cache", "raster_upstream", "retry_attempts", "index.bad name!", "ttl"] {
+        f.index.insert(
+            "bad name!".into(),
+            PolicyFileConfig { ttl: Some(Duration::from_secs(400 * 86400)), ..Default::default() },
+        );
+        let errs = problems(f);
+        let text = errs.join("\n");
+        for needle in [
+            "listen:",
+            "memory_cache: 2TiB is too large: at most 1TiB",
+            "raster_upstream:",
+            "upstream.retry_attempts:",
+            "index.bad name!:",
+            "index.bad name!.ttl: 400d is too long: at most 365d",
+        ] {
             assert!(text.contains(needle), "missing {needle} in {text}");
         }
-        assert!(err.0.len() >= 6, "{text}");
+        assert_eq!(errs.len(), 6, "{text}");
     }
 
     #[test]
-    fn file_then_overrides() {
-        let f: FileConfig = toml::from_str(
-            r#"
-            here_api_key = "from-file"
-            listen = "127.0.0.1:9000"
-            memory_cache = "64MiB"
-            [defaults]
-            ttl = "1h"
-            [index.123]
-            ttl = "10m"
-            stale_while_revalidate = "30s"
-            "#,
-        )
-        .unwrap();
-        let mut f2 = f.clone();
-        apply_overrides(&mut f2, &ServeArgs { listen: Some("127.0.0.1:9100".into()), ..Default::default() });
-        let s = Settings::from_file_config(f2).unwrap();
-        assert_eq!(s.listen.port(), 9100);
-        assert_eq!(s.memory_cache, 64 << 20);
-        assert_eq!(s.policy("123").ttl, Some(Duration::from_secs(600)));
-        assert_eq!(s.policy("123").stale_while_revalidate, Duration::from_secs(30));
-        assert_eq!(s.policy("other").ttl, Some(Duration::from_secs(3600)));
-        assert!(format!("{s:?}").contains("<redacted>"));
-        assert!(!format!("{s:?}").contains("from-file"));
+    fn every_duration_and_size_is_bounded() {
+        let huge = Duration::from_secs(u64::MAX);
+        let mut f = FileConfig {
+            memory_cache: ByteSize(u64::MAX),
+            disk_cache: ByteSize(u64::MAX),
+            max_entry_size: ByteSize(u64::MAX),
+            ttl_cap: huge,
+            default_ttl: huge,
+            shutdown_timeout: huge,
+            drain_delay: huge,
+            workers: Some(usize::MAX),
+            metrics_max_indices: usize::MAX,
+            ..with_key()
+        };
+        let u = &mut f.upstream;
+        (u.connect_timeout, u.head_timeout, u.body_timeout) = (huge, huge, huge);
+        (u.retry_min_delay, u.retry_max_delay, u.retry_total, u.breaker_cooldown) = (huge, huge, huge, huge);
+        (u.retry_attempts, u.max_connections, u.breaker_failures) = (usize::MAX, usize::MAX, u32::MAX);
+        let p = PolicyFileConfig {
+            ttl: Some(huge),
+            stale_while_revalidate: Some(huge),
+            stale_if_error: Some(huge),
+            negative_ttl: Some(huge),
+            ..Default::default()
+        };
+        f.defaults = p.clone();
+        f.index.insert("i".into(), p);
+        let errs = problems(f).join("\n");
+        let leaves = [
+            "memory_cache",
+            "disk_cache",
+            "max_entry_size",
+            "ttl_cap",
+            "default_ttl",
+            "shutdown_timeout",
+            "drain_delay",
+            "workers",
+            "metrics_max_indices",
+            "upstream.connect_timeout",
+            "upstream.head_timeout",
+            "upstream.body_timeout",
+            "upstream.retry_min_delay",
+            "upstream.retry_max_delay",
+            "upstream.retry_total",
+            "upstream.breaker_cooldown",
+            "upstream.retry_attempts",
+            "upstream.max_connections",
+            "upstream.breaker_failures",
+            "defaults.ttl",
+            "defaults.stale_while_revalidate",
+            "defaults.stale_if_error",
+            "defaults.negative_ttl",
+            "index.i.ttl",
+            "index.i.negative_ttl",
+        ];
+        for leaf in leaves {
+            assert!(
+                errs.contains(&format!("\n{leaf}:")) || errs.starts_with(&format!("{leaf}:")),
+                "{leaf} not bounded:\n{errs}"
+            );
+        }
+        // At the bounds everything is accepted.
+        let mut f = FileConfig {
+            memory_cache: MAX_SIZE,
+            disk_cache: MAX_SIZE,
+            max_entry_size: MAX_BUFFERED,
+            ttl_cap: MAX_DURATION,
+            default_ttl: MAX_DURATION,
+            drain_delay: MAX_TIMEOUT,
+            ..with_key()
+        };
+        f.upstream.head_timeout = MAX_TIMEOUT;
+        f.defaults.stale_if_error = Some(MAX_DURATION);
+        Settings::from_file_config(f).unwrap();
     }
 
     #[test]
-    fn the_example_config_is_valid_and_matches_the_defaults() {
-        let f: FileConfig = toml::from_str(include_str!("../../config.example.toml")).expect("example parses");
-        let d = FileConfig::default();
-        assert_eq!(
-            (f.listen.as_str(), f.memory_cache.as_str(), f.ttl_cap),
-            (d.listen.as_str(), d.memory_cache.as_str(), d.ttl_cap)
-        );
-        assert_eq!(f.upstream.retry_attempts, d.upstream.retry_attempts);
+    fn header_values_are_checked_at_load() {
+        let cc = |v: &str| {
+            let mut f = with_key();
+            f.index.insert("i".into(), PolicyFileConfig { client_cache_control: Some(v.into()), ..Default::default() });
+            Settings::from_file_config(f).map(|s| s.policy("i").client_cache_control.clone())
+        };
+        assert!(cc("public, max-age={max_age}, s-maxage=60").is_ok());
+        for bad in ["public\r\nX-Evil: 1", "public, max-age=1\n", "caf\u{e9}", "max-age={maxage}", "a\tb", "\u{7f}"] {
+            assert!(cc(bad).is_err(), "{bad:?} accepted");
+        }
+        let origins = |v: &[&str]| {
+            Settings::from_file_config(FileConfig {
+                cors_origins: v.iter().map(|s| s.to_string()).collect(),
+                ..with_key()
+            })
+        };
+        for good in
+            ["*", "https://maps.example.com", "http://localhost:8080", "http://127.0.0.1:3000", "https://[::1]:8443"]
+        {
+            assert!(origins(&[good]).is_ok(), "{good} refused");
+        }
+        for bad in [
+            "maps.example.com",
+            "https://maps.example.com/",
+            "https://maps.example.com/path",
+            "https://",
+            "https://a b.com",
+            "https://a.com:0",
+            "https://a.com:99999",
+            "https://[::1]/x",
+            "ftp://a.com",
+            "https://a.com\r\n",
+        ] {
+            assert!(origins(&[bad]).is_err(), "{bad:?} accepted");
+        }
+        let errs = origins(&["https://ok.example", "bad1", "bad2"]).unwrap_err().0;
+        assert_eq!(errs.len(), 2, "each bad origin listed: {errs:?}");
+    }
+
+    /// Every leaf key of a serialized value: `upstream.head_timeout`, ...
+    fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) if !m.is_empty() => {
+                for (k, v) in m {
+                    leaves(&format!("{prefix}{k}."), v, out);
+                }
+            }
+            _ => out.push(prefix.trim_end_matches('.').to_string()),
+        }
+    }
+
+    #[test]
+    fn the_example_config_documents_every_key_with_its_default() {
+        let text = include_str!("../../config.example.toml");
+        let f: FileConfig = toml::from_str(text).expect("example parses");
+        // [defaults] spells out the built-in policy, which FileConfig::default() leaves unset.
+        assert_eq!(FileConfig { defaults: PolicyFileConfig::default(), ..f.clone() }, FileConfig::default());
+        assert!(f.index.is_empty(), "the example ships no active index policy");
         let s = Settings::from_file_config(FileConfig { here_api_key: Some("k".into()), ..f }).expect("valid");
-        assert_eq!(s.policy("123").ttl, Some(Duration::from_secs(7 * 86400)));
-        assert_eq!(s.policy("other").stale_if_error, Duration::from_secs(86400));
+        assert_eq!(s.default_policy, Settings::from_file_config(with_key()).unwrap().default_policy);
+        let mut keys = Vec::new();
+        leaves("", &serde_json::to_value(FileConfig::default()).unwrap(), &mut keys);
+        leaves("", &serde_json::to_value(PolicyFileConfig::default()).unwrap(), &mut keys);
+        for key in keys {
+            let name = key.rsplit('.').next().unwrap();
+            let documented = text.lines().any(|l| {
+                let l = l.trim_start_matches(['#', ' ']);
+                l.starts_with(&format!("{name} =")) || l.starts_with(&format!("{name}="))
+            });
+            assert!(documented || key == "index", "{key} is not documented in config.example.toml");
+        }
+        // The commented-out index example is valid once uncommented.
+        let uncommented: String = text
+            .lines()
+            .skip_while(|l| !l.starts_with("# [index."))
+            .map(|l| l.strip_prefix("# ").unwrap_or(l).to_string() + "\n")
+            .collect();
+        let example: FileConfig = toml::from_str(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        assert!(!example.index.is_empty(), "{uncommented}");
     }
 
     #[test]
     fn unknown_keys_rejected() {
         let r: Result<FileConfig, _> = toml::from_str("listen = \"0.0.0.0:1\"\nlisten_port = 3\n");
         assert!(r.is_err());
+        let r: Result<FileConfig, _> = toml::from_str("[index.a]\napi_key = \"SECRET\"\n");
+        assert!(r.is_err(), "keys themselves are not accepted in the file per index");
     }
 }
