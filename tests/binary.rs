@@ -219,7 +219,10 @@ fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("here.key");
     std::fs::write(&key_file, "FILEKEY1\n").unwrap();
+    let idx_key_file = dir.path().join("idx.key");
+    std::fs::write(&idx_key_file, "IDXFILEKEY\n").unwrap();
     let key_file = key_file.to_str().unwrap();
+    let idx_key_file = idx_key_file.to_str().unwrap();
 
     // Every leaf of the default config, plus every leaf of one index section (mixed case: index
     // names are kept as written). A new setting shows up here and fails the test until it has
@@ -227,7 +230,7 @@ fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it() {
     let mut keys = Vec::new();
     leaves("", &serde_json::to_value(FileConfig::default()).unwrap(), &mut keys);
     leaves("index.Idx1.", &serde_json::to_value(PolicyFileConfig::default()).unwrap(), &mut keys);
-    keys.retain(|k| k != "index");
+    keys.retain(|k| k != "index" && k != "defaults.api_key_env" && k != "defaults.api_key_file");
 
     // key -> (environment value, what check-config must show), each valid and not the default.
     let s = |v: &str| toml::Value::String(v.into());
@@ -245,9 +248,11 @@ fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it() {
         ("memory_cache", same("64MiB")),
         ("disk_cache", same("0")),
         ("max_entry_size", same("1MiB")),
+        ("flight_buffer", same("16MiB")),
         ("ttl_cap", same("2d")),
         ("default_ttl", same("3h")),
         ("reject_unknown_params", ("false".into(), toml::Value::Boolean(false))),
+        ("unknown_indices", same("reject")),
         (
             "cors_origins",
             (
@@ -255,6 +260,7 @@ fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it() {
                 toml::Value::Array(vec![s("https://a.example"), s("https://b.example:8443")]),
             ),
         ),
+        ("trusted_proxies", ("10.0.0.0/8, ::1/128".into(), toml::Value::Array(vec![s("10.0.0.0/8"), s("::1/128")]))),
         ("log_format", same("text")),
         ("metrics_max_indices", ("42".into(), n(42))),
         ("shutdown_timeout", same("3s")),
@@ -279,9 +285,11 @@ fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it() {
         ("index.Idx1.stale_if_error", same("6h")),
         ("index.Idx1.negative_ttl", same("30s")),
         ("index.Idx1.client_cache_control", same("public, max-age={max_age}")),
+        ("index.Idx1.api_key_env", same("IDX1_KEY")),
+        ("index.Idx1.api_key_file", same(idx_key_file)),
     ];
     let mut cmd = Command::new(BIN);
-    cmd.env_clear().arg("check-config");
+    cmd.env_clear().arg("check-config").env("IDX1_KEY", "IDXENVKEY");
     for key in &keys {
         let (_, (value, _)) = values
             .iter()
@@ -292,7 +300,7 @@ fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it() {
     let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for secret in ["ENVKEY123", "FILEKEY1"] {
+    for secret in ["ENVKEY123", "FILEKEY1", "IDXENVKEY", "IDXFILEKEY"] {
         assert!(!stdout.contains(secret), "{secret} shown:\n{stdout}");
     }
     let shown: toml::Value = toml::from_str(&stdout).unwrap_or_else(|e| panic!("{e}\n{stdout}"));

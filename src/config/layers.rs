@@ -115,7 +115,7 @@ pub(super) fn load(
         Some(path) => read_file(path, &mut sources, &mut errors),
         None => Dict::new(),
     };
-    let env = read_env(vars, &mut sources, &mut errors);
+    let (env, all_vars) = read_env(vars, &mut sources, &mut errors);
     let flags = read_flags(args, &mut sources, &mut errors);
     let figment = Figment::new()
         .merge(Layer { name: "config file", dict: file })
@@ -123,7 +123,7 @@ pub(super) fn load(
         .merge(Layer { name: "command line", dict: flags });
     let (config, bad) = extract(&figment);
     errors.extend(bad.iter().map(|(path, message)| sources.describe(path, message)));
-    match validate(&config) {
+    match validate(&config, &|name| all_vars.get(name).cloned()) {
         Ok(settings) if errors.is_empty() => Ok((settings, config)),
         Ok(_) => Err(ConfigErrors(errors)),
         Err(problems) => {
@@ -195,13 +195,13 @@ fn env_key(name: &str) -> Option<Result<KeyPath, String>> {
     Some(Ok(path))
 }
 
-/// The environment's settings (values as strings: typed fields are read leniently). An empty
-/// variable counts as unset.
+/// The environment's settings (values as strings: typed fields are read leniently), and every
+/// variable for `api_key_env`. An empty variable counts as unset.
 fn read_env(
     vars: impl IntoIterator<Item = (OsString, OsString)>,
     sources: &mut Sources,
     errors: &mut Vec<String>,
-) -> Dict {
+) -> (Dict, BTreeMap<String, String>) {
     let mut all = BTreeMap::new();
     for (name, value) in vars {
         // A name that is not UTF-8 is none of ours.
@@ -227,7 +227,7 @@ fn read_env(
             }
         }
     }
-    dict
+    (dict, all)
 }
 
 fn read_flags(a: &ServeArgs, sources: &mut Sources, errors: &mut Vec<String>) -> Dict {
@@ -485,7 +485,7 @@ mod tests {
             &[
                 ("TILE_PROXY_UPSTREAM__BODY_TIMEOUT", "soon"),
                 ("TILE_PROXY_LISTN", "127.0.0.1:1"),
-                ("TILE_PROXY_LOG_FORMAT", "xml"),
+                ("TILE_PROXY_UNKNOWN_INDICES", "maybe"),
                 ("TILE_PROXY_DEFAULTS__TTL", "400d"),
             ],
         );
@@ -499,7 +499,7 @@ mod tests {
             format!("{p} line 9 (index.abc.ttl): `forever` is not a duration"),
             "env TILE_PROXY_UPSTREAM__BODY_TIMEOUT (upstream.body_timeout): `soon` is not a duration".into(),
             "env TILE_PROXY_LISTN (listn): `listn` is not a setting".into(),
-            "env TILE_PROXY_LOG_FORMAT (log_format): `xml` is not json or text".into(),
+            "env TILE_PROXY_UNKNOWN_INDICES (unknown_indices): `maybe` is not one of: allow, reject".into(),
             "env TILE_PROXY_DEFAULTS__TTL (defaults.ttl): 400d is too long: at most 365d".into(),
             "flag --raster-upstream (raster_upstream): `ftp://x` is not an http(s):// base URL".into(),
         ];
@@ -534,9 +534,61 @@ mod tests {
     }
 
     #[test]
+    fn index_keys_come_from_the_named_variable_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("key");
+        std::fs::write(&key_file, "FILEKEY\n").unwrap();
+        let (_d, path) = file(&format!(
+            "[index.a]\napi_key_env = \"A_KEY\"\n[index.b]\napi_key_file = \"{}\"\n\
+             [index.c]\napi_key_env = \"C_KEY\"\napi_key_file = \"{}\"\n",
+            key_file.display(),
+            key_file.display()
+        ));
+        let args = ServeArgs { config: Some(path.clone()), ..Default::default() };
+        let (s, f) = load_ok(&args, &[("HERE_API_KEY", "k"), ("A_KEY", "AKEY")]);
+        assert_eq!(s.index_keys["a"], "AKEY");
+        assert_eq!(s.index_keys["b"], "FILEKEY");
+        assert_eq!(s.index_keys["c"], "FILEKEY", "file when the variable is unset");
+        assert!(!format!("{s:?}").contains("AKEY") && !format!("{s:?}").contains("FILEKEY"));
+        let shown = f.effective_toml(&s);
+        assert!(!shown.contains("AKEY") && !shown.contains("FILEKEY"), "{shown}");
+
+        let errs = load_err(
+            &ServeArgs { config: Some(path.clone()), ..Default::default() },
+            &[("HERE_API_KEY", "k"), ("A_KEY", " "), ("C_KEY", "bad key!")],
+        );
+        let p = path.display();
+        assert!(
+            errs.iter()
+                .any(|e| e
+                    .starts_with(&format!("{p} line 2 (index.a.api_key_env): environment variable A_KEY is empty"))),
+            "{errs:#?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.starts_with(&format!("{p} line 6 (index.c.api_key_env): C_KEY: the key holds"))),
+            "{errs:#?}"
+        );
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+
+        std::fs::remove_file(&key_file).unwrap();
+        let errs = load_err(&args, &[("HERE_API_KEY", "k")]);
+        assert!(
+            errs.iter().any(|e| e.contains("(index.a.api_key_env): environment variable A_KEY is not set")),
+            "{errs:#?}"
+        );
+        assert!(errs.iter().any(|e| e.contains("(index.b.api_key_file): cannot read")), "{errs:#?}");
+        assert!(errs.iter().any(|e| e.contains("(index.c.api_key_file): cannot read")), "{errs:#?}");
+        assert!(
+            errs.iter().any(|e| e.contains("(index.c.api_key_env): environment variable C_KEY is not set")),
+            "{errs:#?}"
+        );
+    }
+
+    #[test]
     fn the_effective_configuration_parses_back() {
-        let (_dir, path) =
-            file("here_api_key = \"SECRETKEY\"\ncors_origins = [\"https://a.example\"]\n[index.abc]\nttl = \"90s\"\n");
+        let (_dir, path) = file(
+            "here_api_key = \"SECRETKEY\"\ntrusted_proxies = [\"10.1.2.3/8\", \"::1\"]\n[index.abc]\nttl = \"90s\"\n",
+        );
         let args = ServeArgs { config: Some(path), ..Default::default() };
         let (s, f) = load_ok(&args, &[("TILE_PROXY_DEFAULTS__CLIENT_CACHE_CONTROL", "public, max-age={max_age}")]);
         let text = f.effective_toml(&s);
@@ -545,5 +597,6 @@ mod tests {
         assert_eq!(back.here_api_key.as_deref(), Some("<redacted>"));
         assert_eq!(back.workers, Some(s.workers));
         assert_eq!(FileConfig { here_api_key: f.here_api_key.clone(), workers: f.workers, ..back }, f);
+        assert_eq!(s.trusted_proxies.iter().map(|n| n.to_string()).collect::<Vec<_>>(), ["10.0.0.0/8", "::1/128"]);
     }
 }

@@ -17,12 +17,13 @@ mod layers;
 pub mod units;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 /// Default listen address.
@@ -43,6 +44,10 @@ pub const DEFAULT_TTL_CAP: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Largest tile body that is stored; larger ones are streamed but not cached.
 pub const DEFAULT_MAX_ENTRY: ByteSize = ByteSize::mib(2);
+/// Bytes one in-flight fetch may buffer for requests that join it late.
+pub const DEFAULT_FLIGHT_BUFFER: ByteSize = ByteSize::mib(8);
+/// Smallest `flight_buffer`.
+pub const MIN_FLIGHT_BUFFER: ByteSize = ByteSize::kib(64);
 
 /// Longest duration any setting accepts (TTLs, stale windows): 365 days.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -50,7 +55,7 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Largest size any setting accepts: 1 TiB.
 pub const MAX_SIZE: ByteSize = ByteSize::tib(1);
-/// Largest `max_entry_size` (held in memory whole): 1 GiB.
+/// Largest `max_entry_size` and `flight_buffer` (both are held in memory whole): 1 GiB.
 pub const MAX_BUFFERED: ByteSize = ByteSize::gib(1);
 /// Most worker threads.
 pub const MAX_WORKERS: usize = 1024;
@@ -120,6 +125,17 @@ pub struct ServeArgs {
     pub log_format: Option<String>,
 }
 
+/// What to do with a request for an index that has no `[index.<name>]` section.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownIndices {
+    /// Serve it with the `[defaults]` policy (the default).
+    #[default]
+    Allow,
+    /// Refuse it: only configured indices are served.
+    Reject,
+}
+
 /// The whole configuration as the file spells it. Unknown keys are rejected.
 ///
 /// Tests build one with struct update syntax:
@@ -146,6 +162,9 @@ pub struct FileConfig {
     pub disk_cache: ByteSize,
     #[serde(with = "units::size")]
     pub max_entry_size: ByteSize,
+    /// Bytes one in-flight fetch may buffer for requests that join it late.
+    #[serde(with = "units::size")]
+    pub flight_buffer: ByteSize,
     /// Cap on every TTL (`CACHE_TTL_CAP`, seconds).
     #[serde(with = "units::duration")]
     pub ttl_cap: Duration,
@@ -153,9 +172,14 @@ pub struct FileConfig {
     pub default_ttl: Duration,
     /// Reject query parameters that are not in HERE's documented list (default true).
     pub reject_unknown_params: bool,
+    /// What an index without its own section gets (default `allow`).
+    pub unknown_indices: UnknownIndices,
     /// Allowed CORS origins; `["*"]` allows any.
     #[serde(deserialize_with = "units::list")]
     pub cors_origins: Vec<String>,
+    /// Peers (CIDRs or IPs) whose forwarding headers are believed. Default: none.
+    #[serde(deserialize_with = "units::list")]
+    pub trusted_proxies: Vec<String>,
     pub log_format: String,
     /// Distinct index labels kept in metrics before the rest are folded into `_other`.
     pub metrics_max_indices: usize,
@@ -187,10 +211,13 @@ impl Default for FileConfig {
             memory_cache: DEFAULT_MEMORY_CACHE,
             disk_cache: DEFAULT_DISK_CACHE,
             max_entry_size: DEFAULT_MAX_ENTRY,
+            flight_buffer: DEFAULT_FLIGHT_BUFFER,
             ttl_cap: DEFAULT_TTL_CAP,
             default_ttl: DEFAULT_TTL,
             reject_unknown_params: true,
+            unknown_indices: UnknownIndices::Allow,
             cors_origins: vec!["*".into()],
+            trusted_proxies: Vec::new(),
             log_format: "json".into(),
             metrics_max_indices: 500,
             shutdown_timeout: Duration::from_secs(10),
@@ -269,6 +296,11 @@ pub struct PolicyFileConfig {
     /// `Cache-Control` sent to clients instead of `public, max-age=<remaining>`; `{max_age}` is
     /// replaced by the remaining freshness, e.g. `"public, max-age={max_age}, s-maxage=60"`.
     pub client_cache_control: Option<String>,
+    /// `[index.<name>]` only: environment variable holding this index's own HERE key.
+    pub api_key_env: Option<String>,
+    /// `[index.<name>]` only: file holding this index's own HERE key (used when `api_key_env`
+    /// is unset or empty).
+    pub api_key_file: Option<PathBuf>,
 }
 
 /// Cache policy of one index, resolved.
@@ -321,11 +353,20 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     pub default_policy: Policy,
     pub policies: BTreeMap<String, Policy>,
+    /// Indices without a section: served with `[defaults]` or refused. Default: allow.
+    pub unknown_indices: UnknownIndices,
+    /// Peers whose forwarding headers are believed; a bare IP is a /32 or /128. Default: none.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Bytes one in-flight fetch may buffer for late joiners (64 KiB to 1 GiB; default 8 MiB).
+    pub flight_buffer: usize,
+    /// Per-index HERE keys (index name -> key), from `api_key_env` / `api_key_file`.
+    pub index_keys: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Settings {
     // Hand-written so no key can ever reach a log line through `{:?}`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let index_keys: BTreeMap<&str, &str> = self.index_keys.keys().map(|k| (k.as_str(), "<redacted>")).collect();
         f.debug_struct("Settings")
             .field("listen", &self.listen)
             .field("workers", &self.workers)
@@ -336,10 +377,13 @@ impl std::fmt::Debug for Settings {
             .field("memory_cache", &self.memory_cache)
             .field("disk_cache", &self.disk_cache)
             .field("max_entry_size", &self.max_entry_size)
+            .field("flight_buffer", &self.flight_buffer)
             .field("ttl_cap", &self.ttl_cap)
             .field("default_ttl", &self.default_ttl)
             .field("reject_unknown_params", &self.reject_unknown_params)
+            .field("unknown_indices", &self.unknown_indices)
             .field("cors_origins", &self.cors_origins)
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("log_json", &self.log_json)
             .field("metrics_max_indices", &self.metrics_max_indices)
             .field("shutdown_timeout", &self.shutdown_timeout)
@@ -347,6 +391,7 @@ impl std::fmt::Debug for Settings {
             .field("upstream", &self.upstream)
             .field("default_policy", &self.default_policy)
             .field("policies", &self.policies)
+            .field("index_keys", &index_keys)
             .finish()
     }
 }
@@ -370,8 +415,10 @@ impl Settings {
     }
 
     /// Validates a complete [`FileConfig`] into [`Settings`], collecting every problem.
+    /// `api_key_env` variables are read from the process environment.
     pub fn from_file_config(file: FileConfig) -> Result<Settings, ConfigErrors> {
-        validate(&file).map_err(|problems| ConfigErrors(problems.iter().map(Problem::to_string).collect()))
+        validate(&file, &|name| std::env::var(name).ok())
+            .map_err(|problems| ConfigErrors(problems.iter().map(Problem::to_string).collect()))
     }
 }
 
@@ -470,7 +517,10 @@ impl Check {
     }
 }
 
-fn validate(file: &FileConfig) -> Result<Settings, Vec<Problem>> {
+/// Reads an environment variable (the process's, or a test's list).
+type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings, Vec<Problem>> {
     let mut c = Check::default();
     let listen = file
         .listen
@@ -500,6 +550,7 @@ fn validate(file: &FileConfig) -> Result<Settings, Vec<Problem>> {
             ),
         );
     }
+    let flight_buffer = c.size(&["flight_buffer"], file.flight_buffer, MIN_FLIGHT_BUFFER, MAX_BUFFERED);
     if file.ttl_cap < Duration::from_secs(1) {
         c.push(&["ttl_cap"], "must be at least 1 second (CACHE_TTL_CAP is in seconds)");
     }
@@ -521,6 +572,20 @@ fn validate(file: &FileConfig) -> Result<Settings, Vec<Problem>> {
             );
         }
     }
+    let trusted_proxies = file
+        .trusted_proxies
+        .iter()
+        .filter_map(|s| match parse_net(s) {
+            Some(net) => Some(net),
+            None => {
+                c.push(
+                    &["trusted_proxies"],
+                    format!("`{s}` is not an IP network like 10.0.0.0/8 or an IP like 127.0.0.1"),
+                );
+                None
+            }
+        })
+        .collect();
     c.count(&["metrics_max_indices"], file.metrics_max_indices, 0, 100_000);
     let shutdown_timeout = c.duration(&["shutdown_timeout"], file.shutdown_timeout, MAX_TIMEOUT);
     let drain_delay = c.duration(&["drain_delay"], file.drain_delay, MAX_TIMEOUT);
@@ -548,13 +613,24 @@ fn validate(file: &FileConfig) -> Result<Settings, Vec<Problem>> {
         client_cache_control: None,
     };
     let default_policy = resolve_policy(&["defaults"], &file.defaults, &builtin, &mut c);
+    let own_key_only = "only an [index.<name>] section can have its own key";
+    if file.defaults.api_key_env.is_some() {
+        c.push(&["defaults", "api_key_env"], own_key_only);
+    }
+    if file.defaults.api_key_file.is_some() {
+        c.push(&["defaults", "api_key_file"], own_key_only);
+    }
     let mut policies = BTreeMap::new();
+    let mut index_keys = BTreeMap::new();
     for (name, p) in &file.index {
         if !crate::routes::is_valid_index(name) {
             c.push(&["index", name], "index names are 1-64 characters of A-Z a-z 0-9 _ . -");
         }
         let policy = resolve_policy(&["index", name], p, &default_policy, &mut c);
         policies.insert(name.clone(), policy);
+        if let Some(key) = resolve_index_key(name, p, env, &mut c) {
+            index_keys.insert(name.clone(), key);
+        }
     }
     if !c.problems.is_empty() {
         return Err(c.problems);
@@ -580,6 +656,10 @@ fn validate(file: &FileConfig) -> Result<Settings, Vec<Problem>> {
         upstream,
         default_policy,
         policies,
+        unknown_indices: file.unknown_indices,
+        trusted_proxies,
+        flight_buffer,
+        index_keys,
     })
 }
 
@@ -622,6 +702,43 @@ fn resolve_key(file: &FileConfig, c: &mut Check) -> Option<String> {
         c.push(&[from], KEY_CHARSET);
     }
     key
+}
+
+/// The index's own key: `api_key_env` when that variable is set and not empty, else the
+/// contents of `api_key_file`.
+fn resolve_index_key(name: &str, p: &PolicyFileConfig, env: EnvLookup<'_>, c: &mut Check) -> Option<String> {
+    let mut env_problem = None;
+    if let Some(var) = &p.api_key_env {
+        if var.is_empty() || !var.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') {
+            env_problem = Some(format!("`{var}` is not an environment variable name"));
+        } else {
+            match env(var).map(|v| v.trim().to_string()) {
+                Some(k) if !k.is_empty() => {
+                    if !is_key(&k) {
+                        c.push(&["index", name, "api_key_env"], format!("{var}: {KEY_CHARSET}"));
+                    }
+                    return Some(k);
+                }
+                Some(_) => env_problem = Some(format!("environment variable {var} is empty")),
+                None => env_problem = Some(format!("environment variable {var} is not set")),
+            }
+        }
+    }
+    if let Some(path) = &p.api_key_file {
+        match read_key_file(path) {
+            Ok(k) => {
+                if !is_key(&k) {
+                    c.push(&["index", name, "api_key_file"], format!("{}: {KEY_CHARSET}", path.display()));
+                }
+                return Some(k);
+            }
+            Err(e) => c.push(&["index", name, "api_key_file"], e),
+        }
+    }
+    if let Some(e) = env_problem {
+        c.push(&["index", name, "api_key_env"], e);
+    }
+    None
 }
 
 fn check_base_url(field: &str, url: &str, c: &mut Check) -> String {
@@ -671,6 +788,12 @@ fn is_origin(s: &str) -> bool {
                     && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
             }));
     host_ok && port_ok
+}
+
+/// `10.0.0.0/8`, `::1/128`, or a bare IP (a /32 or /128). Host bits are cleared.
+fn parse_net(s: &str) -> Option<IpNet> {
+    let s = s.trim();
+    s.parse::<IpNet>().map(|n| n.trunc()).ok().or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
 /// A `Cache-Control` template is sent as a header: one line of visible ASCII, and `{max_age}`
@@ -732,7 +855,10 @@ mod tests {
         let s = Settings::from_file_config(with_key()).unwrap();
         assert_eq!(s.memory_cache, 256 << 20);
         assert_eq!(s.disk_cache, 1 << 30);
+        assert_eq!(s.flight_buffer, 8 << 20);
         assert_eq!(s.ttl_cap, Duration::from_secs(7 * 86400));
+        assert_eq!(s.unknown_indices, UnknownIndices::Allow);
+        assert!(s.trusted_proxies.is_empty() && s.index_keys.is_empty());
         assert_eq!(s.policy("any").stale_if_error, Duration::from_secs(86400));
         assert!(format!("{s:?}").contains("<redacted>"));
     }
@@ -772,6 +898,7 @@ mod tests {
             memory_cache: ByteSize(u64::MAX),
             disk_cache: ByteSize(u64::MAX),
             max_entry_size: ByteSize(u64::MAX),
+            flight_buffer: ByteSize(u64::MAX),
             ttl_cap: huge,
             default_ttl: huge,
             shutdown_timeout: huge,
@@ -798,6 +925,7 @@ mod tests {
             "memory_cache",
             "disk_cache",
             "max_entry_size",
+            "flight_buffer",
             "ttl_cap",
             "default_ttl",
             "shutdown_timeout",
@@ -832,6 +960,7 @@ mod tests {
             memory_cache: MAX_SIZE,
             disk_cache: MAX_SIZE,
             max_entry_size: MAX_BUFFERED,
+            flight_buffer: MAX_BUFFERED,
             ttl_cap: MAX_DURATION,
             default_ttl: MAX_DURATION,
             drain_delay: MAX_TIMEOUT,
@@ -843,7 +972,7 @@ mod tests {
     }
 
     #[test]
-    fn header_values_are_checked_at_load() {
+    fn header_values_and_networks_are_checked_at_load() {
         let cc = |v: &str| {
             let mut f = with_key();
             f.index.insert("i".into(), PolicyFileConfig { client_cache_control: Some(v.into()), ..Default::default() });
@@ -880,6 +1009,40 @@ mod tests {
         }
         let errs = origins(&["https://ok.example", "bad1", "bad2"]).unwrap_err().0;
         assert_eq!(errs.len(), 2, "each bad origin listed: {errs:?}");
+
+        let nets = |v: &[&str]| {
+            Settings::from_file_config(FileConfig {
+                trusted_proxies: v.iter().map(|s| s.to_string()).collect(),
+                ..with_key()
+            })
+            .map(|s| s.trusted_proxies.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            nets(&["10.0.0.0/8", "127.0.0.1", "::1", "192.168.1.77/24"]).unwrap(),
+            ["10.0.0.0/8", "127.0.0.1/32", "::1/128", "192.168.1.0/24"]
+        );
+        for bad in ["10.0.0.0/33", "localhost", "10.0.0", ""] {
+            assert!(nets(&[bad]).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn new_settings_are_checked() {
+        let s = Settings::from_file_config(FileConfig {
+            unknown_indices: UnknownIndices::Reject,
+            flight_buffer: ByteSize::kib(64),
+            ..with_key()
+        })
+        .unwrap();
+        assert_eq!((s.unknown_indices, s.flight_buffer), (UnknownIndices::Reject, 64 << 10));
+        let errs = problems(FileConfig { flight_buffer: ByteSize::kib(63), ..with_key() });
+        assert_eq!(errs, ["flight_buffer: must be at least 64KiB"]);
+        let mut f = with_key();
+        f.defaults.api_key_env = Some("X".into());
+        assert_eq!(problems(f), ["defaults.api_key_env: only an [index.<name>] section can have its own key"]);
+        let mut f = with_key();
+        f.index.insert("i".into(), PolicyFileConfig { api_key_env: Some("NOT A NAME".into()), ..Default::default() });
+        assert_eq!(problems(f), ["index.i.api_key_env: `NOT A NAME` is not an environment variable name"]);
     }
 
     /// Every leaf key of a serialized value: `upstream.head_timeout`, ...
