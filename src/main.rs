@@ -13,15 +13,15 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig(a)) => (a, true),
         None => (cli.serve, false),
     };
-    let settings = match Settings::load(&args) {
-        Ok(s) => s,
+    let (settings, effective) = match Settings::load_effective(&args) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprint!("tile-proxy: {e}");
             return ExitCode::from(2);
         }
     };
     if check_only {
-        println!("{settings:#?}");
+        print!("{}", effective.effective_toml(&settings));
         return ExitCode::SUCCESS;
     }
     let _log_guard = telemetry::init(settings.log_json);

@@ -184,8 +184,171 @@ fn configuration_errors_are_all_listed_and_exit_non_zero() {
         .unwrap();
     let out = Command::new(BIN).env_clear().args(["check-config", "--config"]).arg(&cfg).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("\"abc\"") && text.contains("300s"), "{text}");
+    let shown: toml::Value = toml::from_str(&String::from_utf8_lossy(&out.stdout)).expect("check-config prints TOML");
+    assert_eq!(shown["index"]["abc"]["ttl"].as_str(), Some("5m"), "{shown}");
+    assert_eq!(shown["index"]["abc"]["stale_if_error"].as_str(), Some("1h"), "{shown}");
+}
+
+/// Every leaf key of a serialized config: `upstream.head_timeout`, ... (maps that are empty in
+/// the defaults, like `index`, are leaves too).
+fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) if !m.is_empty() => {
+            for (k, v) in m {
+                leaves(&format!("{prefix}{k}."), v, out);
+            }
+        }
+        _ => out.push(prefix.trim_end_matches('.').to_string()),
+    }
+}
+
+/// `TILE_PROXY_<KEY>`, nested keys joined by `__`, the index name as written.
+fn env_name(key: &str) -> String {
+    let parts: Vec<&str> = key.split('.').collect();
+    let upper: Vec<String> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| if parts[0] == "index" && i == 1 { p.to_string() } else { p.to_ascii_uppercase() })
+        .collect();
+    format!("TILE_PROXY_{}", upper.join("__"))
+}
+
+#[test]
+fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it() {
+    use tile_proxy::config::{FileConfig, PolicyFileConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("here.key");
+    std::fs::write(&key_file, "FILEKEY1\n").unwrap();
+    let idx_key_file = dir.path().join("idx.key");
+    std::fs::write(&idx_key_file, "IDXFILEKEY\n").unwrap();
+    let key_file = key_file.to_str().unwrap();
+    let idx_key_file = idx_key_file.to_str().unwrap();
+
+    // Every leaf of the default config, plus every leaf of one index section (mixed case: index
+    // names are kept as written). A new setting shows up here and fails the test until it has
+    // a value below.
+    let mut keys = Vec::new();
+    leaves("", &serde_json::to_value(FileConfig::default()).unwrap(), &mut keys);
+    leaves("index.Idx1.", &serde_json::to_value(PolicyFileConfig::default()).unwrap(), &mut keys);
+    keys.retain(|k| k != "index" && k != "defaults.api_key_env" && k != "defaults.api_key_file");
+
+    // key -> (environment value, what check-config must show), each valid and not the default.
+    let s = |v: &str| toml::Value::String(v.into());
+    let n = |v: i64| toml::Value::Integer(v);
+    let same = |v: &str| (v.to_string(), s(v));
+    let values: Vec<(&str, (String, toml::Value))> = vec![
+        ("listen", same("127.0.0.1:9999")),
+        ("workers", ("3".into(), n(3))),
+        ("here_api_key", ("ENVKEY123".into(), s("<redacted>"))),
+        ("here_api_key_file", same(key_file)),
+        ("upstream_requires_key", ("false".into(), toml::Value::Boolean(false))),
+        ("raster_upstream", same("http://127.0.0.1:9")),
+        ("vector_upstream", same("http://127.0.0.1:10")),
+        ("cache_dir", same("/tmp/tile-proxy-env-test")),
+        ("memory_cache", same("64MiB")),
+        ("disk_cache", same("0")),
+        ("max_entry_size", same("1MiB")),
+        ("flight_buffer", same("16MiB")),
+        ("ttl_cap", same("2d")),
+        ("default_ttl", same("3h")),
+        ("reject_unknown_params", ("false".into(), toml::Value::Boolean(false))),
+        ("unknown_indices", same("reject")),
+        (
+            "cors_origins",
+            (
+                "https://a.example,https://b.example:8443".into(),
+                toml::Value::Array(vec![s("https://a.example"), s("https://b.example:8443")]),
+            ),
+        ),
+        ("trusted_proxies", ("10.0.0.0/8, ::1/128".into(), toml::Value::Array(vec![s("10.0.0.0/8"), s("::1/128")]))),
+        ("log_format", same("text")),
+        ("metrics_max_indices", ("42".into(), n(42))),
+        ("shutdown_timeout", same("3s")),
+        ("drain_delay", same("1500ms")),
+        ("upstream.connect_timeout", same("1s")),
+        ("upstream.head_timeout", same("4s")),
+        ("upstream.body_timeout", same("20s")),
+        ("upstream.retry_attempts", ("2".into(), n(2))),
+        ("upstream.retry_min_delay", same("50ms")),
+        ("upstream.retry_max_delay", same("1s")),
+        ("upstream.retry_total", same("3s")),
+        ("upstream.max_connections", ("7".into(), n(7))),
+        ("upstream.breaker_failures", ("9".into(), n(9))),
+        ("upstream.breaker_cooldown", same("45s")),
+        ("defaults.ttl", same("2h")),
+        ("defaults.stale_while_revalidate", same("5m")),
+        ("defaults.stale_if_error", same("12h")),
+        ("defaults.negative_ttl", same("2m")),
+        ("defaults.client_cache_control", same("public, max-age={max_age}, s-maxage=30")),
+        ("index.Idx1.ttl", same("10m")),
+        ("index.Idx1.stale_while_revalidate", same("1m")),
+        ("index.Idx1.stale_if_error", same("6h")),
+        ("index.Idx1.negative_ttl", same("30s")),
+        ("index.Idx1.client_cache_control", same("public, max-age={max_age}")),
+        ("index.Idx1.api_key_env", same("IDX1_KEY")),
+        ("index.Idx1.api_key_file", same(idx_key_file)),
+    ];
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear().arg("check-config").env("IDX1_KEY", "IDXENVKEY");
+    for key in &keys {
+        let (_, (value, _)) = values
+            .iter()
+            .find(|(k, _)| k == key)
+            .unwrap_or_else(|| panic!("setting {key} has no test value: add one to this test"));
+        cmd.env(env_name(key), value);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for secret in ["ENVKEY123", "FILEKEY1", "IDXENVKEY", "IDXFILEKEY"] {
+        assert!(!stdout.contains(secret), "{secret} shown:\n{stdout}");
+    }
+    let shown: toml::Value = toml::from_str(&stdout).unwrap_or_else(|e| panic!("{e}\n{stdout}"));
+    for (key, (_, want)) in &values {
+        let got = key.split('.').try_fold(&shown, |v, part| v.get(part));
+        assert_eq!(got, Some(want), "{key} (set as {}) in\n{stdout}", env_name(key));
+    }
+    assert_eq!(values.len(), keys.len(), "every test value is a setting");
+}
+
+#[test]
+fn bad_file_values_env_values_and_toml_syntax_errors_are_listed_with_their_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tile-proxy.toml");
+    std::fs::write(&cfg, "here_api_key = \"k\"\n[upstream]\nhead_timeout = \"soon\"\n[index.a]\nttl = \"999d\"\n")
+        .unwrap();
+    let run = |extra_env: &[(&str, &str)]| {
+        let mut cmd = Command::new(BIN);
+        cmd.env_clear().args(["check-config", "--config"]).arg(&cfg);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let p = cfg.display();
+    let env = [("TILE_PROXY_MEMORY_CACHE", "lots"), ("TILE_PROXY_LISTN", "127.0.0.1:1")];
+    let err = run(&env);
+    for needle in [
+        format!("{p} line 3 (upstream.head_timeout): `soon` is not a duration"),
+        format!("{p} line 5 (index.a.ttl): 999d is too long"),
+        "env TILE_PROXY_MEMORY_CACHE (memory_cache): `lots` is not a size".into(),
+        "env TILE_PROXY_LISTN (listn): `listn` is not a setting".into(),
+        "4 problem(s)".into(),
+    ] {
+        assert!(err.contains(&needle), "{needle} not in {err}");
+    }
+
+    std::fs::write(&cfg, "here_api_key = \"k\"\nttl_cap = \"1d\"\nlisten = \"127.0.0.1:1\n").unwrap();
+    let err = run(&env);
+    for needle in [
+        format!("{p} line 3: TOML syntax error"),
+        "env TILE_PROXY_MEMORY_CACHE (memory_cache): `lots` is not a size".into(),
+        "env TILE_PROXY_LISTN (listn): `listn` is not a setting".into(),
+    ] {
+        assert!(err.contains(&needle), "{needle} not in {err}");
+    }
 }
 
 #[test]
@@ -203,6 +366,7 @@ fn help_documents_every_setting_with_its_environment_name() {
         "TILE_PROXY_DISK_CACHE",
         "TILE_PROXY_WORKERS",
         "CACHE_TTL_CAP",
+        "TILE_PROXY_UPSTREAM__HEAD_TIMEOUT",
         "0.0.0.0:8080",
         "./tile-cache",
     ] {

@@ -12,9 +12,9 @@ use tile_proxy::config::{FileConfig, PolicyFileConfig};
 
 fn policy(ttl: &str, swr: &str, sie: &str) -> PolicyFileConfig {
     PolicyFileConfig {
-        ttl: Some(ttl.into()),
-        stale_while_revalidate: Some(swr.into()),
-        stale_if_error: Some(sie.into()),
+        ttl: Some(dur(ttl)),
+        stale_while_revalidate: Some(dur(swr)),
+        stale_if_error: Some(dur(sie)),
         ..Default::default()
     }
 }
@@ -31,7 +31,7 @@ async fn stale_is_served_when_the_upstream_fails_with_503_or_times_out() {
     let up = upstream(6_000);
     let p = Proxy::start(&up, |f| {
         f.index.insert("sie".into(), policy("300ms", "0s", "1h"));
-        f.upstream.head_timeout = "300ms".into();
+        f.upstream.head_timeout = dur("300ms");
         f.upstream.retry_attempts = 2;
         f.upstream.breaker_failures = 0;
     })
@@ -147,7 +147,7 @@ async fn revalidation_sends_if_none_match_and_a_304_extends_the_entry() {
 async fn a_404_or_204_is_remembered_for_the_negative_ttl_then_asked_again() {
     let up = upstream(2_000);
     let p = Proxy::start(&up, |f| {
-        f.index.insert("neg".into(), PolicyFileConfig { negative_ttl: Some("400ms".into()), ..Default::default() });
+        f.index.insert("neg".into(), PolicyFileConfig { negative_ttl: Some(dur("400ms")), ..Default::default() });
     })
     .await;
     let path = "/v3/base/mc/9/4/4/png";
@@ -212,7 +212,7 @@ async fn the_breaker_opens_after_n_failures_pauses_upstream_calls_and_closes_aft
     let p = Proxy::start(&up, |f| {
         f.upstream.retry_attempts = 1;
         f.upstream.breaker_failures = 3;
-        f.upstream.breaker_cooldown = "500ms".into();
+        f.upstream.breaker_cooldown = dur("500ms");
     })
     .await;
     up.fail_always("/v3/base/mc/11/", Fault::Status { code: 500, retry_after: None });
@@ -253,7 +253,7 @@ async fn the_breaker_serves_stale_while_open() {
     let p = Proxy::start(&up, |f| {
         f.upstream.retry_attempts = 1;
         f.upstream.breaker_failures = 1;
-        f.upstream.breaker_cooldown = "10s".into();
+        f.upstream.breaker_cooldown = dur("10s");
         f.index.insert("bs".into(), policy("200ms", "0s", "1h"));
     })
     .await;
@@ -303,7 +303,7 @@ async fn age_and_client_cache_control_follow_the_index_policy() {
         f.index.insert(
             "cdn".into(),
             PolicyFileConfig {
-                ttl: Some("1h".into()),
+                ttl: Some(dur("1h")),
                 client_cache_control: Some("public, max-age={max_age}, s-maxage=60".into()),
                 ..Default::default()
             },

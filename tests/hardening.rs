@@ -44,8 +44,8 @@ async fn twenty_indices_asking_one_tile_cost_one_upstream_call_and_keep_their_ow
 async fn each_index_applies_its_own_ttl_to_the_shared_entry() {
     let up = upstream(1_000);
     let p = Proxy::start(&up, |f| {
-        f.index.insert("short".into(), PolicyFileConfig { ttl: Some("10s".into()), ..Default::default() });
-        f.index.insert("long".into(), PolicyFileConfig { ttl: Some("1h".into()), ..Default::default() });
+        f.index.insert("short".into(), PolicyFileConfig { ttl: Some(dur("10s")), ..Default::default() });
+        f.index.insert("long".into(), PolicyFileConfig { ttl: Some(dur("1h")), ..Default::default() });
     })
     .await;
     let path = "/v3/base/mc/8/7/7/png";
@@ -109,7 +109,7 @@ async fn an_index_with_its_own_key_gets_its_own_entries_and_sends_its_key() {
 async fn unknown_indices_can_be_rejected() {
     let up = upstream(1_000);
     let p = Proxy::start(&up, |f| {
-        f.unknown_indices = "reject".into();
+        f.unknown_indices = tile_proxy::config::UnknownIndices::Reject;
         f.index.insert("known".into(), PolicyFileConfig::default());
     })
     .await;
@@ -244,7 +244,7 @@ async fn downstream_caches_get_the_lifetime_with_age_on_misses_and_hits_alike() 
     let p = Proxy::start(&up, |f| {
         f.index.insert(
             "ten".into(),
-            PolicyFileConfig { ttl: Some("10s".into()), negative_ttl: Some("30s".into()), ..Default::default() },
+            PolicyFileConfig { ttl: Some(dur("10s")), negative_ttl: Some(dur("30s")), ..Default::default() },
         );
     })
     .await;
@@ -290,7 +290,7 @@ async fn downstream_caches_get_the_lifetime_with_age_on_misses_and_hits_alike() 
 async fn a_corrupt_disk_entry_is_refetched_never_served() {
     let up = upstream(50_000);
     let path = "/v3/base/mc/7/3/3/png";
-    let p = Proxy::start(&up, |f| f.memory_cache = "1MiB".into()).await;
+    let p = Proxy::start(&up, |f| f.memory_cache = tile_proxy::config::ByteSize::mib(1)).await;
     let good = p.get(path).await.bytes().clone();
     let dir = p.stop().await;
     // Flip bytes inside the stored body, wherever foyer put it.
@@ -308,7 +308,7 @@ async fn a_corrupt_disk_entry_is_refetched_never_served() {
         }
     }
     assert_eq!(corrupted, 1, "the entry was on disk");
-    let p = Proxy::start_in(&up, dir, |f| f.memory_cache = "1MiB".into()).await;
+    let p = Proxy::start_in(&up, dir, |f| f.memory_cache = tile_proxy::config::ByteSize::mib(1)).await;
     let r = p.get(path).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.x_cache(), "MISS", "the corrupt copy was not used");
@@ -361,7 +361,7 @@ async fn a_disk_without_room_degrades_to_memory_and_says_so() {
     let up = upstream(20_000);
     let fs = Tmpfs::mount("6m");
     let dir = tempfile::tempdir_in(fs.0.path()).unwrap();
-    let p = Proxy::start_in(&up, dir, |f| f.disk_cache = "16MiB".into()).await;
+    let p = Proxy::start_in(&up, dir, |f| f.disk_cache = tile_proxy::config::ByteSize::mib(16)).await;
     let path = "/v3/base/mc/7/5/5/png";
     assert_eq!(p.get(path).await.x_cache(), "MISS");
     assert_eq!(p.get(path).await.x_cache(), "HIT", "the memory tier serves");
@@ -382,8 +382,8 @@ async fn a_disk_that_fills_up_after_start_cannot_fail_cache_writes() {
     let dir = tempfile::Builder::new().tempdir_in(fs.0.path()).unwrap();
     let dir_path = dir.path().to_path_buf();
     let tweak = |f: &mut tile_proxy::config::FileConfig| {
-        f.disk_cache = "8MiB".into();
-        f.memory_cache = "1MiB".into();
+        f.disk_cache = tile_proxy::config::ByteSize::mib(8);
+        f.memory_cache = tile_proxy::config::ByteSize::mib(1);
     };
     let p = Proxy::start_in(&up, dir, tweak).await;
     assert_eq!(p.get("/health").await.json()["status"], "ok");

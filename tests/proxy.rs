@@ -281,7 +281,7 @@ async fn expired_entries_are_refetched_never_served_as_fresh() {
     let p = Proxy::start(&up, |f| {
         f.index.insert(
             "short".into(),
-            tile_proxy::config::PolicyFileConfig { ttl: Some("1s".into()), ..Default::default() },
+            tile_proxy::config::PolicyFileConfig { ttl: Some(dur("1s")), ..Default::default() },
         );
     })
     .await;
@@ -430,7 +430,7 @@ async fn head_cors_and_admin_endpoints() {
 #[actix_rt::test]
 async fn on_shutdown_ready_fails_while_tiles_are_still_served_then_the_port_closes() {
     let up = upstream(1_000);
-    let mut p = Proxy::start(&up, |f| f.drain_delay = "600ms".into()).await;
+    let mut p = Proxy::start(&up, |f| f.drain_delay = dur("600ms")).await;
     assert_eq!(p.get("/ready").await.status, 200);
     let running = p.running.take().unwrap();
     let stopping = actix_rt::spawn(running.shutdown());
@@ -449,7 +449,7 @@ async fn retry_after_is_honoured_between_attempts() {
     let up = upstream(1_000);
     let path = "/v3/base/mc/4/9/9/png";
     up.fail(path, Fault::Status { code: 429, retry_after: Some(1) }, 1);
-    let p = Proxy::start(&up, |f| f.upstream.retry_max_delay = "3s".into()).await;
+    let p = Proxy::start(&up, |f| f.upstream.retry_max_delay = dur("3s")).await;
     let started = Instant::now();
     let r = p.get(&format!("{path}?indice=ra")).await;
     assert_eq!(r.status, 200);

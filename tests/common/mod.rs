@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tile_proxy::cache::Tier;
 use tile_proxy::clock::ManualClock;
-use tile_proxy::config::{FileConfig, Settings};
+use tile_proxy::config::{ByteSize, FileConfig, Settings};
 use tile_proxy::server::{self, Running, StartOptions};
 
 pub use test_upstream::{Fault, Options, Upstream};
@@ -26,6 +26,11 @@ pub fn upstream(size: usize) -> Upstream {
         .expect("test upstream starts")
 }
 
+/// A duration as the config file spells it: `dur("300ms")`.
+pub fn dur(s: &str) -> Duration {
+    tile_proxy::config::units::parse_duration(s).expect("a duration")
+}
+
 /// A config pointing both APIs at `upstream`, small caches, fast retries.
 pub fn config(upstream: &Upstream, dir: &std::path::Path) -> FileConfig {
     let mut f = FileConfig {
@@ -35,16 +40,16 @@ pub fn config(upstream: &Upstream, dir: &std::path::Path) -> FileConfig {
         raster_upstream: upstream.base_url(),
         vector_upstream: upstream.base_url(),
         cache_dir: dir.to_path_buf(),
-        memory_cache: "32MiB".into(),
-        disk_cache: "16MiB".into(),
-        max_entry_size: "256KiB".into(),
-        shutdown_timeout: "2s".into(),
+        memory_cache: ByteSize::mib(32),
+        disk_cache: ByteSize::mib(16),
+        max_entry_size: ByteSize::kib(256),
+        shutdown_timeout: dur("2s"),
         ..FileConfig::default()
     };
-    f.upstream.retry_min_delay = "10ms".into();
-    f.upstream.retry_max_delay = "50ms".into();
-    f.upstream.head_timeout = "2s".into();
-    f.upstream.body_timeout = "5s".into();
+    f.upstream.retry_min_delay = dur("10ms");
+    f.upstream.retry_max_delay = dur("50ms");
+    f.upstream.head_timeout = dur("2s");
+    f.upstream.body_timeout = dur("5s");
     f
 }
 

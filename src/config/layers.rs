@@ -1,0 +1,602 @@
+//! Where settings come from, merged with figment: the TOML file, the environment, the flags (in
+//! that order, each overriding the one before, all over the built-in defaults), and, for every
+//! value that turns out wrong, which of them set it (file and line, variable, flag).
+//!
+//! serde stops at the first error, so when the merged configuration does not deserialize, each
+//! value is tried on its own ([`extract`]): every bad one is reported, and the good ones still
+//! reach [`validate`], whose problems are reported too.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use figment::error::Kind;
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+
+use super::{validate, ConfigErrors, FileConfig, ServeArgs, Settings};
+
+/// Prefix of every setting's environment variable.
+pub(super) const ENV_PREFIX: &str = "TILE_PROXY_";
+/// Separator of nested keys in a variable name.
+pub(super) const ENV_NESTING: &str = "__";
+/// Names kept from the service this one replaces, and the key each sets. The `TILE_PROXY_`
+/// spelling of the same key wins when both are set.
+const LEGACY_ENV: [(&str, &str); 3] =
+    [("HERE_API_KEY", "here_api_key"), ("HERE_API_KEY_FILE", "here_api_key_file"), ("CACHE_TTL_CAP", "ttl_cap")];
+/// Read by clap (`--config`), not a setting.
+const CONFIG_ENV: &str = "TILE_PROXY_CONFIG";
+
+/// A key path: `["upstream", "head_timeout"]`.
+type KeyPath = Vec<String>;
+
+/// One source, as a figment provider.
+struct Layer {
+    name: &'static str,
+    dict: Dict,
+}
+
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.dict.clone()))
+    }
+}
+
+/// The config file as parsed with spans, to find the line of a key.
+struct FileSource {
+    path: PathBuf,
+    doc: toml_edit::ImDocument<String>,
+}
+
+impl FileSource {
+    /// The line where `path` is set in the file, if it is.
+    fn line_of(&self, path: &[String]) -> Option<usize> {
+        let mut table: &dyn toml_edit::TableLike = self.doc.as_table();
+        let mut span = None;
+        for (i, segment) in path.iter().enumerate() {
+            let (key, item) = table.get_key_value(segment)?;
+            span = key.span().or_else(|| item.span()).or(span);
+            match item.as_table_like() {
+                Some(t) => table = t,
+                None if i + 1 < path.len() => return None,
+                None => {}
+            }
+        }
+        span.map(|s| line_at(self.doc.raw(), s.start))
+    }
+}
+
+/// What set each key, to name it in errors.
+#[derive(Default)]
+struct Sources {
+    file: Option<FileSource>,
+    env: BTreeMap<KeyPath, String>,
+    flags: BTreeMap<KeyPath, &'static str>,
+}
+
+impl Sources {
+    /// `env TILE_PROXY_LISTEN`, `flag --listen`, `/etc/tile-proxy.toml line 3`: the last source
+    /// (by precedence) that set `path` or something in it. `None`: the built-in default.
+    fn origin(&self, path: &[String]) -> Option<String> {
+        let touches = |k: &KeyPath| k.starts_with(path) || path.starts_with(k);
+        if let Some((_, flag)) = self.flags.iter().find(|(k, _)| touches(k)) {
+            return Some(format!("flag {flag}"));
+        }
+        if let Some((_, var)) = self.env.iter().find(|(k, _)| touches(k)) {
+            return Some(format!("env {var}"));
+        }
+        let file = self.file.as_ref()?;
+        let line = file.line_of(path)?;
+        Some(format!("{} line {line}", file.path.display()))
+    }
+
+    /// One line of the error list: the source first, then the key and the problem.
+    fn describe(&self, path: &[String], message: &str) -> String {
+        let key = path.join(".");
+        match self.origin(path) {
+            Some(origin) => format!("{origin} ({key}): {message}"),
+            None => format!("{key}: {message}"),
+        }
+    }
+}
+
+/// Loads file -> environment (`vars`) -> flags, validates, and lists every problem.
+pub(super) fn load(
+    args: &ServeArgs,
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Result<(Settings, FileConfig), ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut sources = Sources::default();
+    let file = match &args.config {
+        Some(path) => read_file(path, &mut sources, &mut errors),
+        None => Dict::new(),
+    };
+    let (env, all_vars) = read_env(vars, &mut sources, &mut errors);
+    let flags = read_flags(args, &mut sources, &mut errors);
+    let figment = Figment::new()
+        .merge(Layer { name: "config file", dict: file })
+        .merge(Layer { name: "environment", dict: env })
+        .merge(Layer { name: "command line", dict: flags });
+    let (config, bad) = extract(&figment);
+    errors.extend(bad.iter().map(|(path, message)| sources.describe(path, message)));
+    match validate(&config, &|name| all_vars.get(name).cloned()) {
+        Ok(settings) if errors.is_empty() => Ok((settings, config)),
+        Ok(_) => Err(ConfigErrors(errors)),
+        Err(problems) => {
+            // A bad value was replaced by its default: what validation says about it is noise.
+            let fresh = problems.iter().filter(|p| !bad.iter().any(|(b, _)| p.path.starts_with(b)));
+            errors.extend(fresh.map(|p| sources.describe(&p.path, &p.message)));
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// 1-based line of byte `offset` in `text`.
+fn line_at(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+fn read_file(path: &Path, sources: &mut Sources, errors: &mut Vec<String>) -> Dict {
+    let shown = path.display();
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            errors.push(format!("config file {shown}: cannot read it: {e}"));
+            return Dict::new();
+        }
+    };
+    let syntax_error = |span: Option<std::ops::Range<usize>>, message: &str| {
+        let line = span.map(|s| format!(" line {}", line_at(&text, s.start))).unwrap_or_default();
+        let message = message.trim().replace('\n', "; ");
+        format!("{shown}{line}: TOML syntax error: {message} (none of the file's settings were applied)")
+    };
+    let doc = match toml_edit::ImDocument::parse(text.clone()) {
+        Ok(doc) => doc,
+        Err(e) => {
+            errors.push(syntax_error(e.span(), e.message()));
+            return Dict::new();
+        }
+    };
+    let dict = match toml::from_str::<Dict>(&text) {
+        Ok(dict) => dict,
+        Err(e) => {
+            errors.push(syntax_error(e.span(), e.message()));
+            return Dict::new();
+        }
+    };
+    sources.file = Some(FileSource { path: path.to_path_buf(), doc });
+    dict
+}
+
+/// The key path a variable sets: `None` when it is not ours, `Err` when it is ours but names
+/// no key. Index names are kept as written; every other segment is lowercased.
+fn env_key(name: &str) -> Option<Result<KeyPath, String>> {
+    if let Some((_, key)) = LEGACY_ENV.iter().find(|(legacy, _)| *legacy == name) {
+        return Some(Ok(vec![key.to_string()]));
+    }
+    let rest = name.strip_prefix(ENV_PREFIX).filter(|_| name != CONFIG_ENV)?;
+    let segments: Vec<&str> = rest.split(ENV_NESTING).collect();
+    if segments.iter().any(|s| s.is_empty()) {
+        return Some(Err(format!(
+            "names no setting: write TILE_PROXY_<KEY>, nested keys joined by {ENV_NESTING} \
+             (e.g. TILE_PROXY_UPSTREAM__HEAD_TIMEOUT)"
+        )));
+    }
+    let is_index = segments[0].eq_ignore_ascii_case("index");
+    let path = segments
+        .iter()
+        .enumerate()
+        .map(|(i, s)| if is_index && i == 1 { s.to_string() } else { s.to_ascii_lowercase() })
+        .collect();
+    Some(Ok(path))
+}
+
+/// The environment's settings (values as strings: typed fields are read leniently), and every
+/// variable for `api_key_env`. An empty variable counts as unset.
+fn read_env(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+    sources: &mut Sources,
+    errors: &mut Vec<String>,
+) -> (Dict, BTreeMap<String, String>) {
+    let mut all = BTreeMap::new();
+    for (name, value) in vars {
+        // A name that is not UTF-8 is none of ours.
+        let Ok(name) = name.into_string() else { continue };
+        match value.into_string() {
+            Ok(value) => {
+                all.insert(name, value);
+            }
+            Err(_) if env_key(&name).is_some() => errors.push(format!("env {name}: the value is not UTF-8")),
+            Err(_) => {}
+        }
+    }
+    let mut dict = Dict::new();
+    let (legacy, prefixed): (Vec<_>, Vec<_>) = all.iter().partition(|(name, _)| !name.starts_with(ENV_PREFIX));
+    for (name, value) in legacy.into_iter().chain(prefixed) {
+        match env_key(name) {
+            None => {}
+            Some(Err(message)) => errors.push(format!("env {name}: {message}")),
+            Some(Ok(_)) if value.is_empty() => {}
+            Some(Ok(path)) => {
+                insert(&mut dict, &path, Value::from(value.as_str()));
+                sources.env.insert(path, name.clone());
+            }
+        }
+    }
+    (dict, all)
+}
+
+fn read_flags(a: &ServeArgs, sources: &mut Sources, errors: &mut Vec<String>) -> Dict {
+    let mut dict = Dict::new();
+    let mut set = |key: &str, flag: &'static str, value: Value| {
+        insert(&mut dict, &[key.to_string()], value);
+        sources.flags.insert(vec![key.to_string()], flag);
+    };
+    let strings = [
+        ("listen", "--listen", &a.listen),
+        ("here_api_key", "--here-api-key", &a.here_api_key),
+        ("raster_upstream", "--raster-upstream", &a.raster_upstream),
+        ("vector_upstream", "--vector-upstream", &a.vector_upstream),
+        ("memory_cache", "--memory-cache", &a.memory_cache),
+        ("disk_cache", "--disk-cache", &a.disk_cache),
+        ("log_format", "--log-format", &a.log_format),
+    ];
+    for (key, flag, value) in strings {
+        if let Some(v) = value {
+            set(key, flag, Value::from(v.as_str()));
+        }
+    }
+    let paths = [
+        ("here_api_key_file", "--here-api-key-file", &a.here_api_key_file),
+        ("cache_dir", "--cache-dir", &a.cache_dir),
+    ];
+    for (key, flag, value) in paths {
+        match value.as_deref().map(Path::to_str) {
+            Some(Some(v)) => set(key, flag, Value::from(v)),
+            Some(None) => errors.push(format!("flag {flag}: the path is not UTF-8")),
+            None => {}
+        }
+    }
+    if let Some(n) = a.workers {
+        set("workers", "--workers", Value::from(n));
+    }
+    if let Some(secs) = a.ttl_cap {
+        set("ttl_cap", "--ttl-cap", Value::from(secs));
+    }
+    dict
+}
+
+/// Sets `path` in `dict` to `value`, making the tables on the way.
+fn insert(dict: &mut Dict, path: &[String], value: Value) {
+    let Some((first, rest)) = path.split_first() else { return };
+    if rest.is_empty() {
+        dict.insert(first.clone(), value);
+        return;
+    }
+    let entry = dict.entry(first.clone()).or_insert_with(|| Value::from(Dict::new()));
+    if !matches!(entry, Value::Dict(..)) {
+        *entry = Value::from(Dict::new());
+    }
+    if let Value::Dict(_, inner) = entry {
+        insert(inner, rest, value);
+    }
+}
+
+/// The merged configuration, and every value that does not deserialize with what is wrong
+/// with it (those are left at their defaults in the returned config).
+fn extract(figment: &Figment) -> (FileConfig, Vec<(KeyPath, String)>) {
+    let whole_error = match figment.extract_lossy::<FileConfig>() {
+        Ok(config) => return (config, Vec::new()),
+        Err(e) => e,
+    };
+    let merged = figment.data().ok().and_then(|mut m| m.remove(&Profile::Default)).unwrap_or_default();
+    let mut good = Dict::new();
+    let mut bad = Vec::new();
+    for (key, value) in &merged {
+        walk(&mut vec![key.clone()], value, &mut good, &mut bad);
+    }
+    if bad.is_empty() {
+        bad.push((Vec::new(), describe_error(&whole_error)));
+    }
+    let config = Figment::new().merge(Layer { name: "valid values", dict: good }).extract_lossy().unwrap_or_default();
+    (config, bad)
+}
+
+/// Tries `value` at `path` alone; when it fails, tries its entries one by one, so that only
+/// the bad leaves are reported and the good ones kept.
+fn walk(path: &mut KeyPath, value: &Value, good: &mut Dict, bad: &mut Vec<(KeyPath, String)>) {
+    let error = match probe(path, value) {
+        Ok(()) => {
+            insert(good, path, value.clone());
+            return;
+        }
+        Err(e) => e,
+    };
+    // This very key is unknown: one problem, not one per entry below it.
+    let unknown_here = matches!(&error.kind, Kind::UnknownField(name, _) if Some(name) == path.last())
+        && error.path.len() + 1 == path.len();
+    if let (Value::Dict(_, entries), false) = (value, unknown_here) {
+        let before = bad.len();
+        for (key, inner) in entries {
+            path.push(key.clone());
+            walk(path, inner, good, bad);
+            path.pop();
+        }
+        if bad.len() > before {
+            return;
+        }
+    }
+    let message = if path.len() == 1 && path[0] == "here_api_key" {
+        // The message would quote the value, and the value is the key.
+        "must be a string (the value is not shown)".to_string()
+    } else {
+        describe_error(&error)
+    };
+    bad.push((path.clone(), message));
+}
+
+/// Deserializes a config holding only `value` at `path` (defaults elsewhere).
+fn probe(path: &[String], value: &Value) -> Result<(), Box<figment::Error>> {
+    let mut dict = Dict::new();
+    insert(&mut dict, path, value.clone());
+    Figment::new().merge(Layer { name: "probe", dict }).extract_lossy::<FileConfig>().map(|_| ()).map_err(Box::new)
+}
+
+fn describe_error(e: &figment::Error) -> String {
+    match &e.kind {
+        Kind::Message(m) => m.clone(),
+        Kind::UnknownField(field, []) => format!("`{field}` is not a setting"),
+        Kind::UnknownField(field, known) => format!("`{field}` is not a setting (known here: {})", known.join(", ")),
+        Kind::UnknownVariant(v, known) => format!("`{v}` is not one of: {}", known.join(", ")),
+        Kind::InvalidType(found, expected) => format!("expected {expected}, found {found}"),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        pairs.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect()
+    }
+
+    fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tile-proxy.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    fn load_ok(args: &ServeArgs, env: &[(&str, &str)]) -> (Settings, FileConfig) {
+        load(args, vars(env)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn load_err(args: &ServeArgs, env: &[(&str, &str)]) -> Vec<String> {
+        load(args, vars(env)).map(|_| ()).expect_err("invalid").0
+    }
+
+    #[test]
+    fn environment_names() {
+        let cases: [(&str, Option<&[&str]>); 8] = [
+            ("TILE_PROXY_LISTEN", Some(&["listen"])),
+            ("TILE_PROXY_UPSTREAM__HEAD_TIMEOUT", Some(&["upstream", "head_timeout"])),
+            ("TILE_PROXY_INDEX__MyIdx__TTL", Some(&["index", "MyIdx", "ttl"])),
+            ("HERE_API_KEY", Some(&["here_api_key"])),
+            ("CACHE_TTL_CAP", Some(&["ttl_cap"])),
+            ("TILE_PROXY_CONFIG", None),
+            ("PATH", None),
+            ("tile_proxy_listen", None),
+        ];
+        for (name, want) in cases {
+            let got = env_key(name).map(|r| r.unwrap());
+            assert_eq!(got, want.map(|w| w.iter().map(|s| s.to_string()).collect()), "{name}");
+        }
+        assert!(env_key("TILE_PROXY_UPSTREAM____HEAD_TIMEOUT").unwrap().is_err());
+        assert!(env_key("TILE_PROXY_").unwrap().is_err());
+    }
+
+    #[test]
+    fn flags_override_the_environment_which_overrides_the_file() {
+        let (_dir, path) = file(
+            "listen = \"127.0.0.1:1001\"\nmemory_cache = \"64MiB\"\ndisk_cache = \"0\"\nupstream_requires_key = false\n\
+             [upstream]\nhead_timeout = \"3s\"\nbody_timeout = \"9s\"\n[index.abc]\nttl = \"5m\"\n",
+        );
+        let args = ServeArgs { config: Some(path), ..Default::default() };
+        let env = [
+            ("TILE_PROXY_LISTEN", "127.0.0.1:1002"),
+            ("TILE_PROXY_UPSTREAM__HEAD_TIMEOUT", "4s"),
+            ("TILE_PROXY_INDEX__abc__STALE_IF_ERROR", "2h"),
+            ("TILE_PROXY_WORKERS", "3"),
+            ("TILE_PROXY_REJECT_UNKNOWN_PARAMS", "false"),
+            ("TILE_PROXY_CORS_ORIGINS", "https://a.example, https://b.example:8443"),
+            ("CACHE_TTL_CAP", "3600"),
+            ("UNRELATED", "x"),
+        ];
+        // file only
+        let (s, _) = load_ok(&args, &[]);
+        assert_eq!(s.listen.port(), 1001);
+        assert_eq!(s.upstream.head_timeout, Duration::from_secs(3));
+        // file < env
+        let (s, f) = load_ok(&args, &env);
+        assert_eq!(s.listen.port(), 1002);
+        assert_eq!(s.memory_cache, 64 << 20, "the file still counts where env says nothing");
+        assert_eq!(s.disk_cache, 0);
+        assert_eq!(s.upstream.head_timeout, Duration::from_secs(4));
+        assert_eq!(s.upstream.body_timeout, Duration::from_secs(9));
+        assert_eq!(s.policy("abc").ttl, Some(Duration::from_secs(300)));
+        assert_eq!(s.policy("abc").stale_if_error, Duration::from_secs(7200));
+        assert_eq!(s.workers, 3);
+        assert!(!s.reject_unknown_params);
+        assert_eq!(s.cors_origins, ["https://a.example", "https://b.example:8443"]);
+        assert_eq!(s.ttl_cap, Duration::from_secs(3600));
+        assert_eq!(f.index["abc"].ttl, Some(Duration::from_secs(300)));
+        // file < env < flags
+        let flags = ServeArgs {
+            listen: Some("127.0.0.1:1003".into()),
+            workers: Some(5),
+            ttl_cap: Some(60),
+            memory_cache: Some("32MiB".into()),
+            ..args.clone()
+        };
+        let (s, _) = load_ok(&flags, &env);
+        assert_eq!(s.listen.port(), 1003);
+        assert_eq!(s.workers, 5);
+        assert_eq!(s.ttl_cap, Duration::from_secs(60));
+        assert_eq!(s.memory_cache, 32 << 20);
+        assert_eq!(s.upstream.head_timeout, Duration::from_secs(4));
+    }
+
+    #[test]
+    fn the_tile_proxy_spelling_wins_over_the_legacy_one() {
+        let args = ServeArgs::default();
+        let (s, _) = load_ok(&args, &[("HERE_API_KEY", "legacy"), ("TILE_PROXY_HERE_API_KEY", "new")]);
+        assert_eq!(s.api_key.as_deref(), Some("new"));
+        let (s, _) = load_ok(&args, &[("HERE_API_KEY", "k"), ("CACHE_TTL_CAP", "60"), ("TILE_PROXY_TTL_CAP", "2h")]);
+        assert_eq!(s.ttl_cap, Duration::from_secs(7200));
+        let (s, _) = load_ok(&args, &[("HERE_API_KEY", "k"), ("TILE_PROXY_LISTEN", "")]);
+        assert_eq!(s.listen.to_string(), super::super::DEFAULT_LISTEN, "empty = unset");
+    }
+
+    #[test]
+    fn every_bad_value_is_named_by_its_source() {
+        let (_dir, path) = file(
+            "here_api_key = \"k\"\n\
+             memory_cache = \"lots\"\n\
+             listen = \"nowhere\"\n\
+             listen_port = 3\n\
+             [upstream]\n\
+             retry_attempts = 0\n\
+             upstream = 1\n\
+             [index.abc]\n\
+             ttl = \"forever\"\n\
+             stale_if_error = \"1h\"\n",
+        );
+        let args =
+            ServeArgs { config: Some(path.clone()), raster_upstream: Some("ftp://x".into()), ..Default::default() };
+        let errs = load_err(
+            &args,
+            &[
+                ("TILE_PROXY_UPSTREAM__BODY_TIMEOUT", "soon"),
+                ("TILE_PROXY_LISTN", "127.0.0.1:1"),
+                ("TILE_PROXY_UNKNOWN_INDICES", "maybe"),
+                ("TILE_PROXY_DEFAULTS__TTL", "400d"),
+            ],
+        );
+        let p = path.display();
+        let expect = [
+            format!("{p} line 2 (memory_cache): `lots` is not a size"),
+            format!("{p} line 3 (listen): `nowhere` is not an address"),
+            format!("{p} line 4 (listen_port): `listen_port` is not a setting"),
+            format!("{p} line 6 (upstream.retry_attempts): 0 is out of range"),
+            format!("{p} line 7 (upstream.upstream): `upstream` is not a setting"),
+            format!("{p} line 9 (index.abc.ttl): `forever` is not a duration"),
+            "env TILE_PROXY_UPSTREAM__BODY_TIMEOUT (upstream.body_timeout): `soon` is not a duration".into(),
+            "env TILE_PROXY_LISTN (listn): `listn` is not a setting".into(),
+            "env TILE_PROXY_UNKNOWN_INDICES (unknown_indices): `maybe` is not one of: allow, reject".into(),
+            "env TILE_PROXY_DEFAULTS__TTL (defaults.ttl): 400d is too long: at most 365d".into(),
+            "flag --raster-upstream (raster_upstream): `ftp://x` is not an http(s):// base URL".into(),
+        ];
+        for want in &expect {
+            assert!(errs.iter().any(|e| e.starts_with(want.as_str())), "missing {want:?} in {errs:#?}");
+        }
+        assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+    }
+
+    #[test]
+    fn a_key_of_the_wrong_type_is_not_quoted() {
+        let (_dir, path) = file("here_api_key = 123456789\n");
+        let errs = load_err(&ServeArgs { config: Some(path.clone()), ..Default::default() }, &[]);
+        assert_eq!(
+            errs,
+            [format!("{} line 1 (here_api_key): must be a string (the value is not shown)", path.display())]
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_is_listed_with_the_others() {
+        let (_dir, path) = file("listen = \"127.0.0.1:1\"\n[upstream\nhead_timeout = \"1s\"\n");
+        let args = ServeArgs { config: Some(path.clone()), ..Default::default() };
+        let errs = load_err(&args, &[("HERE_API_KEY", "k"), ("TILE_PROXY_MEMORY_CACHE", "0")]);
+        assert!(errs[0].starts_with(&format!("{} line 2: TOML syntax error", path.display())), "{errs:#?}");
+        assert!(errs.iter().any(|e| e.starts_with("env TILE_PROXY_MEMORY_CACHE (memory_cache): must be at least")));
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+
+        let args = ServeArgs { config: Some("/nonexistent/tile-proxy.toml".into()), ..Default::default() };
+        let errs = load_err(&args, &[("HERE_API_KEY", "k")]);
+        assert!(errs[0].contains("/nonexistent/tile-proxy.toml: cannot read it"), "{errs:#?}");
+    }
+
+    #[test]
+    fn index_keys_come_from_the_named_variable_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("key");
+        std::fs::write(&key_file, "FILEKEY\n").unwrap();
+        let (_d, path) = file(&format!(
+            "[index.a]\napi_key_env = \"A_KEY\"\n[index.b]\napi_key_file = \"{}\"\n\
+             [index.c]\napi_key_env = \"C_KEY\"\napi_key_file = \"{}\"\n",
+            key_file.display(),
+            key_file.display()
+        ));
+        let args = ServeArgs { config: Some(path.clone()), ..Default::default() };
+        let (s, f) = load_ok(&args, &[("HERE_API_KEY", "k"), ("A_KEY", "AKEY")]);
+        assert_eq!(s.index_keys["a"], "AKEY");
+        assert_eq!(s.index_keys["b"], "FILEKEY");
+        assert_eq!(s.index_keys["c"], "FILEKEY", "file when the variable is unset");
+        assert!(!format!("{s:?}").contains("AKEY") && !format!("{s:?}").contains("FILEKEY"));
+        let shown = f.effective_toml(&s);
+        assert!(!shown.contains("AKEY") && !shown.contains("FILEKEY"), "{shown}");
+
+        let errs = load_err(
+            &ServeArgs { config: Some(path.clone()), ..Default::default() },
+            &[("HERE_API_KEY", "k"), ("A_KEY", " "), ("C_KEY", "bad key!")],
+        );
+        let p = path.display();
+        assert!(
+            errs.iter()
+                .any(|e| e
+                    .starts_with(&format!("{p} line 2 (index.a.api_key_env): environment variable A_KEY is empty"))),
+            "{errs:#?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.starts_with(&format!("{p} line 6 (index.c.api_key_env): C_KEY: the key holds"))),
+            "{errs:#?}"
+        );
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+
+        std::fs::remove_file(&key_file).unwrap();
+        let errs = load_err(&args, &[("HERE_API_KEY", "k")]);
+        assert!(
+            errs.iter().any(|e| e.contains("(index.a.api_key_env): environment variable A_KEY is not set")),
+            "{errs:#?}"
+        );
+        assert!(errs.iter().any(|e| e.contains("(index.b.api_key_file): cannot read")), "{errs:#?}");
+        assert!(errs.iter().any(|e| e.contains("(index.c.api_key_file): cannot read")), "{errs:#?}");
+        assert!(
+            errs.iter().any(|e| e.contains("(index.c.api_key_env): environment variable C_KEY is not set")),
+            "{errs:#?}"
+        );
+    }
+
+    #[test]
+    fn the_effective_configuration_parses_back() {
+        let (_dir, path) = file(
+            "here_api_key = \"SECRETKEY\"\ntrusted_proxies = [\"10.1.2.3/8\", \"::1\"]\n[index.abc]\nttl = \"90s\"\n",
+        );
+        let args = ServeArgs { config: Some(path), ..Default::default() };
+        let (s, f) = load_ok(&args, &[("TILE_PROXY_DEFAULTS__CLIENT_CACHE_CONTROL", "public, max-age={max_age}")]);
+        let text = f.effective_toml(&s);
+        assert!(!text.contains("SECRETKEY"), "{text}");
+        let back: FileConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(back.here_api_key.as_deref(), Some("<redacted>"));
+        assert_eq!(back.workers, Some(s.workers));
+        assert_eq!(FileConfig { here_api_key: f.here_api_key.clone(), workers: f.workers, ..back }, f);
+        assert_eq!(s.trusted_proxies.iter().map(|n| n.to_string()).collect::<Vec<_>>(), ["10.0.0.0/8", "::1/128"]);
+    }
+}
