@@ -48,7 +48,8 @@ pub async fn tile(req: HttpRequest, service: web::Data<TileService>, client: web
         a.index = index.clone();
         a.tile = format!("{}/{}/{}", t.api.as_str(), t.resource, t.zxy());
     });
-    let policy = state.settings.policy(&t.index).clone();
+    let settings = state.settings.clone();
+    let policy = settings.policy(&t.index);
     match service.serve(&client, t, &index).await {
         Ok(answer) => {
             telemetry::note(&req, |a| a.cache = answer.label);
@@ -60,7 +61,7 @@ pub async fn tile(req: HttpRequest, service: web::Data<TileService>, client: web
                 }
             }
             let bytes = m.bytes_served.with_label_values(&[&index, answer.label]);
-            respond(&req, answer, &policy, state.clock.now_ms(), bytes)
+            respond(&req, answer, policy, state.clock.now_ms(), bytes)
         }
         Err(failure) => {
             telemetry::note(&req, |a| a.cache = "error");

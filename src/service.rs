@@ -103,15 +103,16 @@ impl TileService {
     ) -> Result<Answer, UpstreamFailure> {
         let st = &self.state;
         let key = st.upstream.cache_key(&tile);
-        let policy = st.settings.policy(&tile.index).clone();
+        let settings = st.settings.clone();
+        let policy = settings.policy(&tile.index);
         let limits = st.settings.limits();
         let now = st.clock.now_ms();
 
         // The old copy: to revalidate with, and (if `usable`) to stand in for a failing upstream.
         let mut expired: Option<(Entry, bool)> = None;
         if let Some((entry, source)) = st.cache.get(&key).await {
-            let lifetime = freshness::lifetime(&entry.meta, &policy, limits);
-            match freshness::decide(&entry.meta, lifetime, &policy, now) {
+            let lifetime = freshness::lifetime(&entry.meta, policy, limits);
+            match freshness::decide(&entry.meta, lifetime, policy, now) {
                 Decision::Fresh => return Ok(self.entry_answer(entry, lifetime, Some(source), None)),
                 Decision::StaleWhileRevalidate => {
                     if let Join::Leader(writer, reader) = st.fill.acquire(&key).await {
@@ -127,7 +128,7 @@ impl TileService {
         let (mut reader, label) = match st.fill.acquire(&key).await {
             Join::Leader(writer, reader) => {
                 // Look again: a lookup that yielded may have missed what a flight just stored.
-                if let Some(answer) = self.recheck(&key, &policy, &mut expired).await {
+                if let Some(answer) = self.recheck(&key, policy, &mut expired).await {
                     writer_done(writer, &answer);
                     return Ok(answer);
                 }
@@ -147,7 +148,7 @@ impl TileService {
             Ok(head) => Ok(Answer {
                 meta: head.meta.clone(),
                 content_length: head.content_length,
-                lifetime: freshness::lifetime(&head.meta, &policy, limits),
+                lifetime: freshness::lifetime(&head.meta, policy, limits),
                 x_cache: head.x_cache,
                 reason: None,
                 label: if head.x_cache == "HIT" { "hit" } else { label },
@@ -158,8 +159,8 @@ impl TileService {
                 let now = st.clock.now_ms();
                 match expired {
                     Some((entry, true)) => {
-                        let lifetime = freshness::lifetime(&entry.meta, &policy, limits);
-                        if freshness::usable_if_error(&entry.meta, lifetime, &policy, now) {
+                        let lifetime = freshness::lifetime(&entry.meta, policy, limits);
+                        if freshness::usable_if_error(&entry.meta, lifetime, policy, now) {
                             Ok(self.entry_answer(entry, lifetime, None, Some(failure.label())))
                         } else {
                             Err(failure)

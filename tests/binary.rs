@@ -19,8 +19,13 @@ struct Proc {
 }
 
 fn spawn(up: &Upstream, dir: &std::path::Path) -> Proc {
+    spawn_with(up, dir, &[])
+}
+
+fn spawn_with(up: &Upstream, dir: &std::path::Path, extra_env: &[(&str, &str)]) -> Proc {
     let mut child = Command::new(BIN)
         .env_clear()
+        .envs(extra_env.iter().copied())
         .env("HERE_API_KEY", KEY)
         .env("TILE_PROXY_LISTEN", "127.0.0.1:0")
         .env("TILE_PROXY_RASTER_UPSTREAM", up.base_url())
@@ -423,4 +428,36 @@ fn relaying_64_mib_to_a_slow_client_holds_a_flight_budget_not_the_body() {
     assert!(growth < 32 << 20, "RSS grew by {} MiB while relaying 64 MiB to a slow client", growth >> 20);
     drop(s);
     p.terminate();
+}
+
+#[test]
+fn the_client_address_comes_from_x_forwarded_for_only_through_trusted_proxies() {
+    let up = Upstream::start(Options { api_key: Some(KEY.into()), ..Options::default() }).expect("upstream");
+    let request = |p: &Proc| {
+        let mut s = TcpStream::connect(&p.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET /live HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 6.6.6.6, 203.0.113.7\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+    };
+    let client_of = |lines: Vec<String>| -> Vec<String> {
+        lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["path"] == "/live")
+            .map(|v| v["client"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    for (trusted, want) in [(None, "127.0.0.1"), (Some("127.0.0.0/8"), "203.0.113.7")] {
+        let dir = tempfile::tempdir().unwrap();
+        let env: Vec<(&str, &str)> = trusted.map(|t| ("TILE_PROXY_TRUSTED_PROXIES", t)).into_iter().collect();
+        let p = spawn_with(&up, dir.path(), &env);
+        request(&p);
+        let clients = client_of(p.terminate());
+        assert_eq!(clients, vec![want.to_string()], "trusted_proxies {trusted:?}");
+    }
 }
