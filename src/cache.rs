@@ -329,9 +329,16 @@ impl Tier for FoyerTier {
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), TierError>> {
-        Box::pin(
-            async move { self.cache.close().await.map_err(|e| TierError { tier: "foyer", message: e.to_string() }) },
-        )
+        // In a task of its own: should foyer's I/O have panicked (it does on a failed block
+        // write), closing reports an error instead of panicking the shutdown.
+        let cache = self.cache.clone();
+        Box::pin(async move {
+            let err = |message: String| TierError { tier: "foyer", message };
+            match tokio::spawn(async move { cache.close().await }).await {
+                Ok(r) => r.map_err(|e| err(e.to_string())),
+                Err(e) => Err(err(format!("closing the cache failed: {e}"))),
+            }
+        })
     }
 
     fn status(&self) -> serde_json::Value {

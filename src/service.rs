@@ -117,6 +117,11 @@ impl TileService {
                 Decision::StaleWhileRevalidate => {
                     if let Join::Leader(writer, reader) = st.fill.acquire(&key).await {
                         drop(reader);
+                        // Refreshed by a flight that just ended? Then that is the answer.
+                        if let Some(fresh) = self.recheck(&key, policy, &mut None).await {
+                            writer_done(writer, &fresh);
+                            return Ok(fresh);
+                        }
                         self.spawn_fetch(writer, client, tile, Some(entry.clone()), index_label);
                     }
                     return Ok(self.entry_answer(entry, lifetime, Some(source), Some("revalidating")));
