@@ -326,7 +326,10 @@ async fn relay(
 ) -> Result<Option<Bytes>, UpstreamFailure> {
     let st = &ctx.state;
     let max_entry = st.settings.max_entry_size;
-    let deadline = tokio::time::Instant::now() + st.upstream.settings.body_timeout;
+    let body_timeout = st.upstream.settings.body_timeout;
+    // `body_timeout` bounds the time spent waiting for the upstream, not the time spent waiting
+    // for slow readers (backpressure): a big body to a slow client may take longer than it.
+    let mut upstream_wait = Duration::ZERO;
     let mut copy =
         storable.then(|| BytesMut::with_capacity(content_length.unwrap_or(0).min(max_entry as u64) as usize));
     let mut received: u64 = 0;
@@ -334,7 +337,10 @@ async fn relay(
         if copy.is_none() && !writer.has_readers() {
             return Err(UpstreamFailure::Aborted);
         }
-        match tokio::time::timeout_at(deadline, response.next()).await {
+        let started = tokio::time::Instant::now();
+        let next = tokio::time::timeout(body_timeout.saturating_sub(upstream_wait), response.next()).await;
+        upstream_wait += started.elapsed();
+        match next {
             Ok(Some(Ok(chunk))) => {
                 received += chunk.len() as u64;
                 if let Some(buf) = copy.as_mut() {
@@ -345,7 +351,10 @@ async fn relay(
                         st.metrics.not_stored.with_label_values(&[&ctx.index, "too_large"]).inc();
                     }
                 }
-                writer.chunk(chunk).await;
+                // A reader that takes nothing for a whole `body_timeout` is given up on.
+                if tokio::time::timeout(body_timeout, writer.chunk(chunk)).await.is_err() {
+                    return Err(UpstreamFailure::Timeout);
+                }
             }
             Ok(None) => break,
             Ok(Some(Err(_))) => return Err(UpstreamFailure::Body),

@@ -484,3 +484,56 @@ async fn upstream_encoding_expires_and_age_are_handled_deliberately() {
     assert_eq!(p.get(path).await.x_cache(), "MISS", "expired after 200 s, not 300");
     p.stop().await;
 }
+
+/// Reads a tile through a raw connection at `bytes_per_sec`, pausing `stall` after the first
+/// MiB; returns the body bytes received before the server ended the connection.
+async fn slow_read(p: &Proxy, path: &str, bytes_per_sec: usize, stall: Duration) -> usize {
+    use std::io::{Read, Write};
+    let addr = p.base.trim_start_matches("http://").to_string();
+    let path = path.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+        let mut buf = vec![0u8; 64 << 10];
+        let (mut total, mut stalled) = (0usize, false);
+        let started = std::time::Instant::now();
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+            if total > 1 << 20 && !stalled {
+                stalled = true;
+                std::thread::sleep(stall);
+            }
+            let due = Duration::from_secs_f64(total as f64 / bytes_per_sec as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait); // the client's reading pace
+            }
+        }
+        total
+    })
+    .await
+    .unwrap()
+}
+
+#[actix_rt::test]
+async fn body_timeout_bounds_waiting_for_the_upstream_not_a_slow_client_but_a_stalled_one_is_cut() {
+    let up = upstream(1_000);
+    let (a, b) = ("/v3/base/mc/5/9/1/png", "/v3/base/mc/5/9/2/png");
+    up.fail_always(a, Fault::BigBody { size: 12 << 20 });
+    up.fail_always(b, Fault::BigBody { size: 12 << 20 });
+    let p = Proxy::start(&up, |f| {
+        f.upstream.body_timeout = dur("1s");
+        f.flight_buffer = tile_proxy::config::ByteSize::kib(256);
+    })
+    .await;
+    // 12 MiB at 4 MiB/s: 3 s, three times body_timeout, always progressing: complete.
+    let got = slow_read(&p, a, 4 << 20, Duration::ZERO).await;
+    assert!(got >= 12 << 20, "slow but steady client got {got} bytes");
+    // A client that stops reading for 3 s is given up on: the connection ends early.
+    let got = slow_read(&p, b, 8 << 20, Duration::from_secs(3)).await;
+    assert!(got < 12 << 20, "stalled client still got {got} bytes");
+    p.stop().await;
+}
