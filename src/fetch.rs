@@ -52,7 +52,7 @@ impl UpstreamHead {
         UpstreamHead {
             content_type: v(header::CONTENT_TYPE),
             content_encoding: v(header::CONTENT_ENCODING).filter(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity")),
-            etag: v(header::ETAG),
+            etag: v(header::ETAG).filter(|e| !e.is_empty()),
             content_length: s(header::CONTENT_LENGTH).and_then(|l| l.trim().parse().ok()),
             cache_control: s(header::CACHE_CONTROL),
             expires: s(header::EXPIRES),

@@ -264,6 +264,18 @@ async fn downstream_caches_get_the_lifetime_with_age_on_misses_and_hits_alike() 
     assert_eq!(hit.header("etag"), miss.header("etag"));
     assert_eq!(hit.header("content-type"), miss.header("content-type"));
 
+    // An upstream without an ETag: the miss already carries the one the hits will carry.
+    let no_etag = "/v3/base/mc/5/5/7/png";
+    up.fail(no_etag, Fault::Headers(vec![("ETag".into(), String::new())]), 1);
+    let miss = p.get(&format!("{no_etag}?indice=ten")).await;
+    let hit = p.get(&format!("{no_etag}?indice=ten")).await;
+    assert_eq!(hit.x_cache(), "HIT");
+    assert!(miss.header("etag").is_some_and(|e| e.starts_with("\"tp-")), "{:?}", miss.header("etag"));
+    assert_eq!(hit.header("etag"), miss.header("etag"));
+    let revalidated =
+        p.get_with(&format!("{no_etag}?indice=ten"), &[("If-None-Match", miss.header("etag").unwrap())]).await;
+    assert_eq!(revalidated.status, 304);
+
     // A 404: the miss and its remembered hit carry the same caching headers.
     let nf = "/v3/base/mc/5/5/6/png";
     up.fail(nf, Fault::Status { code: 404, retry_after: None }, 1);
