@@ -28,6 +28,8 @@ pub struct CacheKey(String);
 pub struct Origin {
     pub upstream_id: String,
     pub credential_id: String,
+    /// `tp2|<upstream_id>|<credential_id>|`: every key of this origin starts with it.
+    prefix: String,
 }
 
 impl Origin {
@@ -35,7 +37,10 @@ impl Origin {
     /// key sent with the request, if any.
     pub fn new(base_url: &str, key: Option<&str>) -> Origin {
         let base = base_url.trim_end_matches('/').to_ascii_lowercase();
-        Origin { upstream_id: stable_hash(base.as_bytes(), 12), credential_id: credential_id(key) }
+        let upstream_id = stable_hash(base.as_bytes(), 12);
+        let credential_id = credential_id(key);
+        let prefix = format!("{KEY_VERSION}|{upstream_id}|{credential_id}|");
+        Origin { upstream_id, credential_id, prefix }
     }
 }
 
@@ -50,18 +55,12 @@ pub fn credential_id(key: Option<&str>) -> String {
 impl CacheKey {
     /// Derives the key of a validated request sent to `origin`.
     pub fn of(t: &TileRequest, origin: &Origin) -> CacheKey {
-        CacheKey(format!(
-            "{KEY_VERSION}|{}|{}|{}|{}|{}/{}/{}|{}|{}",
-            origin.upstream_id,
-            origin.credential_id,
-            t.api.as_str(),
-            t.resource,
-            t.z,
-            t.x,
-            t.y,
-            t.format,
-            t.query_string()
-        ))
+        use std::fmt::Write;
+        let mut k = String::with_capacity(origin.prefix.len() + 48 + t.params.len() * 24);
+        k.push_str(&origin.prefix);
+        let _ = write!(k, "{}|{}|{}/{}/{}|{}|", t.api.as_str(), t.resource, t.z, t.x, t.y, t.format);
+        t.write_query(&mut k);
+        CacheKey(k)
     }
 
     pub fn as_str(&self) -> &str {

@@ -43,29 +43,28 @@ pub async fn tile(req: HttpRequest, service: web::Data<TileService>, client: web
         state.metrics.requests.with_label_values(&["_invalid", "unknown_index"]).inc();
         return ProxyError::UnknownIndex.response();
     }
-    let index = state.metrics.index_label(&t.index).to_string();
+    let index: &str = state.metrics.index_label(&t.index);
     telemetry::note(&req, |a| {
-        a.index = index.clone();
+        a.index = index.to_string();
         a.tile = format!("{}/{}/{}", t.api.as_str(), t.resource, t.zxy());
     });
-    let settings = state.settings.clone();
-    let policy = settings.policy(&t.index);
-    match service.serve(&client, t, &index).await {
+    let policy = state.settings.policy(&t.index);
+    match service.serve(&client, &t, index).await {
         Ok(answer) => {
             telemetry::note(&req, |a| a.cache = answer.label);
             let m = &state.metrics;
-            m.requests.with_label_values(&[&index, answer.label]).inc();
+            m.requests.with_label_values(&[index, answer.label]).inc();
             if let Some(source) = answer.source {
                 if answer.label != "stale" {
-                    m.hits_by_tier.with_label_values(&[&index, source.as_str()]).inc();
+                    m.hits_by_tier.with_label_values(&[index, source.as_str()]).inc();
                 }
             }
-            let bytes = m.bytes_served.with_label_values(&[&index, answer.label]);
+            let bytes = m.bytes_served.with_label_values(&[index, answer.label]);
             respond(&req, answer, policy, state.clock.now_ms(), bytes)
         }
         Err(failure) => {
             telemetry::note(&req, |a| a.cache = "error");
-            state.metrics.requests.with_label_values(&[&index, "error"]).inc();
+            state.metrics.requests.with_label_values(&[index, "error"]).inc();
             ProxyError::Upstream(failure).response()
         }
     }

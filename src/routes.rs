@@ -84,15 +84,20 @@ impl TileRequest {
     /// The normalised query as `a=1&b=2` (sorted; values are from safe charsets).
     pub fn query_string(&self) -> String {
         let mut s = String::new();
-        for (k, v) in &self.params {
-            if !s.is_empty() {
+        self.write_query(&mut s);
+        s
+    }
+
+    /// Appends the normalised query to `s`.
+    pub fn write_query(&self, s: &mut String) {
+        for (i, (k, v)) in self.params.iter().enumerate() {
+            if i > 0 {
                 s.push('&');
             }
             s.push_str(k);
             s.push('=');
             s.push_str(v);
         }
-        s
     }
 
     /// The path HERE serves this tile under, e.g. `/v3/base/mc/5/15/13/png`.

@@ -54,6 +54,15 @@ pub struct Answer {
     pub body: Body,
 }
 
+/// What the slow paths of one request need.
+struct Ctx<'a> {
+    client: &'a awc::Client,
+    tile: &'a TileRequest,
+    index_label: &'a str,
+    key: CacheKey,
+    policy: &'a Policy,
+}
+
 /// The tile service. Cheap to clone.
 #[derive(Clone)]
 pub struct TileService {
@@ -98,38 +107,50 @@ impl TileService {
     pub async fn serve(
         &self,
         client: &awc::Client,
-        tile: TileRequest,
+        tile: &TileRequest,
         index_label: &str,
     ) -> Result<Answer, UpstreamFailure> {
         let st = &self.state;
-        let key = st.upstream.cache_key(&tile);
-        let settings = st.settings.clone();
-        let policy = settings.policy(&tile.index);
-        let limits = st.settings.limits();
-        let now = st.clock.now_ms();
-
-        // The old copy: to revalidate with, and (if `usable`) to stand in for a failing upstream.
-        let mut expired: Option<(Entry, bool)> = None;
-        if let Some((entry, source)) = st.cache.get(&key).await {
-            let lifetime = freshness::lifetime(&entry.meta, policy, limits);
-            match freshness::decide(&entry.meta, lifetime, policy, now) {
+        let key = st.upstream.cache_key(tile);
+        let policy = st.settings.policy(&tile.index);
+        let found = st.cache.get(&key).await;
+        let mut expired = None;
+        if let Some((entry, source)) = found {
+            let lifetime = freshness::lifetime(&entry.meta, policy, st.settings.limits());
+            match freshness::decide(&entry.meta, lifetime, policy, st.clock.now_ms()) {
+                // The hot path: nothing else is awaited.
                 Decision::Fresh => return Ok(self.entry_answer(entry, lifetime, Some(source), None)),
                 Decision::StaleWhileRevalidate => {
-                    if let Join::Leader(writer, reader) = st.fill.acquire(&key).await {
-                        drop(reader);
-                        // Refreshed by a flight that just ended? Then that is the answer.
-                        if let Some(fresh) = self.recheck(&key, policy, &mut None).await {
-                            writer_done(writer, &fresh);
-                            return Ok(fresh);
-                        }
-                        self.spawn_fetch(writer, client, tile, Some(entry.clone()), index_label);
-                    }
-                    return Ok(self.entry_answer(entry, lifetime, Some(source), Some("revalidating")));
+                    let ctx = Ctx { client, tile, index_label, key, policy };
+                    return Ok(Box::pin(self.serve_stale(ctx, entry, lifetime, source)).await);
                 }
                 Decision::Fetch { fallback } => expired = Some((entry, fallback)),
             }
         }
+        // The cold path, boxed so the hot path's future stays small.
+        Box::pin(self.fill(Ctx { client, tile, index_label, key, policy }, expired)).await
+    }
 
+    /// Within stale-while-revalidate: the stale copy now, one background refresh.
+    async fn serve_stale(&self, ctx: Ctx<'_>, entry: Entry, lifetime: Option<Duration>, source: HitSource) -> Answer {
+        if let Join::Leader(writer, reader) = self.state.fill.acquire(&ctx.key).await {
+            drop(reader);
+            // Refreshed by a flight that just ended? Then that is the answer.
+            if let Some(fresh) = self.recheck(&ctx.key, ctx.policy, &mut None).await {
+                writer_done(writer, &fresh);
+                return fresh;
+            }
+            self.spawn_fetch(writer, ctx.client, ctx.tile.clone(), Some(entry.clone()), ctx.index_label);
+        }
+        self.entry_answer(entry, lifetime, Some(source), Some("revalidating"))
+    }
+
+    /// A miss (or an expired copy, kept in `expired` to revalidate with and, if usable, to stand
+    /// in for a failing upstream): lead or join the fill, and answer from its flight.
+    async fn fill(&self, ctx: Ctx<'_>, mut expired: Option<(Entry, bool)>) -> Result<Answer, UpstreamFailure> {
+        let st = &self.state;
+        let Ctx { client, tile, index_label, key, policy } = ctx;
+        let limits = st.settings.limits();
         let (mut reader, label) = match st.fill.acquire(&key).await {
             Join::Leader(writer, reader) => {
                 // Look again: a lookup that yielded may have missed what a flight just stored.
@@ -138,7 +159,7 @@ impl TileService {
                     return Ok(answer);
                 }
                 let revalidate = expired.as_ref().map(|(e, _)| e.clone());
-                self.spawn_fetch(writer, client, tile, revalidate, index_label);
+                self.spawn_fetch(writer, client, tile.clone(), revalidate, index_label);
                 (reader, "miss")
             }
             Join::Follower(reader) => (reader, "coalesced"),
@@ -160,20 +181,17 @@ impl TileService {
                 source: None,
                 body: Body::Flight(reader),
             }),
-            Err(failure) => {
-                let now = st.clock.now_ms();
-                match expired {
-                    Some((entry, true)) => {
-                        let lifetime = freshness::lifetime(&entry.meta, policy, limits);
-                        if freshness::usable_if_error(&entry.meta, lifetime, policy, now) {
-                            Ok(self.entry_answer(entry, lifetime, None, Some(failure.label())))
-                        } else {
-                            Err(failure)
-                        }
+            Err(failure) => match expired {
+                Some((entry, true)) => {
+                    let lifetime = freshness::lifetime(&entry.meta, policy, limits);
+                    if freshness::usable_if_error(&entry.meta, lifetime, policy, st.clock.now_ms()) {
+                        Ok(self.entry_answer(entry, lifetime, None, Some(failure.label())))
+                    } else {
+                        Err(failure)
                     }
-                    _ => Err(failure),
                 }
-            }
+                _ => Err(failure),
+            },
         }
     }
 
