@@ -401,16 +401,28 @@ fn relaying_64_mib_to_a_slow_client_holds_a_flight_budget_not_the_body() {
     let mut s = TcpStream::connect(&p.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
-    // Read at 1 MiB/s for 8 s; the upstream would send all 64 MiB in well under a second.
+    // Read the whole body at 1 MiB/s (64 s, twice the default body_timeout, which bounds waiting
+    // for the upstream, not for the client); the upstream would send it in well under a second.
     let mut buf = vec![0u8; 64 << 10];
-    let mut read = 0usize;
+    let mut head = Vec::new();
+    let mut body = 0usize;
     let mut peak = before;
     let started = Instant::now();
-    for second in 1..=8u32 {
-        while read < (second as usize) << 20 {
+    for second in 1..=65u32 {
+        while body < (second as usize) << 20 {
             let n = s.read(&mut buf).unwrap();
-            assert!(n > 0, "body ended early");
-            read += n;
+            if n == 0 {
+                break;
+            }
+            if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                body += n;
+            } else {
+                head.extend_from_slice(&buf[..n]);
+                if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                    body += head.len() - end - 4;
+                    head.truncate(end + 4);
+                }
+            }
         }
         while started.elapsed() < Duration::from_secs(second.into()) {
             std::thread::sleep(Duration::from_millis(20)); // the slow client's pace
@@ -419,12 +431,15 @@ fn relaying_64_mib_to_a_slow_client_holds_a_flight_budget_not_the_body() {
     }
     let growth = peak.saturating_sub(before);
     println!(
-        "RSS before {} MiB, peak {} MiB, growth {} MiB, client read {} MiB",
+        "RSS before {} MiB, peak {} MiB, growth {} MiB; client read {} bytes in {:?}",
         before >> 20,
         peak >> 20,
         growth >> 20,
-        read >> 20
+        body,
+        started.elapsed()
     );
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    assert_eq!(body, 64 << 20, "the whole body arrived");
     assert!(growth < 32 << 20, "RSS grew by {} MiB while relaying 64 MiB to a slow client", growth >> 20);
     drop(s);
     p.terminate();
