@@ -543,15 +543,15 @@ async fn body_timeout_bounds_waiting_for_the_upstream_not_a_slow_client_but_a_st
     up.fail_always(a, Fault::BigBody { size: 12 << 20 });
     up.fail_always(b, Fault::BigBody { size: 12 << 20 });
     let p = Proxy::start(&up, |f| {
-        f.upstream.body_timeout = dur("1s");
+        f.upstream.body_timeout = dur("2s");
         f.flight_buffer = tile_proxy::config::ByteSize::kib(256);
     })
     .await;
-    // 12 MiB at 4 MiB/s: 3 s, three times body_timeout, always progressing: complete.
-    let got = slow_read(&p, a, 4 << 20, Duration::ZERO).await;
+    // 12 MiB at 2.5 MiB/s: ~5 s, over twice body_timeout, always progressing: complete.
+    let got = slow_read(&p, a, 5 << 19, Duration::ZERO).await;
     assert!(got >= 12 << 20, "slow but steady client got {got} bytes");
-    // A client that stops reading for 3 s is given up on: the connection ends early.
-    let got = slow_read(&p, b, 8 << 20, Duration::from_secs(3)).await;
+    // A client that stops reading for 5 s is given up on: the connection ends early.
+    let got = slow_read(&p, b, 8 << 20, Duration::from_secs(5)).await;
     assert!(got < 12 << 20, "stalled client still got {got} bytes");
     p.stop().await;
 }
