@@ -117,6 +117,21 @@ impl Breaker {
         Self::state_of(&self.lock(), now)
     }
 
+    /// Opens the breaker now, whatever the count (a dependency that hangs: one timeout is
+    /// enough evidence, and every further call would cost a full deadline).
+    pub fn trip(&self, now: u64) -> Option<BreakerState> {
+        if self.threshold == 0 {
+            return None;
+        }
+        let mut s = self.lock();
+        let before = Self::state_of(&s, now);
+        s.failures = s.failures.max(self.threshold);
+        s.open_until = Some(now.saturating_add(self.cooldown.as_millis() as u64));
+        s.probing = false;
+        let after = Self::state_of(&s, now);
+        (before != after).then_some(after)
+    }
+
     /// Gives a probe permit back unused (its fetch was dropped before reporting): the next
     /// request may probe at once instead of the breaker staying half-open with no probe.
     pub fn release(&self, permit: Permit) {

@@ -377,11 +377,20 @@ impl TileCache {
 
     /// First hit wins. A failing tier counts as a miss for that tier.
     pub async fn get(&self, key: &CacheKey) -> Option<(Entry, HitSource)> {
+        self.get_valid(key, |_| true).await
+    }
+
+    /// First hit that `valid` accepts wins: an entry it rejects (purged) is skipped in favour of
+    /// a later tier's, which is then promoted over it.
+    pub async fn get_valid(&self, key: &CacheKey, valid: impl Fn(&Entry) -> bool) -> Option<(Entry, HitSource)> {
         if let Some(hit) = self.peek(key) {
-            return Some(hit);
+            if valid(&hit.0) {
+                return Some(hit);
+            }
         }
         for (i, tier) in self.tiers.iter().enumerate() {
             match tier.get(key).await {
+                Ok(Some((entry, _))) if !valid(&entry) => {}
                 Ok(Some((entry, source))) => {
                     // Promotion keeps the entry as long as the tier it came from would.
                     for earlier in &self.tiers[..i] {

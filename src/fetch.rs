@@ -257,7 +257,12 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
             let entry = Entry { meta: Meta { stored_at_ms: now, freshness, ..old.meta }, body: old.body };
             store(&writer, ctx, entry.clone()).await;
             writer.complete_with(
-                FlightHead { meta: entry.meta, content_length: Some(entry.body.len() as u64), x_cache: "MISS" },
+                FlightHead {
+                    meta: entry.meta,
+                    content_length: Some(entry.body.len() as u64),
+                    x_cache: "MISS",
+                    source: None,
+                },
                 entry.body,
             );
             true
@@ -274,7 +279,12 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
             let entry = Entry { meta, body };
             store(&writer, ctx, entry.clone()).await;
             writer.complete_with(
-                FlightHead { meta: entry.meta, content_length: Some(entry.body.len() as u64), x_cache: "MISS" },
+                FlightHead {
+                    meta: entry.meta,
+                    content_length: Some(entry.body.len() as u64),
+                    x_cache: "MISS",
+                    source: None,
+                },
                 entry.body,
             );
             true
@@ -287,7 +297,7 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
             if status == 200 && content_length.is_none() {
                 m.not_stored.with_label_values(&[index, "no_length"]).inc();
             }
-            writer.head(FlightHead { meta: meta.clone(), content_length, x_cache: "MISS" });
+            writer.head(FlightHead { meta: meta.clone(), content_length, x_cache: "MISS", source: None });
             match relay(&writer, ctx, &mut response, content_length, storable).await {
                 Ok(Some(body)) => {
                     store(&writer, ctx, Entry { meta, body }).await;

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::{watch, Notify};
 
-use crate::cache::BoxFuture;
+use crate::cache::{BoxFuture, HitSource};
 use crate::entry::Meta;
 use crate::error::UpstreamFailure;
 use crate::key::CacheKey;
@@ -38,6 +38,8 @@ pub struct FlightHead {
     pub content_length: Option<u64>,
     /// `MISS` for a fetched answer, `HIT` when the leader found the entry after all.
     pub x_cache: &'static str,
+    /// The tier a `HIT` came from.
+    pub source: Option<HitSource>,
 }
 
 /// How a flight ended.
@@ -158,7 +160,13 @@ impl Flights {
         let id = state.add_reader();
         let (tx, rx) = watch::channel(state);
         let flight = Arc::new(Flight { tx, room: Notify::new(), budget: self.budget });
-        let writer = FlightWriter { key: key.clone(), map: self.map.clone(), flight: flight.clone(), finished: false };
+        let writer = FlightWriter {
+            key: key.clone(),
+            map: self.map.clone(),
+            flight: flight.clone(),
+            finished: false,
+            guard: None,
+        };
         (writer, FlightReader { rx, flight, id })
     }
 
@@ -191,11 +199,19 @@ pub struct FlightWriter {
     map: Arc<Map>,
     flight: Arc<Flight>,
     finished: bool,
+    /// Held until the writer finishes or is dropped (a fleet-wide lease releases itself then).
+    guard: Option<Box<dyn Send + Sync>>,
 }
 
 impl FlightWriter {
     pub fn key(&self) -> &CacheKey {
         &self.key
+    }
+
+    /// Keeps `guard` alive until this writer finishes or is dropped, after the entry was stored
+    /// (a fill lock's lease is released by dropping it).
+    pub fn attach(&mut self, guard: Box<dyn Send + Sync>) {
+        self.guard = Some(guard);
     }
 
     /// Publishes the response head.
@@ -417,6 +433,7 @@ mod tests {
             },
             content_length: Some(6),
             x_cache: "MISS",
+            source: None,
         }
     }
 

@@ -105,6 +105,17 @@ impl crate::config::Settings {
     pub fn retention(&self, meta: &Meta) -> Option<Duration> {
         retention(meta, std::iter::once(&self.default_policy).chain(self.policies.values()), self.limits())
     }
+
+    /// The longest any entry can be of use to any index: `ttl_cap` plus the longest stale
+    /// window. A purge rule older than this can match nothing still cached.
+    pub fn max_entry_life(&self) -> Duration {
+        let stale = std::iter::once(&self.default_policy)
+            .chain(self.policies.values())
+            .map(|p| p.stale_while_revalidate.max(p.stale_if_error))
+            .max()
+            .unwrap_or_default();
+        self.ttl_cap + stale
+    }
 }
 
 /// The upstream's freshness facts from its response headers, at `now_ms`.

@@ -8,7 +8,9 @@
 //! upstream with retries, plans what the answer means, streams it to every reader and stores
 //! it. [`metrics`], [`telemetry`], [`health`] and [`admin`] observe; [`error`] maps failures to
 //! JSON; [`config`] loads settings; [`clock`] is injected time; [`state`] holds what workers
-//! share; [`server`] wires it all.
+//! share; [`server`] wires it all. [`shared`] is the optional Redis tier (entries, fleet-wide
+//! fetch lease, purge rules for every pod); [`purge`] the ban-list rules, [`purge_api`] the
+//! admin API that makes them.
 
 pub mod admin;
 pub mod breaker;
@@ -25,9 +27,12 @@ pub mod health;
 pub mod key;
 pub mod metrics;
 pub mod proxy;
+pub mod purge;
+pub mod purge_api;
 pub mod routes;
 pub mod server;
 pub mod service;
+pub mod shared;
 pub mod state;
 pub mod telemetry;
 pub mod upstream;

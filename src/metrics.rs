@@ -40,6 +40,10 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     /// `tile_proxy_breaker_open{upstream}`: 1 while the circuit breaker is open.
     pub breaker_open: IntGaugeVec,
+    /// `tile_proxy_purge_rules`: active purge rules.
+    pub purge_rules: prometheus::IntGauge,
+    /// `tile_proxy_purged_total{index}`: cached entries a purge rule turned into misses.
+    pub purged: IntCounterVec,
     known: RwLock<HashSet<String>>,
     max_indices: usize,
 }
@@ -67,6 +71,8 @@ impl Metrics {
             &["upstream"],
         )?;
         registry.register(Box::new(breaker_open.clone()))?;
+        let purge_rules = prometheus::IntGauge::new("tile_proxy_purge_rules", "Active purge rules")?;
+        registry.register(Box::new(purge_rules.clone()))?;
         Ok(Metrics {
             requests: counter(
                 registry,
@@ -115,6 +121,13 @@ impl Metrics {
                 &["status"],
             )?,
             breaker_open,
+            purge_rules,
+            purged: counter(
+                registry,
+                "tile_proxy_purged_total",
+                "Cached entries treated as missing because of a purge rule",
+                &["index"],
+            )?,
             known: RwLock::new(configured.into_iter().collect()),
             max_indices,
         })

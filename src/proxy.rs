@@ -60,7 +60,19 @@ pub async fn tile(req: HttpRequest, service: web::Data<TileService>, client: web
                 }
             }
             let bytes = m.bytes_served.with_label_values(&[index, answer.label]);
-            respond(&req, answer, policy, state.clock.now_ms(), bytes)
+            let tags = state.settings.surrogate_keys.then(|| crate::purge::surrogate_keys(&t.index, t.z, t.x, t.y));
+            let mut res = respond(&req, answer, policy, state.clock.now_ms(), bytes);
+            if let Some(tags) = tags {
+                // Fastly purges by Surrogate-Key (space separated), Cloudflare by Cache-Tag (comma).
+                let h = res.headers_mut();
+                if let Ok(v) = HeaderValue::from_str(&tags.join(" ")) {
+                    h.insert(header::HeaderName::from_static("surrogate-key"), v);
+                }
+                if let Ok(v) = HeaderValue::from_str(&tags.join(",")) {
+                    h.insert(header::HeaderName::from_static("cache-tag"), v);
+                }
+            }
+            res
         }
         Err(failure) => {
             telemetry::note(&req, |a| a.cache = "error");
@@ -109,6 +121,9 @@ pub fn response_head(answer: &Answer, policy: &crate::config::Policy, now: u64) 
     let meta = &answer.meta;
     let mut b = HttpResponse::build(StatusCode::from_u16(meta.status).unwrap_or(StatusCode::BAD_GATEWAY));
     b.insert_header(("X-Cache", answer.x_cache));
+    if let (Some(source), "HIT" | "STALE") = (answer.source, answer.x_cache) {
+        b.insert_header(("X-Cache-Tier", source.as_str()));
+    }
     b.insert_header((header::AGE, meta.age_secs(now)));
     b.insert_header((header::CACHE_CONTROL, freshness::client_cache_control(policy, answer.lifetime)));
     if let Some(etag) = meta.client_etag(answer.content_length) {

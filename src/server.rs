@@ -15,11 +15,14 @@ use crate::admin;
 use crate::cache::{lock_dir, DirLock, FoyerOptions, FoyerTier, LockError, Tier, TileCache};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Settings;
-use crate::flight::Flights;
+use crate::flight::{FillLock, Flights};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::proxy;
+use crate::purge::PurgeRules;
+use crate::purge_api;
 use crate::service::TileService;
+use crate::shared::{self, lease::FleetFill, lease::Waiters, tier::RedisTier, Redis};
 use crate::state::AppState;
 use crate::telemetry::TileSpan;
 use crate::upstream::{self, UpstreamConfig};
@@ -33,6 +36,8 @@ pub enum StartError {
     Cache(#[from] crate::cache::TierError),
     #[error("{0}")]
     CacheInUse(LockError),
+    #[error("{0}")]
+    Redis(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
 }
@@ -59,7 +64,7 @@ fn cors(origins: &[String]) -> Cors {
     let mut cors = Cors::default()
         .allowed_methods(["GET", "HEAD", "OPTIONS"])
         .allowed_headers([header::IF_NONE_MATCH, header::ACCEPT, header::CACHE_CONTROL])
-        .expose_headers(["X-Cache", "X-Cache-Reason", "ETag", "Age", "Cache-Control", "Retry-After"])
+        .expose_headers(["X-Cache", "X-Cache-Tier", "X-Cache-Reason", "ETag", "Age", "Cache-Control", "Retry-After"])
         .max_age(86_400);
     if origins.iter().any(|o| o == "*") {
         cors = cors.allow_any_origin().send_wildcard();
@@ -123,14 +128,56 @@ pub async fn start_with(settings: Settings, opts: StartOptions) -> Result<Runnin
             vec![tier]
         }
     };
+    let redis = match &settings.redis {
+        Some(r) => Some(Redis::new(r, clock.clone(), &prom.registry).map_err(StartError::Redis)?),
+        None => None,
+    };
+    let mut tiers = tiers;
+    if let Some(redis) = &redis {
+        tiers.push(Box::new(RedisTier::new(redis.clone(), settings.max_entry_size)));
+    }
     let cache = Arc::new(TileCache::new(tiers, metrics.clone()));
+    let purges = Arc::new(PurgeRules::new(settings.max_entry_life()));
+    // Without the disk tier nothing outlives the process, so neither need the rules.
+    let purge_file = dir_lock.as_ref().map(|_| settings.cache_dir.join("purges.json"));
+    if let Some(path) = &purge_file {
+        match purges.load(path, clock.now_ms()) {
+            Ok(n) if n > 0 => tracing::info!(rules = n, "purge rules loaded from the cache folder"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, path = %path.display(), "cannot read saved purge rules"),
+        }
+    }
+    if let Some(redis) = &redis {
+        // The fleet's rules before the first request (the subscriber keeps them current).
+        if let Err(e) = shared::pubsub::load_rules(redis, &purges, clock.now_ms()).await {
+            tracing::warn!(error = %e, "cannot read purge rules from redis at start; the subscriber retries");
+        }
+    }
+    metrics.purge_rules.set(purges.len() as i64);
     let settings = Arc::new(settings);
     let flights = Flights::new(settings.flight_buffer);
+    let fill: Arc<dyn FillLock> = match &redis {
+        Some(redis) => {
+            let waiters = Arc::new(Waiters::default());
+            let (rules, gauge, file) = (purges.clone(), metrics.purge_rules.clone(), purge_file.clone());
+            let on_change: shared::pubsub::OnChange = Arc::new(move || {
+                gauge.set(rules.len() as i64);
+                if let Some(path) = &file {
+                    if let Err(e) = rules.save(path) {
+                        tracing::warn!(error = %e, "cannot save purge rules");
+                    }
+                }
+            });
+            shared::pubsub::start(redis.clone(), waiters.clone(), purges.clone(), clock.clone(), on_change);
+            Arc::new(FleetFill::new(flights.clone(), redis.clone(), waiters))
+        }
+        None => flights.clone(),
+    };
     let state = Arc::new(AppState {
         upstream: Arc::new(UpstreamConfig::from_settings(&settings)),
         settings: settings.clone(),
         cache,
-        fill: flights.clone(),
+        fill,
         flights,
         metrics,
         health: Arc::new(Health::new(clock.clone())),
@@ -139,6 +186,9 @@ pub async fn start_with(settings: Settings, opts: StartOptions) -> Result<Runnin
             settings.upstream.breaker_cooldown,
         )),
         clock,
+        purges,
+        purge_file,
+        redis,
     });
     let service = web::Data::new(TileService::new(state.clone()));
 
@@ -157,6 +207,8 @@ pub async fn start_with(settings: Settings, opts: StartOptions) -> Result<Runnin
             .route("/live", web::get().to(admin::live))
             .route("/ready", web::get().to(admin::ready))
             .route("/health", web::get().to(admin::health))
+            .route("/admin/purge", web::post().to(purge_api::purge))
+            .route("/admin/purges", web::get().to(purge_api::purges))
             // Tiles are routed by `routes::parse` itself (one pass, no regex router on the hot
             // path): everything that is not an admin route goes there; it answers 404 for
             // non-tile paths and 405 for methods other than GET and HEAD.

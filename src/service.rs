@@ -113,7 +113,7 @@ impl TileService {
         let st = &self.state;
         let key = st.upstream.cache_key(tile);
         let policy = st.settings.policy(&tile.index);
-        let found = st.cache.get(&key).await;
+        let found = self.lookup(&key, tile).await;
         let mut expired = None;
         if let Some((entry, source)) = found {
             let lifetime = freshness::lifetime(&entry.meta, policy, st.settings.limits());
@@ -136,7 +136,7 @@ impl TileService {
         if let Join::Leader(writer, reader) = self.state.fill.acquire(&ctx.key).await {
             drop(reader);
             // Refreshed by a flight that just ended? Then that is the answer.
-            if let Some(fresh) = self.recheck(&ctx.key, ctx.policy, &mut None).await {
+            if let Some(fresh) = self.recheck(&ctx.key, ctx.tile, ctx.policy, &mut None).await {
                 writer_done(writer, &fresh);
                 return fresh;
             }
@@ -154,7 +154,7 @@ impl TileService {
         let (mut reader, label) = match st.fill.acquire(&key).await {
             Join::Leader(writer, reader) => {
                 // Look again: a lookup that yielded may have missed what a flight just stored.
-                if let Some(answer) = self.recheck(&key, policy, &mut expired).await {
+                if let Some(answer) = self.recheck(&key, tile, policy, &mut expired).await {
                     writer_done(writer, &answer);
                     return Ok(answer);
                 }
@@ -178,7 +178,7 @@ impl TileService {
                 x_cache: head.x_cache,
                 reason: None,
                 label: if head.x_cache == "HIT" { "hit" } else { label },
-                source: None,
+                source: head.source,
                 body: Body::Flight(reader),
             }),
             Err(failure) => match expired {
@@ -197,9 +197,15 @@ impl TileService {
 
     /// The leader's second look. A fresh entry is the answer; an expired one found now (and
     /// none before) becomes the copy to revalidate with.
-    async fn recheck(&self, key: &CacheKey, policy: &Policy, expired: &mut Option<(Entry, bool)>) -> Option<Answer> {
+    async fn recheck(
+        &self,
+        key: &CacheKey,
+        tile: &TileRequest,
+        policy: &Policy,
+        expired: &mut Option<(Entry, bool)>,
+    ) -> Option<Answer> {
         let st = &self.state;
-        let (entry, source) = st.cache.get(key).await?;
+        let (entry, source) = self.lookup(key, tile).await?;
         let now = st.clock.now_ms();
         let lifetime = freshness::lifetime(&entry.meta, policy, st.settings.limits());
         match freshness::decide(&entry.meta, lifetime, policy, now) {
@@ -212,6 +218,20 @@ impl TileService {
                 None
             }
         }
+    }
+
+    /// Looks `key` up in the tiers, skipping entries a purge rule covers for this request
+    /// (they are missing: refetched, never served stale).
+    async fn lookup(&self, key: &CacheKey, tile: &TileRequest) -> Option<(Entry, HitSource)> {
+        let st = &self.state;
+        let valid = |e: &Entry| {
+            let purged = st.purges.is_purged(&tile.index, tile.z, tile.x, tile.y, key.as_str(), e.meta.stored_at_ms);
+            if purged {
+                st.metrics.purged.with_label_values(&[st.metrics.index_label(&tile.index)]).inc();
+            }
+            !purged
+        };
+        st.cache.get_valid(key, valid).await
     }
 
     fn spawn_fetch(
@@ -238,7 +258,12 @@ fn writer_done(writer: FlightWriter, answer: &Answer) {
         return;
     };
     writer.complete_with(
-        FlightHead { meta: answer.meta.clone(), content_length: answer.content_length, x_cache: "HIT" },
+        FlightHead {
+            meta: answer.meta.clone(),
+            content_length: answer.content_length,
+            x_cache: "HIT",
+            source: answer.source,
+        },
         body.clone(),
     );
 }

@@ -10,6 +10,8 @@ use crate::config::Settings;
 use crate::flight::{FillLock, Flights};
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::purge::PurgeRules;
+use crate::shared::Redis;
 use crate::upstream::UpstreamConfig;
 
 /// Shared by every worker.
@@ -25,4 +27,10 @@ pub struct AppState {
     pub health: Arc<Health>,
     pub breakers: Arc<Breakers>,
     pub clock: SharedClock,
+    /// Active purge rules (checked on every lookup).
+    pub purges: Arc<PurgeRules>,
+    /// Where this pod keeps its rules (the cache folder, when the disk tier is on).
+    pub purge_file: Option<std::path::PathBuf>,
+    /// The shared tier's client, when `redis_url` is set.
+    pub redis: Option<Arc<Redis>>,
 }

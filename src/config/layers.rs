@@ -22,8 +22,12 @@ pub(super) const ENV_PREFIX: &str = "TILE_PROXY_";
 pub(super) const ENV_NESTING: &str = "__";
 /// Names kept from the service this one replaces, and the key each sets. The `TILE_PROXY_`
 /// spelling of the same key wins when both are set.
-const LEGACY_ENV: [(&str, &str); 3] =
-    [("HERE_API_KEY", "here_api_key"), ("HERE_API_KEY_FILE", "here_api_key_file"), ("CACHE_TTL_CAP", "ttl_cap")];
+const LEGACY_ENV: [(&str, &str); 4] = [
+    ("HERE_API_KEY", "here_api_key"),
+    ("HERE_API_KEY_FILE", "here_api_key_file"),
+    ("CACHE_TTL_CAP", "ttl_cap"),
+    ("REDIS_URL", "redis_url"),
+];
 /// Read by clap (`--config`), not a setting.
 const CONFIG_ENV: &str = "TILE_PROXY_CONFIG";
 
@@ -244,6 +248,7 @@ fn read_flags(a: &ServeArgs, sources: &mut Sources, errors: &mut Vec<String>) ->
         ("memory_cache", "--memory-cache", &a.memory_cache),
         ("disk_cache", "--disk-cache", &a.disk_cache),
         ("log_format", "--log-format", &a.log_format),
+        ("redis_url", "--redis-url", &a.redis_url),
     ];
     for (key, flag, value) in strings {
         if let Some(v) = value {

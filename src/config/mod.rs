@@ -46,6 +46,8 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_MAX_ENTRY: ByteSize = ByteSize::mib(2);
 /// Bytes one in-flight fetch may buffer for requests that join it late.
 pub const DEFAULT_FLIGHT_BUFFER: ByteSize = ByteSize::mib(8);
+/// Default `redis_max_value`.
+pub const DEFAULT_REDIS_MAX_VALUE: ByteSize = ByteSize::mib(4);
 /// Smallest `flight_buffer`.
 pub const MIN_FLIGHT_BUFFER: ByteSize = ByteSize::kib(64);
 
@@ -123,6 +125,9 @@ pub struct ServeArgs {
     pub ttl_cap: Option<u64>,
     #[arg(long, value_name = "FORMAT", help = help("Log format: json or text", "TILE_PROXY_LOG_FORMAT", "json"))]
     pub log_format: Option<String>,
+    /// Redis shared tier, e.g. redis://:password@redis:6379/0 or rediss://...; unset: no Redis [env: REDIS_URL]
+    #[arg(long, value_name = "URL")]
+    pub redis_url: Option<String>,
 }
 
 /// What to do with a request for an index that has no `[index.<name>]` section.
@@ -191,6 +196,20 @@ pub struct FileConfig {
     #[serde(with = "units::duration")]
     pub drain_delay: Duration,
     pub upstream: UpstreamFileConfig,
+    /// Redis shared tier (`REDIS_URL`): `redis://[:password@]host:port[/db]` or `rediss://` (TLS).
+    /// Unset: every pod caches on its own.
+    pub redis_url: Option<String>,
+    /// Entries larger than this stay in the local tiers (and skip the fleet-wide lease).
+    #[serde(with = "units::size")]
+    pub redis_max_value: ByteSize,
+    /// Deadlines, connections, breaker and lease of the Redis tier.
+    pub redis: RedisFileConfig,
+    /// Bearer token for `/admin/*` (best given as `TILE_PROXY_ADMIN_TOKEN`); unset: no admin API.
+    pub admin_token: Option<String>,
+    /// File holding the admin token (whitespace trimmed).
+    pub admin_token_file: Option<PathBuf>,
+    /// Send `Surrogate-Key` and `Cache-Tag` headers (index, zoom, tile block) for CDN purging.
+    pub surrogate_keys: bool,
     /// Policy for indices without a section of their own.
     pub defaults: PolicyFileConfig,
     /// Per-index policies: `[index.<name>]`.
@@ -223,6 +242,12 @@ impl Default for FileConfig {
             shutdown_timeout: Duration::from_secs(10),
             drain_delay: Duration::ZERO,
             upstream: UpstreamFileConfig::default(),
+            redis_url: None,
+            redis_max_value: DEFAULT_REDIS_MAX_VALUE,
+            redis: RedisFileConfig::default(),
+            admin_token: None,
+            admin_token_file: None,
+            surrogate_keys: false,
             defaults: PolicyFileConfig::default(),
             index: BTreeMap::new(),
         }
@@ -273,6 +298,106 @@ impl Default for UpstreamFileConfig {
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(30),
         }
+    }
+}
+
+/// `[redis]`: how the shared tier talks to Redis. Every call has a deadline and all of them
+/// share one circuit breaker, so a Redis that hangs costs a request at most one deadline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisFileConfig {
+    /// Deadline of a read (GET) and of the lease commands.
+    #[serde(with = "units::duration")]
+    pub timeout: Duration,
+    /// Deadline of a write (SET of an entry up to `redis_max_value`, PUBLISH).
+    #[serde(with = "units::duration")]
+    pub write_timeout: Duration,
+    /// Deadline of connecting (connections are made lazily and again after a failure).
+    #[serde(with = "units::duration")]
+    pub connect_timeout: Duration,
+    /// Connections used round-robin, so a small GET does not queue behind a large reply.
+    pub connections: usize,
+    /// Failed Redis calls in a row that open the Redis breaker (no calls until a probe succeeds).
+    pub breaker_failures: u32,
+    /// How long the Redis breaker stays open before one probe.
+    #[serde(with = "units::duration")]
+    pub breaker_cooldown: Duration,
+    /// Fleet-wide fetch lease; default: the upstream's head timeout x attempts + retry total + 1s.
+    #[serde(with = "units::opt_duration")]
+    pub lease: Option<Duration>,
+    /// Longest a pod waits for another pod's fetch before fetching itself; default: the lease.
+    #[serde(with = "units::opt_duration")]
+    pub lease_wait: Option<Duration>,
+    /// Prefix of every Redis key and channel (several deployments can share one Redis).
+    pub prefix: String,
+}
+
+impl Default for RedisFileConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_millis(50),
+            write_timeout: Duration::from_millis(500),
+            connect_timeout: Duration::from_millis(500),
+            connections: 4,
+            breaker_failures: 3,
+            breaker_cooldown: Duration::from_secs(5),
+            lease: None,
+            lease_wait: None,
+            prefix: "tile-proxy".into(),
+        }
+    }
+}
+
+/// Redis shared tier, resolved.
+#[derive(Clone)]
+pub struct RedisSettings {
+    /// Holds the password, if any: never log it (`Debug` hides it).
+    pub url: String,
+    pub max_value: usize,
+    pub timeout: Duration,
+    pub write_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub connections: usize,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
+    pub lease: Duration,
+    pub lease_wait: Duration,
+    pub prefix: String,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redact_url(&self.url))
+            .field("max_value", &self.max_value)
+            .field("timeout", &self.timeout)
+            .field("write_timeout", &self.write_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("connections", &self.connections)
+            .field("breaker_failures", &self.breaker_failures)
+            .field("breaker_cooldown", &self.breaker_cooldown)
+            .field("lease", &self.lease)
+            .field("lease_wait", &self.lease_wait)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+/// A URL with any password replaced by `<redacted>` (for logs and `check-config`).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:<redacted>@{host}")
+            } else {
+                format!("{scheme}://<redacted>@{host}")
+            }
+        }
+        None => url.to_string(),
     }
 }
 
@@ -361,6 +486,11 @@ pub struct Settings {
     pub flight_buffer: usize,
     /// Per-index HERE keys (index name -> key), from `api_key_env` / `api_key_file`.
     pub index_keys: BTreeMap<String, String>,
+    /// The shared tier, when `redis_url` is set.
+    pub redis: Option<RedisSettings>,
+    /// Bearer token of `/admin/*`; `None`: the admin API answers 404.
+    pub admin_token: Option<String>,
+    pub surrogate_keys: bool,
 }
 
 impl std::fmt::Debug for Settings {
@@ -392,6 +522,9 @@ impl std::fmt::Debug for Settings {
             .field("default_policy", &self.default_policy)
             .field("policies", &self.policies)
             .field("index_keys", &index_keys)
+            .field("redis", &self.redis)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
+            .field("surrogate_keys", &self.surrogate_keys)
             .finish()
     }
 }
@@ -431,6 +564,10 @@ impl FileConfig {
         if shown.here_api_key.is_some() {
             shown.here_api_key = Some("<redacted>".into());
         }
+        if shown.admin_token.is_some() {
+            shown.admin_token = Some("<redacted>".into());
+        }
+        shown.redis_url = shown.redis_url.as_deref().map(redact_url);
         let body = toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot be shown as TOML: {e}\n"));
         format!("# tile-proxy effective configuration (defaults < file < environment < flags)\n{body}")
     }
@@ -632,6 +769,8 @@ fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings, Vec<Probl
             index_keys.insert(name.clone(), key);
         }
     }
+    let redis = resolve_redis(file, &upstream, &mut c);
+    let admin_token = resolve_admin_token(file, &mut c);
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
@@ -660,7 +799,73 @@ fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings, Vec<Probl
         trusted_proxies,
         flight_buffer,
         index_keys,
+        redis,
+        admin_token,
+        surrogate_keys: file.surrogate_keys,
     })
+}
+
+fn resolve_redis(file: &FileConfig, upstream: &UpstreamSettings, c: &mut Check) -> Option<RedisSettings> {
+    let r = &file.redis;
+    let timeout = c.timeout(&["redis", "timeout"], r.timeout);
+    let write_timeout = c.timeout(&["redis", "write_timeout"], r.write_timeout);
+    let connect_timeout = c.timeout(&["redis", "connect_timeout"], r.connect_timeout);
+    c.count(&["redis", "connections"], r.connections, 1, 64);
+    c.count(&["redis", "breaker_failures"], r.breaker_failures, 1, 10_000);
+    let breaker_cooldown = c.duration(&["redis", "breaker_cooldown"], r.breaker_cooldown, MAX_TIMEOUT);
+    let max_value = c.size(&["redis_max_value"], file.redis_max_value, ByteSize::b(0), ByteSize::mib(512));
+    if r.prefix.is_empty()
+        || r.prefix.len() > 64
+        || !r.prefix.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.:".contains(ch))
+    {
+        c.push(&["redis", "prefix"], "must be 1-64 characters of A-Z a-z 0-9 - _ . :");
+    }
+    let derived =
+        upstream.head_timeout * upstream.retry_attempts as u32 + upstream.retry_total + Duration::from_secs(1);
+    let lease =
+        c.duration(&["redis", "lease"], r.lease.unwrap_or(derived), MAX_TIMEOUT).max(Duration::from_millis(100));
+    let lease_wait = c.duration(&["redis", "lease_wait"], r.lease_wait.unwrap_or(lease), MAX_TIMEOUT);
+    let url = file.redis_url.as_deref().map(str::trim).filter(|u| !u.is_empty())?;
+    if let Err(e) = redis::Client::open(url) {
+        let shown = redact_url(url);
+        c.push(
+            &["redis_url"],
+            format!("`{shown}` is not a Redis URL (redis://[:password@]host:port[/db] or rediss://...): {e}"),
+        );
+        return None;
+    }
+    Some(RedisSettings {
+        url: url.to_string(),
+        max_value,
+        timeout,
+        write_timeout,
+        connect_timeout,
+        connections: r.connections.clamp(1, 64),
+        breaker_failures: r.breaker_failures.max(1),
+        breaker_cooldown,
+        lease,
+        lease_wait,
+        prefix: r.prefix.clone(),
+    })
+}
+
+fn resolve_admin_token(file: &FileConfig, c: &mut Check) -> Option<String> {
+    let token = match (&file.admin_token, &file.admin_token_file) {
+        (Some(t), _) if !t.trim().is_empty() => t.trim().to_string(),
+        (_, Some(path)) => match read_key_file(path) {
+            Ok(t) => t,
+            Err(e) => {
+                c.push(&["admin_token_file"], e);
+                return None;
+            }
+        },
+        _ => return None,
+    };
+    if token.len() < 16 {
+        c.push(&["admin_token"], "must be at least 16 characters (use a random token, e.g. `openssl rand -hex 32`)");
+        return None;
+    }
+    Some(token)
 }
 
 /// A HERE key as HERE issues them: A-Z a-z 0-9 - _ . ~ (so it is safe in a URL as is).

@@ -3,6 +3,8 @@
 //! to it. Each test uses its own tile addresses so tests never share state.
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::time::Duration;
 
 use actix_web::http::header::HeaderMap;
@@ -118,6 +120,11 @@ impl Proxy {
 
     pub async fn get(&self, path: &str) -> Resp {
         self.get_with(path, &[]).await
+    }
+
+    /// [`Proxy::get`] owning its path (for futures built in a loop).
+    pub async fn get_owned(&self, path: String) -> Resp {
+        self.get_with(&path, &[]).await
     }
 
     /// `/metrics` as text.
