@@ -368,6 +368,11 @@ impl PurgeRules {
         PurgeRules { inner: RwLock::new(Inner::default()), newest_at_ms: AtomicU64::new(0), max_life_ms }
     }
 
+    /// The longest an entry lives: rules older than this are dropped.
+    pub fn max_life_ms(&self) -> u64 {
+        self.max_life_ms
+    }
+
     /// Adds `rule`, unless one with its id is present, it is no longer live at `now_ms`, or it
     /// is invalid (logged). Returns true if added.
     pub fn add(&self, rule: Rule, now_ms: u64) -> bool {

@@ -101,6 +101,11 @@ async fn sixty_cold_requests_over_three_pods_cost_one_upstream_call() {
         2.0,
         "the two others waited for it and answered from redis"
     );
+    assert!(
+        metric(&leases, "tile_proxy_redis_lease_wakeups_total", &["by=\"notification\""]) >= 2.0,
+        "the waiting pods were told by pub/sub, not only by polling: {}",
+        leases.lines().filter(|l| l.contains("wakeups")).collect::<Vec<_>>().join("; ")
+    );
     for p in pods {
         p.stop().await;
     }
@@ -390,6 +395,11 @@ async fn without_redis_purges_are_local_and_survive_a_restart() {
     p.clock.advance_secs(10);
     assert_eq!(p.state().purges.len(), 2, "rules kept in the cache folder");
     assert_eq!(p.get(path).await.x_cache(), "MISS", "the purged disk copy is not served after a restart");
+    // Rules outlive no entry: past ttl_cap (7d) + the longest stale window (1d) they are gone.
+    p.clock.advance_secs(8 * 86_400 + 60);
+    let list = reqwest_like_get(&p, "/admin/purges", Some(ADMIN)).await.json();
+    assert_eq!(list["rules"].as_array().map(Vec::len), Some(0), "{list}");
+    assert_eq!(list["max_rule_age_seconds"], 8 * 86_400);
     p.stop().await;
 }
 
@@ -433,4 +443,49 @@ async fn surrogate_keys_name_index_zoom_and_block() {
     let p = Proxy::start(&up, |_| {}).await;
     assert_eq!(p.get("/v3/base/mc/12/2200/1343/png").await.header("surrogate-key"), None, "off by default");
     p.stop().await;
+}
+
+#[actix_rt::test]
+async fn rediss_with_a_private_ca_shares_tiles() {
+    let certs = tempfile::tempdir().unwrap();
+    let redis = RedisServer::with_tls(certs.path());
+    assert!(redis.url().starts_with("rediss://"));
+    let up = upstream(2_000);
+    let tls = |f: &mut FileConfig| {
+        shared(&redis)(f);
+        f.redis.ca_file = Some(certs.path().join("ca.pem"));
+    };
+    let a = Proxy::start(&up, tls).await;
+    let b = Proxy::start(&up, tls).await;
+    let path = "/v3/base/mc/5/3/3/png";
+    assert_eq!(a.get(path).await.x_cache(), "MISS");
+    eventually("stored over TLS", || entries(&redis) == 1).await;
+    assert_eq!(b.get(path).await.header("x-cache-tier"), Some("redis"));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[actix_rt::test]
+async fn tiles_above_redis_max_value_stay_local_and_skip_the_lease() {
+    let redis = RedisServer::start();
+    let up = upstream(40_000);
+    let small = |f: &mut FileConfig| {
+        shared(&redis)(f);
+        f.redis_max_value = tile_proxy::config::ByteSize::kib(16);
+    };
+    let a = Proxy::start(&up, small).await;
+    let b = Proxy::start(&up, small).await;
+    let path = "/v3/base/mc/5/4/4/png";
+    assert_eq!(a.get(path).await.x_cache(), "MISS");
+    eventually("the too-large marker", || redis.dump().iter().any(|(k, _)| k.ends_with(":x"))).await;
+    assert_eq!(entries(&redis), 0, "a 40 KB tile is not shared above a 16 KiB redis_max_value");
+    let started = Instant::now();
+    assert_eq!(b.get(path).await.x_cache(), "MISS", "B fetches it itself");
+    assert!(started.elapsed() < Duration::from_secs(1), "without waiting for a lease");
+    assert_eq!(up.count(path), 2);
+    let m = a.metrics().await;
+    assert_eq!(metric(&m, "tile_proxy_redis_ops_total", &["op=\"set\"", "outcome=\"too_large\""]), 1.0);
+    assert_eq!(metric(&b.metrics().await, "tile_proxy_redis_lease_total", &["outcome=\"too_large\""]), 1.0);
+    a.stop().await;
+    b.stop().await;
 }

@@ -604,4 +604,49 @@ mod tests {
         assert_eq!(FileConfig { here_api_key: f.here_api_key.clone(), workers: f.workers, ..back }, f);
         assert_eq!(s.trusted_proxies.iter().map(|n| n.to_string()).collect::<Vec<_>>(), ["10.0.0.0/8", "::1/128"]);
     }
+
+    #[test]
+    fn redis_settings_from_env_and_flags_with_the_password_and_token_kept_out_of_sight() {
+        let (s, f) = load_ok(
+            &ServeArgs::default(),
+            &[
+                ("HERE_API_KEY", "k"),
+                ("REDIS_URL", "redis://:hunter2-pass@redis:6379/1"),
+                ("TILE_PROXY_REDIS__TIMEOUT", "30ms"),
+                ("TILE_PROXY_REDIS__CONNECTIONS", "2"),
+                ("TILE_PROXY_ADMIN_TOKEN", "0123456789abcdef-admin"),
+            ],
+        );
+        let r = s.redis.as_ref().expect("redis on");
+        assert_eq!(
+            (r.url.as_str(), r.timeout, r.connections),
+            ("redis://:hunter2-pass@redis:6379/1", Duration::from_millis(30), 2)
+        );
+        assert_eq!(r.lease, Duration::from_secs(36), "head_timeout x attempts + retry_total + 1s");
+        assert_eq!(r.lease_wait, r.lease);
+        assert_eq!(s.admin_token.as_deref(), Some("0123456789abcdef-admin"));
+        let shown = format!("{s:?}\n{}", f.effective_toml(&s));
+        assert!(!shown.contains("hunter2-pass") && !shown.contains("0123456789abcdef-admin"), "{shown}");
+        assert!(shown.contains("redis://:<redacted>@redis:6379/1"), "{shown}");
+        let args = ServeArgs { redis_url: Some("rediss://cache.internal:6380".into()), ..Default::default() };
+        let (s, _) = load_ok(&args, &[("HERE_API_KEY", "k"), ("REDIS_URL", "redis://ignored:1")]);
+        assert_eq!(s.redis.unwrap().url, "rediss://cache.internal:6380", "the flag wins");
+        let (s, _) = load_ok(&ServeArgs::default(), &[("HERE_API_KEY", "k")]);
+        assert!(s.redis.is_none() && s.admin_token.is_none(), "both off by default");
+        let errs = load_err(
+            &ServeArgs::default(),
+            &[("HERE_API_KEY", "k"), ("REDIS_URL", "http://nope"), ("TILE_PROXY_ADMIN_TOKEN", "short")],
+        );
+        assert!(errs.iter().any(|e| e.contains("(redis_url)") && e.contains("not a Redis URL")), "{errs:#?}");
+        assert!(errs.iter().any(|e| e.contains("(admin_token)") && e.contains("at least 16")), "{errs:#?}");
+    }
+
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        use crate::config::redact_url;
+        assert_eq!(redact_url("redis://:pw@h:1/0"), "redis://:<redacted>@h:1/0");
+        assert_eq!(redact_url("rediss://user:pw@h:1"), "rediss://user:<redacted>@h:1");
+        assert_eq!(redact_url("redis://token@h"), "redis://<redacted>@h");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+    }
 }

@@ -330,6 +330,9 @@ pub struct RedisFileConfig {
     pub lease_wait: Option<Duration>,
     /// Prefix of every Redis key and channel (several deployments can share one Redis).
     pub prefix: String,
+    /// PEM file of the CA that signed the server's certificate, for `rediss://` with a private
+    /// CA (otherwise the public web roots are trusted).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for RedisFileConfig {
@@ -344,6 +347,7 @@ impl Default for RedisFileConfig {
             lease: None,
             lease_wait: None,
             prefix: "tile-proxy".into(),
+            ca_file: None,
         }
     }
 }
@@ -363,6 +367,8 @@ pub struct RedisSettings {
     pub lease: Duration,
     pub lease_wait: Duration,
     pub prefix: String,
+    /// PEM of an extra CA for `rediss://`.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -379,6 +385,7 @@ impl std::fmt::Debug for RedisSettings {
             .field("lease", &self.lease)
             .field("lease_wait", &self.lease_wait)
             .field("prefix", &self.prefix)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|p| p.len()))
             .finish()
     }
 }
@@ -822,10 +829,30 @@ fn resolve_redis(file: &FileConfig, upstream: &UpstreamSettings, c: &mut Check) 
     }
     let derived =
         upstream.head_timeout * upstream.retry_attempts as u32 + upstream.retry_total + Duration::from_secs(1);
-    let lease =
-        c.duration(&["redis", "lease"], r.lease.unwrap_or(derived), MAX_TIMEOUT).max(Duration::from_millis(100));
+    let lease = match r.lease {
+        Some(l) => c.duration(&["redis", "lease"], l, MAX_TIMEOUT),
+        None => derived.min(MAX_TIMEOUT),
+    }
+    .max(Duration::from_millis(100));
     let lease_wait = c.duration(&["redis", "lease_wait"], r.lease_wait.unwrap_or(lease), MAX_TIMEOUT);
     let url = file.redis_url.as_deref().map(str::trim).filter(|u| !u.is_empty())?;
+    let ca_pem = match &r.ca_file {
+        Some(path) => match std::fs::read(path) {
+            Ok(pem) if pem.windows(11).any(|w| w == b"-----BEGIN ") => Some(pem),
+            Ok(_) => {
+                c.push(&["redis", "ca_file"], format!("{} holds no PEM certificate", path.display()));
+                None
+            }
+            Err(e) => {
+                c.push(&["redis", "ca_file"], format!("cannot read {}: {e}", path.display()));
+                None
+            }
+        },
+        None => None,
+    };
+    if ca_pem.is_some() && !url.starts_with("rediss://") {
+        c.push(&["redis", "ca_file"], "only used with a rediss:// redis_url");
+    }
     if let Err(e) = redis::Client::open(url) {
         let shown = redact_url(url);
         c.push(
@@ -846,6 +873,7 @@ fn resolve_redis(file: &FileConfig, upstream: &UpstreamSettings, c: &mut Check) 
         lease,
         lease_wait,
         prefix: r.prefix.clone(),
+        ca_pem,
     })
 }
 

@@ -169,7 +169,11 @@ impl FleetFill {
                     } else {
                         waited = true;
                         let nap = poll.min(deadline - now);
-                        let _ = tokio::time::timeout(nap, notified).await;
+                        let by = match tokio::time::timeout(nap, notified).await {
+                            Ok(()) => "notification",
+                            Err(_) => "poll",
+                        };
+                        r.metrics.wakeups.with_label_values(&[by]).inc();
                         continue;
                     }
                 }

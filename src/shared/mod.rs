@@ -117,6 +117,9 @@ pub struct RedisMetrics {
     pub up: IntGauge,
     /// `tile_proxy_redis_lease_total{outcome}`.
     pub lease: IntCounterVec,
+    /// `tile_proxy_redis_lease_wakeups_total{by}`: a waiting pod woken by the holder's
+    /// `notification` or by its own `poll`.
+    pub wakeups: IntCounterVec,
 }
 
 impl RedisMetrics {
@@ -133,7 +136,12 @@ impl RedisMetrics {
             &["outcome"],
         )?;
         registry.register(Box::new(lease.clone()))?;
-        Ok(RedisMetrics { ops, up, lease })
+        let wakeups = IntCounterVec::new(
+            Opts::new("tile_proxy_redis_lease_wakeups_total", "Pods waiting on a lease woken, by notification or poll"),
+            &["by"],
+        )?;
+        registry.register(Box::new(wakeups.clone()))?;
+        Ok(RedisMetrics { ops, up, lease, wakeups })
     }
 }
 
@@ -165,8 +173,14 @@ pub struct Redis {
 impl Redis {
     /// Builds the client; connects lazily (a Redis that is down at start is not an error).
     pub fn new(settings: &RedisSettings, clock: SharedClock, registry: &Registry) -> Result<Arc<Redis>, String> {
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| format!("redis_url: {}", crate::config::redact_url(&e.to_string())))?;
+        let client = match &settings.ca_pem {
+            Some(pem) => redis::Client::build_with_tls(
+                settings.url.as_str(),
+                redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) },
+            ),
+            None => redis::Client::open(settings.url.as_str()),
+        }
+        .map_err(|e| format!("redis_url: {}", crate::config::redact_url(&e.to_string())))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("redis")

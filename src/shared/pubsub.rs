@@ -51,7 +51,13 @@ pub async fn load_rules(redis: &Redis, rules: &PurgeRules, now_ms: u64) -> Resul
     let all: Vec<(String, String)> =
         redis.call("purges_load", Deadline::Write, &Cmd::hgetall(redis.keys.purges())).await?;
     let parsed: Vec<Rule> = all.iter().filter_map(|(_, json)| serde_json::from_str(json).ok()).collect();
-    let n = parsed.len();
+    // Rules that can match nothing any more leave the shared store too.
+    let dead: Vec<&str> =
+        parsed.iter().filter(|r| !r.live(now_ms, rules.max_life_ms())).map(|r| r.id.as_str()).collect();
+    if !dead.is_empty() {
+        let _ = redis.call::<()>("purges_expire", Deadline::Write, &Cmd::hdel(redis.keys.purges(), &dead)).await;
+    }
+    let n = parsed.len() - dead.len();
     rules.merge(parsed, now_ms);
     Ok(n)
 }

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     pub port: u16,
     password: Option<String>,
+    /// TLS only (`rediss://`): the folder holding `ca.pem`, `server.pem`, `server.key`.
+    tls: Option<std::path::PathBuf>,
     child: Option<Child>,
 }
 
@@ -25,15 +27,34 @@ impl RedisServer {
         Self::start_on(free_port(), Some(password.to_string()))
     }
 
+    /// TLS only, with a certificate for 127.0.0.1 signed by a CA made in `dir` (`dir/ca.pem`).
+    pub fn with_tls(dir: &std::path::Path) -> RedisServer {
+        make_certs(dir);
+        let mut s = RedisServer { port: free_port(), password: None, tls: Some(dir.to_path_buf()), child: None };
+        s.spawn();
+        s
+    }
+
     fn start_on(port: u16, password: Option<String>) -> RedisServer {
-        let mut s = RedisServer { port, password, child: None };
+        let mut s = RedisServer { port, password, tls: None, child: None };
         s.spawn();
         s
     }
 
     fn spawn(&mut self) {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        match &self.tls {
+            None => {
+                cmd.args(["--port", &self.port.to_string()]);
+            }
+            Some(dir) => {
+                let f = |name: &str| dir.join(name).to_string_lossy().to_string();
+                cmd.args(["--port", "0", "--tls-port", &self.port.to_string(), "--tls-auth-clients", "no"]);
+                cmd.args(["--tls-cert-file", &f("server.pem"), "--tls-key-file", &f("server.key")]);
+                cmd.args(["--tls-ca-cert-file", &f("ca.pem")]);
+            }
+        }
+        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
         cmd.args(["--daemonize", "no", "--loglevel", "warning", "--dir", &std::env::temp_dir().to_string_lossy()]);
         if let Some(p) = &self.password {
             cmd.args(["--requirepass", p]);
@@ -58,15 +79,26 @@ impl RedisServer {
 
     /// The URL a proxy is configured with.
     pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
         match &self.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}/0", self.port),
-            None => format!("redis://127.0.0.1:{}/0", self.port),
+            Some(p) => format!("{scheme}://:{p}@127.0.0.1:{}/0", self.port),
+            None => format!("{scheme}://127.0.0.1:{}/0", self.port),
         }
     }
 
     /// A fresh synchronous connection (for the test's own checks).
     pub fn connection(&self) -> redis::RedisResult<redis::Connection> {
-        let c = redis::Client::open(self.url())?;
+        let c = match &self.tls {
+            None => redis::Client::open(self.url())?,
+            Some(dir) => {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let root = std::fs::read(dir.join("ca.pem")).expect("ca.pem");
+                redis::Client::build_with_tls(
+                    self.url(),
+                    redis::TlsCertificates { client_tls: None, root_cert: Some(root) },
+                )?
+            }
+        };
         c.get_connection_with_timeout(Duration::from_secs(2))
     }
 
@@ -137,4 +169,38 @@ impl Drop for RedisServer {
         self.resume();
         self.kill();
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 (openssl), in `dir`.
+fn make_certs(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=tile-proxy test CA"],
+    ]
+    .concat());
+    run(&[&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]].concat());
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").expect("ext file");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
 }
