@@ -131,18 +131,29 @@ impl TileService {
         Box::pin(self.fill(Ctx { client, tile, index_label, key, policy }, expired)).await
     }
 
-    /// Within stale-while-revalidate: the stale copy now, one background refresh.
+    /// Within stale-while-revalidate: the stale copy now, one background refresh. The refresh
+    /// is started in a task of its own: asking who fills the key may wait on another pod's lease,
+    /// and the client never waits for a refresh.
     async fn serve_stale(&self, ctx: Ctx<'_>, entry: Entry, lifetime: Option<Duration>, source: HitSource) -> Answer {
-        if let Join::Leader(writer, reader) = self.state.fill.acquire(&ctx.key).await {
-            drop(reader);
-            // Refreshed by a flight that just ended? Then that is the answer.
-            if let Some(fresh) = self.recheck(&ctx.key, ctx.tile, ctx.policy, &mut None).await {
-                writer_done(writer, &fresh);
-                return fresh;
-            }
-            self.spawn_fetch(writer, ctx.client, ctx.tile.clone(), Some(entry.clone()), ctx.index_label);
-        }
+        let service = self.clone();
+        let (client, tile, index) = (ctx.client.clone(), ctx.tile.clone(), ctx.index_label.to_string());
+        let (key, stale) = (ctx.key, entry.clone());
+        actix_web::rt::spawn(async move { service.refresh(&client, &tile, key, &index, stale).await });
         self.entry_answer(entry, lifetime, Some(source), Some("revalidating"))
+    }
+
+    /// The background refresh of a stale entry: lead it (or leave it to the running one).
+    async fn refresh(&self, client: &awc::Client, tile: &TileRequest, key: CacheKey, index_label: &str, stale: Entry) {
+        if let Join::Leader(writer, reader) = self.state.fill.acquire(&key).await {
+            drop(reader);
+            // Refreshed by a flight (here or on another pod) that just ended: nothing to fetch.
+            let policy = self.state.settings.policy(&tile.index);
+            if let Some(fresh) = self.recheck(&key, tile, policy, &mut None).await {
+                writer_done(writer, &fresh);
+                return;
+            }
+            self.spawn_fetch(writer, client, tile.clone(), Some(stale), index_label);
+        }
     }
 
     /// A miss (or an expired copy, kept in `expired` to revalidate with and, if usable, to stand

@@ -228,6 +228,12 @@ fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it() {
     std::fs::write(&idx_key_file, "IDXFILEKEY\n").unwrap();
     let key_file = key_file.to_str().unwrap();
     let idx_key_file = idx_key_file.to_str().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").unwrap();
+    let ca_file = ca_file.to_str().unwrap();
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, "FILE-ADMIN-TOKEN-0123456789\n").unwrap();
+    let token_file = token_file.to_str().unwrap();
 
     // Every leaf of the default config, plus every leaf of one index section (mixed case: index
     // names are kept as written). A new setting shows up here and fails the test until it has
@@ -280,6 +286,21 @@ fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it() {
         ("upstream.max_connections", ("7".into(), n(7))),
         ("upstream.breaker_failures", ("9".into(), n(9))),
         ("upstream.breaker_cooldown", same("45s")),
+        ("redis_url", ("rediss://:REDISPASS99@cache:6380/2".into(), s("rediss://:<redacted>@cache:6380/2"))),
+        ("redis_max_value", same("2MiB")),
+        ("redis.timeout", same("40ms")),
+        ("redis.write_timeout", same("400ms")),
+        ("redis.connect_timeout", same("300ms")),
+        ("redis.connections", ("3".into(), n(3))),
+        ("redis.breaker_failures", ("4".into(), n(4))),
+        ("redis.breaker_cooldown", same("7s")),
+        ("redis.lease", same("20s")),
+        ("redis.lease_wait", same("15s")),
+        ("redis.prefix", same("tp-test")),
+        ("redis.ca_file", same(ca_file)),
+        ("admin_token", ("ENV-ADMIN-TOKEN-0123456789".into(), s("<redacted>"))),
+        ("admin_token_file", same(token_file)),
+        ("surrogate_keys", ("true".into(), toml::Value::Boolean(true))),
         ("defaults.ttl", same("2h")),
         ("defaults.stale_while_revalidate", same("5m")),
         ("defaults.stale_if_error", same("12h")),
@@ -305,7 +326,7 @@ fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it() {
     let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for secret in ["ENVKEY123", "FILEKEY1", "IDXENVKEY", "IDXFILEKEY"] {
+    for secret in ["ENVKEY123", "FILEKEY1", "IDXENVKEY", "IDXFILEKEY", "REDISPASS99", "ADMIN-TOKEN-0123456789"] {
         assert!(!stdout.contains(secret), "{secret} shown:\n{stdout}");
     }
     let shown: toml::Value = toml::from_str(&stdout).unwrap_or_else(|e| panic!("{e}\n{stdout}"));

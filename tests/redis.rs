@@ -489,3 +489,28 @@ async fn tiles_above_redis_max_value_stay_local_and_skip_the_lease() {
     a.stop().await;
     b.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_stale_answer_never_waits_for_another_pods_refresh() {
+    let redis = RedisServer::start();
+    let up = upstream(2_000);
+    let p = Proxy::start(&up, |f: &mut FileConfig| {
+        shared(&redis)(f);
+        f.defaults.ttl = Some(dur("10s"));
+        f.defaults.stale_while_revalidate = Some(dur("1h"));
+    })
+    .await;
+    let path = "/v3/base/mc/6/20/20/png";
+    assert_eq!(p.get(path).await.x_cache(), "MISS");
+    p.clock.advance_secs(60);
+    // Another pod is refreshing this tile: its lease is held for 3 s.
+    let tile = tile_proxy::routes::parse(path, "", Default::default()).unwrap().unwrap();
+    let tag = p.state().redis.as_ref().unwrap().keys.tag(&p.state().upstream.cache_key(&tile));
+    let _: () = redis.cmd(&["SET", &format!("tile-proxy:{{{tag}}}:l"), "other-pod", "PX", "3000"]);
+    let started = Instant::now();
+    let r = p.get(path).await;
+    assert_eq!((r.x_cache(), r.header("x-cache-reason")), ("STALE", Some("revalidating")));
+    assert!(started.elapsed() < Duration::from_millis(500), "answered at once: {:?}", started.elapsed());
+    assert_eq!(up.count(path), 1, "the other pod's refresh is not duplicated while its lease holds");
+    p.stop().await;
+}
