@@ -7,12 +7,20 @@
 #   bench/instructions.sh DIR [DIR ...]       # release builds in these cargo target dirs
 #
 # Environment: HITS=2000 (requests counted, after 100 misses and 100 warm-up hits), SIZE=20000
-# (tile bytes). Needs valgrind and curl (apt-get install valgrind curl).
+# (tile bytes), REDIS=1 (the proxy uses a private redis-server the script starts), RULES=N (N
+# purge rules made after the warm-up, so every entry is older than every rule and each hit takes
+# the rule check's slow path: half index rules for other indices, half bbox rules elsewhere, none
+# matching). Needs valgrind and curl (apt-get install valgrind curl).
+#
+#   bench/instructions.sh; REDIS=1 bench/instructions.sh; REDIS=1 RULES=100 bench/instructions.sh
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HITS=${HITS:-2000}
 SIZE=${SIZE:-20000}
 TILES=100
+REDIS=${REDIS:-0}
+RULES=${RULES:-0}
+TOKEN=bench-admin-token-0123456789
 command -v valgrind >/dev/null && command -v callgrind_control >/dev/null && command -v curl >/dev/null \
     || { echo "instructions.sh: needs valgrind and curl" >&2; exit 1; }
 [ $# -gt 0 ] || { (cd "$REPO_ROOT" && cargo build --release --bins -p tile-proxy -p test-upstream >&2); set -- "$REPO_ROOT/target"; }
@@ -23,16 +31,25 @@ measure() {
     local target=$1 tmp up_port px_port up px
     tmp=$(mktemp -d)
     up_port=$(free_port); px_port=$(free_port)
+    local redis_env=() rd=""
+    if [ "$REDIS" = 1 ]; then
+        local rd_port
+        rd_port=$(free_port)
+        redis-server --port "$rd_port" --bind 127.0.0.1 --save "" --appendonly no >"$tmp/redis.log" 2>&1 &
+        rd=$!
+        redis_env=(REDIS_URL="redis://127.0.0.1:$rd_port/0")
+    fi
     "$target/release/test-upstream" --listen "127.0.0.1:$up_port" --key k --min-size "$SIZE" --max-size "$SIZE" \
         >"$tmp/upstream.log" 2>&1 &
     up=$!
     env -i PATH="$PATH" HERE_API_KEY=k TILE_PROXY_LISTEN="127.0.0.1:$px_port" \
         TILE_PROXY_RASTER_UPSTREAM="http://127.0.0.1:$up_port" TILE_PROXY_VECTOR_UPSTREAM="http://127.0.0.1:$up_port" \
-        TILE_PROXY_CACHE_DIR="$tmp/cache" TILE_PROXY_WORKERS=1 RUST_LOG=warn \
+        TILE_PROXY_CACHE_DIR="$tmp/cache" TILE_PROXY_WORKERS=1 RUST_LOG=warn TILE_PROXY_ADMIN_TOKEN="$TOKEN" \
+        "${redis_env[@]}" \
         valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.out" "$target/release/tile-proxy" serve \
         >"$tmp/proxy.log" 2>&1 &
     px=$!
-    trap 'kill $px $up 2>/dev/null || true; rm -rf "$tmp"' RETURN
+    trap 'kill $px $up $rd 2>/dev/null || true; rm -rf "$tmp"' RETURN
     local ok=0
     for _ in $(seq 1 120); do
         if curl -sf -o /dev/null "http://127.0.0.1:$px_port/live"; then ok=1; break; fi
@@ -43,6 +60,13 @@ measure() {
     for i in $(seq 0 $((TILES - 1))); do urls+=("http://127.0.0.1:$px_port/here-proxy/mc/12/$i/7/png?indice=bench"); done
     curl -sf "${urls[@]}" >/dev/null # misses fill the cache
     curl -sf "${urls[@]}" >/dev/null # warm-up hits
+    local r body
+    for r in $(seq 1 "$RULES"); do
+        if [ $((r % 2)) = 0 ]; then body="{\"index\": \"other-$r\"}"; else body="{\"bbox\": [100, -50, 101, -49], \"zoom\": [0, 22]}"; fi
+        curl -sf -o /dev/null -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d "$body" \
+            "http://127.0.0.1:$px_port/admin/purge"
+    done
+    curl -sf "${urls[@]}" >/dev/null # hits after the rules
     callgrind_control -z "$px" >/dev/null 2>&1
     for _ in $(seq 1 $((HITS / TILES))); do hits+=("${urls[@]}"); done
     curl -sf "${hits[@]}" >/dev/null # one keep-alive connection
@@ -50,7 +74,8 @@ measure() {
     sleep 1
     local ir
     ir=$(cat "$tmp"/cg.out.* 2>/dev/null | awk '/^(summary|totals):/ {s+=$2} END {print s+0}')
-    printf '%-40s %12d instructions for %d hits: %d per hit\n' "$target" "$ir" "${#hits[@]}" $((ir / ${#hits[@]}))
+    printf '%-40s redis=%s rules=%-4s %12d instructions for %d hits: %d per hit\n' "$target" "$REDIS" "$RULES" "$ir" \
+        "${#hits[@]}" $((ir / ${#hits[@]}))
 }
 
 for t in "$@"; do measure "$t"; done

@@ -23,9 +23,10 @@ set -euo pipefail
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$BENCH_DIR/.." && pwd)"
 
-usage() { sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
-die() { echo "run.sh: error: $*" >&2; exit 1; }
-log() { echo "==> $*" >&2; }
+# shellcheck source=bench/lib.sh
+. "$BENCH_DIR/lib.sh"
+
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
 
 SMOKE=0
 for arg in "$@"; do
@@ -68,19 +69,6 @@ done
 # ---- 1. tools ------------------------------------------------------------------------------
 find_nginx() { command -v nginx 2>/dev/null || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true; }
 
-apt_install() {
-    local sudo=()
-    if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null || die "need root (or sudo) to install: $*"
-        sudo=(sudo)
-    fi
-    log "installing: $*"
-    if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"; then
-        "${sudo[@]}" apt-get update
-        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
-    fi
-}
-
 missing=()
 [ -n "$(find_nginx)" ] || missing+=(nginx)
 command -v wrk >/dev/null || missing+=(wrk)
@@ -95,125 +83,18 @@ ncpu="$(nproc)"
 [ "$SERVER_CPU" -lt "$ncpu" ] && [ "$LOAD_CPU" -lt "$ncpu" ] || die "SERVER_CPU/LOAD_CPU must be < nproc ($ncpu)"
 
 # ---- 2. build ------------------------------------------------------------------------------
-if [ "$SKIP_BUILD" != 1 ]; then
-    log "cargo build --release --bins -p tile-proxy -p test-upstream (target dir $TARGET_DIR)"
-    (cd "$REPO_ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release --bins -p tile-proxy -p test-upstream)
-fi
-PROXY_BIN="$TARGET_DIR/release/tile-proxy"
-UPSTREAM_BIN="$TARGET_DIR/release/test-upstream"
-[ -x "$PROXY_BIN" ] && [ -x "$UPSTREAM_BIN" ] || die "binaries not found in $TARGET_DIR/release (build first, or set TARGET_DIR)"
+build_binaries
 
-# ---- process bookkeeping and cleanup ---------------------------------------------------------
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/tile-proxy-bench.XXXXXX")"
-chmod 755 "$TMP"
-PIDS=()
-
-cleanup() {
-    local rc=$?
-    set +e
-    trap - EXIT INT TERM
-    local pid alive i
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-    for i in $(seq 50); do
-        alive=0
-        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        [ "$alive" = 0 ] && break
-        sleep 0.1
-    done
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
-    wait 2>/dev/null
-    if [ "$rc" -ne 0 ]; then
-        for f in upstream.log proxy.log nginx.out nginx-error.log; do
-            [ -s "$TMP/$f" ] && { echo "---- last lines of $f ----" >&2; tail -n 15 "$TMP/$f" >&2; }
-        done
-    fi
-    if [ "$KEEP_TMP" = 1 ]; then
-        echo "temp dir kept: $TMP" >&2
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# A port nothing listens on (checked by connecting; loopback only).
-free_port() {
-    local p _
-    for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 30000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
-    done
-    die "no free port found"
-}
-
-wait_ready() { # name pid url
-    local i
-    for i in $(seq 300); do
-        kill -0 "$2" 2>/dev/null || die "$1 exited during startup"
-        curl -sf -o /dev/null --max-time 1 "$3" && return 0
-        sleep 0.2
-    done
-    die "$1 not ready after 60 s ($3)"
-}
-
-upstream_total() {
-    curl -sf --max-time 5 "$UPSTREAM_URL/__stats" | grep -o '"total":[ ]*[0-9]*' | grep -o '[0-9]*$'
-}
-
-# CPU seconds (user+sys) used so far by a process (all threads) and its children processes.
-CLK_TCK="$(getconf CLK_TCK)"
-cpu_ticks() { # pid...
-    local total=0 p t
-    for p in "$@"; do
-        t="$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null || echo 0)"
-        total=$((total + t))
-    done
-    echo "$total"
-}
-
-# "busy total steal" jiffies of one core, from /proc/stat (busy excludes idle and iowait).
-core_jiffies() { # cpu-number
-    awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= 9; i++) t += $i
-        print t - $5 - $6, t, $9 }' /proc/stat
-}
-# Busy % of a core between two core_jiffies snapshots.
-core_busy() { # "busy0 total0 steal0" "busy1 total1 steal1"
-    awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); t = y[2] - x[2]
-        if (t <= 0) print 0; else printf "%.0f\n", 100 * (y[1] - x[1]) / t }'
-}
+# ---- process bookkeeping and cleanup (bench/lib.sh) -------------------------------------------
+LOG_FILES=(upstream.log proxy.log nginx.out nginx-error.log)
+bench_tmp
 
 # ---- 3. tile list ----------------------------------------------------------------------------
 TILES_FILE="$TMP/tiles.txt"
-awk -v n="$TILES" 'BEGIN {
-    count = 0
-    for (i = 0; count < n; i++) {
-        z = 12 + i % 3; m = 2 ^ z
-        x = (i * 7919 + 1234) % m; y = (i * 104729 + 4321) % m
-        k = z "/" x "/" y
-        if (!(k in seen)) { seen[k] = 1; print "/v3/base/mc/" k "/png"; count++ }
-    }
-}' >"$TILES_FILE"
-[ "$(sort -u "$TILES_FILE" | wc -l)" -eq "$TILES" ] || die "tile list is not $TILES distinct tiles"
-export TILES_FILE
+make_tiles
 
 # ---- 4. servers ------------------------------------------------------------------------------
-log "starting test-upstream (core $LOAD_CPU, bodies $MIN_SIZE-$MAX_SIZE bytes)"
-taskset -c "$LOAD_CPU" "$UPSTREAM_BIN" --listen 127.0.0.1:0 --key "$KEY" \
-    --min-size "$MIN_SIZE" --max-size "$MAX_SIZE" >"$TMP/upstream.log" 2>&1 &
-UPSTREAM_PID=$!
-PIDS+=("$UPSTREAM_PID")
-UPSTREAM_URL=""
-for _ in $(seq 100); do
-    kill -0 "$UPSTREAM_PID" 2>/dev/null || die "test-upstream exited during startup"
-    UPSTREAM_URL="$(sed -n 's/^listening on \(http:\/\/[0-9.:]*\).*/\1/p' "$TMP/upstream.log" | head -n1)"
-    [ -n "$UPSTREAM_URL" ] && break
-    sleep 0.1
-done
-[ -n "$UPSTREAM_URL" ] || die "test-upstream did not print its address"
-UPSTREAM_PORT="${UPSTREAM_URL##*:}"
-wait_ready test-upstream "$UPSTREAM_PID" "$UPSTREAM_URL/__stats"
+start_upstream "$KEY" "$MIN_SIZE" "$MAX_SIZE"
 
 PROXY_PORT="$(free_port)"
 PROXY_URL="http://127.0.0.1:$PROXY_PORT"
@@ -254,32 +135,6 @@ NGINX_WORKERS="$(cat /proc/"$NGINX_PID"/task/*/children 2>/dev/null | tr -s ' \n
 [ -n "${NGINX_WORKERS// /}" ] || NGINX_WORKERS="$(pgrep -P "$NGINX_PID" 2>/dev/null | tr '\n' ' ' || true)"
 
 # ---- 5. warm both caches ---------------------------------------------------------------------
-warm() { # name base-url
-    local name="$1" base="$2" cfg="$TMP/warm-$1.curl" ok
-    awk -v base="$base" '{ printf "url = \"%s%s\"\noutput = \"/dev/null\"\n", base, $0 }' \
-        "$TILES_FILE" >"$cfg"
-    timeout 300 taskset -c "$LOAD_CPU" curl -s --parallel --parallel-max 8 --max-time 30 \
-        -w '%{http_code}\n' -K "$cfg" >"$TMP/warm-$name.codes" 2>"$TMP/warm-$name.err" || true
-    ok="$(grep -c '^200$' "$TMP/warm-$name.codes" || true)"
-    [ "$ok" -eq "$TILES" ] || die "warming $name: $ok of $TILES requests answered 200"
-}
-
-check_hits() { # name base-url -> every 1/20th tile must answer X-Cache: HIT
-    local name="$1" base="$2" step path n=0 hits=0 try
-    step=$(((TILES + 19) / 20))
-    while read -r path; do
-        n=$((n + 1))
-        for try in 1 2 3 4 5; do
-            if curl -s --max-time 5 -o /dev/null -D - "$base$path" | tr -d '\r' | grep -qi '^x-cache: *HIT$'; then
-                hits=$((hits + 1)); break
-            fi
-            sleep 0.2
-        done
-    done < <(awk -v s="$step" '(NR - 1) % s == 0' "$TILES_FILE")
-    [ "$hits" -eq "$n" ] || die "$name: only $hits of $n sampled tiles answered X-Cache: HIT"
-    echo "$n"
-}
-
 log "warming tile-proxy: $TILES tiles"
 warm tile-proxy "$PROXY_URL"
 UP_AFTER_PROXY="$(upstream_total)"
@@ -294,67 +149,26 @@ check_hits nginx "$NGINX_URL" >/dev/null
 log "caches warm: upstream requests tile-proxy=$UP_AFTER_PROXY nginx=$((UP_AFTER_NGINX - UP_AFTER_PROXY)) total=$UP_AFTER_NGINX; $SAMPLED sampled tiles HIT on each"
 
 # ---- 6. measure ------------------------------------------------------------------------------
-# wrk prints e.g. "456.00us", "1.23ms", "1.02s"; transfer as "12.34MB" (binary units).
-to_ms() { awk -v v="$1" 'BEGIN { n = v + 0
-    if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /m$/) n *= 60000
-    else if (v ~ /s$/) n *= 1000
-    printf "%.3f", n }'; }
-to_mib() { awk -v v="$1" 'BEGIN { n = v + 0
-    if (v ~ /GB$/) n *= 1024; else if (v ~ /MB$/) n += 0; else if (v ~ /KB$/) n /= 1024
-    else if (v ~ /B$/) n /= 1048576
-    printf "%.2f", n }'; }
-
-# run_wrk NAME URL DURATION OUTFILE -> prints "rps p50_ms p99_ms mib_s requests errors server_cpu% wrk_cpu%"
-run_wrk() {
-    local name="$1" url="$2" dur="$3" out="$4" pids c0 c1 t0 t1 wall user sys
-    if [ "$name" = tile-proxy ]; then pids=("$PROXY_PID"); else read -r -a pids <<<"$NGINX_PID $NGINX_WORKERS"; fi
-    c0="$(cpu_ticks "${pids[@]}")"
-    local s0 l0 s1 l1
-    s0="$(core_jiffies "$SERVER_CPU")"; l0="$(core_jiffies "$LOAD_CPU")"
-    t0="$(date +%s.%N)"
-    local TIMEFORMAT='%U %S'
-    { time timeout $((dur + 30)) taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${dur}s" \
-        --timeout 5s --latency -s "$BENCH_DIR/tiles.lua" "$url" >"$out" 2>"$out.err"; } 2>"$out.time" ||
-        { cat "$out.err" >&2; die "wrk against $name failed"; }
-    t1="$(date +%s.%N)"
-    c1="$(cpu_ticks "${pids[@]}")"
-    s1="$(core_jiffies "$SERVER_CPU")"; l1="$(core_jiffies "$LOAD_CPU")"
-    read -r user sys <"$out.time"
-    local rps p50 p99 xfer reqs errs
-    rps="$(awk '/^Requests\/sec:/ { print $2 }' "$out")"
-    p50="$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")"
-    p99="$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")"
-    xfer="$(to_mib "$(awk '/^Transfer\/sec:/ { print $2 }' "$out")")"
-    reqs="$(awk '/requests in/ { print $1 }' "$out")"
-    errs="$(awk '/Non-2xx or 3xx responses:/ { n += $NF }
-                 /Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 }
-                 END { print n + 0 }' "$out")"
-    [ -n "$rps" ] && [ -n "$reqs" ] || { cat "$out" >&2; die "cannot parse wrk output for $name"; }
-    awk -v rps="$rps" -v p50="$p50" -v p99="$p99" -v x="$xfer" -v r="$reqs" -v e="$errs" \
-        -v c0="$c0" -v c1="$c1" -v tck="$CLK_TCK" -v t0="$t0" -v t1="$t1" -v u="$user" -v s="$sys" \
-        -v sb="$(core_busy "$s0" "$s1")" -v lb="$(core_busy "$l0" "$l1")" \
-        'BEGIN { wall = t1 - t0; if (wall <= 0) wall = 1
-                 printf "%.2f %.3f %.3f %.2f %d %d %.0f %.0f %d %d\n", rps, p50, p99, x, r, e,
-                        100 * (c1 - c0) / tck / wall, 100 * (u + s) / wall, sb, lb }'
-}
+# server processes whose CPU is measured: the proxy; nginx's master and worker(s)
+read -r -a NGINX_PIDS <<<"$NGINX_PID $NGINX_WORKERS"
 
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 if [ "$WARMUP" -gt 0 ]; then
     log "unmeasured ${WARMUP}s wrk warm-up against each server"
-    run_wrk tile-proxy "$PROXY_URL" "$WARMUP" "$TMP/wrk-warmup-proxy.txt" >/dev/null
-    run_wrk nginx "$NGINX_URL" "$WARMUP" "$TMP/wrk-warmup-nginx.txt" >/dev/null
+    run_wrk tile-proxy "$PROXY_URL" "$WARMUP" "$TMP/wrk-warmup-proxy.txt" "$PROXY_PID" >/dev/null
+    run_wrk nginx "$NGINX_URL" "$WARMUP" "$TMP/wrk-warmup-nginx.txt" "${NGINX_PIDS[@]}" >/dev/null
 fi
 
 declare -a P_RPS P_P50 P_P99 P_XFER P_REQ P_ERR P_CPU P_WCPU P_C0 P_C1
 declare -a N_RPS N_P50 N_P99 N_XFER N_REQ N_ERR N_CPU N_WCPU N_C0 N_C1
 for r in $(seq 1 "$ROUNDS"); do
     log "round $r/$ROUNDS: tile-proxy ${DURATION}s"
-    read -r P_RPS[r] P_P50[r] P_P99[r] P_XFER[r] P_REQ[r] P_ERR[r] P_CPU[r] P_WCPU[r] P_C0[r] P_C1[r] \
-        < <(run_wrk tile-proxy "$PROXY_URL" "$DURATION" "$TMP/wrk-r$r-proxy.txt")
+    read -r P_RPS[r] P_P50[r] P_P99[r] P_XFER[r] P_REQ[r] P_ERR[r] P_CPU[r] P_WCPU[r] P_C0[r] P_C1[r] _ \
+        < <(run_wrk tile-proxy "$PROXY_URL" "$DURATION" "$TMP/wrk-r$r-proxy.txt" "$PROXY_PID")
     [ -n "${P_RPS[r]}" ] || die "tile-proxy run $r failed"
     log "round $r/$ROUNDS: nginx ${DURATION}s"
-    read -r N_RPS[r] N_P50[r] N_P99[r] N_XFER[r] N_REQ[r] N_ERR[r] N_CPU[r] N_WCPU[r] N_C0[r] N_C1[r] \
-        < <(run_wrk nginx "$NGINX_URL" "$DURATION" "$TMP/wrk-r$r-nginx.txt")
+    read -r N_RPS[r] N_P50[r] N_P99[r] N_XFER[r] N_REQ[r] N_ERR[r] N_CPU[r] N_WCPU[r] N_C0[r] N_C1[r] _ \
+        < <(run_wrk nginx "$NGINX_URL" "$DURATION" "$TMP/wrk-r$r-nginx.txt" "${NGINX_PIDS[@]}")
     [ -n "${N_RPS[r]}" ] || die "nginx run $r failed"
 done
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -364,10 +178,7 @@ UP_DURING=$((UP_FINAL - UP_AFTER_NGINX))
 [ "$UP_DURING" -eq 0 ] || echo "WARNING: upstream saw $UP_DURING requests during measurement: not every request was a hit" >&2
 
 # ---- 7. report -------------------------------------------------------------------------------
-median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END {
-    if (NR % 2) printf "%.3f", a[(NR + 1) / 2]; else printf "%.3f", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.3f", a / b }'; }
-fmt() { awk -v v="$1" -v d="$2" 'BEGIN { printf "%.*f", d, v }'; }
+# median, ratio, fmt, json_arr, jnum: bench/lib.sh
 
 MP_RPS="$(median "${P_RPS[@]}")";  MN_RPS="$(median "${N_RPS[@]}")"
 MP_P50="$(median "${P_P50[@]}")";  MN_P50="$(median "${N_P50[@]}")"
@@ -421,7 +232,6 @@ ROWFMT='%-7s %-10s %9s %8s %8s %8s %9s %9s %7s %7s %6s\n'
 
 mkdir -p "$BENCH_DIR/out"
 JSON="$BENCH_DIR/out/result-$STAMP.json"
-json_arr() { local IFS=,; echo "[$*]"; }
 server_json() { # rps p50 p99 xfer req err cpu wcpu medians...
     cat <<EOF
 {
@@ -438,7 +248,6 @@ server_json() { # rps p50 p99 xfer req err cpu wcpu medians...
     }
 EOF
 }
-jnum() { [ "$1" = n/a ] && echo null || echo "$1"; }
 cat >"$JSON" <<EOF
 {
   "timestamp": "$STAMP",

@@ -274,28 +274,155 @@ fn lat_to_v(lat: f64) -> f64 {
     v.clamp(POLE_INSET, 1.0 - POLE_INSET)
 }
 
-/// A rule with its bbox projected once.
+/// A rule with its bbox projected once, and turned into tile ranges for every zoom.
 #[derive(Debug)]
 struct Compiled {
     rule: Rule,
     area: Option<Area>,
+    /// Per zoom 0..=[`MAX_ZOOM`]: the tile columns (two ranges across the antimeridian) and
+    /// rows the bbox overlaps, so the hot path compares integers instead of projecting.
+    spans: Option<Box<[TileSpans]>>,
 }
 
-impl Compiled {
-    fn matches(&self, index: &str, z: u8, x: u32, y: u32, key: &str) -> bool {
-        self.rule.matches_with(self.area.as_ref(), index, z, x, y, key)
+/// The tiles of one zoom a bbox overlaps (as [`Area::intersects`] decides, exactly).
+#[derive(Debug, Clone, Copy)]
+struct TileSpans {
+    xs: [Span; 2],
+    ys: Span,
+}
+
+impl TileSpans {
+    fn of(area: &Area, z: u8) -> TileSpans {
+        let n = 2f64.powi(i32::from(z));
+        let xs = if area.crosses_antimeridian() {
+            [span(area.u0, 1.0, n), span(0.0, area.u1, n)]
+        } else {
+            [span(area.u0, area.u1, n), None]
+        };
+        TileSpans { xs, ys: span(area.v0, area.v1, n) }
+    }
+
+    fn contains(&self, x: u32, y: u32) -> bool {
+        let within = |s: Span, t: u32| s.is_some_and(|(first, last)| first <= t && t <= last);
+        within(self.ys, y) && (within(self.xs[0], x) || within(self.xs[1], x))
     }
 }
 
-/// The rules, indexed for the hot path. Every list is sorted oldest first.
+impl Compiled {
+    fn new(rule: Rule) -> Compiled {
+        let area = rule.bbox.map(Area::new);
+        let spans = area.map(|a| (0..=MAX_ZOOM).map(|z| TileSpans::of(&a, z)).collect());
+        Compiled { rule, area, spans }
+    }
+
+    fn matches(&self, index: &str, z: u8, x: u32, y: u32, key: &str) -> bool {
+        match self.spans.as_ref().and_then(|s| s.get(usize::from(z))) {
+            // The bbox by integer ranges; the other criteria as the rule itself checks them.
+            Some(spans) => spans.contains(x, y) && self.rule.matches_with(None, index, z, x, y, key),
+            None => self.rule.matches_with(self.area.as_ref(), index, z, x, y, key),
+        }
+    }
+}
+
+/// The rules, indexed for the hot path so a hit looks only at rules that can concern it. Every
+/// list is sorted oldest first.
 #[derive(Debug, Default)]
 struct Inner {
-    /// Rules without a `key`.
+    /// Rules with neither `key` nor `index` (zoom and/or bbox for every index).
     general: Vec<Compiled>,
+    /// Which tiles some `general` rule can match, coarsely: a hit outside it skips the list.
+    general_cells: Cells,
+    /// Rules with an `index` and no `key`, by that index.
+    by_index: HashMap<String, Vec<Compiled>, Fnv>,
     /// Rules with a `key`, by that key.
-    by_key: HashMap<String, Vec<Compiled>>,
+    by_key: HashMap<String, Vec<Compiled>, Fnv>,
     /// Ids of all rules, for duplicates.
     ids: HashSet<String>,
+}
+
+/// FNV-1a: the maps above are keyed by short strings an operator made, hashed on the hot path;
+/// SipHash's flooding resistance buys nothing there and costs a few hundred instructions a hit.
+type Fnv = std::hash::BuildHasherDefault<FnvHasher>;
+
+#[derive(Debug, Default)]
+struct FnvHasher(u64);
+
+impl std::hash::Hasher for FnvHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+/// Cells per side of the [`Cells`] grid (a power of two, at most 64: one `u64` a row).
+const GRID: u64 = 64;
+const GRID_BITS: u32 = GRID.trailing_zeros();
+
+/// A coarse map, per zoom, of where rules can match: each zoom's tiles are grouped into a
+/// 64 x 64 grid of cells, and a cell is set when a rule covers any of its tiles. A request whose
+/// cell is clear cannot match any of the rules: one bit test instead of a walk.
+#[derive(Debug, Clone)]
+struct Cells {
+    rows: Box<[[u64; GRID as usize]]>,
+}
+
+impl Default for Cells {
+    fn default() -> Cells {
+        Cells { rows: vec![[0u64; GRID as usize]; usize::from(MAX_ZOOM) + 1].into_boxed_slice() }
+    }
+}
+
+impl Cells {
+    /// The cell of tile `x` (or `y`) at zoom `z`.
+    fn cell(z: u8, t: u32) -> u64 {
+        (u64::from(t) << GRID_BITS) >> z
+    }
+
+    /// The cells tiles `first..=last` of zoom `z` cover (below zoom 6 a tile spans several).
+    fn cells(z: u8, (first, last): (u32, u32)) -> (u64, u64) {
+        let end = (((u64::from(last) + 1) << GRID_BITS) - 1) >> z;
+        (Self::cell(z, first), end.min(GRID - 1))
+    }
+
+    fn mark(&mut self, c: &Compiled) {
+        let [zmin, zmax] = c.rule.zoom.unwrap_or([0, MAX_ZOOM]);
+        for z in zmin..=zmax.min(MAX_ZOOM) {
+            let n = 1u32 << z;
+            let (xs, ys) = match c.spans.as_ref().map(|s| s[usize::from(z)]) {
+                Some(s) => (s.xs, s.ys),
+                None => ([Some((0, n - 1)), None], Some((0, n - 1))),
+            };
+            let Some(ys) = ys else { continue };
+            let (r0, r1) = Self::cells(z, ys);
+            for (c0, c1) in xs.into_iter().flatten().map(|x| Self::cells(z, x)) {
+                let bits = (u64::MAX >> (GRID - 1 - (c1 - c0))) << c0;
+                for row in &mut self.rows[usize::from(z)][r0 as usize..=r1 as usize] {
+                    *row |= bits;
+                }
+            }
+        }
+    }
+
+    /// False when no marked rule can match tile `z/x/y`.
+    fn may_match(&self, z: u8, x: u32, y: u32) -> bool {
+        match self.rows.get(usize::from(z)) {
+            Some(rows) => rows[Self::cell(z, y) as usize] >> Self::cell(z, x) & 1 == 1,
+            None => true,
+        }
+    }
+
+    fn of(list: &[Compiled]) -> Cells {
+        let mut cells = Cells::default();
+        list.iter().for_each(|c| cells.mark(c));
+        cells
+    }
 }
 
 impl Inner {
@@ -309,13 +436,18 @@ impl Inner {
             return false;
         }
         self.ids.insert(rule.id.clone());
-        let list = match &rule.key {
-            Some(key) => self.by_key.entry(key.clone()).or_default(),
-            None => &mut self.general,
+        let list = match (&rule.key, &rule.index) {
+            (Some(key), _) => self.by_key.entry(key.clone()).or_default(),
+            (None, Some(index)) => self.by_index.entry(index.clone()).or_default(),
+            (None, None) => &mut self.general,
         };
         let at = rule.at_ms;
         let pos = list.partition_point(|c| c.rule.at_ms <= at);
-        list.insert(pos, Compiled { area: rule.bbox.map(Area::new), rule });
+        let general = rule.key.is_none() && rule.index.is_none();
+        list.insert(pos, Compiled::new(rule));
+        if general {
+            self.general_cells.mark(&self.general[pos]);
+        }
         true
     }
 
@@ -330,16 +462,19 @@ impl Inner {
             live
         };
         self.general.retain(&mut keep);
-        self.by_key.retain(|_, list| {
-            list.retain(&mut keep);
-            !list.is_empty()
-        });
+        self.general_cells = Cells::of(&self.general);
+        for map in [&mut self.by_index, &mut self.by_key] {
+            map.retain(|_, list| {
+                list.retain(&mut keep);
+                !list.is_empty()
+            });
+        }
     }
 
     /// The newest rule's `at_ms`, 0 without rules.
     fn newest(&self) -> u64 {
         let last = |list: &Vec<Compiled>| list.last().map_or(0, |c| c.rule.at_ms);
-        self.by_key.values().map(last).fold(last(&self.general), u64::max)
+        self.by_index.values().chain(self.by_key.values()).map(last).fold(last(&self.general), u64::max)
     }
 
     /// True when a rule of `list` newer than `stored_at_ms` matches.
@@ -420,8 +555,13 @@ impl PurgeRules {
     /// The active rules, oldest first (ties by id).
     pub fn list(&self) -> Vec<Rule> {
         let inner = self.read();
-        let mut rules: Vec<Rule> =
-            inner.general.iter().chain(inner.by_key.values().flatten()).map(|c| c.rule.clone()).collect();
+        let mut rules: Vec<Rule> = inner
+            .general
+            .iter()
+            .chain(inner.by_index.values().flatten())
+            .chain(inner.by_key.values().flatten())
+            .map(|c| c.rule.clone())
+            .collect();
         rules.sort_by(|a, b| a.at_ms.cmp(&b.at_ms).then_with(|| a.id.cmp(&b.id)));
         rules
     }
@@ -446,11 +586,11 @@ impl PurgeRules {
             return false;
         }
         let inner = self.read();
-        Inner::any_newer_matches(&inner.general, index, z, x, y, key, stored_at_ms)
-            || inner
-                .by_key
-                .get(key)
-                .is_some_and(|list| Inner::any_newer_matches(list, index, z, x, y, key, stored_at_ms))
+        let newer = |list: &Vec<Compiled>| Inner::any_newer_matches(list, index, z, x, y, key, stored_at_ms);
+        // Only the lists that can concern this request; an empty map is not even hashed into.
+        (inner.general_cells.may_match(z, x, y) && newer(&inner.general))
+            || (!inner.by_index.is_empty() && inner.by_index.get(index).is_some_and(newer))
+            || (!inner.by_key.is_empty() && inner.by_key.get(key).is_some_and(newer))
     }
 
     /// Writes the active rules to `path` as a JSON array, atomically (a temporary file in the
@@ -582,6 +722,57 @@ mod tests {
     use super::*;
 
     const BERLIN: [f64; 4] = [13.09, 52.34, 13.76, 52.68];
+
+    #[test]
+    fn the_grid_skips_the_walk_far_from_every_rule() {
+        let berlin = Compiled::new(Rule { bbox: Some(BERLIN), zoom: Some([10, 14]), ..rule("b", 1) });
+        let cells = Cells::of(std::slice::from_ref(&berlin));
+        assert!(cells.may_match(12, 2200, 1343), "Berlin");
+        assert!(!cells.may_match(12, 2074, 1409), "Paris is in another cell");
+        assert!(!cells.may_match(9, 275, 167), "outside the zoom range");
+        let zoom_only = Compiled::new(Rule { zoom: Some([3, 3]), ..rule("z", 1) });
+        let cells = Cells::of(std::slice::from_ref(&zoom_only));
+        assert!((0..8).all(|x| (0..8).all(|y| cells.may_match(3, x, y))), "every tile of zoom 3");
+        assert!(!cells.may_match(4, 0, 0));
+        assert!(Cells::default().may_match(23, 0, 0), "beyond the grid's zooms: walk");
+    }
+
+    #[test]
+    fn the_tile_ranges_decide_exactly_as_the_projected_bbox() {
+        let boxes = [
+            BERLIN,
+            [170.0, -10.0, -170.0, 10.0],
+            [-180.0, -90.0, 180.0, 90.0],
+            [0.0, 0.0, 22.5, 21.94],
+            [100.0, -50.0, 101.0, -49.0],
+        ];
+        for bbox in boxes {
+            let c = Compiled::new(Rule { bbox: Some(bbox), ..rule("b", 1) });
+            let cells = Cells::of(std::slice::from_ref(&c));
+            let area = Area::new(bbox);
+            for z in [0u8, 1, 3, 4, 7, 12, 18, 22] {
+                let n = 1u64 << z;
+                // Every tile at low zooms; at high ones, around the bbox's edges and corners.
+                let mut xs: Vec<u64> = if n <= 256 { (0..n).collect() } else { Vec::new() };
+                let mut ys = xs.clone();
+                for (u, v) in [(area.u0, area.v0), (area.u1, area.v1)] {
+                    for d in [-2i64, -1, 0, 1, 2] {
+                        let clamp = |t: f64| ((t * n as f64).floor() as i64 + d).clamp(0, n as i64 - 1) as u64;
+                        xs.push(clamp(u));
+                        ys.push(clamp(v));
+                    }
+                }
+                for &x in &xs {
+                    for &y in &ys {
+                        let (x, y) = (x as u32, y as u32);
+                        let hit = c.matches("i", z, x, y, "k");
+                        assert_eq!(hit, area.intersects(z, x, y), "{bbox:?} z{z} {x}/{y}");
+                        assert!(!hit || cells.may_match(z, x, y), "the grid rejects a match: {bbox:?} z{z} {x}/{y}");
+                    }
+                }
+            }
+        }
+    }
 
     fn rule(id: &str, at_ms: u64) -> Rule {
         Rule { id: id.to_string(), at_ms, index: None, zoom: None, bbox: None, key: None, url: None }

@@ -176,7 +176,9 @@ impl TileService {
             Join::Follower(reader) => (reader, "coalesced"),
         };
         let s = &st.settings.upstream;
-        let bound = s.head_timeout * s.retry_attempts as u32 + s.retry_total + Duration::from_secs(1);
+        // A leader may first wait for another pod's lease (at most `lease_wait`), then fetch.
+        let lease_wait = st.settings.redis.as_ref().map_or(Duration::ZERO, |r| r.lease_wait);
+        let bound = s.head_timeout * s.retry_attempts as u32 + s.retry_total + Duration::from_secs(1) + lease_wait;
         let head = match tokio::time::timeout(bound, reader.head()).await {
             Ok(r) => r,
             Err(_) => Err(UpstreamFailure::Timeout),

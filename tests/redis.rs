@@ -38,6 +38,13 @@ async fn admin_post(p: &Proxy, path: &str, token: Option<&str>, body: &str) -> R
     Resp { status, headers, body }
 }
 
+/// Another pod holds the fetch lease of `path` for `ms` (and will never release it).
+fn hold_lease(p: &Proxy, redis: &RedisServer, path: &str, ms: u64) {
+    let tile = tile_proxy::routes::parse(path, "", Default::default()).unwrap().unwrap();
+    let tag = p.state().redis.as_ref().unwrap().keys.tag(&p.state().upstream.cache_key(&tile));
+    let _: () = redis.cmd(&["SET", &format!("tile-proxy:{{{tag}}}:l"), "another-pod", "PX", &ms.to_string()]);
+}
+
 async fn purge(p: &Proxy, body: &str) -> serde_json::Value {
     let r = admin_post(p, "/admin/purge", Some(ADMIN), body).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -122,14 +129,7 @@ async fn a_pod_whose_lease_holder_fails_fetches_itself() {
     .await;
     let path = "/v3/base/mc/9/261/170/png";
     // Another pod holds the lease and dies without releasing it: a short lease left behind.
-    let tag = {
-        let key = a.state().upstream.cache_key(
-            &tile_proxy::routes::parse("/v3/base/mc/9/261/170/png", "", Default::default()).unwrap().unwrap(),
-        );
-        a.state().redis.as_ref().unwrap().keys.tag(&key)
-    };
-    let lease = format!("tile-proxy:{{{tag}}}:l");
-    let _: () = redis.cmd(&["SET", &lease, "someone-else", "PX", "300"]);
+    hold_lease(&a, &redis, path, 300);
     let started = Instant::now();
     let r = a.get(path).await;
     assert_eq!((r.status.as_u16(), r.x_cache()), (200, "MISS"));
@@ -504,9 +504,7 @@ async fn a_stale_answer_never_waits_for_another_pods_refresh() {
     assert_eq!(p.get(path).await.x_cache(), "MISS");
     p.clock.advance_secs(60);
     // Another pod is refreshing this tile: its lease is held for 3 s.
-    let tile = tile_proxy::routes::parse(path, "", Default::default()).unwrap().unwrap();
-    let tag = p.state().redis.as_ref().unwrap().keys.tag(&p.state().upstream.cache_key(&tile));
-    let _: () = redis.cmd(&["SET", &format!("tile-proxy:{{{tag}}}:l"), "other-pod", "PX", "3000"]);
+    hold_lease(&p, &redis, path, 3000);
     let started = Instant::now();
     let r = p.get(path).await;
     assert_eq!((r.x_cache(), r.header("x-cache-reason")), ("STALE", Some("revalidating")));

@@ -1,0 +1,260 @@
+# Helpers shared by bench/run.sh and bench/redis.sh. Source it (after `set -euo pipefail`), do not
+# run it. Nothing here starts a process or touches a file until a function is called.
+#
+# Globals the helpers read (the caller sets them):
+#   BENCH_NAME                  name in error messages (default: the script's file name)
+#   BENCH_DIR, REPO_ROOT        the bench/ directory (tiles.lua) and the repository root
+#   SKIP_BUILD, TARGET_DIR      build_binaries
+#   TILES, TILES_FILE           make_tiles, warm, check_hits
+#   SERVER_CPU, LOAD_CPU        cores for the servers / for wrk, curl, the upstream
+#   THREADS, CONNECTIONS        run_wrk
+#   KEEP_TMP, LOG_FILES         cleanup (LOG_FILES: names in $TMP whose tails are shown on failure)
+# Globals the helpers set: TMP and PIDS (bench_tmp), PROXY_BIN and UPSTREAM_BIN (build_binaries),
+# UPSTREAM_PID, UPSTREAM_URL and UPSTREAM_PORT (start_upstream), CLK_TCK.
+
+BENCH_NAME="${BENCH_NAME:-$(basename "$0")}"
+
+die() { echo "$BENCH_NAME: error: $*" >&2; exit 1; }
+log() { echo "==> $*" >&2; }
+
+# ---- tools and build -------------------------------------------------------------------------
+apt_install() { # package...
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null || die "need root (or sudo) to install: $*"
+        sudo=(sudo)
+    fi
+    log "installing: $*"
+    if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"; then
+        "${sudo[@]}" apt-get update
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
+    fi
+}
+
+# cargo build of both binaries into TARGET_DIR (unless SKIP_BUILD=1); sets PROXY_BIN, UPSTREAM_BIN.
+build_binaries() {
+    if [ "$SKIP_BUILD" != 1 ]; then
+        log "cargo build --release --bins -p tile-proxy -p test-upstream (target dir $TARGET_DIR)"
+        (cd "$REPO_ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release --bins -p tile-proxy -p test-upstream)
+    fi
+    PROXY_BIN="$TARGET_DIR/release/tile-proxy"
+    UPSTREAM_BIN="$TARGET_DIR/release/test-upstream"
+    [ -x "$PROXY_BIN" ] && [ -x "$UPSTREAM_BIN" ] || die "binaries not found in $TARGET_DIR/release (build first, or set TARGET_DIR)"
+}
+
+# ---- process bookkeeping and cleanup ---------------------------------------------------------
+# Makes the temp dir TMP and installs the traps: on exit (also on failure or Ctrl-C) every pid in
+# PIDS is stopped (TERM, then KILL after 5 s) and TMP removed unless KEEP_TMP=1.
+bench_tmp() {
+    TMP="$(mktemp -d "${TMPDIR:-/tmp}/tile-proxy-bench.XXXXXX")"
+    chmod 755 "$TMP"
+    PIDS=()
+    [ -n "${LOG_FILES+set}" ] || LOG_FILES=()
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    local pid alive i f
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+    for i in $(seq 50); do
+        alive=0
+        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+    wait 2>/dev/null
+    if [ "$rc" -ne 0 ]; then
+        for f in "${LOG_FILES[@]}"; do
+            [ -s "$TMP/$f" ] && { echo "---- last lines of $f ----" >&2; tail -n 15 "$TMP/$f" >&2; }
+        done
+    fi
+    if [ "${KEEP_TMP:-0}" = 1 ]; then
+        echo "temp dir kept: $TMP" >&2
+    else
+        rm -rf "$TMP"
+    fi
+    exit "$rc"
+}
+
+# A port nothing listens on (checked by connecting; loopback only), other than the ones given.
+free_port() { # [port-to-avoid...]
+    local p _ q taken
+    for _ in $(seq 200); do
+        p=$((20000 + RANDOM % 30000))
+        taken=0
+        for q in "$@"; do [ "$q" = "$p" ] && taken=1; done
+        [ "$taken" = 0 ] || continue
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
+    done
+    die "no free port found"
+}
+
+wait_ready() { # name pid url
+    local i
+    for i in $(seq 300); do
+        kill -0 "$2" 2>/dev/null || die "$1 exited during startup"
+        curl -sf -o /dev/null --max-time 1 "$3" && return 0
+        sleep 0.2
+    done
+    die "$1 not ready after 60 s ($3)"
+}
+
+# ---- test upstream ---------------------------------------------------------------------------
+# Starts test-upstream on LOAD_CPU, logging to $TMP/upstream.log; sets UPSTREAM_PID/URL/PORT.
+start_upstream() { # key min-size max-size
+    local _
+    log "starting test-upstream (core $LOAD_CPU, bodies $2-$3 bytes)"
+    taskset -c "$LOAD_CPU" "$UPSTREAM_BIN" --listen 127.0.0.1:0 --key "$1" \
+        --min-size "$2" --max-size "$3" >"$TMP/upstream.log" 2>&1 &
+    UPSTREAM_PID=$!
+    PIDS+=("$UPSTREAM_PID")
+    UPSTREAM_URL=""
+    for _ in $(seq 100); do
+        kill -0 "$UPSTREAM_PID" 2>/dev/null || die "test-upstream exited during startup"
+        UPSTREAM_URL="$(sed -n 's/^listening on \(http:\/\/[0-9.:]*\).*/\1/p' "$TMP/upstream.log" | head -n1)"
+        [ -n "$UPSTREAM_URL" ] && break
+        sleep 0.1
+    done
+    [ -n "$UPSTREAM_URL" ] || die "test-upstream did not print its address"
+    UPSTREAM_PORT="${UPSTREAM_URL##*:}"
+    wait_ready test-upstream "$UPSTREAM_PID" "$UPSTREAM_URL/__stats"
+}
+
+upstream_total() { # -> requests the upstream has answered so far
+    curl -sf --max-time 5 "$UPSTREAM_URL/__stats" | grep -o '"total":[ ]*[0-9]*' | grep -o '[0-9]*$'
+}
+
+# ---- CPU accounting --------------------------------------------------------------------------
+CLK_TCK="$(getconf CLK_TCK)"
+# CPU ticks (user+sys, 1/CLK_TCK s) used so far by the given processes (all their threads).
+cpu_ticks() { # pid...
+    local total=0 p t
+    for p in "$@"; do
+        t="$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null || echo 0)"
+        total=$((total + t))
+    done
+    echo "$total"
+}
+
+# "busy total steal" jiffies of one core, from /proc/stat (busy excludes idle and iowait).
+core_jiffies() { # cpu-number
+    awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= 9; i++) t += $i
+        print t - $5 - $6, t, $9 }' /proc/stat
+}
+# Busy % of a core between two core_jiffies snapshots.
+core_busy() { # "busy0 total0 steal0" "busy1 total1 steal1"
+    awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); t = y[2] - x[2]
+        if (t <= 0) print 0; else printf "%.0f\n", 100 * (y[1] - x[1]) / t }'
+}
+
+# ---- tiles -----------------------------------------------------------------------------------
+# Writes TILES distinct raster tile paths (z 12..14, valid x and y) to TILES_FILE and exports it
+# for tiles.lua. Deterministic: every run and every script requests the same tiles.
+make_tiles() {
+    awk -v n="$TILES" 'BEGIN {
+        count = 0
+        for (i = 0; count < n; i++) {
+            z = 12 + i % 3; m = 2 ^ z
+            x = (i * 7919 + 1234) % m; y = (i * 104729 + 4321) % m
+            k = z "/" x "/" y
+            if (!(k in seen)) { seen[k] = 1; print "/v3/base/mc/" k "/png"; count++ }
+        }
+    }' >"$TILES_FILE"
+    [ "$(sort -u "$TILES_FILE" | wc -l)" -eq "$TILES" ] || die "tile list is not $TILES distinct tiles"
+    export TILES_FILE
+}
+
+# Requests every tile once (curl on LOAD_CPU, 8 in parallel); every answer must be 200.
+warm() { # name base-url
+    local name="$1" base="$2" cfg="$TMP/warm-$1.curl" ok
+    awk -v base="$base" '{ printf "url = \"%s%s\"\noutput = \"/dev/null\"\n", base, $0 }' \
+        "$TILES_FILE" >"$cfg"
+    timeout 300 taskset -c "$LOAD_CPU" curl -s --parallel --parallel-max 8 --max-time 30 \
+        -w '%{http_code}\n' -K "$cfg" >"$TMP/warm-$name.codes" 2>"$TMP/warm-$name.err" || true
+    ok="$(grep -c '^200$' "$TMP/warm-$name.codes" || true)"
+    [ "$ok" -eq "$TILES" ] || die "warming $name: $ok of $TILES requests answered 200"
+}
+
+# Every 1/20th tile must answer X-Cache: HIT (and, if a tier is given, X-Cache-Tier: that tier);
+# prints how many tiles were sampled.
+check_hits() { # name base-url [tier]
+    local name="$1" base="$2" tier="${3:-}" step path n=0 hits=0 try hdr
+    step=$(((TILES + 19) / 20))
+    while read -r path; do
+        n=$((n + 1))
+        for try in 1 2 3 4 5; do
+            hdr="$(curl -s --max-time 5 -o /dev/null -D - "$base$path" | tr -d '\r' || true)"
+            if grep -qi '^x-cache: *HIT$' <<<"$hdr" &&
+                { [ -z "$tier" ] || grep -qi "^x-cache-tier: *$tier\$" <<<"$hdr"; }; then
+                hits=$((hits + 1)); break
+            fi
+            sleep 0.2
+        done
+    done < <(awk -v s="$step" '(NR - 1) % s == 0' "$TILES_FILE")
+    [ "$hits" -eq "$n" ] ||
+        die "$name: only $hits of $n sampled tiles answered X-Cache: HIT${tier:+ with X-Cache-Tier: $tier}"
+    echo "$n"
+}
+
+# ---- wrk -------------------------------------------------------------------------------------
+# wrk prints e.g. "456.00us", "1.23ms", "1.02s"; transfer as "12.34MB" (binary units).
+to_ms() { awk -v v="$1" 'BEGIN { n = v + 0
+    if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /m$/) n *= 60000
+    else if (v ~ /s$/) n *= 1000
+    printf "%.3f", n }'; }
+to_mib() { awk -v v="$1" 'BEGIN { n = v + 0
+    if (v ~ /GB$/) n *= 1024; else if (v ~ /MB$/) n += 0; else if (v ~ /KB$/) n /= 1024
+    else if (v ~ /B$/) n /= 1048576
+    printf "%.2f", n }'; }
+
+# One wrk run (wrk on LOAD_CPU, tiles.lua over TILES_FILE) against URL; the CPU of the given
+# server processes is measured over it. Prints one line:
+#   rps p50_ms p99_ms mib_s requests errors server_cpu% wrk_cpu% server_core% load_core% server_cpu_s
+run_wrk() { # name url duration outfile pid...
+    local name="$1" url="$2" dur="$3" out="$4"
+    shift 4
+    [ "$#" -ge 1 ] || die "run_wrk $name: no server pid to measure"
+    local pids=("$@") c0 c1 t0 t1 user sys
+    c0="$(cpu_ticks "${pids[@]}")"
+    local s0 l0 s1 l1
+    s0="$(core_jiffies "$SERVER_CPU")"; l0="$(core_jiffies "$LOAD_CPU")"
+    t0="$(date +%s.%N)"
+    local TIMEFORMAT='%U %S'
+    { time timeout $((dur + 30)) taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${dur}s" \
+        --timeout 5s --latency -s "$BENCH_DIR/tiles.lua" "$url" >"$out" 2>"$out.err"; } 2>"$out.time" ||
+        { cat "$out.err" >&2; die "wrk against $name failed"; }
+    t1="$(date +%s.%N)"
+    c1="$(cpu_ticks "${pids[@]}")"
+    s1="$(core_jiffies "$SERVER_CPU")"; l1="$(core_jiffies "$LOAD_CPU")"
+    read -r user sys <"$out.time"
+    local rps p50 p99 xfer reqs errs
+    rps="$(awk '/^Requests\/sec:/ { print $2 }' "$out")"
+    p50="$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")"
+    p99="$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")"
+    xfer="$(to_mib "$(awk '/^Transfer\/sec:/ { print $2 }' "$out")")"
+    reqs="$(awk '/requests in/ { print $1 }' "$out")"
+    errs="$(awk '/Non-2xx or 3xx responses:/ { n += $NF }
+                 /Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 }
+                 END { print n + 0 }' "$out")"
+    [ -n "$rps" ] && [ -n "$reqs" ] || { cat "$out" >&2; die "cannot parse wrk output for $name"; }
+    awk -v rps="$rps" -v p50="$p50" -v p99="$p99" -v x="$xfer" -v r="$reqs" -v e="$errs" \
+        -v c0="$c0" -v c1="$c1" -v tck="$CLK_TCK" -v t0="$t0" -v t1="$t1" -v u="$user" -v s="$sys" \
+        -v sb="$(core_busy "$s0" "$s1")" -v lb="$(core_busy "$l0" "$l1")" \
+        'BEGIN { wall = t1 - t0; if (wall <= 0) wall = 1
+                 printf "%.2f %.3f %.3f %.2f %d %d %.0f %.0f %d %d %.3f\n", rps, p50, p99, x, r, e,
+                        100 * (c1 - c0) / tck / wall, 100 * (u + s) / wall, sb, lb, (c1 - c0) / tck }'
+}
+
+# ---- numbers ---------------------------------------------------------------------------------
+median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END {
+    if (NR % 2) printf "%.3f", a[(NR + 1) / 2]; else printf "%.3f", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.3f", a / b }'; }
+fmt() { awk -v v="$1" -v d="$2" 'BEGIN { printf "%.*f", d, v }'; }
+json_arr() { local IFS=,; echo "[$*]"; }
+jnum() { [ "$1" = n/a ] && echo null || echo "$1"; }
