@@ -24,6 +24,7 @@ pub mod fetch;
 pub mod flight;
 pub mod freshness;
 pub mod health;
+pub mod healthcheck;
 pub mod key;
 pub mod metrics;
 pub mod proxy;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tile_proxy::config::{Cli, Command, Settings};
+use tile_proxy::config::{Cli, Command, HealthcheckArgs, Settings};
 use tile_proxy::{server, telemetry};
 
 fn main() -> ExitCode {
@@ -11,6 +11,7 @@ fn main() -> ExitCode {
     let (args, check_only) = match cli.command {
         Some(Command::Serve(a)) => (a, false),
         Some(Command::CheckConfig(a)) => (a, true),
+        Some(Command::Healthcheck(h)) => return healthcheck(&h),
         None => (cli.serve, false),
     };
     let (settings, effective) = match Settings::load_effective(&args) {
@@ -40,4 +41,21 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// `tile-proxy healthcheck`: 0 when the proxy answers 200, 1 otherwise (with the reason).
+fn healthcheck(h: &HealthcheckArgs) -> ExitCode {
+    let listen = std::env::var("TILE_PROXY_LISTEN").ok().filter(|l| !l.is_empty());
+    let result = tile_proxy::healthcheck::target(h.url.as_deref(), listen.as_deref())
+        .and_then(|(host, path)| tile_proxy::healthcheck::probe(&host, &path, h.timeout));
+    match result {
+        Ok(line) => {
+            println!("healthy: {line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

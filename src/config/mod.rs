@@ -81,6 +81,20 @@ pub enum Command {
     /// exit status 2 and every problem listed when it is invalid.
     #[command(after_help = ENV_HELP)]
     CheckConfig(ServeArgs),
+    /// Probe a running proxy (a container HEALTHCHECK without curl): GET /live on the port of
+    /// TILE_PROXY_LISTEN (default 8080) on the loopback; exit status 0 on a 200, 1 otherwise.
+    Healthcheck(HealthcheckArgs),
+}
+
+/// The flags of `healthcheck`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct HealthcheckArgs {
+    /// URL to probe instead, e.g. http://127.0.0.1:8080/ready
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// How long the probe may take
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = units::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 const ENV_HELP: &str = "\
