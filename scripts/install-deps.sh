@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs on a fresh machine: the Rust components used by the checks.
-# (The tests bring their own upstream and need no system services.)
+# Installs what the test suite needs on a fresh machine: the Rust components used by the checks,
+# and the programs the integration tests start themselves (redis-server on private ports,
+# openssl for the TLS test's certificates). The deployment checks install their own tools
+# (scripts/check-deploy.sh).
 set -euo pipefail
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install Rust stable (https://rustup.rs) first" >&2
@@ -12,4 +14,20 @@ if command -v rustup >/dev/null 2>&1; then
       rustup component add "$c"
     fi
   done
+fi
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if [ "${#missing[@]}" -gt 0 ]; then
+  sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  echo "installing: ${missing[*]}" >&2
+  if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"; then
+    "${sudo[@]}" apt-get update
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+  fi
+  # The tests start their own servers; a packaged one left running is not needed.
+  if [[ " ${missing[*]} " == *" redis-server "* ]] && command -v systemctl >/dev/null 2>&1; then
+    "${sudo[@]}" systemctl disable --now redis-server >/dev/null 2>&1 || true
+  fi
 fi

@@ -163,6 +163,59 @@ fn sigterm_drains_closes_the_cache_and_a_restart_serves_from_disk_without_leakin
 }
 
 #[test]
+fn sigterm_during_a_slow_streamed_miss_drains_it_whole_and_the_restart_serves_it_from_disk() {
+    let up = Upstream::start(Options {
+        api_key: Some(KEY.into()),
+        min_size: 12_000,
+        max_size: 12_000,
+        ..Options::default()
+    })
+    .unwrap();
+    let path = "/v3/base/mc/6/33/22/png";
+    // About 1.2 s of body: the miss is still streaming when SIGTERM arrives.
+    up.fail_always(path, test_upstream::Fault::SlowBody { chunk: 1_000, interval: Duration::from_millis(100) });
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("TILE_PROXY_DRAIN_DELAY", "1s"), ("TILE_PROXY_SHUTDOWN_TIMEOUT", "10s")];
+    let p = spawn_with(&up, dir.path(), &env);
+    let addr = p.addr.clone();
+    let client = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        all
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while up.count(path) == 0 {
+        assert!(Instant::now() < deadline, "the miss never reached the upstream");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200)); // a few body chunks are through
+    let pid = p.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let signalled = Instant::now();
+    let (status, _, _) = p.get("/ready");
+    assert_eq!(status, 503, "/ready fails at once, while the drain delay keeps serving");
+    assert!(signalled.elapsed() < Duration::from_millis(900), "{:?}", signalled.elapsed());
+    let all = client.join().unwrap();
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
+    assert!(all.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&all[..split]));
+    assert_eq!(&all[split..], &up.tile_bytes(path)[..], "the client got the whole tile");
+    let logs = p.terminate();
+    assert!(logs.iter().any(|l| l.contains("cache closed")), "{logs:#?}");
+
+    up.clear_faults();
+    let p = spawn(&up, dir.path());
+    let (status, head, body) = p.get(path);
+    assert_eq!(status, 200);
+    assert!(head.contains("x-cache: hit") && head.contains("x-cache-tier: disk"), "{head}");
+    assert_eq!(body, &up.tile_bytes(path)[..]);
+    assert_eq!(up.count(path), 1, "stored before the drain ended: no second upstream call");
+    p.terminate();
+}
+
+#[test]
 fn configuration_errors_are_all_listed_and_exit_non_zero() {
     let out = Command::new(BIN).env_clear().env("TILE_PROXY_LISTEN", "127.0.0.1:0").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
