@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let _log_guard = telemetry::init(settings.log_json);
+    raise_open_files_limit();
     actix_web::rt::System::new().block_on(async move {
         let listen = settings.listen;
         match server::start(settings).await {
@@ -45,7 +46,12 @@ fn main() -> ExitCode {
 
 /// `tile-proxy healthcheck`: 0 when the proxy answers 200, 1 otherwise (with the reason).
 fn healthcheck(h: &HealthcheckArgs) -> ExitCode {
-    let listen = std::env::var("TILE_PROXY_LISTEN").ok().filter(|l| !l.is_empty());
+    // The listen address as `serve` would take it: the environment over the config file.
+    let listen = std::env::var("TILE_PROXY_LISTEN").ok().filter(|l| !l.is_empty()).or_else(|| {
+        let path = std::env::var("TILE_PROXY_CONFIG").ok().filter(|p| !p.is_empty())?;
+        let file: toml::Value = std::fs::read_to_string(path).ok()?.parse().ok()?;
+        file.get("listen")?.as_str().map(str::to_string)
+    });
     let result = tile_proxy::healthcheck::target(h.url.as_deref(), listen.as_deref())
         .and_then(|(host, path)| tile_proxy::healthcheck::probe(&host, &path, h.timeout));
     match result {
@@ -56,6 +62,22 @@ fn healthcheck(h: &HealthcheckArgs) -> ExitCode {
         Err(e) => {
             eprintln!("unhealthy: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The disk tier keeps one file open per block (an 8 GiB tier: about 2,000), plus a socket per
+/// connection: take the hard limit on open files as the soft one.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain syscalls on a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let before = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                tracing::debug!(before, after = lim.rlim_max, "open files limit raised");
+            }
         }
     }
 }

@@ -73,7 +73,11 @@ impl Metrics {
         registry.register(Box::new(breaker_open.clone()))?;
         let purge_rules = prometheus::IntGauge::new("tile_proxy_purge_rules", "Active purge rules")?;
         registry.register(Box::new(purge_rules.clone()))?;
-        Ok(Metrics {
+        // Series dashboards and alerts read exist from the start, at 0.
+        for api in ["raster", "vector"] {
+            breaker_open.with_label_values(&[api]).set(0);
+        }
+        let metrics = Metrics {
             requests: counter(
                 registry,
                 "tile_proxy_requests_total",
@@ -130,7 +134,14 @@ impl Metrics {
             )?,
             known: RwLock::new(configured.into_iter().collect()),
             max_indices,
-        })
+        };
+        for status in ["401", "403"] {
+            metrics.auth_failures.with_label_values(&[status]);
+        }
+        for (tier, op) in [("foyer", "get"), ("foyer", "insert"), ("foyer", "open_disk")] {
+            metrics.cache_errors.with_label_values(&[tier, op]);
+        }
+        Ok(metrics)
     }
 
     /// The label to use for `index`: itself while under the cardinality limit, else `_other`.

@@ -216,6 +216,28 @@ fn sigterm_during_a_slow_streamed_miss_drains_it_whole_and_the_restart_serves_it
 }
 
 #[test]
+fn healthcheck_probes_the_listen_port_from_the_environment_or_the_config_file() {
+    let up = Upstream::start(Options { api_key: Some(KEY.into()), ..Options::default() }).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn(&up, dir.path());
+    let check = |env: &[(&str, &str)]| {
+        let out = Command::new(BIN).env_clear().envs(env.iter().copied()).arg("healthcheck").output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (code, said) = check(&[("TILE_PROXY_LISTEN", &p.addr)]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("200"), "{said}");
+    let cfg = dir.path().join("tile-proxy.toml");
+    std::fs::write(&cfg, format!("listen = \"{}\"\n", p.addr)).unwrap();
+    let (code, said) = check(&[("TILE_PROXY_CONFIG", cfg.to_str().unwrap())]);
+    assert_eq!(code, Some(0), "the port from the config file: {said}");
+    let addr = p.addr.clone();
+    p.terminate();
+    let (code, said) = check(&[("TILE_PROXY_LISTEN", &addr)]);
+    assert_eq!(code, Some(1), "a stopped proxy is unhealthy: {said}");
+}
+
+#[test]
 fn configuration_errors_are_all_listed_and_exit_non_zero() {
     let out = Command::new(BIN).env_clear().env("TILE_PROXY_LISTEN", "127.0.0.1:0").output().unwrap();
     assert_eq!(out.status.code(), Some(2));

@@ -82,7 +82,8 @@ pub enum Command {
     #[command(after_help = ENV_HELP)]
     CheckConfig(ServeArgs),
     /// Probe a running proxy (a container HEALTHCHECK without curl): GET /live on the port of
-    /// TILE_PROXY_LISTEN (default 8080) on the loopback; exit status 0 on a 200, 1 otherwise.
+    /// TILE_PROXY_LISTEN, else of `listen` in TILE_PROXY_CONFIG's file (default 8080), on the
+    /// loopback; exit status 0 on a 200, 1 otherwise.
     Healthcheck(HealthcheckArgs),
 }
 
@@ -439,8 +440,9 @@ pub struct PolicyFileConfig {
     /// How long upstream 404/204 answers are remembered.
     #[serde(with = "units::opt_duration")]
     pub negative_ttl: Option<Duration>,
-    /// `Cache-Control` sent to clients instead of `public, max-age=<remaining>`; `{max_age}` is
-    /// replaced by the remaining freshness, e.g. `"public, max-age={max_age}, s-maxage=60"`.
+    /// `Cache-Control` sent to clients instead of `public, max-age=<lifetime>`; `{max_age}` is
+    /// replaced by the index's lifetime for the tile (sent with `Age`, so RFC 9111 caches keep
+    /// it for what is left), e.g. `"public, max-age={max_age}, s-maxage=60"`.
     pub client_cache_control: Option<String>,
     /// `[index.<name>]` only: environment variable holding this index's own HERE key.
     pub api_key_env: Option<String>,

@@ -141,6 +141,16 @@ impl RedisMetrics {
             &["by"],
         )?;
         registry.register(Box::new(wakeups.clone()))?;
+        // Series dashboards and alerts read exist from the start, at 0.
+        for outcome in ["ok", "error", "timeout", "rejected"] {
+            ops.with_label_values(&["get", outcome]);
+        }
+        for outcome in ["acquired", "filled", "waited_filled", "too_large", "wait_expired", "unavailable"] {
+            lease.with_label_values(&[outcome]);
+        }
+        for by in ["notification", "poll"] {
+            wakeups.with_label_values(&[by]);
+        }
         Ok(RedisMetrics { ops, up, lease, wakeups })
     }
 }
@@ -264,6 +274,10 @@ impl Redis {
         }
         match &result {
             Ok(_) => self.metrics.ops.with_label_values(&[op, "ok"]).inc(),
+            // A script Redis does not know yet is loaded at once (`eval`): not a failure.
+            Err(RedisError::Failed(msg)) if reachable && msg.to_ascii_uppercase().contains("NOSCRIPT") => {
+                self.metrics.ops.with_label_values(&[op, "noscript"]).inc();
+            }
             Err(e) => {
                 self.metrics.ops.with_label_values(&[op, e.outcome()]).inc();
                 *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, e.to_string()));
