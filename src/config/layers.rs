@@ -199,6 +199,40 @@ fn env_key(name: &str) -> Option<Result<KeyPath, String>> {
     Some(Ok(path))
 }
 
+/// Kubernetes injects `<SERVICE>_SERVICE_HOST`, `<SERVICE>_SERVICE_PORT[_<NAME>]`,
+/// `<SERVICE>_PORT` and `<SERVICE>_PORT_<N>_<PROTO>[_PROTO|_PORT|_ADDR]` for every Service of the
+/// namespace (unless `enableServiceLinks: false`): for a Service named `tile-proxy*` they start
+/// with `TILE_PROXY_`. They are not settings. Both the name (`rest`, after the prefix) and the
+/// value must have their shape, so a mistyped setting is still reported.
+fn is_service_link(rest: &str, value: &str) -> bool {
+    let ip = value.parse::<std::net::IpAddr>().is_ok();
+    let number = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+    let proto_url = ["tcp://", "udp://", "sctp://"].iter().any(|p| value.starts_with(p));
+    let parts: Vec<&str> = rest.split('_').collect();
+    let n = parts.len();
+    let is_proto = |p: &str| matches!(p, "TCP" | "UDP" | "SCTP");
+    // ..._PORT_<N>_<PROTO>[_<FIELD>]
+    for i in 0..n.saturating_sub(2) {
+        if parts[i] == "PORT" && parts[i + 1].bytes().all(|b| b.is_ascii_digit()) && is_proto(parts[i + 2]) {
+            return match &parts[i + 3..] {
+                [] => proto_url,
+                ["PROTO"] => matches!(value, "tcp" | "udp" | "sctp"),
+                ["PORT"] => number,
+                ["ADDR"] => ip,
+                _ => false,
+            };
+        }
+    }
+    if parts.windows(2).any(|w| w == ["SERVICE", "PORT"]) {
+        return number;
+    }
+    match parts.as_slice() {
+        [.., "SERVICE", "HOST"] => ip,
+        [.., "PORT"] => proto_url,
+        _ => false,
+    }
+}
+
 /// The environment's settings (values as strings: typed fields are read leniently), and every
 /// variable for `api_key_env`. An empty variable counts as unset.
 fn read_env(
@@ -221,6 +255,9 @@ fn read_env(
     let mut dict = Dict::new();
     let (legacy, prefixed): (Vec<_>, Vec<_>) = all.iter().partition(|(name, _)| !name.starts_with(ENV_PREFIX));
     for (name, value) in legacy.into_iter().chain(prefixed) {
+        if name.strip_prefix(ENV_PREFIX).is_some_and(|rest| is_service_link(rest, value)) {
+            continue;
+        }
         match env_key(name) {
             None => {}
             Some(Err(message)) => errors.push(format!("env {name}: {message}")),
@@ -648,5 +685,45 @@ mod tests {
         assert_eq!(redact_url("rediss://user:pw@h:1"), "rediss://user:<redacted>@h:1");
         assert_eq!(redact_url("redis://token@h"), "redis://<redacted>@h");
         assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_not_settings() {
+        for (name, value) in [
+            ("PORT", "tcp://10.96.0.7:8080"),
+            ("SERVICE_HOST", "10.96.0.7"),
+            ("SERVICE_PORT", "8080"),
+            ("SERVICE_PORT_HTTP", "8080"),
+            ("PORT_8080_TCP", "tcp://10.96.0.7:8080"),
+            ("PORT_8080_TCP_PROTO", "tcp"),
+            ("PORT_8080_TCP_PORT", "8080"),
+            ("PORT_8080_TCP_ADDR", "10.96.0.7"),
+            ("HEADLESS_SERVICE_HOST", "fd00::7"),
+            ("HEADLESS_PORT", "tcp://10.96.0.8:8080"),
+            ("REDIS_SERVICE_PORT", "6379"),
+        ] {
+            assert!(is_service_link(name, value), "{name}={value}");
+        }
+        for (name, value) in [
+            ("LISTEN", "0.0.0.0:8080"),
+            ("LISTEN_PORT", "8080"),
+            ("PORT", "8080"),
+            ("SERVICE_HOST", "example.com"),
+            ("REDIS_URL", "redis://r:6379"),
+            ("PORTS", "tcp://x"),
+        ] {
+            assert!(!is_service_link(name, value), "{name}={value}");
+        }
+        // A Service named tile-proxy in the namespace no longer stops the pod.
+        let env = [
+            ("HERE_API_KEY", "k"),
+            ("TILE_PROXY_PORT", "tcp://10.96.0.7:8080"),
+            ("TILE_PROXY_SERVICE_HOST", "10.96.0.7"),
+            ("TILE_PROXY_SERVICE_PORT", "8080"),
+            ("TILE_PROXY_PORT_8080_TCP_ADDR", "10.96.0.7"),
+        ];
+        load_ok(&ServeArgs::default(), &env);
+        let errs = load_err(&ServeArgs::default(), &[("HERE_API_KEY", "k"), ("TILE_PROXY_LISTEN_PORT", "8080")]);
+        assert!(errs.iter().any(|e| e.contains("TILE_PROXY_LISTEN_PORT")), "a typo is still reported: {errs:#?}");
     }
 }
