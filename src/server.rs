@@ -67,7 +67,8 @@ fn cors(origins: &[String]) -> Cors {
         .expose_headers(["X-Cache", "X-Cache-Tier", "X-Cache-Reason", "ETag", "Age", "Cache-Control", "Retry-After"])
         .max_age(86_400);
     if origins.iter().any(|o| o == "*") {
-        cors = cors.allow_any_origin().send_wildcard();
+        // The same answer for every origin: no `Vary: Origin`, so a CDN keeps one copy a tile.
+        cors = cors.allow_any_origin().send_wildcard().disable_vary_header();
     } else {
         for o in origins {
             cors = cors.allowed_origin(o);

@@ -409,6 +409,7 @@ async fn head_cors_and_admin_endpoints() {
     let r = p.get_with("/here-proxy/mc/1/1/1/png?indice=head", &[("Origin", "https://maps.example.org")]).await;
     assert_eq!(r.x_cache(), "HIT", "HEAD filled the cache");
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert!(!r.header("vary").unwrap_or("").contains("Origin"), "one answer for every origin: {:?}", r.header("vary"));
     let pre = p
         .client
         .request(actix_web::http::Method::OPTIONS, p.url("/here-proxy/mc/1/1/1/png"))
@@ -464,6 +465,7 @@ async fn configured_origins_only() {
     let p = Proxy::start(&up, |f| f.cors_origins = vec!["https://ok.example".into()]).await;
     let ok = p.get_with("/here-proxy/mc/1/1/0/png", &[("Origin", "https://ok.example")]).await;
     assert_eq!(ok.header("access-control-allow-origin"), Some("https://ok.example"));
+    assert!(ok.header("vary").unwrap_or("").contains("Origin"), "the answer depends on the origin");
     let other = p.get_with("/here-proxy/mc/1/1/0/png", &[("Origin", "https://evil.example")]).await;
     assert_eq!(other.header("access-control-allow-origin"), None);
     p.stop().await;
