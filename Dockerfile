@@ -13,7 +13,7 @@
 # HERE_API_KEY_FILE is not set here because the proxy refuses to start when it names a missing file.
 # Everything else is configured with TILE_PROXY_* variables (see config.example.toml).
 #
-# scripts/check-deploy.d/docker.sh lints this file and runs the final stage's ENV, CMD,
+# scripts/check-deploy.sh (check_docker) lints this file and runs the final stage's ENV, CMD,
 # HEALTHCHECK and STOPSIGNAL against the built binary.
 
 # ---------------------------------------------------------------------------------------------
