@@ -79,6 +79,27 @@ pub fn note(req: &HttpRequest, f: impl FnOnce(&mut AccessFields)) {
 #[derive(Clone, Copy)]
 struct Started(std::time::Instant);
 
+/// The proxies whose forwarding headers are believed (`trusted_proxies`).
+fn trusted_proxies(req: &actix_web::HttpRequest) -> &[ipnet::IpNet] {
+    req.app_data::<actix_web::web::Data<crate::service::TileService>>()
+        .map(|s| s.state().settings.trusted_proxies.as_slice())
+        .unwrap_or(&[])
+}
+
+/// The request's id: the `X-Request-Id` a trusted proxy sent (NGINX's `$request_id`, a CDN's),
+/// so one id follows the request through every log; else our own.
+fn request_id(req: &actix_web::HttpRequest) -> String {
+    let from_proxy =
+        req.peer_addr().filter(|peer| trusted_proxies(req).iter().any(|n| n.contains(&peer.ip()))).and_then(|_| {
+            let id = req.headers().get("x-request-id")?.to_str().ok()?;
+            let ok = !id.is_empty()
+                && id.len() <= 128
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+            ok.then(|| id.to_string())
+        });
+    from_proxy.unwrap_or_else(|| req.extensions().get::<RequestId>().map(|r| r.to_string()).unwrap_or_default())
+}
+
 /// Root span per request (carries the request id for anything logged inside it) and the access
 /// line at its end.
 pub struct TileSpan;
@@ -89,7 +110,7 @@ impl RootSpanBuilder for TileSpan {
             return Span::none();
         }
         request.extensions_mut().insert(Started(std::time::Instant::now()));
-        let id = request.extensions().get::<RequestId>().map(|r| r.to_string()).unwrap_or_default();
+        let id = request_id(request.request());
         tracing::info_span!("request", request_id = %id)
     }
 
@@ -106,10 +127,7 @@ impl RootSpanBuilder for TileSpan {
         };
         let req = res.request();
         // X-Forwarded-For counts only from configured proxies (`trusted_proxies`).
-        let trusted = req
-            .app_data::<actix_web::web::Data<crate::service::TileService>>()
-            .map(|s| s.state().settings.trusted_proxies.as_slice())
-            .unwrap_or(&[]);
+        let trusted = trusted_proxies(req);
         let client = match req.peer_addr() {
             Some(peer) => {
                 let xff: Vec<&str> = req.headers().get_all("x-forwarded-for").filter_map(|v| v.to_str().ok()).collect();
@@ -119,7 +137,9 @@ impl RootSpanBuilder for TileSpan {
         };
         let ext = req.extensions();
         let latency_ms = ext.get::<Started>().map(|s| s.0.elapsed().as_secs_f64() * 1000.0);
-        let request_id = ext.get::<RequestId>().map(|r| r.to_string()).unwrap_or_default();
+        drop(ext);
+        let request_id = request_id(req);
+        let ext = req.extensions();
         let fields = ext.get::<AccessFields>();
         let bytes =
             res.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).or(

@@ -549,18 +549,21 @@ fn the_client_address_comes_from_x_forwarded_for_only_through_trusted_proxies() 
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         write!(
             s,
-            "GET /live HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 6.6.6.6, 203.0.113.7\r\nConnection: close\r\n\r\n"
+            "GET /live HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 6.6.6.6, 203.0.113.7\r\nX-Request-Id: nginx-7f3a9c\r\n\
+             Connection: close\r\n\r\n"
         )
         .unwrap();
         let mut all = Vec::new();
         s.read_to_end(&mut all).unwrap();
     };
-    let client_of = |lines: Vec<String>| -> Vec<String> {
+    let client_of = |lines: Vec<String>| -> Vec<(String, String)> {
         lines
             .iter()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|v| v["path"] == "/live")
-            .map(|v| v["client"].as_str().unwrap_or("").to_string())
+            .map(|v| {
+                (v["client"].as_str().unwrap_or("").to_string(), v["request_id"].as_str().unwrap_or("").to_string())
+            })
             .collect()
     };
     for (trusted, want) in [(None, "127.0.0.1"), (Some("127.0.0.0/8"), "203.0.113.7")] {
@@ -568,7 +571,13 @@ fn the_client_address_comes_from_x_forwarded_for_only_through_trusted_proxies() 
         let env: Vec<(&str, &str)> = trusted.map(|t| ("TILE_PROXY_TRUSTED_PROXIES", t)).into_iter().collect();
         let p = spawn_with(&up, dir.path(), &env);
         request(&p);
-        let clients = client_of(p.terminate());
-        assert_eq!(clients, vec![want.to_string()], "trusted_proxies {trusted:?}");
+        let seen = client_of(p.terminate());
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0].0, want, "trusted_proxies {trusted:?}");
+        // The proxy's request id is kept from a trusted proxy only (one id through every log).
+        match trusted {
+            Some(_) => assert_eq!(seen[0].1, "nginx-7f3a9c"),
+            None => assert_eq!(seen[0].1.len(), 36, "our own uuid: {}", seen[0].1),
+        }
     }
 }
