@@ -34,44 +34,10 @@ REPO_ROOT="$(cd "$BENCH_DIR/.." && pwd)"
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
 
-SMOKE=0
-for arg in "$@"; do
-    case "$arg" in
-        --smoke) SMOKE=1 ;;
-        -h | --help) usage; exit 0 ;;
-        *) echo "redis.sh: unknown argument '$arg'" >&2; usage >&2; exit 2 ;;
-    esac
-done
-
-if [ "$SMOKE" = 1 ]; then
-    DURATION=2 ROUNDS=1 TILES=200 WARMUP=1
-fi
-DURATION="${DURATION:-10}"
-ROUNDS="${ROUNDS:-3}"
-CONNECTIONS="${CONNECTIONS:-32}"
-THREADS="${THREADS:-1}"
-TILES="${TILES:-2000}"
-WARMUP="${WARMUP:-2}"
+bench_args redis.sh "$@"
 RULES="${RULES:-100}"
-SERVER_CPU="${SERVER_CPU:-0}"
-LOAD_CPU="${LOAD_CPU:-1}"
-SKIP_BUILD="${SKIP_BUILD:-0}"
-KEEP_TMP="${KEEP_TMP:-0}"
-TARGET_DIR="${TARGET_DIR:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}}"
-KEY="bench-key-0123456789"
 ADMIN_TOKEN="bench-admin-token-0123456789"
-MIN_SIZE=5000
-MAX_SIZE=60000
-
-for v in DURATION ROUNDS CONNECTIONS THREADS TILES WARMUP RULES SERVER_CPU LOAD_CPU; do
-    [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
-done
-[ "$DURATION" -ge 1 ] && [ "$DURATION" -le 600 ] || die "DURATION must be 1..600"
-[ "$ROUNDS" -ge 1 ] && [ "$ROUNDS" -le 50 ] || die "ROUNDS must be 1..50"
-[ "$TILES" -ge 10 ] && [ "$TILES" -le 10000 ] || die "TILES must be 10..10000"
-[ "$WARMUP" -le 60 ] || die "WARMUP must be 0..60"
-[ "$RULES" -ge 1 ] && [ "$RULES" -le 1000 ] || die "RULES must be 1..1000"
-[ "$CONNECTIONS" -ge "$THREADS" ] && [ "$THREADS" -ge 1 ] || die "need 1 <= THREADS <= CONNECTIONS"
+[[ "$RULES" =~ ^[0-9]+$ ]] && [ "$RULES" -ge 1 ] && [ "$RULES" -le 1000 ] || die "RULES must be 1..1000"
 
 # ---- 1. tools ------------------------------------------------------------------------------
 missing=()
