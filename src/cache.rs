@@ -16,6 +16,7 @@
 use std::fs::File;
 use std::future::Future;
 use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -208,21 +209,59 @@ impl FoyerTier {
         if opts.disk == 0 {
             return Self::build(&opts, None, registry).await;
         }
-        let problem = match Self::build(&opts, Some(opts.dir), registry).await {
-            Ok(tier) => match reserve_blocks(opts.dir) {
-                Ok(_) => return Ok(tier),
-                Err(e) => {
-                    let _ = tier.cache.close().await;
-                    format!("cannot reserve {} bytes in {}: {e}", opts.disk, opts.dir.display())
-                }
+        let problem = match Self::room_for(opts.dir, opts.disk) {
+            // Not even started: foyer would create every block file before finding out.
+            Err(problem) => problem,
+            Ok(()) => match Self::build(&opts, Some(opts.dir), registry).await {
+                Ok(tier) => match reserve_blocks(opts.dir) {
+                    Ok(_) => return Ok(tier),
+                    Err(e) => {
+                        let _ = tier.cache.close().await;
+                        format!("cannot reserve {} bytes in {}: {e}", opts.disk, opts.dir.display())
+                    }
+                },
+                Err(e) => e.message,
             },
-            Err(e) => e.message,
         };
         tracing::error!(problem = %problem, "disk tier unavailable; running with the memory tier only");
         // A failed open may have registered foyer's metrics already: the fallback gets its own.
         let tier = Self::build(&FoyerOptions { disk: 0, ..opts }, None, &prometheus::Registry::new()).await?;
         *tier.problem.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("disk tier disabled: {problem}"));
         Ok(tier)
+    }
+
+    /// Whether `dir`'s filesystem can hold a disk tier of `disk` bytes: its free space plus what
+    /// the tier's own block files already take (a restart reuses them). Unknown (no `statvfs`):
+    /// assumed yes, the reservation after opening still catches it.
+    fn room_for(dir: &Path, disk: usize) -> Result<(), String> {
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return Ok(()) };
+        // SAFETY: statvfs fills the struct we pass; `path` is a valid C string.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return Ok(());
+        }
+        let free = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+        let ours: u64 = std::fs::read_dir(dir)
+            .map(|files| {
+                files
+                    .filter_map(Result::ok)
+                    .filter(|f| f.file_name().to_string_lossy().starts_with("foyer-storage-"))
+                    .filter_map(|f| f.metadata().ok())
+                    .map(|m| m.blocks() * 512)
+                    .sum()
+            })
+            .unwrap_or(0);
+        if free + ours >= disk as u64 {
+            return Ok(());
+        }
+        Err(format!(
+            "disk_cache is {} bytes but {} has {} bytes free (plus {} already used by the tier)",
+            disk,
+            dir.display(),
+            free,
+            ours
+        ))
     }
 
     async fn build(
@@ -454,6 +493,19 @@ mod tests {
         assert_eq!(block_size_for(2 << 20), 4 << 20);
         assert_eq!(block_size_for(10_000), 1 << 20);
         assert!(block_size_for(60_000) >= 60_000 + (64 << 10));
+    }
+
+    #[test]
+    fn a_disk_tier_larger_than_the_free_space_is_refused_before_any_file_is_made() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(FoyerTier::room_for(dir.path(), 1 << 20).is_ok());
+        let err = FoyerTier::room_for(dir.path(), usize::MAX / 2).unwrap_err();
+        assert!(err.contains("bytes free"), "{err}");
+        // What the tier already holds counts as room (a restart on a full disk).
+        std::fs::write(dir.path().join("foyer-storage-0"), vec![1u8; 1 << 16]).unwrap();
+        let free_now = FoyerTier::room_for(dir.path(), usize::MAX / 2).unwrap_err();
+        assert!(free_now.contains("plus 65536 already used"), "{free_now}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing created");
     }
 
     #[test]

@@ -386,8 +386,13 @@ async fn a_disk_without_room_degrades_to_memory_and_says_so() {
     let h = p.get("/health").await.json();
     assert_eq!(h["status"], "degraded");
     let problems = h["problems"].to_string();
-    assert!(problems.contains("disk tier disabled") && problems.contains("No space left"), "{problems}");
+    assert!(problems.contains("disk tier disabled") && problems.contains("bytes free"), "{problems}");
     assert_eq!(h["cache"][0]["disk"]["enabled"], false);
+    let made: Vec<_> = std::fs::read_dir(p.dir.path()).unwrap().filter_map(Result::ok).map(|f| f.file_name()).collect();
+    assert!(
+        !made.iter().any(|f| f.to_string_lossy().starts_with("foyer-storage-")),
+        "refused before creating block files: {made:?}"
+    );
     let m = p.metrics().await;
     assert_eq!(metric(&m, "tile_proxy_cache_errors_total", &["op=\"open_disk\""]), 1.0);
     p.stop().await; // no panic on shutdown
