@@ -414,13 +414,9 @@ impl TileCache {
         self.tiers.first().and_then(|t| t.peek(key))
     }
 
-    /// First hit wins. A failing tier counts as a miss for that tier.
-    pub async fn get(&self, key: &CacheKey) -> Option<(Entry, HitSource)> {
-        self.get_valid(key, |_| true).await
-    }
-
     /// First hit that `valid` accepts wins: an entry it rejects (purged) is skipped in favour of
-    /// a later tier's, which is then promoted over it.
+    /// a later tier's, which is then promoted over it. A failing tier counts as a miss for that
+    /// tier.
     pub async fn get_valid(&self, key: &CacheKey, valid: impl Fn(&Entry) -> bool) -> Option<(Entry, HitSource)> {
         if let Some(hit) = self.peek(key) {
             if valid(&hit.0) {

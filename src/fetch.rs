@@ -255,16 +255,7 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
             // says nothing on the 304 keeps its earlier facts.
             let freshness = if freshness == Freshness::default() { old.meta.freshness } else { freshness };
             let entry = Entry { meta: Meta { stored_at_ms: now, freshness, ..old.meta }, body: old.body };
-            store(&writer, ctx, entry.clone()).await;
-            writer.complete_with(
-                FlightHead {
-                    meta: entry.meta,
-                    content_length: Some(entry.body.len() as u64),
-                    x_cache: "MISS",
-                    source: None,
-                },
-                entry.body,
-            );
+            deliver(writer, ctx, entry).await;
             true
         }
         Plan::Whole { meta } => {
@@ -277,16 +268,7 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
                 }
             };
             let entry = Entry { meta, body };
-            store(&writer, ctx, entry.clone()).await;
-            writer.complete_with(
-                FlightHead {
-                    meta: entry.meta,
-                    content_length: Some(entry.body.len() as u64),
-                    x_cache: "MISS",
-                    source: None,
-                },
-                entry.body,
-            );
+            deliver(writer, ctx, entry).await;
             true
         }
         Plan::Stream { meta, content_length, storable } => {
@@ -384,6 +366,14 @@ async fn read_small(response: &mut awc::ClientResponse, timeout: Duration) -> Re
         Ok(Err(_)) => Err(UpstreamFailure::Body),
         Err(_) => Err(UpstreamFailure::Timeout),
     }
+}
+
+/// Stores a whole answer, then hands it to every reader of the flight.
+async fn deliver(writer: FlightWriter, ctx: &FetchCtx, entry: Entry) {
+    store(&writer, ctx, entry.clone()).await;
+    let head =
+        FlightHead { meta: entry.meta, content_length: Some(entry.body.len() as u64), x_cache: "MISS", source: None };
+    writer.complete_with(head, entry.body);
 }
 
 /// Stores an answer for as long as any index can use it (`freshness::retention`); an answer no

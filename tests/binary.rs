@@ -12,6 +12,12 @@ use test_upstream::{Options, Upstream};
 const KEY: &str = "BINARYSERVERKEY42";
 const BIN: &str = env!("CARGO_BIN_EXE_tile-proxy");
 
+/// A test upstream that wants [`KEY`] and serves 12,000-byte tiles.
+fn upstream_12k() -> Upstream {
+    Upstream::start(Options { api_key: Some(KEY.into()), min_size: 12_000, max_size: 12_000, ..Options::default() })
+        .unwrap()
+}
+
 struct Proc {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
@@ -107,13 +113,7 @@ impl Proc {
 
 #[test]
 fn sigterm_drains_closes_the_cache_and_a_restart_serves_from_disk_without_leaking_the_key() {
-    let up = Upstream::start(Options {
-        api_key: Some(KEY.into()),
-        min_size: 12_000,
-        max_size: 12_000,
-        ..Options::default()
-    })
-    .unwrap();
+    let up = upstream_12k();
     let dir = tempfile::tempdir().unwrap();
     let p = spawn(&up, dir.path());
     let (status, head, body) =
@@ -164,13 +164,7 @@ fn sigterm_drains_closes_the_cache_and_a_restart_serves_from_disk_without_leakin
 
 #[test]
 fn sigterm_during_a_slow_streamed_miss_drains_it_whole_and_the_restart_serves_it_from_disk() {
-    let up = Upstream::start(Options {
-        api_key: Some(KEY.into()),
-        min_size: 12_000,
-        max_size: 12_000,
-        ..Options::default()
-    })
-    .unwrap();
+    let up = upstream_12k();
     let path = "/v3/base/mc/6/33/22/png";
     // About 1.2 s of body: the miss is still streaming when SIGTERM arrives.
     up.fail_always(path, test_upstream::Fault::SlowBody { chunk: 1_000, interval: Duration::from_millis(100) });
@@ -269,19 +263,6 @@ fn configuration_errors_are_all_listed_and_exit_non_zero() {
     assert_eq!(shown["index"]["abc"]["stale_if_error"].as_str(), Some("1h"), "{shown}");
 }
 
-/// Every leaf key of a serialized config: `upstream.head_timeout`, ... (maps that are empty in
-/// the defaults, like `index`, are leaves too).
-fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
-    match v {
-        serde_json::Value::Object(m) if !m.is_empty() => {
-            for (k, v) in m {
-                leaves(&format!("{prefix}{k}."), v, out);
-            }
-        }
-        _ => out.push(prefix.trim_end_matches('.').to_string()),
-    }
-}
-
 /// `TILE_PROXY_<KEY>`, nested keys joined by `__`, the index name as written.
 fn env_name(key: &str) -> String {
     let parts: Vec<&str> = key.split('.').collect();
@@ -295,7 +276,7 @@ fn env_name(key: &str) -> String {
 
 #[test]
 fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it() {
-    use tile_proxy::config::{FileConfig, PolicyFileConfig};
+    use tile_proxy::config::{key_paths, FileConfig, PolicyFileConfig};
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("here.key");
     std::fs::write(&key_file, "FILEKEY1\n").unwrap();
@@ -314,8 +295,8 @@ fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it() {
     // names are kept as written). A new setting shows up here and fails the test until it has
     // a value below.
     let mut keys = Vec::new();
-    leaves("", &serde_json::to_value(FileConfig::default()).unwrap(), &mut keys);
-    leaves("index.Idx1.", &serde_json::to_value(PolicyFileConfig::default()).unwrap(), &mut keys);
+    key_paths("", &serde_json::to_value(FileConfig::default()).unwrap(), &mut keys);
+    key_paths("index.Idx1.", &serde_json::to_value(PolicyFileConfig::default()).unwrap(), &mut keys);
     keys.retain(|k| k != "index" && k != "defaults.api_key_env" && k != "defaults.api_key_file");
 
     // key -> (environment value, what check-config must show), each valid and not the default.

@@ -596,6 +596,20 @@ impl FileConfig {
     }
 }
 
+/// Every leaf key path of a serialized configuration (`upstream.head_timeout`, ...), each after
+/// `prefix`; maps empty in the value (like `index` in the defaults) are leaves too. The tests
+/// use it to prove every setting is documented and settable.
+pub fn key_paths(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) if !m.is_empty() => {
+            for (k, v) in m {
+                key_paths(&format!("{prefix}{k}."), v, out);
+            }
+        }
+        _ => out.push(prefix.trim_end_matches('.').to_string()),
+    }
+}
+
 /// Every problem found in the configuration, one line each.
 #[derive(Debug)]
 pub struct ConfigErrors(pub Vec<String>);
@@ -1294,18 +1308,6 @@ mod tests {
         assert_eq!(problems(f), ["index.i.api_key_env: `NOT A NAME` is not an environment variable name"]);
     }
 
-    /// Every leaf key of a serialized value: `upstream.head_timeout`, ...
-    fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
-        match v {
-            serde_json::Value::Object(m) if !m.is_empty() => {
-                for (k, v) in m {
-                    leaves(&format!("{prefix}{k}."), v, out);
-                }
-            }
-            _ => out.push(prefix.trim_end_matches('.').to_string()),
-        }
-    }
-
     #[test]
     fn the_example_config_documents_every_key_with_its_default() {
         let text = include_str!("../../config.example.toml");
@@ -1316,8 +1318,8 @@ mod tests {
         let s = Settings::from_file_config(FileConfig { here_api_key: Some("k".into()), ..f }).expect("valid");
         assert_eq!(s.default_policy, Settings::from_file_config(with_key()).unwrap().default_policy);
         let mut keys = Vec::new();
-        leaves("", &serde_json::to_value(FileConfig::default()).unwrap(), &mut keys);
-        leaves("", &serde_json::to_value(PolicyFileConfig::default()).unwrap(), &mut keys);
+        key_paths("", &serde_json::to_value(FileConfig::default()).unwrap(), &mut keys);
+        key_paths("", &serde_json::to_value(PolicyFileConfig::default()).unwrap(), &mut keys);
         for key in keys {
             let name = key.rsplit('.').next().unwrap();
             let documented = text.lines().any(|l| {
