@@ -27,6 +27,12 @@ pub enum UpstreamFailure {
     Auth,
     #[error("upstream fetch was abandoned")]
     Aborted,
+    /// The index has spent its upstream budget for the hour or the day (`window`).
+    #[error("this index has spent its upstream budget for the {window}")]
+    BudgetExhausted { window: &'static str, retry_after_secs: u64 },
+    /// The upstream rate cap (`upstream_rps`) queue is full: waiting would exceed `upstream_queue_wait`.
+    #[error("the upstream rate cap is reached and its queue is full; retry later")]
+    Busy { retry_after_secs: u64 },
 }
 
 impl UpstreamFailure {
@@ -41,6 +47,8 @@ impl UpstreamFailure {
             UpstreamFailure::Status(_) => "upstream_error",
             UpstreamFailure::Auth => "upstream_auth",
             UpstreamFailure::Aborted => "aborted",
+            UpstreamFailure::BudgetExhausted { .. } => "budget_exhausted",
+            UpstreamFailure::Busy { .. } => "upstream_busy",
         }
     }
 }
@@ -68,6 +76,8 @@ impl ProxyError {
             ProxyError::UnknownIndex => StatusCode::FORBIDDEN,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(UpstreamFailure::BudgetExhausted { .. }) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Upstream(UpstreamFailure::Busy { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(UpstreamFailure::RateLimited { .. } | UpstreamFailure::BreakerOpen { .. }) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -90,6 +100,12 @@ impl ProxyError {
             ProxyError::MethodNotAllowed => {
                 json!({"error": "method_not_allowed", "message": "tiles are read with GET or HEAD"})
             }
+            ProxyError::Upstream(f @ UpstreamFailure::BudgetExhausted { window, retry_after_secs }) => json!({
+                "error": f.label(),
+                "message": f.to_string(),
+                "window": window,
+                "retry_after_seconds": retry_after_secs,
+            }),
             ProxyError::Upstream(f) => json!({"error": f.label(), "message": f.to_string()}),
         };
         let mut res = HttpResponse::build(self.status());
@@ -99,7 +115,11 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamFailure::RateLimited { retry_after_secs }) => {
                 Some(retry_after_secs.unwrap_or(1))
             }
-            ProxyError::Upstream(UpstreamFailure::BreakerOpen { retry_after_secs }) => Some(*retry_after_secs),
+            ProxyError::Upstream(
+                UpstreamFailure::BreakerOpen { retry_after_secs }
+                | UpstreamFailure::Busy { retry_after_secs }
+                | UpstreamFailure::BudgetExhausted { retry_after_secs, .. },
+            ) => Some(*retry_after_secs),
             _ => None,
         };
         if matches!(self, ProxyError::MethodNotAllowed) {

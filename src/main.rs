@@ -12,6 +12,8 @@ fn main() -> ExitCode {
         Some(Command::Serve(a)) => (a, false),
         Some(Command::CheckConfig(a)) => (a, true),
         Some(Command::Healthcheck(h)) => return healthcheck(&h),
+        Some(Command::Seed(a)) => return tile_proxy::seed::run_cli(a),
+        Some(Command::Stats(a)) => return tile_proxy::stats::run_cli(&a),
         None => (cli.serve, false),
     };
     let (settings, effective) = match Settings::load_effective(&args) {

@@ -29,7 +29,8 @@ redis.call('PUBLISH', ARGV[4], ARGV[2])
 return 1
 ";
 
-fn error(status: actix_web::http::StatusCode, code: &str, message: impl Into<String>) -> HttpResponse {
+/// A JSON error answer of the admin API (`no-store`).
+pub fn error(status: actix_web::http::StatusCode, code: &str, message: impl Into<String>) -> HttpResponse {
     HttpResponse::build(status)
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(json!({"error": code, "message": message.into()}))
@@ -42,8 +43,9 @@ pub fn token_matches(given: &str, expected: &str) -> bool {
     a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// `None` when the request may use the admin API, else the answer to give it.
-fn deny(req: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
+/// `None` when the request may use the admin API, else the answer to give it (every
+/// `/admin/*` handler starts with it).
+pub fn deny(req: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
     use actix_web::http::StatusCode;
     let Some(expected) = state.settings.admin_token.as_deref() else {
         return Some(error(StatusCode::NOT_FOUND, "not_found", "no admin API on this server (admin_token is not set)"));

@@ -82,8 +82,23 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     start_with(settings, StartOptions::default()).await
 }
 
+/// Everything a server serves from, built but not yet serving: the state, and what must live
+/// as long as it (the cache folder's lock, the metrics middleware and its registry).
+pub struct Built {
+    pub state: Arc<AppState>,
+    pub prom: actix_web_prom::PrometheusMetrics,
+    dir_lock: Option<DirLock>,
+}
+
 /// [`start`] with a chosen clock or cache tiers.
 pub async fn start_with(settings: Settings, opts: StartOptions) -> Result<Running, StartError> {
+    let Built { state, prom, dir_lock } = build(settings, opts).await?;
+    serve(state, prom, dir_lock)
+}
+
+/// Opens the cache tiers, Redis and the purge rules, and builds the shared state; no socket.
+/// `tile-proxy seed --direct` fills the cache through this state without serving HTTP.
+pub async fn build(settings: Settings, opts: StartOptions) -> Result<Built, StartError> {
     // awc builds rustls without a crypto provider; a second install is a harmless error.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let clock = opts.clock.unwrap_or_else(|| Arc::new(SystemClock));
@@ -190,7 +205,17 @@ pub async fn start_with(settings: Settings, opts: StartOptions) -> Result<Runnin
         purges,
         purge_file,
         redis,
+        seeds: crate::seed::Jobs::default(),
     });
+    Ok(Built { state, prom, dir_lock })
+}
+
+fn serve(
+    state: Arc<AppState>,
+    prom: actix_web_prom::PrometheusMetrics,
+    dir_lock: Option<DirLock>,
+) -> Result<Running, StartError> {
+    let settings = state.settings.clone();
     let service = web::Data::new(TileService::new(state.clone()));
 
     let app_service = service.clone();
@@ -210,6 +235,8 @@ pub async fn start_with(settings: Settings, opts: StartOptions) -> Result<Runnin
             .route("/health", web::get().to(admin::health))
             .route("/admin/purge", web::post().to(purge_api::purge))
             .route("/admin/purges", web::get().to(purge_api::purges))
+            .route("/admin/seed", web::post().to(crate::seed::api_start))
+            .route("/admin/seed/{id}", web::get().to(crate::seed::api_status))
             // Tiles are routed by `routes::parse` itself (one pass, no regex router on the hot
             // path): everything that is not an admin route goes there; it answers 404 for
             // non-tile paths and 405 for methods other than GET and HEAD.

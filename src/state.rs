@@ -33,4 +33,6 @@ pub struct AppState {
     pub purge_file: Option<std::path::PathBuf>,
     /// The shared tier's client, when `redis_url` is set.
     pub redis: Option<Arc<Redis>>,
+    /// Seed jobs started through `POST /admin/seed`.
+    pub seeds: crate::seed::Jobs,
 }

@@ -85,6 +85,25 @@ pub enum Command {
     /// TILE_PROXY_LISTEN, else of `listen` in TILE_PROXY_CONFIG's file (default 8080), on the
     /// loopback; exit status 0 on a 200, 1 otherwise.
     Healthcheck(HealthcheckArgs),
+    /// Warm the cache: fetch every tile of a bbox over a zoom range, through a running proxy
+    /// (default) or straight into the cache of a config file (`--direct`); resumable.
+    Seed(crate::seed::SeedArgs),
+    /// Print a running proxy's per-index statistics (`GET /admin/stats`) as a table.
+    Stats(StatsArgs),
+}
+
+/// The flags of `stats`.
+#[derive(Debug, Clone, Args)]
+pub struct StatsArgs {
+    /// The proxy's base URL
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Admin token [env: TILE_PROXY_ADMIN_TOKEN]
+    #[arg(long, env = "TILE_PROXY_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print the JSON document instead of a table
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The flags of `healthcheck`.
