@@ -7,6 +7,16 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+/// The client address of a request (`None` without a peer address, as in some tests).
+pub fn of_request(req: &actix_web::HttpRequest, trusted: &[IpNet]) -> Option<IpAddr> {
+    let peer = req.peer_addr()?.ip();
+    if trusted.is_empty() {
+        return Some(peer);
+    }
+    let xff: Vec<&str> = req.headers().get_all("x-forwarded-for").filter_map(|v| v.to_str().ok()).collect();
+    Some(client_ip(peer, &xff, trusted))
+}
+
 /// The client address given the TCP peer, the `X-Forwarded-For` values (in order) and the
 /// trusted proxies.
 pub fn client_ip(peer: IpAddr, forwarded_for: &[&str], trusted: &[IpNet]) -> IpAddr {

@@ -66,6 +66,9 @@ pub enum ProxyError {
     MethodNotAllowed,
     #[error("{0}")]
     Upstream(UpstreamFailure),
+    /// A client rate limit refused the request.
+    #[error("too many requests")]
+    TooManyRequests { retry_after_secs: u64 },
 }
 
 impl ProxyError {
@@ -75,6 +78,7 @@ impl ProxyError {
             ProxyError::NotFound => StatusCode::NOT_FOUND,
             ProxyError::UnknownIndex => StatusCode::FORBIDDEN,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(UpstreamFailure::BudgetExhausted { .. }) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Upstream(UpstreamFailure::Busy { .. }) => StatusCode::SERVICE_UNAVAILABLE,
@@ -100,6 +104,11 @@ impl ProxyError {
             ProxyError::MethodNotAllowed => {
                 json!({"error": "method_not_allowed", "message": "tiles are read with GET or HEAD"})
             }
+            ProxyError::TooManyRequests { retry_after_secs } => json!({
+                "error": "too_many_requests",
+                "message": "this client has made too many requests for this index; see RateLimit-* and Retry-After",
+                "retry_after_seconds": retry_after_secs,
+            }),
             ProxyError::Upstream(f @ UpstreamFailure::BudgetExhausted { window, retry_after_secs }) => json!({
                 "error": f.label(),
                 "message": f.to_string(),
@@ -120,6 +129,7 @@ impl ProxyError {
                 | UpstreamFailure::Busy { retry_after_secs }
                 | UpstreamFailure::BudgetExhausted { retry_after_secs, .. },
             ) => Some(*retry_after_secs),
+            ProxyError::TooManyRequests { retry_after_secs } => Some(*retry_after_secs),
             _ => None,
         };
         if matches!(self, ProxyError::MethodNotAllowed) {

@@ -180,6 +180,12 @@ pub async fn run(writer: FlightWriter, ctx: FetchCtx) {
         }
     };
     let probe = permit.is_probe();
+    let budget = st.settings.policy(&ctx.tile.index).budget;
+    if let Err(spent) = st.protect.budgets.charge(&ctx.index, budget).await {
+        tracing::info!(index = ctx.index, failure = spent.label(), "upstream budget spent; fetch refused");
+        writer.finish(End::Failed(spent));
+        return;
+    }
     let healthy = fetch(writer, &ctx).await;
     if let Some(new_state) = permit.record(healthy, st.clock.now_ms()) {
         let open = matches!(new_state, BreakerState::Open);
@@ -204,7 +210,8 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
     let mut attempts = 0u32;
     let result = {
         let url = st.upstream.url(&ctx.tile);
-        upstream::fetch_head(&ctx.client, &st.upstream, &url, etag, |log| {
+        let gate = || st.protect.cap.admit(ctx.tile.api);
+        upstream::fetch_head(&ctx.client, &st.upstream, &url, etag, gate, |log| {
             attempts += 1;
             m.upstream_requests.with_label_values(&[index, &log.status_label]).inc();
             m.upstream_latency.with_label_values(&[index]).observe(log.elapsed.as_secs_f64());
@@ -216,6 +223,15 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
     }
     let mut response = match result {
         Ok(r) => r,
+        Err(failure @ UpstreamFailure::Busy { .. }) => {
+            if attempts == 0 {
+                // Nothing was sent: the fetch is not paid for.
+                st.protect.budgets.refund(&ctx.index, st.settings.policy(&ctx.tile.index).budget).await;
+            }
+            tracing::warn!(index, attempts, "upstream rate cap queue full; fetch refused");
+            writer.finish(End::Failed(failure));
+            return true;
+        }
         Err(failure) => {
             st.health.upstream_failed(ctx.tile.api, failure.label());
             tracing::warn!(index, failure = failure.label(), attempts, "upstream fetch failed");

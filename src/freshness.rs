@@ -203,6 +203,8 @@ mod tests {
             stale_if_error: Duration::from_secs(sie),
             negative_ttl: Duration::from_secs(60),
             client_cache_control: None,
+            budget: Default::default(),
+            rate_limit: None,
         }
     }
 

@@ -27,6 +27,7 @@ pub mod health;
 pub mod healthcheck;
 pub mod key;
 pub mod metrics;
+pub mod protect;
 pub mod proxy;
 pub mod purge;
 pub mod purge_api;

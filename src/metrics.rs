@@ -44,6 +44,22 @@ pub struct Metrics {
     pub purge_rules: prometheus::IntGauge,
     /// `tile_proxy_purged_total{index}`: cached entries a purge rule turned into misses.
     pub purged: IntCounterVec,
+    /// `tile_proxy_upstream_cap_wait_seconds{upstream}`: how long misses waited for their turn
+    /// under `upstream_rps`.
+    pub cap_wait: HistogramVec,
+    /// `tile_proxy_upstream_busy_total{upstream}`: misses refused with 503 `upstream_busy`.
+    pub cap_busy: IntCounterVec,
+    /// `tile_proxy_budget_used{index, window}` and `tile_proxy_budget_limit{index, window}`:
+    /// upstream fetches in the current UTC hour/day, and the budget (indices with one).
+    pub budget_used: IntGaugeVec,
+    pub budget_limit: IntGaugeVec,
+    /// `tile_proxy_budget_exhausted_total{index, window}`: misses refused with 429 `budget_exhausted`.
+    pub budget_exhausted: IntCounterVec,
+    /// `tile_proxy_rate_limited_total{index}`: requests refused by a client rate limit.
+    pub rate_limited: IntCounterVec,
+    /// `tile_proxy_protect_fallback_total{what}`: decisions taken on this pod alone because Redis
+    /// was unavailable (`cap`, `budget`, `client`).
+    pub protect_fallback: IntCounterVec,
     known: RwLock<HashSet<String>>,
     max_indices: usize,
 }
@@ -71,6 +87,22 @@ impl Metrics {
             &["upstream"],
         )?;
         registry.register(Box::new(breaker_open.clone()))?;
+        let cap_wait = HistogramVec::new(
+            HistogramOpts::new(
+                "tile_proxy_upstream_cap_wait_seconds",
+                "Time misses waited for their turn under upstream_rps",
+            )
+            .buckets(vec![0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["upstream"],
+        )?;
+        registry.register(Box::new(cap_wait.clone()))?;
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGaugeVec> {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["index", "window"])?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let budget_used = gauge("tile_proxy_budget_used", "Upstream fetches in the current UTC hour/day")?;
+        let budget_limit = gauge("tile_proxy_budget_limit", "Upstream fetch budget per UTC hour/day")?;
         let purge_rules = prometheus::IntGauge::new("tile_proxy_purge_rules", "Active purge rules")?;
         registry.register(Box::new(purge_rules.clone()))?;
         // Series dashboards and alerts read exist from the start, at 0.
@@ -132,9 +164,42 @@ impl Metrics {
                 "Cached entries treated as missing because of a purge rule",
                 &["index"],
             )?,
+            cap_wait,
+            cap_busy: counter(
+                registry,
+                "tile_proxy_upstream_busy_total",
+                "Misses refused because the upstream rate cap queue was full",
+                &["upstream"],
+            )?,
+            budget_used,
+            budget_limit,
+            budget_exhausted: counter(
+                registry,
+                "tile_proxy_budget_exhausted_total",
+                "Misses refused because the index spent its upstream budget",
+                &["index", "window"],
+            )?,
+            rate_limited: counter(
+                registry,
+                "tile_proxy_rate_limited_total",
+                "Requests refused by a client rate limit",
+                &["index"],
+            )?,
+            protect_fallback: counter(
+                registry,
+                "tile_proxy_protect_fallback_total",
+                "Rate cap, budget and client limit decisions taken locally because Redis was unavailable",
+                &["what"],
+            )?,
             known: RwLock::new(configured.into_iter().collect()),
             max_indices,
         };
+        for api in ["raster", "vector"] {
+            metrics.cap_busy.with_label_values(&[api]);
+        }
+        for what in ["cap", "budget", "client"] {
+            metrics.protect_fallback.with_label_values(&[what]);
+        }
         for status in ["401", "403"] {
             metrics.auth_failures.with_label_values(&[status]);
         }

@@ -49,9 +49,39 @@ pub async fn tile(req: HttpRequest, service: web::Data<TileService>, client: web
         a.tile = format!("{}/{}/{}", t.api.as_str(), t.resource, t.zxy());
     });
     let policy = state.settings.policy(&t.index);
-    match service.serve(&client, &t, index).await {
+    let mut limited = None;
+    if let Some(rate) = policy.rate_limit {
+        if let Some(ip) = crate::client_ip::of_request(&req, &state.settings.trusted_proxies) {
+            limited = state.protect.clients.check(ip, index, rate).await;
+            if let Some(v) = limited.filter(|v| !v.allowed) {
+                telemetry::note(&req, |a| a.cache = "rate_limited");
+                state.metrics.requests.with_label_values(&[index, "rate_limited"]).inc();
+                let mut res = ProxyError::TooManyRequests { retry_after_secs: v.reset_secs }.response();
+                v.headers(res.headers_mut());
+                return res;
+            }
+        }
+    }
+    let mut res = answer(&req, &service, &client, &t, index, policy).await;
+    if let Some(v) = limited {
+        v.headers(res.headers_mut());
+    }
+    res
+}
+
+/// Serves a validated, admitted tile request.
+async fn answer(
+    req: &HttpRequest,
+    service: &TileService,
+    client: &awc::Client,
+    t: &routes::TileRequest,
+    index: &str,
+    policy: &crate::config::Policy,
+) -> HttpResponse {
+    let state = service.state();
+    match service.serve(client, t, index).await {
         Ok(answer) => {
-            telemetry::note(&req, |a| a.cache = answer.label);
+            telemetry::note(req, |a| a.cache = answer.label);
             let m = &state.metrics;
             m.requests.with_label_values(&[index, answer.label]).inc();
             if let Some(source) = answer.source {
@@ -61,7 +91,7 @@ pub async fn tile(req: HttpRequest, service: web::Data<TileService>, client: web
             }
             let bytes = m.bytes_served.with_label_values(&[index, answer.label]);
             let tags = state.settings.surrogate_keys.then(|| crate::purge::surrogate_keys(&t.index, t.z, t.x, t.y));
-            let mut res = respond(&req, answer, policy, state.clock.now_ms(), bytes);
+            let mut res = respond(req, answer, policy, state.clock.now_ms(), bytes);
             if let Some(tags) = tags {
                 // Fastly purges by Surrogate-Key (space separated), Cloudflare by Cache-Tag (comma).
                 let h = res.headers_mut();
@@ -75,7 +105,7 @@ pub async fn tile(req: HttpRequest, service: web::Data<TileService>, client: web
             res
         }
         Err(failure) => {
-            telemetry::note(&req, |a| a.cache = "error");
+            telemetry::note(req, |a| a.cache = "error");
             state.metrics.requests.with_label_values(&[index, "error"]).inc();
             ProxyError::Upstream(failure).response()
         }

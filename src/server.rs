@@ -64,7 +64,19 @@ fn cors(origins: &[String]) -> Cors {
     let mut cors = Cors::default()
         .allowed_methods(["GET", "HEAD", "OPTIONS"])
         .allowed_headers([header::IF_NONE_MATCH, header::ACCEPT, header::CACHE_CONTROL])
-        .expose_headers(["X-Cache", "X-Cache-Tier", "X-Cache-Reason", "ETag", "Age", "Cache-Control", "Retry-After"])
+        .expose_headers([
+            "X-Cache",
+            "X-Cache-Tier",
+            "X-Cache-Reason",
+            "ETag",
+            "Age",
+            "Cache-Control",
+            "Retry-After",
+            "RateLimit-Limit",
+            "RateLimit-Remaining",
+            "RateLimit-Reset",
+            "RateLimit-Policy",
+        ])
         .max_age(86_400);
     if origins.iter().any(|o| o == "*") {
         // The same answer for every origin: no `Vary: Origin`, so a CDN keeps one copy a tile.
@@ -189,6 +201,7 @@ pub async fn build(settings: Settings, opts: StartOptions) -> Result<Built, Star
         }
         None => flights.clone(),
     };
+    let protect = crate::protect::Protect::new(&settings, redis.clone(), clock.clone(), metrics.clone());
     let state = Arc::new(AppState {
         upstream: Arc::new(UpstreamConfig::from_settings(&settings)),
         settings: settings.clone(),
@@ -205,6 +218,8 @@ pub async fn build(settings: Settings, opts: StartOptions) -> Result<Built, Star
         purges,
         purge_file,
         redis,
+        protect,
+        pod_id: crate::stats::new_pod_id(),
         seeds: crate::seed::Jobs::default(),
     });
     Ok(Built { state, prom, dir_lock })
@@ -235,6 +250,7 @@ fn serve(
             .route("/health", web::get().to(admin::health))
             .route("/admin/purge", web::post().to(purge_api::purge))
             .route("/admin/purges", web::get().to(purge_api::purges))
+            .route("/admin/stats", web::get().to(crate::stats::api))
             .route("/admin/seed", web::post().to(crate::seed::api_start))
             .route("/admin/seed/{id}", web::get().to(crate::seed::api_status))
             // Tiles are routed by `routes::parse` itself (one pass, no regex router on the hot
@@ -250,6 +266,7 @@ fn serve(
     let server = server.run();
     let handle = server.handle();
     let server = actix_web::rt::spawn(server);
+    crate::stats::spawn_housekeeping(state.clone());
     state.health.set_ready(true);
     Ok(Running { addrs, handle, server, state, _dir_lock: dir_lock })
 }

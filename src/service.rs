@@ -178,7 +178,10 @@ impl TileService {
         let s = &st.settings.upstream;
         // A leader may first wait for another pod's lease (at most `lease_wait`), then fetch.
         let lease_wait = st.settings.redis.as_ref().map_or(Duration::ZERO, |r| r.lease_wait);
-        let bound = s.head_timeout * s.retry_attempts as u32 + s.retry_total + Duration::from_secs(1) + lease_wait;
+        // Under `upstream_rps` each attempt may first wait for its turn.
+        let turns = st.settings.upstream_interval.map_or(Duration::ZERO, |_| st.settings.upstream_queue_wait);
+        let attempts = s.retry_attempts as u32;
+        let bound = s.head_timeout * attempts + s.retry_total + Duration::from_secs(1) + lease_wait + turns * attempts;
         let head = match tokio::time::timeout(bound, reader.head()).await {
             Ok(r) => r,
             Err(_) => Err(UpstreamFailure::Timeout),

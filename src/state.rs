@@ -33,6 +33,10 @@ pub struct AppState {
     pub purge_file: Option<std::path::PathBuf>,
     /// The shared tier's client, when `redis_url` is set.
     pub redis: Option<Arc<Redis>>,
+    /// Rate cap, budgets and client limits.
+    pub protect: crate::protect::Protect,
+    /// This server's id among the fleet's statistics snapshots.
+    pub pod_id: String,
     /// Seed jobs started through `POST /admin/seed`.
     pub seeds: crate::seed::Jobs,
 }

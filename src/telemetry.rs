@@ -128,13 +128,7 @@ impl RootSpanBuilder for TileSpan {
         let req = res.request();
         // X-Forwarded-For counts only from configured proxies (`trusted_proxies`).
         let trusted = trusted_proxies(req);
-        let client = match req.peer_addr() {
-            Some(peer) => {
-                let xff: Vec<&str> = req.headers().get_all("x-forwarded-for").filter_map(|v| v.to_str().ok()).collect();
-                crate::client_ip::client_ip(peer.ip(), &xff, trusted).to_string()
-            }
-            None => "-".to_string(),
-        };
+        let client = crate::client_ip::of_request(req, trusted).map_or_else(|| "-".to_string(), |ip| ip.to_string());
         let ext = req.extensions();
         let latency_ms = ext.get::<Started>().map(|s| s.0.elapsed().as_secs_f64() * 1000.0);
         drop(ext);

@@ -167,13 +167,16 @@ fn classify(e: &SendRequestError) -> UpstreamFailure {
 
 /// Sends the request (with retries) and returns the final response head, or the failure.
 ///
-/// A final retryable status (e.g. the third 503) is returned as `Ok(response)`: the caller decides
-/// what a client sees. `on_attempt` is called once per attempt, for metrics.
-pub async fn fetch_head(
+/// Every attempt first passes `gate` (the rate cap: it may wait for the attempt's turn, or
+/// refuse it with `Busy`, which ends the fetch without retrying). A final retryable status
+/// (e.g. the third 503) is returned as `Ok(response)`: the caller decides what a client sees.
+/// `on_attempt` is called once per attempt sent, for metrics.
+pub async fn fetch_head<G: std::future::Future<Output = Result<(), UpstreamFailure>>>(
     client: &awc::Client,
     cfg: &Arc<UpstreamConfig>,
     url: &str,
     if_none_match: Option<&actix_web::http::header::HeaderValue>,
+    gate: impl Fn() -> G,
     mut on_attempt: impl FnMut(AttemptLog),
 ) -> Result<awc::ClientResponse, UpstreamFailure> {
     let s = &cfg.settings;
@@ -186,14 +189,18 @@ pub async fn fetch_head(
         .with_total_delay(Some(s.retry_total));
     let max_delay = s.retry_max_delay.max(s.retry_min_delay);
     let attempt = || {
-        let mut req = client.get(url).no_decompress();
-        if let Some(etag) = if_none_match {
-            req = req.insert_header((actix_web::http::header::IF_NONE_MATCH, etag.clone()));
-        }
-        let started = Instant::now();
-        let fut = req.send();
+        let turn = gate();
         async move {
-            let result = fut.await;
+            if let Err(f) = turn.await {
+                return Err((Attempt::Failed(f), Duration::ZERO));
+            }
+            // Built after the wait: awc's timeout starts when the request is built.
+            let mut req = client.get(url).no_decompress();
+            if let Some(etag) = if_none_match {
+                req = req.insert_header((actix_web::http::header::IF_NONE_MATCH, etag.clone()));
+            }
+            let started = Instant::now();
+            let result = req.send().await;
             let elapsed = started.elapsed();
             match result {
                 Ok(response) => {
@@ -215,6 +222,7 @@ pub async fn fetch_head(
     };
     let result = attempt
         .retry(backoff)
+        .when(|(a, _): &(Attempt, Duration)| !matches!(a, Attempt::Failed(UpstreamFailure::Busy { .. })))
         .notify(|(a, elapsed): &(Attempt, Duration), _| on_attempt_log(&mut on_attempt, a, *elapsed))
         .adjust(|(a, _): &(Attempt, Duration), planned| match a {
             // Honour Retry-After, but never wait longer than the configured bound.
@@ -239,6 +247,8 @@ pub async fn fetch_head(
 
 fn on_attempt_log(on_attempt: &mut impl FnMut(AttemptLog), a: &Attempt, elapsed: Duration) {
     let status_label = match a {
+        // Refused by the rate cap: nothing was sent.
+        Attempt::Failed(UpstreamFailure::Busy { .. }) => return,
         Attempt::Failed(f) => f.label().to_string(),
         Attempt::Retryable { response, .. } => response.status().as_u16().to_string(),
     };

@@ -244,6 +244,19 @@ pub struct FileConfig {
     pub admin_token_file: Option<PathBuf>,
     /// Send `Surrogate-Key` and `Cache-Tag` headers (index, zoom, tile block) for CDN purging.
     pub surrogate_keys: bool,
+    /// Most requests per second sent to each upstream API (raster, vector); shared by every pod
+    /// through Redis, else per pod. Unset: no cap.
+    pub upstream_rps: Option<f64>,
+    /// Longest a miss waits for its turn under `upstream_rps` before answering 503 `upstream_busy`.
+    #[serde(with = "units::duration")]
+    pub upstream_queue_wait: Duration,
+    /// Client addresses (IPs or CIDRs) never rate limited (internal callers, the seeder).
+    #[serde(deserialize_with = "units::list")]
+    pub rate_limit_exempt: Vec<String>,
+    /// Most clients whose rate-limit state is kept per pod (least recently seen dropped first).
+    pub rate_limit_clients: u64,
+    /// Share client rate limits between pods through Redis (when `redis_url` is set).
+    pub rate_limit_shared: bool,
     /// Policy for indices without a section of their own.
     pub defaults: PolicyFileConfig,
     /// Per-index policies: `[index.<name>]`.
@@ -282,6 +295,11 @@ impl Default for FileConfig {
             admin_token: None,
             admin_token_file: None,
             surrogate_keys: false,
+            upstream_rps: None,
+            upstream_queue_wait: Duration::from_secs(5),
+            rate_limit_exempt: Vec::new(),
+            rate_limit_clients: 200_000,
+            rate_limit_shared: true,
             defaults: PolicyFileConfig::default(),
             index: BTreeMap::new(),
         }
@@ -463,6 +481,16 @@ pub struct PolicyFileConfig {
     /// replaced by the index's lifetime for the tile (sent with `Age`, so RFC 9111 caches keep
     /// it for what is left), e.g. `"public, max-age={max_age}, s-maxage=60"`.
     pub client_cache_control: Option<String>,
+    /// Upstream fetches this index may cause per UTC hour; past it, misses answer 429
+    /// `budget_exhausted` (hits and stale copies still serve).
+    pub budget_hour: Option<u64>,
+    /// Upstream fetches per UTC day.
+    pub budget_day: Option<u64>,
+    /// Requests per second one client (IP) may make for this index (token bucket refill).
+    pub rate_limit: Option<f64>,
+    /// Requests a client may make at once before `rate_limit` applies (bucket size; default:
+    /// one second of `rate_limit`, at least 1).
+    pub rate_burst: Option<u32>,
     /// `[index.<name>]` only: environment variable holding this index's own HERE key.
     pub api_key_env: Option<String>,
     /// `[index.<name>]` only: file holding this index's own HERE key (used when `api_key_env`
@@ -478,6 +506,29 @@ pub struct Policy {
     pub stale_if_error: Duration,
     pub negative_ttl: Duration,
     pub client_cache_control: Option<String>,
+    pub budget: Budget,
+    /// Per-client token bucket; `None`: unlimited.
+    pub rate_limit: Option<ClientRate>,
+}
+
+/// An index's upstream budget: fetches per UTC hour and day (`None`: unlimited).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub hour: Option<u64>,
+    pub day: Option<u64>,
+}
+
+impl Budget {
+    pub fn is_limited(&self) -> bool {
+        self.hour.is_some() || self.day.is_some()
+    }
+}
+
+/// A client token bucket: `burst` requests at once, refilled one per `interval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientRate {
+    pub interval: Duration,
+    pub burst: u32,
 }
 
 /// Upstream timeouts and retries, resolved.
@@ -533,6 +584,12 @@ pub struct Settings {
     /// Bearer token of `/admin/*`; `None`: the admin API answers 404.
     pub admin_token: Option<String>,
     pub surrogate_keys: bool,
+    /// Time between two upstream requests per API under `upstream_rps`; `None`: no cap.
+    pub upstream_interval: Option<Duration>,
+    pub upstream_queue_wait: Duration,
+    pub rate_limit_exempt: Vec<IpNet>,
+    pub rate_limit_clients: u64,
+    pub rate_limit_shared: bool,
 }
 
 impl std::fmt::Debug for Settings {
@@ -567,6 +624,11 @@ impl std::fmt::Debug for Settings {
             .field("redis", &self.redis)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
             .field("surrogate_keys", &self.surrogate_keys)
+            .field("upstream_interval", &self.upstream_interval)
+            .field("upstream_queue_wait", &self.upstream_queue_wait)
+            .field("rate_limit_exempt", &self.rate_limit_exempt)
+            .field("rate_limit_clients", &self.rate_limit_clients)
+            .field("rate_limit_shared", &self.rate_limit_shared)
             .finish()
     }
 }
@@ -779,6 +841,25 @@ fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings, Vec<Probl
             }
         })
         .collect();
+    let rate_limit_exempt = file
+        .rate_limit_exempt
+        .iter()
+        .filter_map(|s| {
+            parse_net(s).or_else(|| {
+                c.push(&["rate_limit_exempt"], format!("`{s}` is not an IP network like 10.0.0.0/8 or an IP"));
+                None
+            })
+        })
+        .collect();
+    c.count(&["rate_limit_clients"], file.rate_limit_clients, 1_000, 100_000_000);
+    let upstream_interval = file.upstream_rps.and_then(|rps| {
+        if !(rps.is_finite() && (0.001..=100_000.0).contains(&rps)) {
+            c.push(&["upstream_rps"], format!("{rps} is out of range: 0.001 to 100000 requests per second"));
+            return None;
+        }
+        Some(Duration::from_secs_f64(1.0 / rps))
+    });
+    let upstream_queue_wait = c.duration(&["upstream_queue_wait"], file.upstream_queue_wait, MAX_TIMEOUT);
     c.count(&["metrics_max_indices"], file.metrics_max_indices, 0, 100_000);
     let shutdown_timeout = c.duration(&["shutdown_timeout"], file.shutdown_timeout, MAX_TIMEOUT);
     let drain_delay = c.duration(&["drain_delay"], file.drain_delay, MAX_TIMEOUT);
@@ -804,6 +885,8 @@ fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings, Vec<Probl
         stale_if_error: Duration::from_secs(24 * 3600),
         negative_ttl: Duration::from_secs(60),
         client_cache_control: None,
+        budget: Budget::default(),
+        rate_limit: None,
     };
     let default_policy = resolve_policy(&["defaults"], &file.defaults, &builtin, &mut c);
     let own_key_only = "only an [index.<name>] section can have its own key";
@@ -858,6 +941,11 @@ fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings, Vec<Probl
         redis,
         admin_token,
         surrogate_keys: file.surrogate_keys,
+        upstream_interval,
+        upstream_queue_wait,
+        rate_limit_exempt,
+        rate_limit_clients: file.rate_limit_clients,
+        rate_limit_shared: file.rate_limit_shared,
     })
 }
 
@@ -876,8 +964,10 @@ fn resolve_redis(file: &FileConfig, upstream: &UpstreamSettings, c: &mut Check) 
     {
         c.push(&["redis", "prefix"], "must be 1-64 characters of A-Z a-z 0-9 - _ . :");
     }
-    let derived =
-        upstream.head_timeout * upstream.retry_attempts as u32 + upstream.retry_total + Duration::from_secs(1);
+    // A lease covers the whole fetch: each attempt's wait for its turn under `upstream_rps` too.
+    let turns = if file.upstream_rps.is_some() { file.upstream_queue_wait.min(MAX_TIMEOUT) } else { Duration::ZERO };
+    let attempts = upstream.retry_attempts.clamp(1, 10) as u32;
+    let derived = (upstream.head_timeout + turns) * attempts + upstream.retry_total + Duration::from_secs(1);
     let lease = match r.lease {
         Some(l) => c.duration(&["redis", "lease"], l, MAX_TIMEOUT),
         None => derived.min(MAX_TIMEOUT),
@@ -1109,6 +1199,31 @@ fn resolve_policy(section: &[&str], p: &PolicyFileConfig, base: &Policy, c: &mut
         stale_if_error: dur(c, "stale_if_error", p.stale_if_error).unwrap_or(base.stale_if_error),
         negative_ttl: dur(c, "negative_ttl", p.negative_ttl).unwrap_or(base.negative_ttl),
         client_cache_control: p.client_cache_control.clone().or_else(|| base.client_cache_control.clone()),
+        budget: Budget {
+            hour: p.budget_hour.or(base.budget.hour),
+            day: p.budget_day.or(base.budget.day),
+        },
+        rate_limit: resolve_rate(section, p, base, c),
+    }
+}
+
+/// A client rate limit: the section's own, else the base's; `rate_burst` alone adjusts the
+/// base's bucket.
+fn resolve_rate(section: &[&str], p: &PolicyFileConfig, base: &Policy, c: &mut Check) -> Option<ClientRate> {
+    let path = |name: &'static str| -> Vec<&str> { section.iter().copied().chain([name]).collect() };
+    if let Some(b) = p.rate_burst {
+        c.count(&path("rate_burst"), b, 1, 1_000_000);
+    }
+    match p.rate_limit {
+        Some(rate) if rate.is_finite() && (0.0001..=1_000_000.0).contains(&rate) => Some(ClientRate {
+            interval: Duration::from_secs_f64(1.0 / rate),
+            burst: p.rate_burst.unwrap_or_else(|| rate.ceil() as u32).clamp(1, 1_000_000),
+        }),
+        Some(rate) => {
+            c.push(&path("rate_limit"), format!("{rate} is out of range: 0.0001 to 1000000 requests per second"));
+            None
+        }
+        None => base.rate_limit.map(|r| ClientRate { burst: p.rate_burst.unwrap_or(r.burst).clamp(1, 1_000_000), ..r }),
     }
 }
 

@@ -107,6 +107,26 @@ impl Keys {
     pub fn purge_channel(&self) -> String {
         format!("{}:purge", self.prefix)
     }
+
+    /// The rate cap's schedule for one upstream API.
+    pub fn cap(&self, api: &str) -> String {
+        format!("{}:cap:{api}", self.prefix)
+    }
+
+    /// An index's upstream fetches in one window (`h` or `d` and its number since the epoch).
+    pub fn budget(&self, index: &str, window: &str, n: u64) -> String {
+        format!("{}:budget:{{{index}}}:{window}:{n}", self.prefix)
+    }
+
+    /// A client's token bucket for one index.
+    pub fn client(&self, ip: &str, index: &str) -> String {
+        format!("{}:rl:{{{ip}}}:{index}", self.prefix)
+    }
+
+    /// The hash of per-pod statistics snapshots (field: pod id).
+    pub fn stats(&self) -> String {
+        format!("{}:stats", self.prefix)
+    }
 }
 
 /// Redis metrics.

@@ -145,6 +145,8 @@ pub struct Recorded {
     pub query: String,
     /// Headers in arrival order; names lowercased, values trimmed.
     pub headers: Vec<(String, String)>,
+    /// When the request head was read.
+    pub at: std::time::Instant,
 }
 
 impl Recorded {
@@ -421,6 +423,7 @@ mod tests {
             path: "/x".into(),
             query: "apiKey=a%20b&lang=en&x".into(),
             headers: vec![("user-agent".into(), "t".into())],
+            at: std::time::Instant::now(),
         };
         assert_eq!(r.header("User-Agent"), Some("t"));
         assert_eq!(r.query_param("apiKey").as_deref(), Some("a b"));

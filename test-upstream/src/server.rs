@@ -181,6 +181,7 @@ impl State {
             path: req.path.clone(),
             query: req.query.clone(),
             headers: req.headers.clone(),
+            at: std::time::Instant::now(),
         });
     }
 
