@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{upstream, Proxy, Resp, Upstream, SERVER_KEY};
+use common::{upstream, Fault, Proxy, Resp, Upstream, SERVER_KEY};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tile-proxy");
 const TOKEN: &str = "seed-admin-token";
@@ -173,6 +173,33 @@ async fn an_interrupted_seed_saves_its_state_and_resumes_without_paying_twice() 
     assert_eq!(fetched_first + fetched_second, n, "{out}");
     assert_eq!(up.total(), n, "every tile paid for exactly once over both runs");
     assert_eq!(fetched(&up).into_iter().collect::<BTreeSet<_>>(), want);
+}
+
+#[actix_rt::test]
+async fn a_failing_tile_is_retried_then_counted_and_the_next_run_fetches_only_it() {
+    let up = upstream(300);
+    let p = Proxy::start(&up, |_| {}).await;
+    let work = tempfile::tempdir().unwrap();
+    let want = expected([9.0, 45.3, 9.4, 45.6], 8..=10);
+    let n = want.len() as u64;
+    let &(z, x, y) = want.iter().last().unwrap();
+    let broken = format!("/v3/base/mc/{z}/{x}/{y}/png");
+    up.fail_always(&broken, Fault::Status { code: 500, retry_after: None });
+    let args = ["--index", "seed5", "--bbox", "9.0,45.3,9.4,45.6", "--zoom", "8-10", "--through", &p.base];
+
+    let (code, out, err) = seed(work.path(), &args).await;
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert_eq!(summary(&out), (n, n - 1, 0, 1), "{out}");
+    assert!(up.count(&broken) > 1, "the failing tile was retried");
+    assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 1, "the state is kept to retry it");
+
+    up.clear_faults();
+    let before = up.total();
+    let (code, out, err) = seed(work.path(), &args).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(summary(&out), (n, 1, 0, 0), "{out}");
+    assert_eq!(up.total(), before + 1, "only the failed tile is asked for again");
+    assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0);
 }
 
 #[actix_rt::test]
