@@ -307,3 +307,96 @@ pub async fn run<F: Fetcher>(
     progress.finish(ending.clone());
     ending
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::{BTreeMap, HashSet};
+
+    use super::*;
+    use crate::seed::tiles::{JobParams, Kind, DEFAULT_MAX_TILES};
+
+    /// Answers by a script: `answer(call number, url, seen before)`.
+    struct Scripted<A: Fn(usize, bool) -> Fetched> {
+        answer: A,
+        calls: RefCell<Vec<String>>,
+    }
+
+    impl<A: Fn(usize, bool) -> Fetched> Fetcher for Scripted<A> {
+        async fn fetch(&self, url: &str) -> Fetched {
+            let mut calls = self.calls.borrow_mut();
+            let seen = calls.iter().any(|u| u == url);
+            calls.push(url.to_string());
+            (self.answer)(calls.len(), seen)
+        }
+    }
+
+    fn scripted<A: Fn(usize, bool) -> Fetched>(answer: A) -> Scripted<A> {
+        Scripted { answer, calls: RefCell::new(Vec::new()) }
+    }
+
+    fn job() -> Job {
+        let params = JobParams {
+            index: "t".into(),
+            bbox: [13.1, 52.3, 13.7, 52.7],
+            zoom: (8, 10),
+            kind: Kind::Raster { resource: "base".into(), format: "png".into() },
+            params: BTreeMap::new(),
+        };
+        Job::new(params, DEFAULT_MAX_TILES).unwrap()
+    }
+
+    async fn run_with<F: Fetcher>(job: &Job, fetcher: &F, done: &mut Done) -> (Ending, Counts) {
+        let progress = Progress::new(job.total, done.count(), indicatif::ProgressBar::hidden());
+        let ending = run(job, fetcher, 1, done, &progress, &Stop::default(), |_| {}).await;
+        (ending, progress.counts())
+    }
+
+    #[tokio::test]
+    async fn busy_answers_are_waited_out_and_the_tile_asked_again() {
+        let job = job();
+        let fetcher = scripted(|_, seen| if seen { Fetched::Fetched } else { Fetched::Wait(Duration::from_millis(2)) });
+        let mut done = Done::default();
+        let (ending, counts) = run_with(&job, &fetcher, &mut done).await;
+        assert_eq!(ending, Ending::Completed);
+        assert_eq!((counts.done, counts.fetched, counts.failed), (job.total, job.total, 0));
+        assert_eq!(fetcher.calls.borrow().len() as u64, 2 * job.total);
+        assert_eq!(done.count(), job.total);
+    }
+
+    #[tokio::test]
+    async fn a_spent_budget_stops_issuing_tiles_and_keeps_what_is_done() {
+        let job = job();
+        let fetcher = scripted(|n, _| match n {
+            1..=3 => Fetched::Fetched,
+            4 | 5 => Fetched::Cached,
+            _ => Fetched::BudgetExhausted { window: "day".into(), retry_after_secs: 60 },
+        });
+        let mut done = Done::default();
+        let (ending, counts) = run_with(&job, &fetcher, &mut done).await;
+        let reason = StopReason::BudgetExhausted { window: "day".into(), retry_after_secs: 60 };
+        assert_eq!(ending, Ending::Stopped(reason));
+        assert_eq!((counts.fetched, counts.cached, counts.failed), (3, 2, 0));
+        assert_eq!(fetcher.calls.borrow().len(), 6, "no tile issued after the budget answer");
+        assert_eq!((done.count(), done.low_water()), (5, 5));
+    }
+
+    #[tokio::test]
+    async fn a_resumed_run_skips_the_done_tiles_and_a_refused_one_is_not_retried() {
+        let job = job();
+        let mut done = Done::default();
+        for i in [0, 1, 2, 5] {
+            done.insert(i);
+        }
+        let fetcher = scripted(|n, _| if n == 1 { Fetched::Refused("403".into()) } else { Fetched::Fetched });
+        let (ending, counts) = run_with(&job, &fetcher, &mut done).await;
+        assert_eq!(ending, Ending::Completed);
+        let calls = fetcher.calls.borrow();
+        assert_eq!(calls.len() as u64, job.total - 4);
+        let skipped: HashSet<String> =
+            [0, 1, 2, 5].iter().map(|&i| job.tiles().nth(i).unwrap()).map(|(z, x, y)| job.url(z, x, y)).collect();
+        assert!(calls.iter().all(|u| !skipped.contains(u)));
+        assert_eq!((counts.done, counts.fetched, counts.failed), (job.total - 1, job.total - 5, 1));
+        assert!(!done.contains(3) && done.contains(4), "the refused tile stays to do");
+    }
+}
