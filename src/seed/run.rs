@@ -136,6 +136,8 @@ impl Progress {
     pub fn new(total: u64, earlier: u64, bar: indicatif::ProgressBar) -> Progress {
         bar.set_length(total);
         bar.set_position(earlier);
+        // The rate and ETA are of this run, not of the tiles done earlier.
+        bar.reset_eta();
         Progress {
             total,
             earlier,
