@@ -1,39 +1,18 @@
-//! Seeding (warming the cache): `tile-proxy seed` and `POST /admin/seed`. Being written.
+//! Seeding (warming the cache): every tile of a bbox over a zoom range, fetched once so clients
+//! find it cached. `tile-proxy seed` ([`cli`]) runs it through a running proxy or straight into
+//! a config's cache, resumably; `POST /admin/seed` ([`api`]) runs it inside a pod.
+//!
+//! Shared by both: [`tiles`] (the job checked, its tiles enumerated in a fixed order, their
+//! URLs), [`run`] (the run loop: bounded concurrency, counters, retry and stop rules),
+//! [`fetchers`] (through HTTP or through the [`crate::service::TileService`]) and
+//! [`state_file`] (which tiles are done, saved atomically).
 
-use std::process::ExitCode;
+pub mod api;
+pub mod cli;
+pub mod fetchers;
+pub mod run;
+pub mod state_file;
+pub mod tiles;
 
-use actix_web::{web, HttpRequest, HttpResponse};
-
-use crate::service::TileService;
-
-/// The flags of `tile-proxy seed`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct SeedArgs {
-    /// Index (`indice`) to seed for
-    #[arg(long)]
-    pub index: String,
-}
-
-/// The seed jobs a pod runs (`POST /admin/seed`).
-#[derive(Default)]
-pub struct Jobs {}
-
-/// `tile-proxy seed`.
-pub fn run_cli(_args: SeedArgs) -> ExitCode {
-    ExitCode::FAILURE
-}
-
-/// `POST /admin/seed`.
-pub async fn api_start(
-    _req: HttpRequest,
-    _body: web::Bytes,
-    _service: web::Data<TileService>,
-    _client: web::Data<awc::Client>,
-) -> HttpResponse {
-    HttpResponse::NotImplemented().finish()
-}
-
-/// `GET /admin/seed/{id}`.
-pub async fn api_status(_req: HttpRequest, _id: web::Path<String>, _service: web::Data<TileService>) -> HttpResponse {
-    HttpResponse::NotImplemented().finish()
-}
+pub use api::{api_start, api_status, Jobs};
+pub use cli::{run_cli, SeedArgs};
