@@ -83,7 +83,12 @@ async fn the_rate_cap_spaces_upstream_requests_and_loses_none() {
     let answers = join_all((0..200).map(|n| p.get_owned(tile("cap", n)))).await;
     let took = started.elapsed();
     let ok = answers.iter().filter(|r| r.status == 200 && r.x_cache() == "MISS").count();
-    assert_eq!(ok, 200, "every request answered, none lost: {:?}", answers.iter().find(|r| r.status != 200).map(|r| (r.status, r.body.clone())));
+    assert_eq!(
+        ok,
+        200,
+        "every request answered, none lost: {:?}",
+        answers.iter().find(|r| r.status != 200).map(|r| (r.status, r.body.clone()))
+    );
     assert_eq!(up.total(), 200);
     assert_at_most(&arrivals(&up), 20, Duration::from_millis(60));
     assert!(took >= Duration::from_millis(9_900), "200 requests at 20/s take ~10 s, not {took:?}");
@@ -149,7 +154,12 @@ async fn two_proxies_on_one_redis_share_the_cap() {
     assert_eq!(up.total(), 80);
     for p in [&a, &b] {
         let m = p.metrics().await;
-        assert_eq!(metric(&m, "tile_proxy_protect_fallback_total", &["what=\"cap\""]), 0.0, "{}", m.lines().filter(|l| l.contains("redis_ops")).collect::<Vec<_>>().join("\n"));
+        assert_eq!(
+            metric(&m, "tile_proxy_protect_fallback_total", &["what=\"cap\""]),
+            0.0,
+            "{}",
+            m.lines().filter(|l| l.contains("redis_ops")).collect::<Vec<_>>().join("\n")
+        );
     }
     // One pod alone would allow 20/s each: 40/s together.
     assert_at_most(&arrivals(&up), 20, Duration::from_millis(60));
@@ -371,7 +381,8 @@ async fn admin_stats_wants_the_token_and_adds_up_the_fleet() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{table} {}", String::from_utf8_lossy(&out.stderr));
     assert!(table.starts_with("scope: fleet (2 pods)"), "{table}");
-    let row: Vec<&str> = table.lines().find(|l| l.starts_with("s ")).expect("a row for index s").split_whitespace().collect();
+    let row: Vec<&str> =
+        table.lines().find(|l| l.starts_with("s ")).expect("a row for index s").split_whitespace().collect();
     assert_eq!(&row[..6], ["s", "6", "0", "3", "66.7", "3"], "{table}");
     let refused = std::process::Command::new(env!("CARGO_BIN_EXE_tile-proxy"))
         .args(["stats", "--url", &a.base])

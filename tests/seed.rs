@@ -328,3 +328,47 @@ async fn the_admin_api_checks_the_token_and_the_body_and_runs_a_job_to_done() {
     assert_eq!(unknown.json()["error"], "not_found");
     assert_eq!(p.get(&url).await.status.as_u16(), 401, "status needs the token too");
 }
+
+#[actix_rt::test]
+async fn a_seed_waits_out_the_rate_cap_and_stops_cleanly_when_the_budget_is_spent() {
+    use tile_proxy::clock::Clock;
+    let up = upstream(300);
+    let p = Proxy::start(&up, |f| {
+        // A queue shorter than the seed's concurrency needs: some tiles are refused as busy.
+        f.upstream_rps = Some(10.0);
+        f.upstream_queue_wait = common::dur("200ms");
+        f.index.entry("seedb".into()).or_default().budget_hour = Some(15);
+    })
+    .await;
+    let hour = 3_600_000;
+    let now = p.clock.now_ms();
+    p.clock.advance_ms((now / hour + 1) * hour + 60_000 - now);
+    let work = tempfile::tempdir().unwrap();
+    let want = expected([13.1, 52.3, 13.7, 52.7], 9..=11);
+    let n = want.len() as u64;
+    assert!(n > 15 && n <= 30, "{n} tiles: more than one budget, less than two");
+    let args = ["--index", "seedb", "--bbox", "13.1,52.3,13.7,52.7", "--zoom", "9-11", "--concurrency", "6"];
+    let args = [&args[..], &["--through", &p.base]].concat();
+
+    let (code, out, err) = seed(work.path(), &args).await;
+    assert_eq!(code, Some(3), "{out}{err}");
+    assert!(err.contains("budget") && err.contains("seedb") && err.contains("resume"), "{err}");
+    assert_eq!(up.total(), 15, "exactly the budget");
+    let (_, fetched_first, _, failed) = summary(&out);
+    assert_eq!((fetched_first, failed), (15, 0), "busy answers were waited out, not failed: {out}");
+    let busy = common::metric(&p.metrics().await, "tile_proxy_upstream_busy_total", &[]);
+    assert!(busy > 0.0, "the cap refused some tiles, which the seed asked again");
+    let mut at: Vec<Instant> = up.requests().iter().map(|r| r.at).collect();
+    at.sort();
+    for w in at.windows(11) {
+        assert!(w[10] - w[0] >= Duration::from_millis(940), "11 upstream requests within {:?}", w[10] - w[0]);
+    }
+
+    // The next hour: the same command goes on with the rest, never paying twice.
+    let now = p.clock.now_ms();
+    p.clock.advance_ms((now / hour + 1) * hour + 60_000 - now);
+    let (code, out, err) = seed(work.path(), &args).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(up.total(), n);
+    assert_eq!(fetched(&up).into_iter().collect::<BTreeSet<_>>(), want, "every tile once");
+}

@@ -1199,10 +1199,7 @@ fn resolve_policy(section: &[&str], p: &PolicyFileConfig, base: &Policy, c: &mut
         stale_if_error: dur(c, "stale_if_error", p.stale_if_error).unwrap_or(base.stale_if_error),
         negative_ttl: dur(c, "negative_ttl", p.negative_ttl).unwrap_or(base.negative_ttl),
         client_cache_control: p.client_cache_control.clone().or_else(|| base.client_cache_control.clone()),
-        budget: Budget {
-            hour: p.budget_hour.or(base.budget.hour),
-            day: p.budget_day.or(base.budget.day),
-        },
+        budget: Budget { hour: p.budget_hour.or(base.budget.hour), day: p.budget_day.or(base.budget.day) },
         rate_limit: resolve_rate(section, p, base, c),
     }
 }

@@ -60,7 +60,8 @@ impl UpstreamCap {
     async fn reserve(&self, api: Api, interval: Duration) -> Decision {
         if let Some(redis) = &self.redis {
             let key = redis.keys.cap(api.as_str());
-            let args = [interval.as_micros().max(1).to_string(), "1".to_string(), self.max_wait.as_micros().to_string()];
+            let args =
+                [interval.as_micros().max(1).to_string(), "1".to_string(), self.max_wait.as_micros().to_string()];
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             match redis.eval::<(i64, i64, i64)>("rate_cap", Deadline::Write, &GCRA, &[&key], &args).await {
                 Ok((1, wait, _)) => return Ok(Duration::from_micros(wait.max(0) as u64)),

@@ -119,9 +119,11 @@ impl ClientLimits {
         let args = [rate.interval.as_micros().max(1).to_string(), rate.burst.to_string(), "0".to_string()];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         match redis.eval::<(i64, i64, i64)>("client_limit", Deadline::Read, &GCRA, &[&key], &args).await {
-            Ok((ok, wait, remaining)) => {
-                Some((ok == 1, Duration::from_micros(wait.max(0) as u64), remaining.clamp(0, i64::from(u32::MAX)) as u32))
-            }
+            Ok((ok, wait, remaining)) => Some((
+                ok == 1,
+                Duration::from_micros(wait.max(0) as u64),
+                remaining.clamp(0, i64::from(u32::MAX)) as u32,
+            )),
             Err(_) => {
                 self.metrics.protect_fallback.with_label_values(&["client"]).inc();
                 None

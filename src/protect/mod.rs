@@ -35,11 +35,8 @@ impl Protect {
     pub fn new(settings: &Settings, redis: Option<Arc<Redis>>, clock: SharedClock, metrics: Arc<Metrics>) -> Protect {
         let policies = std::iter::once(&settings.default_policy).chain(settings.policies.values());
         // An idle bucket is dropped once it would be full again anyway.
-        let idle = policies
-            .filter_map(|p| p.rate_limit)
-            .map(|r| r.interval * r.burst)
-            .max()
-            .unwrap_or(Duration::from_secs(1));
+        let idle =
+            policies.filter_map(|p| p.rate_limit).map(|r| r.interval * r.burst).max().unwrap_or(Duration::from_secs(1));
         let shared_clients = if settings.rate_limit_shared { redis.clone() } else { None };
         Protect {
             cap: cap::UpstreamCap::new(

@@ -1,7 +1,7 @@
 //! Test harness: the real server (`tile_proxy::server::start`) on 127.0.0.1:0 with its cache in
 //! a temporary folder, in front of the project's HERE-like test upstream; an awc client to talk
 //! to it. Each test uses its own tile addresses so tests never share state.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod redis_server;
 
