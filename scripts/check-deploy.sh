@@ -2000,7 +2000,8 @@ PY
     TILE_PROXY_CACHE_DIR="$tmp/cache" TILE_PROXY_MEMORY_CACHE=16MiB TILE_PROXY_DISK_CACHE=64MiB \
     TILE_PROXY_WORKERS=2 TILE_PROXY_UPSTREAM__RETRY_ATTEMPTS=2 TILE_PROXY_UPSTREAM__RETRY_MIN_DELAY=10ms \
     TILE_PROXY_UPSTREAM__RETRY_MAX_DELAY=50ms TILE_PROXY_UPSTREAM__BREAKER_FAILURES=2 \
-    TILE_PROXY_UPSTREAM__BREAKER_COOLDOWN=60s \
+    TILE_PROXY_UPSTREAM__BREAKER_COOLDOWN=60s TILE_PROXY_INDEX__spend__BUDGET_HOUR=1 \
+    TILE_PROXY_UPSTREAM_RPS=1000 \
     "$bin/tile-proxy" serve >"$tmp/proxy.log" 2>&1 &
   pids+=($!)
   local proxy_pid=$!
@@ -2026,6 +2027,10 @@ PY
   expect "400 ERROR" "$t/3/1/1/png?indice=obs&bogus=1"
   expect "200 " -H "Authorization: Bearer $token" -d '{"index": "obs"}' "http://$proxy/admin/purge"
   expect "200 MISS" "$t/3/1/1/png?indice=obs"
+  # an index with a budget of one fetch an hour: the second cold tile is refused
+  expect "200 MISS" "$t/10/1/1/png?indice=spend"
+  expect "429 ERROR" "$t/10/1/2/png?indice=spend"
+  expect "200 " -H "Authorization: Bearer $token" "http://$proxy/admin/stats"
   "${fault[@]}" '{"match": "/v3/base/mc/4/", "times": 1, "fault": {"headers": {"Cache-Control": "no-store"}}}'
   expect "200 MISS" "$t/4/1/1/png?indice=obs"
   "${fault[@]}" '{"match": "/v3/base/mc/5/", "times": 1, "fault": {"status": 503}}'

@@ -172,6 +172,19 @@ mod tests {
     }
 
     #[actix_web::test]
+    async fn a_flood_of_distinct_clients_keeps_at_most_the_configured_buckets() {
+        let l = limits(&[]);
+        let rate = ClientRate { interval: Duration::from_secs(1), burst: 2 };
+        for i in 0..20_000u32 {
+            let ip = IpAddr::from([198, 18, (i >> 8) as u8, i as u8]);
+            assert!(l.check(ip, "i", rate).await.unwrap().allowed);
+        }
+        let kept = l.tracked();
+        assert!(kept <= 1000, "{kept} buckets kept for a capacity of 1000");
+        assert!(kept >= 500, "recent clients are kept: {kept}");
+    }
+
+    #[actix_web::test]
     async fn a_burst_then_refusals_per_client_and_index() {
         let l = limits(&["10.0.0.0/8"]);
         let rate = ClientRate { interval: Duration::from_secs(60), burst: 3 };

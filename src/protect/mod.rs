@@ -38,6 +38,16 @@ impl Protect {
         let idle =
             policies.filter_map(|p| p.rate_limit).map(|r| r.interval * r.burst).max().unwrap_or(Duration::from_secs(1));
         let shared_clients = if settings.rate_limit_shared { redis.clone() } else { None };
+        // The series of every configured budget exist from the start (alerts use increase()).
+        for (name, policy) in &settings.policies {
+            for (window, limit) in [("hour", policy.budget.hour), ("day", policy.budget.day)] {
+                if let Some(limit) = limit {
+                    metrics.budget_limit.with_label_values(&[name, window]).set(limit as i64);
+                    metrics.budget_used.with_label_values(&[name, window]).set(0);
+                    metrics.budget_exhausted.with_label_values(&[name, window]);
+                }
+            }
+        }
         Protect {
             cap: cap::UpstreamCap::new(
                 settings.upstream_interval,
