@@ -10,9 +10,12 @@
 # (tile bytes), REDIS=1 (the proxy uses a private redis-server the script starts), RULES=N (N
 # purge rules made after the warm-up, so every entry is older than every rule and each hit takes
 # the rule check's slow path: half index rules for other indices, half bbox rules elsewhere, none
-# matching). Needs valgrind and curl (apt-get install valgrind curl).
+# matching), LIMIT=1 (a client rate limit on every index, high enough never to refuse: the cost
+# of the check, local or with REDIS=1 in Redis). Needs valgrind and curl (apt-get install valgrind
+# curl).
 #
 #   bench/instructions.sh; REDIS=1 bench/instructions.sh; REDIS=1 RULES=100 bench/instructions.sh
+#   LIMIT=1 bench/instructions.sh; REDIS=1 LIMIT=1 bench/instructions.sh
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HITS=${HITS:-2000}
@@ -20,6 +23,7 @@ SIZE=${SIZE:-20000}
 TILES=100
 REDIS=${REDIS:-0}
 RULES=${RULES:-0}
+LIMIT=${LIMIT:-0}
 TOKEN=bench-admin-token-0123456789
 command -v valgrind >/dev/null && command -v callgrind_control >/dev/null && command -v curl >/dev/null \
     || { echo "instructions.sh: needs valgrind and curl" >&2; exit 1; }
@@ -39,6 +43,7 @@ measure() {
         rd=$!
         redis_env=(REDIS_URL="redis://127.0.0.1:$rd_port/0")
     fi
+    [ "$LIMIT" = 1 ] && redis_env+=(TILE_PROXY_DEFAULTS__RATE_LIMIT=1000000)
     "$target/release/test-upstream" --listen "127.0.0.1:$up_port" --key k --min-size "$SIZE" --max-size "$SIZE" \
         >"$tmp/upstream.log" 2>&1 &
     up=$!
@@ -74,7 +79,7 @@ measure() {
     sleep 1
     local ir
     ir=$(cat "$tmp"/cg.out.* 2>/dev/null | awk '/^(summary|totals):/ {s+=$2} END {print s+0}')
-    printf '%-40s redis=%s rules=%-4s %12d instructions for %d hits: %d per hit\n' "$target" "$REDIS" "$RULES" "$ir" \
+    printf '%-40s redis=%s rules=%-4s limit=%s %12d instructions for %d hits: %d per hit\n' "$target" "$REDIS" "$RULES" "$LIMIT" "$ir" \
         "${#hits[@]}" $((ir / ${#hits[@]}))
 }
 

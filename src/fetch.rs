@@ -182,7 +182,7 @@ pub async fn run(writer: FlightWriter, ctx: FetchCtx) {
     let probe = permit.is_probe();
     let budget = st.settings.policy(&ctx.tile.index).budget;
     if let Err(spent) = st.protect.budgets.charge(&ctx.index, budget).await {
-        tracing::info!(index = ctx.index, failure = spent.label(), "upstream budget spent; fetch refused");
+        tracing::debug!(index = ctx.index, failure = spent.label(), "upstream budget spent; fetch refused");
         writer.finish(End::Failed(spent));
         return;
     }

@@ -38,8 +38,12 @@ impl Protect {
         let idle =
             policies.filter_map(|p| p.rate_limit).map(|r| r.interval * r.burst).max().unwrap_or(Duration::from_secs(1));
         let shared_clients = if settings.rate_limit_shared { redis.clone() } else { None };
-        // The series of every configured budget exist from the start (alerts use increase()).
+        // The series of every configured budget and limit exist from the start (alerts and
+        // dashboards use rate() and increase()).
         for (name, policy) in &settings.policies {
+            if policy.rate_limit.is_some() {
+                metrics.rate_limited.with_label_values(&[name]);
+            }
             for (window, limit) in [("hour", policy.budget.hour), ("day", policy.budget.day)] {
                 if let Some(limit) = limit {
                     metrics.budget_limit.with_label_values(&[name, window]).set(limit as i64);
