@@ -53,6 +53,8 @@ pub struct Metrics {
     /// upstream fetches in the current UTC hour/day, and the budget (indices with one).
     pub budget_used: IntGaugeVec,
     pub budget_limit: IntGaugeVec,
+    /// `tile_proxy_budget_remaining{index, window}`: what is left of it.
+    pub budget_remaining: IntGaugeVec,
     /// `tile_proxy_budget_exhausted_total{index, window}`: misses refused with 429 `budget_exhausted`.
     pub budget_exhausted: IntCounterVec,
     /// `tile_proxy_rate_limited_total{index}`: requests refused by a client rate limit.
@@ -103,6 +105,7 @@ impl Metrics {
         };
         let budget_used = gauge("tile_proxy_budget_used", "Upstream fetches in the current UTC hour/day")?;
         let budget_limit = gauge("tile_proxy_budget_limit", "Upstream fetch budget per UTC hour/day")?;
+        let budget_remaining = gauge("tile_proxy_budget_remaining", "Upstream fetches left this UTC hour/day")?;
         let purge_rules = prometheus::IntGauge::new("tile_proxy_purge_rules", "Active purge rules")?;
         registry.register(Box::new(purge_rules.clone()))?;
         // Series dashboards and alerts read exist from the start, at 0.
@@ -173,6 +176,7 @@ impl Metrics {
             )?,
             budget_used,
             budget_limit,
+            budget_remaining,
             budget_exhausted: counter(
                 registry,
                 "tile_proxy_budget_exhausted_total",

@@ -208,6 +208,7 @@ async fn a_spent_budget_refuses_misses_until_the_hour_ends_and_hits_still_serve(
     let m = p.metrics().await;
     assert_eq!(metric(&m, "tile_proxy_budget_used", &["index=\"b\"", "window=\"hour\""]), 5.0);
     assert_eq!(metric(&m, "tile_proxy_budget_limit", &["index=\"b\"", "window=\"hour\""]), 5.0);
+    assert_eq!(metric(&m, "tile_proxy_budget_remaining", &["index=\"b\"", "window=\"hour\""]), 0.0);
     assert_eq!(metric(&m, "tile_proxy_budget_exhausted_total", &["index=\"b\""]), 6.0);
     let stats = admin_get(&p, "/admin/stats", Some(ADMIN)).await.json();
     let b = &stats["indices"]["b"];

@@ -203,6 +203,7 @@ impl Budgets {
             if let Some(limit) = limit {
                 m.budget_used.with_label_values(&[index, window]).set(used as i64);
                 m.budget_limit.with_label_values(&[index, window]).set(limit as i64);
+                m.budget_remaining.with_label_values(&[index, window]).set(limit.saturating_sub(used) as i64);
             }
         }
     }

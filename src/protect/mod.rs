@@ -48,6 +48,7 @@ impl Protect {
                 if let Some(limit) = limit {
                     metrics.budget_limit.with_label_values(&[name, window]).set(limit as i64);
                     metrics.budget_used.with_label_values(&[name, window]).set(0);
+                    metrics.budget_remaining.with_label_values(&[name, window]).set(limit as i64);
                     metrics.budget_exhausted.with_label_values(&[name, window]);
                 }
             }
