@@ -12,7 +12,7 @@
 # the rule check's slow path: half index rules for other indices, half bbox rules elsewhere, none
 # matching), LIMIT=1 (a client rate limit on every index, high enough never to refuse: the cost
 # of the check, local or with REDIS=1 in Redis). Needs valgrind and curl (apt-get install valgrind
-# curl).
+# curl). KEEP=DIR keeps the callgrind files (DIR/<target name>/) for callgrind_annotate.
 #
 #   bench/instructions.sh; REDIS=1 bench/instructions.sh; REDIS=1 RULES=100 bench/instructions.sh
 #   LIMIT=1 bench/instructions.sh; REDIS=1 LIMIT=1 bench/instructions.sh
@@ -78,7 +78,8 @@ measure() {
     callgrind_control -d "$px" >/dev/null 2>&1
     sleep 1
     local ir
-    ir=$(cat "$tmp"/cg.out.* 2>/dev/null | awk '/^(summary|totals):/ {s+=$2} END {print s+0}')
+    ir=$(cat "$tmp"/cg.out.* 2>/dev/null | awk '/^totals:/ {s+=$2} END {print s+0}')
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP/$(basename "$target")" && cp "$tmp"/cg.out.* "$KEEP/$(basename "$target")/"; fi
     printf '%-40s redis=%s rules=%-4s limit=%s %12d instructions for %d hits: %d per hit\n' "$target" "$REDIS" "$RULES" "$LIMIT" "$ir" \
         "${#hits[@]}" $((ir / ${#hits[@]}))
 }

@@ -248,11 +248,17 @@ fn serve(
             .route("/live", web::get().to(admin::live))
             .route("/ready", web::get().to(admin::ready))
             .route("/health", web::get().to(admin::health))
-            .route("/admin/purge", web::post().to(purge_api::purge))
-            .route("/admin/purges", web::get().to(purge_api::purges))
-            .route("/admin/stats", web::get().to(crate::stats::api))
-            .route("/admin/seed", web::post().to(crate::seed::api_start))
-            .route("/admin/seed/{id}", web::get().to(crate::seed::api_status))
+            // One scope for the admin API: a tile request is checked against its static prefix
+            // only (each top-level route costs every tile request a match, and a pattern such as
+            // /admin/seed/{id} a regex match).
+            .service(
+                web::scope("/admin")
+                    .route("/purge", web::post().to(purge_api::purge))
+                    .route("/purges", web::get().to(purge_api::purges))
+                    .route("/stats", web::get().to(crate::stats::api))
+                    .route("/seed", web::post().to(crate::seed::api_start))
+                    .route("/seed/{id}", web::get().to(crate::seed::api_status)),
+            )
             // Tiles are routed by `routes::parse` itself (one pass, no regex router on the hot
             // path): everything that is not an admin route goes there; it answers 404 for
             // non-tile paths and 405 for methods other than GET and HEAD.

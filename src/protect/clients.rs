@@ -10,9 +10,9 @@
 //! per client and index, decided by the [`super::GCRA`] script, so a client gets one budget
 //! across every pod; while Redis is unavailable the local bucket decides.
 //!
-//! Answers carry `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` and
-//! `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers); a refusal is 429
-//! `too_many_requests` JSON with `Retry-After`.
+//! Answers carry `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`
+//! (draft-ietf-httpapi-ratelimit-headers); a refusal is 429 `too_many_requests` JSON with
+//! `Retry-After` and `RateLimit-Policy`.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -47,19 +47,18 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    /// Adds the `RateLimit-*` headers (and `Retry-After` on a refusal).
+    /// Adds `RateLimit-Limit`, `-Remaining` and `-Reset`; on a refusal also `RateLimit-Policy`
+    /// and `Retry-After`. (Numbers go in without formatting or validation: this runs on every
+    /// answer of a limited index.)
     pub fn headers(&self, h: &mut HeaderMap) {
-        let mut set = |name: &'static str, v: String| {
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                h.insert(HeaderName::from_static(name), v);
-            }
-        };
-        set("ratelimit-limit", self.limit.to_string());
-        set("ratelimit-remaining", self.remaining.to_string());
-        set("ratelimit-reset", self.reset_secs.to_string());
-        set("ratelimit-policy", format!("{};w={}", self.limit, self.window_secs));
+        h.insert(HeaderName::from_static("ratelimit-limit"), number(u64::from(self.limit)));
+        h.insert(HeaderName::from_static("ratelimit-remaining"), number(u64::from(self.remaining)));
+        h.insert(HeaderName::from_static("ratelimit-reset"), number(self.reset_secs));
         if !self.allowed {
-            set("retry-after", self.reset_secs.to_string());
+            if let Ok(policy) = HeaderValue::from_str(&format!("{};w={}", self.limit, self.window_secs)) {
+                h.insert(HeaderName::from_static("ratelimit-policy"), policy);
+            }
+            h.insert(actix_web::http::header::RETRY_AFTER, HeaderValue::from(self.reset_secs));
         }
     }
 }
@@ -153,6 +152,15 @@ impl ClientLimits {
     }
 }
 
+/// A number as a header value; the small ones (most limits, counts and resets) from a table
+/// built once, so the usual answer allocates nothing for them.
+fn number(n: u64) -> HeaderValue {
+    static SMALL: std::sync::LazyLock<Vec<HeaderValue>> = std::sync::LazyLock::new(|| {
+        (0..=1024u32).map(|i| HeaderValue::from_static(Box::leak(i.to_string().into_boxed_str()))).collect()
+    });
+    usize::try_from(n).ok().and_then(|i| SMALL.get(i)).cloned().unwrap_or_else(|| HeaderValue::from(n))
+}
+
 fn secs(d: Duration) -> u64 {
     d.as_secs_f64().ceil() as u64
 }
@@ -208,5 +216,14 @@ mod tests {
         assert_eq!(h.get("ratelimit-remaining").unwrap(), "0");
         assert_eq!(h.get("ratelimit-policy").unwrap(), "3;w=180");
         assert!(h.get("retry-after").is_some());
+        assert_eq!(
+            (number(0), number(1024), number(1025), number(86_400)),
+            (
+                HeaderValue::from_static("0"),
+                HeaderValue::from_static("1024"),
+                HeaderValue::from_static("1025"),
+                HeaderValue::from_static("86400")
+            )
+        );
     }
 }
