@@ -31,7 +31,13 @@ pub async fn tile(req: HttpRequest, service: web::Data<TileService>, client: web
     }
     let t = match parsed {
         Ok(Some(t)) => t,
-        Ok(None) => return ProxyError::NotFound.response(),
+        Ok(None) => {
+            // Not a tile: the map page, TileJSON, HERE's metadata (cold path), else 404.
+            return match crate::site::route(&req, &service, &client).await {
+                Some(res) => res,
+                None => ProxyError::NotFound.response(),
+            };
+        }
         Err(e) => {
             telemetry::note(&req, |a| a.cache = "invalid");
             state.metrics.requests.with_label_values(&["_invalid", "invalid"]).inc();

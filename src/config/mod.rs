@@ -244,6 +244,23 @@ pub struct FileConfig {
     pub admin_token_file: Option<PathBuf>,
     /// Send `Surrogate-Key` and `Cache-Tag` headers (index, zoom, tile block) for CDN purging.
     pub surrogate_keys: bool,
+    /// Serve the built-in map page at `/` and `/map` (turn off in production if unwanted).
+    pub map_page: bool,
+    /// This proxy's public base URL as clients reach it (behind NGINX or a CDN), for the tile
+    /// templates of TileJSON documents and the map page; unset: taken from each request's Host.
+    pub public_base_url: Option<String>,
+    /// Compress vector tiles and JSON for clients that accept br or gzip.
+    pub compression: bool,
+    /// Bodies smaller than this are sent as they are.
+    #[serde(with = "units::size")]
+    pub compress_min_size: ByteSize,
+    /// How long HERE's metadata answers (`/v3/info`, languages, features, political views) are
+    /// kept.
+    #[serde(with = "units::duration")]
+    pub metadata_ttl: Duration,
+    /// How long copyright answers are kept: at most 1 day (HERE's terms want it refreshed daily).
+    #[serde(with = "units::duration")]
+    pub copyright_ttl: Duration,
     /// Most requests per second sent to each upstream API (raster, vector); shared by every pod
     /// through Redis, else per pod. Unset: no cap.
     pub upstream_rps: Option<f64>,
@@ -295,6 +312,12 @@ impl Default for FileConfig {
             admin_token: None,
             admin_token_file: None,
             surrogate_keys: false,
+            map_page: true,
+            public_base_url: None,
+            compression: true,
+            compress_min_size: ByteSize::kib(1),
+            metadata_ttl: Duration::from_secs(24 * 3600),
+            copyright_ttl: Duration::from_secs(24 * 3600),
             upstream_rps: None,
             upstream_queue_wait: Duration::from_secs(5),
             rate_limit_exempt: Vec::new(),
@@ -584,6 +607,13 @@ pub struct Settings {
     /// Bearer token of `/admin/*`; `None`: the admin API answers 404.
     pub admin_token: Option<String>,
     pub surrogate_keys: bool,
+    pub map_page: bool,
+    /// Without a trailing slash.
+    pub public_base_url: Option<String>,
+    pub compression: bool,
+    pub compress_min_size: usize,
+    pub metadata_ttl: Duration,
+    pub copyright_ttl: Duration,
     /// Time between two upstream requests per API under `upstream_rps`; `None`: no cap.
     pub upstream_interval: Option<Duration>,
     pub upstream_queue_wait: Duration,
@@ -624,6 +654,12 @@ impl std::fmt::Debug for Settings {
             .field("redis", &self.redis)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
             .field("surrogate_keys", &self.surrogate_keys)
+            .field("map_page", &self.map_page)
+            .field("public_base_url", &self.public_base_url)
+            .field("compression", &self.compression)
+            .field("compress_min_size", &self.compress_min_size)
+            .field("metadata_ttl", &self.metadata_ttl)
+            .field("copyright_ttl", &self.copyright_ttl)
             .field("upstream_interval", &self.upstream_interval)
             .field("upstream_queue_wait", &self.upstream_queue_wait)
             .field("rate_limit_exempt", &self.rate_limit_exempt)
@@ -860,6 +896,14 @@ fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings, Vec<Probl
         Some(Duration::from_secs_f64(1.0 / rps))
     });
     let upstream_queue_wait = c.duration(&["upstream_queue_wait"], file.upstream_queue_wait, MAX_TIMEOUT);
+    let public_base_url = file.public_base_url.as_deref().map(|u| check_base_url("public_base_url", u, &mut c));
+    let compress_min_size = c.size(&["compress_min_size"], file.compress_min_size, ByteSize::b(0), ByteSize::mib(16));
+    let metadata_ttl = c.duration(&["metadata_ttl"], file.metadata_ttl, MAX_DURATION);
+    let day = Duration::from_secs(24 * 3600);
+    if file.copyright_ttl > day {
+        c.push(&["copyright_ttl"], "at most 1d: HERE's terms want copyright text refreshed daily");
+    }
+    let copyright_ttl = file.copyright_ttl.min(day);
     c.count(&["metrics_max_indices"], file.metrics_max_indices, 0, 100_000);
     let shutdown_timeout = c.duration(&["shutdown_timeout"], file.shutdown_timeout, MAX_TIMEOUT);
     let drain_delay = c.duration(&["drain_delay"], file.drain_delay, MAX_TIMEOUT);
@@ -941,6 +985,12 @@ fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings, Vec<Probl
         redis,
         admin_token,
         surrogate_keys: file.surrogate_keys,
+        map_page: file.map_page,
+        public_base_url,
+        compression: file.compression,
+        compress_min_size,
+        metadata_ttl,
+        copyright_ttl,
         upstream_interval,
         upstream_queue_wait,
         rate_limit_exempt,

@@ -1,0 +1,1 @@
+//! Compression of vector tiles and JSON (br, gzip). Being written.
