@@ -8,7 +8,8 @@
 //! * deterministic tile bodies (a function of content version, path and the query without
 //!   `apiKey`/`apikey`), with `ETag`, `X-Correlation-ID` and optional `Cache-Control`;
 //!   `If-None-Match` gives `304`; with [`Options::images`] raster tiles are real PNG/JPEG
-//!   images (a grid and the tile's `z/x/y`), so a map client shows a map;
+//!   images (a grid and the tile's `z/x/y`) and vector tiles real Mapbox Vector Tiles
+//!   (layers `grid`, `label`, `water`; see [`Options::mvt`]), so a map client shows a map;
 //! * HERE-shaped JSON errors: 400 (validation of resource/projection/zoom/column/row/format),
 //!   401 (missing or wrong key), 403 (forbidden key), 404 (unknown path);
 //! * metadata: `/v3/health`, `/v3/version` (no auth), `/v3/info`, `/v3/copyright`,
@@ -75,6 +76,7 @@ mod body;
 mod control;
 mod http;
 mod image;
+mod mvt;
 mod server;
 
 use std::io;
@@ -112,10 +114,26 @@ pub struct Options {
     /// JPEG, 512 px square for `size=512` and 256 px otherwise (`ppi`/`scale` ignored),
     /// showing a grid and the tile's `z/x/y` on a background that depends on `style` and the
     /// resource; the version tints it. Deterministic like the default bodies (same version,
-    /// path and query, same bytes and ETag); `min_size`/`max_size` do not apply. Vector
-    /// tiles are unaffected. Default `false`: pseudo-random bytes that only start with the
-    /// format's signature, sized by `min_size`/`max_size`.
+    /// path and query, same bytes and ETag); `min_size`/`max_size` do not apply. Also turns
+    /// on [`Options::mvt`] (real vector tiles). Default `false`: pseudo-random bytes that
+    /// only start with the format's signature, sized by `min_size`/`max_size`.
     pub images: bool,
+    /// Serve v2 vector tiles as valid Mapbox Vector Tiles (MVT 2.1 protobuf, extent 4096)
+    /// with three layers:
+    ///
+    /// * `grid`: LineStrings, property `kind` (string) = `border` for the tile's border (a
+    ///   closed square 16 units inside the extent) or `line` for the 6 quarter lines;
+    /// * `label`: one Point at the centre (2048, 2048) with `z`, `x`, `y` (uint), `name`
+    ///   (string `"z/x/y"`) and `version` (uint, the content version); its feature id is a
+    ///   53-bit hash of version, path and query;
+    /// * `water`: one Polygon (a diamond in the top-left quarter, exterior ring clockwise on
+    ///   screen), property `kind` (string) = `water`.
+    ///
+    /// Deterministic like the other bodies (same version, path and query, same bytes and
+    /// ETag); the body has its natural size (about 300 bytes), `min_size`/`max_size` do not
+    /// apply. Vector tiles are MVT when this or [`Options::images`] is on. Default `false`:
+    /// pseudo-random bytes sized by `min_size`/`max_size`. [`Fault::BigBody`] stays random.
+    pub mvt: bool,
 }
 
 impl Default for Options {
@@ -130,6 +148,7 @@ impl Default for Options {
             raster_max_age: None,
             vector_max_age: Some(3600),
             images: false,
+            mvt: false,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! ```text
 //! test-upstream [--listen ADDR] [--key KEY | --no-auth] [--forbidden-key KEY]...
 //!               [--min-size N] [--max-size N] [--latency-ms N]
-//!               [--raster-max-age N] [--vector-max-age N | --no-vector-max-age] [--images]
+//!               [--raster-max-age N] [--vector-max-age N | --no-vector-max-age] [--images] [--mvt]
 //! ```
 //! Prints `listening on http://ADDR` on stdout once bound. `--help` also lists the control
 //! endpoints (`/__stats`, `/__fault`, ...; see the library docs).
@@ -28,9 +28,12 @@ USAGE: test-upstream [FLAGS]
   --raster-max-age N       Cache-Control max-age on /v3 tiles (default none)
   --vector-max-age N       Cache-Control max-age on /v2 tiles (default 3600)
   --no-vector-max-age      no Cache-Control on /v2 tiles
-  --images                 raster tiles are real PNG/JPEG images (grid + z/x/y; 512 px for
-                           size=512) instead of random bytes; min/max-size then apply to
-                           vector tiles only
+  --images                 real tiles instead of random bytes: raster tiles are PNG/JPEG
+                           images (grid + z/x/y; 512 px for size=512), vector tiles are
+                           Mapbox Vector Tiles (implies --mvt); min/max-size then do not apply
+  --mvt                    vector tiles are Mapbox Vector Tiles (MVT 2.1, extent 4096; layers
+                           grid {kind: border|line}, label {z, x, y, name \"z/x/y\",
+                           version}, water {kind: water}) at their natural size
   -h, --help               show this help
 
 CONTROL ENDPOINTS (not counted, never faulted; JSON answers, 400 {\"error\": ...} on bad input)
@@ -103,6 +106,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
             "--vector-max-age" => opts.vector_max_age = Some(parse_num(&flag, value())?),
             "--no-vector-max-age" => opts.vector_max_age = None,
             "--images" => opts.images = true,
+            "--mvt" => opts.mvt = true,
             other => return Err(format!("unknown argument '{other}' (try --help)")),
         }
     }
@@ -193,6 +197,7 @@ mod tests {
             "bad",
             "--no-vector-max-age",
             "--images",
+            "--mvt",
         ]);
         assert_eq!(o.listen.port(), 8099);
         assert_eq!(o.api_key, None);
@@ -201,7 +206,7 @@ mod tests {
         assert_eq!(o.raster_max_age, Some(60));
         assert_eq!(o.vector_max_age, None);
         assert_eq!(o.forbidden_keys, vec!["bad".to_string()]);
-        assert!(o.images);
+        assert!(o.images && o.mvt);
     }
 
     #[test]
@@ -209,7 +214,7 @@ mod tests {
         let o = run(&["--key", "k", "--min-size", "5000"]);
         assert_eq!(o.api_key.as_deref(), Some("k"));
         assert_eq!((o.min_size, o.max_size), (5000, 5000));
-        assert!(!o.images);
+        assert!(!o.images && !o.mvt);
         assert!(matches!(parse_args(["--help".to_string()]), Ok(Command::Help)));
         assert!(parse_args(["--bogus".to_string()]).is_err());
         assert!(parse_args(["--min-size".to_string()]).is_err());

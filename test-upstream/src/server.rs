@@ -16,8 +16,7 @@ use tokio::sync::watch;
 
 use crate::body::{self, BodyKind, Tile};
 use crate::http::{self, Framing, Request, Response};
-use crate::image;
-use crate::{control, Fault, Options, Recorded};
+use crate::{control, image, mvt, Fault, Options, Recorded};
 
 /// At most this many requests are kept for [`crate::Upstream::requests`] (oldest dropped);
 /// counters are unaffected. Bounds memory in long benchmark runs.
@@ -217,8 +216,15 @@ impl State {
         tile
     }
 
-    /// A fresh tile: an image under `opts.images` for raster paths, otherwise bytes.
+    /// A fresh tile: an image under `opts.images` for raster paths, an MVT under
+    /// `opts.mvt` or `opts.images` for vector paths, otherwise bytes.
     fn generate(&self, version: u64, path: &str, query: &str, canonical: &str, kind: BodyKind) -> Tile {
+        if (self.opts.mvt || self.opts.images) && kind == BodyKind::Omv {
+            let seed = body::tile_seed(version, path, canonical);
+            if let Some(spec) = mvt::Spec::from_request(path, version, seed) {
+                return Tile::from_body(mvt::render(&spec));
+            }
+        }
         if self.opts.images && kind != BodyKind::Omv {
             let seed = body::tile_seed(version, path, canonical);
             let spec = image::Spec::from_request(path, &body::parse_query(query), version, seed);

@@ -6,6 +6,9 @@ use std::time::{Duration, Instant};
 
 use test_upstream::{Fault, Options, Upstream};
 
+#[path = "support/mvt_decode.rs"]
+mod mvt_decode;
+
 const TILE: &str = "/v3/base/mc/5/15/13/png";
 const VTILE: &str = "/v2/vectortiles/core/mc/12/2200/1343/omv";
 
@@ -995,10 +998,75 @@ fn images_jpeg_decodes_with_size() {
     }
 }
 
+// ---- real vector tiles ---------------------------------------------------------------------------
+
+/// The label feature's `name` property (the tile's `z/x/y`) after a full decode.
+fn mvt_label_name(body: &[u8]) -> String {
+    let tile = mvt_decode::tile(body).unwrap();
+    let label = tile.iter().find(|l| l.name == "label").expect("label layer");
+    match &label.features[0].props["name"] {
+        mvt_decode::Prop::Str(s) => s.clone(),
+        other => panic!("name is {other:?}"),
+    }
+}
+
 #[test]
-fn images_leave_vector_tiles_alone() {
+fn images_serve_vector_tiles_that_decode() {
     let up = image_upstream();
     let r = get(&up, &keyed(VTILE));
-    assert_eq!(r.body.len(), 2000);
-    assert_eq!(r.body, start().tile_bytes(VTILE).to_vec(), "same bytes as without images");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/x-protobuf"));
+    assert_eq!(r.header("cache-control"), Some("max-age=3600"));
+    let tile = mvt_decode::tile(&r.body).unwrap();
+    let layers: Vec<(&str, u32, u32, usize)> =
+        tile.iter().map(|l| (l.name.as_str(), l.version, l.extent, l.features.len())).collect();
+    assert_eq!(layers, [("grid", 2, 4096, 7), ("label", 2, 4096, 1), ("water", 2, 4096, 1)]);
+    assert_eq!(mvt_label_name(&r.body), "12/2200/1343");
+    let water = &tile[2].features[0];
+    assert_eq!(water.props["kind"], mvt_decode::Prop::Str("water".into()));
+    let mvt_decode::Geom::Polygons(rings) = &water.geometry else { panic!("water is {:?}", water.geometry) };
+    assert!(mvt_decode::signed_area(&rings[0]) > 0.0, "exterior ring, clockwise on screen");
+    // Natural size, not min_size/max_size; the same bytes from tile_bytes and another server.
+    assert_ne!(r.body.len(), 2000);
+    assert_eq!(r.body, up.tile_bytes(VTILE).to_vec());
+    assert_eq!(r.body, image_upstream().tile_bytes(VTILE).to_vec(), "same on another server");
+    // Other tiles, layers and queries differ.
+    assert_eq!(mvt_label_name(&up.tile_bytes("/v2/vectortiles/base/mc/0/0/0/omv")), "0/0/0");
+    assert_ne!(up.tile_bytes("/v2/vectortiles/base/mc/12/2200/1343/omv"), r.body);
+    assert_ne!(up.tile_bytes(&format!("{VTILE}?lang=de")), r.body);
+}
+
+#[test]
+fn mvt_etag_304_version_and_faults() {
+    let up = Upstream::start(Options { mvt: true, ..Options::default() }).unwrap();
+    let a = get(&up, &keyed(VTILE));
+    assert_eq!(mvt_label_name(&a.body), "12/2200/1343");
+    let etag = a.header("etag").unwrap().to_string();
+    let r = request_with(&up, "GET", &keyed(VTILE), &format!("If-None-Match: {etag}\r\n"));
+    assert_eq!(r.status, 304);
+    up.set_version(4);
+    let b = get(&up, &keyed(VTILE));
+    assert_ne!(b.header("etag"), Some(etag.as_str()));
+    assert_ne!(b.body, a.body);
+    let tile = mvt_decode::tile(&b.body).unwrap();
+    assert_eq!(tile[1].features[0].props["version"], mvt_decode::Prop::Uint(4));
+    // Faults still apply: a truncated MVT does not decode.
+    up.fail(VTILE, Fault::Truncate { after: 40 }, 1);
+    let mut s = connect(&up);
+    write!(s, "GET {} HTTP/1.1\r\n\r\n", keyed(VTILE)).unwrap();
+    let mut r = BufReader::new(s);
+    assert_eq!(read_head(&mut r).unwrap().0, 200);
+    let mut cut = Vec::new();
+    r.read_to_end(&mut cut).unwrap();
+    assert_eq!(cut, b.body[..40].to_vec());
+    assert!(mvt_decode::tile(&cut).is_err());
+    // Raster tiles stay random bytes without `images`.
+    assert_eq!(get(&up, &keyed(TILE)).body.len(), 2000);
+}
+
+#[test]
+fn vector_tiles_are_random_bytes_by_default() {
+    let body = start().tile_bytes(VTILE);
+    assert_eq!(body.len(), 2000);
+    assert!(mvt_decode::tile(&body).is_err());
 }
