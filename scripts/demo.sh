@@ -81,8 +81,8 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-echo "demo: starting the test upstream on $upstream_url (real images)"
-"$bin_dir/test-upstream" --listen "$upstream_listen" --key "$key" --images --min-size 5000 --max-size 60000 &
+echo "demo: starting the test upstream on $upstream_url (real images and Mapbox Vector Tiles)"
+"$bin_dir/test-upstream" --listen "$upstream_listen" --key "$key" --images &
 upstream_pid=$!
 pids+=("$upstream_pid")
 wait_ready "the test upstream" "$upstream_pid" "$upstream_url/__stats"
