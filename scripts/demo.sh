@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs tile-proxy in front of the project's HERE-like test upstream, which draws real PNG/JPEG
-# tiles (a grid and each tile's z/x/y): no HERE key, no internet, nothing leaves 127.0.0.1.
+# tiles (a grid and each tile's z/x/y) and, with the same `--images`, MVT vector tiles: no HERE
+# key, no internet, nothing leaves 127.0.0.1. Open the proxy's map page (`/`).
 #
 #   scripts/demo.sh        # builds, starts both servers, prints the URLs; Ctrl-C stops both
 #
@@ -102,7 +103,11 @@ wait_ready "tile-proxy" "$proxy_pid" "$proxy_url/ready"
 
 cat <<EOF
 
-demo: tile-proxy is up. Open in a browser:
+demo: tile-proxy is up. Open its map page (raster and vector views, cache counts, URL templates):
+
+    $proxy_url/
+
+Single tiles:
 
     $proxy_url/here-proxy/mc/5/15/13/png?indice=demo
     $proxy_url/v3/base/mc/5/15/13/png?size=512&style=explore.night
