@@ -280,16 +280,35 @@ async fn a_failing_upstream_gets_the_last_good_copy_else_a_json_error() {
     p.stop().await;
 }
 
+/// The documented mapping (README, "Legacy Map Tile 2.1 URLs"), written out independently of
+/// the code's tables so a wrong entry there fails here.
+const SCHEMES: &[(&str, &str)] = &[
+    ("normal.day", "explore.day"),
+    ("normal.night", "explore.night"),
+    ("reduced.day", "lite.day"),
+    ("reduced.night", "lite.night"),
+    ("hybrid.day", "explore.satellite.day"),
+    ("satellite.day", "satellite.day"),
+    ("terrain.day", "topo.day"),
+];
+const RESOURCES: &[(&str, &str)] = &[("maptile", "base"), ("basetile", "background"), ("labeltile", "label")];
+const FORMATS: &[(&str, &str)] = &[("png", "png"), ("png8", "png8"), ("jpg", "jpeg")];
+
 #[actix_rt::test]
 async fn every_legacy_map_tile_url_returns_its_v3_tile_from_one_cache_entry() {
+    assert_eq!(
+        (LEGACY_SCHEMES, LEGACY_RESOURCES, LEGACY_FORMATS),
+        (SCHEMES, RESOURCES, FORMATS),
+        "the documented table"
+    );
     let up = upstream(4_000);
     let p = Proxy::start(&up, |_| {}).await;
     let mut cases = Vec::new();
-    for (i, (scheme, style)) in LEGACY_SCHEMES.iter().enumerate() {
+    for (i, (scheme, style)) in SCHEMES.iter().enumerate() {
         cases.push(("maptile", "base", *scheme, *style, if i % 2 == 0 { "256" } else { "512" }, "png8", "png8"));
     }
-    for (resource, v3_resource) in LEGACY_RESOURCES {
-        for (format, v3_format) in LEGACY_FORMATS {
+    for (resource, v3_resource) in RESOURCES {
+        for (format, v3_format) in FORMATS {
             cases.push((*resource, *v3_resource, "normal.night", "explore.night", "256", *format, *v3_format));
         }
     }
