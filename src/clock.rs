@@ -51,6 +51,20 @@ impl Clock for ManualClock {
 /// The clock type the server holds.
 pub type SharedClock = Arc<dyn Clock>;
 
+/// The UTC calendar year of a Unix time in milliseconds (proleptic Gregorian; for copyright
+/// notices such as TileJSON's "© HERE <year>").
+pub fn utc_year(unix_ms: u64) -> i64 {
+    // Days since 1970-01-01 -> civil date (Howard Hinnant's algorithm), year only.
+    let days = (unix_ms / 86_400_000) as i64 + 719_468;
+    let era = days.div_euclid(146_097);
+    let doe = days.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    // Months counted from March: 10 and 11 are January and February of the next year.
+    let month_from_march = (5 * doy + 2) / 153;
+    yoe + era * 400 + i64::from(month_from_march >= 10)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,5 +77,20 @@ mod tests {
         c.advance_secs(6);
         assert_eq!(c.now_ms(), t + 6000);
         assert!(SystemClock.now_ms() > 1_600_000_000_000);
+    }
+
+    #[test]
+    fn utc_years() {
+        let cases = [
+            (0, 1970),
+            (951_782_400_000, 2000),   // 2000-02-29
+            (1_704_067_199_999, 2023), // 2023-12-31T23:59:59.999
+            (1_704_067_200_000, 2024), // 2024-01-01
+            (1_767_225_599_000, 2025), // 2025-12-31T23:59:59
+            (4_102_444_800_000, 2100), // 2100-01-01
+        ];
+        for (ms, year) in cases {
+            assert_eq!(utc_year(ms), year, "{ms}");
+        }
     }
 }

@@ -187,17 +187,21 @@ pub async fn run(writer: FlightWriter, ctx: FetchCtx) {
         return;
     }
     let healthy = fetch(writer, &ctx).await;
-    if let Some(new_state) = permit.record(healthy, st.clock.now_ms()) {
-        let open = matches!(new_state, BreakerState::Open);
-        st.metrics.breaker_open.with_label_values(&[api.as_str()]).set(i64::from(open));
-        if open {
-            tracing::error!(upstream = api.as_str(), "circuit breaker opened: upstream calls paused");
-        } else {
-            tracing::warn!(upstream = api.as_str(), state = new_state.as_str(), "circuit breaker changed");
-        }
-    }
+    note_breaker(st, api, permit.record(healthy, st.clock.now_ms()));
     if probe {
         tracing::info!(upstream = api.as_str(), healthy, "circuit breaker probe done");
+    }
+}
+
+/// Publishes a breaker's new state (metric, log), when a recorded outcome changed it.
+pub fn note_breaker(st: &AppState, api: crate::routes::Api, new_state: Option<BreakerState>) {
+    let Some(new_state) = new_state else { return };
+    let open = matches!(new_state, BreakerState::Open);
+    st.metrics.breaker_open.with_label_values(&[api.as_str()]).set(i64::from(open));
+    if open {
+        tracing::error!(upstream = api.as_str(), "circuit breaker opened: upstream calls paused");
+    } else {
+        tracing::warn!(upstream = api.as_str(), state = new_state.as_str(), "circuit breaker changed");
     }
 }
 

@@ -10,7 +10,8 @@
 //! JSON; [`config`] loads settings; [`clock`] is injected time; [`state`] holds what workers
 //! share; [`server`] wires it all. [`shared`] is the optional Redis tier (entries, fleet-wide
 //! fetch lease, purge rules for every pod); [`purge`] the ban-list rules, [`purge_api`] the
-//! admin API that makes them. [`seed`] warms the cache through the same [`service`].
+//! admin API that makes them. [`seed`] warms the cache through the same [`service`]. Paths that
+//! are not tiles go to [`site`]: the map page, [`tilejson`] documents and HERE's [`metadata`].
 
 pub mod admin;
 pub mod breaker;

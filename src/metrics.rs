@@ -62,6 +62,9 @@ pub struct Metrics {
     /// `tile_proxy_protect_fallback_total{what}`: decisions taken on this pod alone because Redis
     /// was unavailable (`cap`, `budget`, `client`).
     pub protect_fallback: IntCounterVec,
+    /// `tile_proxy_metadata_requests_total{endpoint, cache}`: HERE metadata requests (`/v3/info`,
+    /// copyright, ...) by result (`hit`, `miss`, `stale`, `error`, `invalid`).
+    pub metadata_requests: IntCounterVec,
     known: RwLock<HashSet<String>>,
     max_indices: usize,
 }
@@ -194,6 +197,12 @@ impl Metrics {
                 "tile_proxy_protect_fallback_total",
                 "Rate cap, budget and client limit decisions taken locally because Redis was unavailable",
                 &["what"],
+            )?,
+            metadata_requests: counter(
+                registry,
+                "tile_proxy_metadata_requests_total",
+                "HERE metadata requests by endpoint and cache result",
+                &["endpoint", "cache"],
             )?,
             known: RwLock::new(configured.into_iter().collect()),
             max_indices,

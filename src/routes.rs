@@ -126,7 +126,7 @@ pub struct RouteError {
 }
 
 impl RouteError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self { field: field.into(), message: message.into() }
     }
 }
@@ -156,8 +156,8 @@ impl Default for ParseOptions {
 /// Returns `Ok(None)` when the path is not one of our tile routes (a 404), `Err` when it is a
 /// tile route with something invalid in it (a 400 naming the field).
 pub fn parse(path: &str, query: &str, opts: ParseOptions) -> Result<Option<TileRequest>, RouteError> {
-    // At most 9 segments are meaningful; more is no tile route. No allocation on the hot path.
-    let mut buf = [""; 9];
+    // At most 10 segments are meaningful; more is no tile route. No allocation on the hot path.
+    let mut buf = [""; 10];
     let mut n = 0;
     for seg in path.trim_start_matches('/').split('/') {
         if n == buf.len() {
@@ -172,6 +172,9 @@ pub fn parse(path: &str, query: &str, opts: ParseOptions) -> Result<Option<TileR
         ["here-proxy", rest @ ..] => (Api::Raster, "base", rest),
         ["v3", resource, "mc", rest @ ..] => (Api::Raster, resource, rest),
         ["v2", "vectortiles", layer, "mc", rest @ ..] => (Api::Vector, layer, rest),
+        ["maptile", "2.1", resource, map_id, scheme, rest @ ..] => {
+            return legacy(resource, map_id, scheme, rest, query, opts).map(Some);
+        }
         _ => return Ok(None),
     };
     let [z, x, y, format] = rest else {
@@ -185,6 +188,16 @@ pub fn parse(path: &str, query: &str, opts: ParseOptions) -> Result<Option<TileR
     let Some(resource) = resources.iter().copied().find(|r| *r == resource) else {
         return Err(RouteError::new(resource_field, format!("must be one of {}", resources.join(", "))));
     };
+    let (z, x, y) = parse_zxy(z, x, y, max_zoom)?;
+    let Some(format) = formats.iter().copied().find(|f| f == format) else {
+        return Err(RouteError::new("format", format!("must be one of {}", formats.join(", "))));
+    };
+    let (index, params) = parse_query(Some(api), query, opts)?;
+    Ok(Some(TileRequest { index, api, resource, z, x, y, format, params }))
+}
+
+/// Validates a tile address: zoom within `0..=max_zoom`, column and row within the zoom's grid.
+fn parse_zxy(z: &str, x: &str, y: &str, max_zoom: u8) -> Result<(u8, u32, u32), RouteError> {
     let z: u8 = parse_int(z)
         .filter(|z| *z <= u32::from(max_zoom))
         .and_then(|z| u8::try_from(z).ok())
@@ -196,11 +209,90 @@ pub fn parse(path: &str, query: &str, opts: ParseOptions) -> Result<Option<TileR
     let y = parse_int(y)
         .filter(|v| u64::from(*v) <= max_xy)
         .ok_or_else(|| RouteError::new("y", format!("row must be an integer from 0 to {max_xy} at zoom {z}")))?;
-    let Some(format) = formats.iter().copied().find(|f| f == format) else {
-        return Err(RouteError::new("format", format!("must be one of {}", formats.join(", "))));
+    Ok((z, x, y))
+}
+
+/// Legacy Map Tile API 2.1 resources and their Raster Tile API v3 resource. Others
+/// (`alabeltile`, `xbasetile`, `streettile`, `trucktile`, `traffictile`, ...) have no v3 equivalent.
+pub const LEGACY_RESOURCES: &[(&str, &str)] =
+    &[("maptile", "base"), ("basetile", "background"), ("labeltile", "label")];
+
+/// Legacy Map Tile API 2.1 schemes and the v3 `style` that replaces them (HERE's v3 migration
+/// guide: normal -> explore, reduced -> lite, hybrid -> explore.satellite, terrain -> topo).
+/// Others (`normal.day.grey`, `pedestrian.day`, `normal.day.transit`, `*.mobile`, traffic and
+/// truck schemes, ...) have no v3 style that looks the same: they answer 400 naming `scheme`.
+pub const LEGACY_SCHEMES: &[(&str, &str)] = &[
+    ("normal.day", "explore.day"),
+    ("normal.night", "explore.night"),
+    ("reduced.day", "lite.day"),
+    ("reduced.night", "lite.night"),
+    ("hybrid.day", "explore.satellite.day"),
+    ("satellite.day", "satellite.day"),
+    ("terrain.day", "topo.day"),
+];
+
+/// Legacy formats and their v3 format.
+pub const LEGACY_FORMATS: &[(&str, &str)] = &[("png", "png"), ("png8", "png8"), ("jpg", "jpeg")];
+
+/// `/maptile/2.1/{resource}/{mapId}/{scheme}/{z}/{x}/{y}/{size}/{format}` as the v3 request that
+/// HERE serves the same map for: resource, style (from the scheme), size and format mapped by the
+/// tables above, so the legacy URL and its v3 URL are one request (one cache key, one upstream
+/// call). `mapId` is `newest` or a map-version hash; v3 has no such hashes (HERE's own hashes
+/// change with software updates), so either gets the newest map. The query follows the v3 rules
+/// (`indice`, `lang`, `ppi`, ...), except `style` and `size`, which the path already gives.
+fn legacy(
+    resource: &str,
+    map_id: &str,
+    scheme: &str,
+    rest: &[&str],
+    query: &str,
+    opts: ParseOptions,
+) -> Result<TileRequest, RouteError> {
+    let [z, x, y, size, format] = rest else {
+        return Err(RouteError::new("path", "expected {z}/{x}/{y}/{size}/{format} after the scheme"));
     };
-    let (index, params) = parse_query(api, query, opts)?;
-    Ok(Some(TileRequest { index, api, resource, z, x, y, format, params }))
+    let mapped = |table: &[(&'static str, &'static str)], v: &str| table.iter().find(|(k, _)| *k == v).map(|(_, m)| *m);
+    let names = |table: &[(&str, &str)]| table.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ");
+    let resource = mapped(LEGACY_RESOURCES, resource).ok_or_else(|| {
+        RouteError::new("resource", format!("no Raster Tile API v3 equivalent; use one of {}", names(LEGACY_RESOURCES)))
+    })?;
+    let is_hash = !map_id.is_empty() && map_id.len() <= 64 && map_id.bytes().all(|b| b.is_ascii_alphanumeric());
+    if !is_hash {
+        return Err(RouteError::new("mapId", "must be newest or a map version hash"));
+    }
+    let style = mapped(LEGACY_SCHEMES, scheme).ok_or_else(|| {
+        RouteError::new("scheme", format!("no Raster Tile API v3 equivalent; use one of {}", names(LEGACY_SCHEMES)))
+    })?;
+    let (z, x, y) = parse_zxy(z, x, y, RASTER_MAX_ZOOM)?;
+    if !matches!(*size, "256" | "512") {
+        return Err(RouteError::new("size", "must be 256 or 512"));
+    }
+    let format = mapped(LEGACY_FORMATS, format)
+        .ok_or_else(|| RouteError::new("format", format!("must be one of {}", names(LEGACY_FORMATS))))?;
+    for given in ["style", "size"] {
+        if query_names(query).any(|k| k == given) {
+            return Err(RouteError::new(given, "given by the legacy path; leave it out of the query"));
+        }
+    }
+    let (index, mut params) = parse_query(Some(Api::Raster), query, opts)?;
+    for (k, v) in [("style", style), ("size", *size)] {
+        if !is_default(Some(Api::Raster), k, v) {
+            params.insert(k.to_string(), v.to_string());
+        }
+    }
+    Ok(TileRequest { index, api: Api::Raster, resource, z, x, y, format, params })
+}
+
+/// The decoded parameter names of a raw query (undecodable ones skipped).
+fn query_names(query: &str) -> impl Iterator<Item = String> + '_ {
+    query.split('&').filter(|p| !p.is_empty()).filter_map(|p| percent_decode(p.split_once('=').map_or(p, |(k, _)| k)))
+}
+
+/// Validates the query of one of HERE's metadata endpoints, which take no parameter of their own
+/// (HERE's OpenAPI declares none): the client's `apiKey` is dropped, `indice` is read, anything
+/// else is unknown (400 with `reject_unknown_params`, else kept when it is a safe token).
+pub fn parse_metadata_query(query: &str, opts: ParseOptions) -> Result<(String, BTreeMap<String, String>), RouteError> {
+    parse_query(None, query, opts)
 }
 
 /// Decimal digits only (no sign, no leading `+`), at most 9 of them.
@@ -216,7 +308,12 @@ pub fn is_valid_index(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
-fn parse_query(api: Api, query: &str, opts: ParseOptions) -> Result<(String, BTreeMap<String, String>), RouteError> {
+/// `api`: the tile API whose parameters are known; `None` for metadata (none known).
+fn parse_query(
+    api: Option<Api>,
+    query: &str,
+    opts: ParseOptions,
+) -> Result<(String, BTreeMap<String, String>), RouteError> {
     let mut index: Option<String> = None;
     let mut params = BTreeMap::new();
     let mut seen = std::collections::HashSet::new();
@@ -271,8 +368,9 @@ enum Check {
     Unknown,
 }
 
-fn check_param(api: Api, k: &str, v: &str) -> Check {
+fn check_param(api: Option<Api>, k: &str, v: &str) -> Check {
     let ok = |b: bool, msg: &str| if b { Check::Ok } else { Check::Bad(msg.to_string()) };
+    let Some(api) = api else { return Check::Unknown };
     match (api, k) {
         (Api::Raster, "style") => ok(STYLES.contains(&v), "unknown style"),
         (Api::Raster, "size") => ok(matches!(v, "256" | "512"), "must be 256 or 512"),
@@ -294,10 +392,12 @@ fn check_param(api: Api, k: &str, v: &str) -> Check {
 }
 
 /// HERE's documented defaults: the same tile with or without them shares one cache entry.
-fn is_default(api: Api, k: &str, v: &str) -> bool {
+fn is_default(api: Option<Api>, k: &str, v: &str) -> bool {
     matches!(
         (api, k, v),
-        (Api::Raster, "style", "explore.day") | (Api::Raster, "size", "256") | (Api::Vector, "content", "default")
+        (Some(Api::Raster), "style", "explore.day")
+            | (Some(Api::Raster), "size", "256")
+            | (Some(Api::Vector), "content", "default")
     )
 }
 
@@ -566,6 +666,90 @@ mod tests {
         let t = parse("/here-proxy/1/0/0/png", "foo=bar", opts).unwrap().unwrap();
         assert_eq!(t.query_string(), "foo=bar");
         assert!(parse("/here-proxy/1/0/0/png", "foo=a%2Fb", opts).is_err());
+    }
+
+    #[test]
+    fn legacy_urls_are_their_v3_requests() {
+        let cases = [
+            (
+                "/maptile/2.1/maptile/newest/normal.day/5/15/13/256/png8",
+                "indice=a",
+                "/v3/base/mc/5/15/13/png8",
+                "indice=a",
+            ),
+            (
+                "/maptile/2.1/basetile/be9b70fa2c/normal.night/5/15/13/512/png",
+                "",
+                "/v3/background/mc/5/15/13/png",
+                "style=explore.night&size=512",
+            ),
+            (
+                "/maptile/2.1/labeltile/newest/reduced.day/1/0/1/256/jpg",
+                "lang=de&apiKey=CLIENT",
+                "/v3/label/mc/1/0/1/jpeg",
+                "style=lite.day&lang=de",
+            ),
+            (
+                "/maptile/2.1/maptile/newest/reduced.night/2/3/1/256/png",
+                "",
+                "/v3/base/mc/2/3/1/png",
+                "style=lite.night",
+            ),
+            (
+                "/maptile/2.1/maptile/newest/hybrid.day/20/1048575/0/256/jpg",
+                "",
+                "/v3/base/mc/20/1048575/0/jpeg",
+                "style=explore.satellite.day",
+            ),
+            (
+                "/maptile/2.1/maptile/newest/satellite.day/3/1/2/512/jpg",
+                "",
+                "/v3/base/mc/3/1/2/jpeg",
+                "style=satellite.day&size=512",
+            ),
+            ("/maptile/2.1/maptile/newest/terrain.day/3/1/2/256/png8", "", "/v3/base/mc/3/1/2/png8", "style=topo.day"),
+        ];
+        for (legacy, q, v3, v3q) in cases {
+            let a = p(legacy, q).unwrap().unwrap();
+            assert_eq!(Some(a), p(v3, v3q).unwrap(), "{legacy}?{q}");
+        }
+        // Every scheme of the table is covered above.
+        for (scheme, _) in LEGACY_SCHEMES {
+            assert!(cases.iter().any(|c| c.0.contains(&format!("/{scheme}/"))), "{scheme} untested");
+        }
+    }
+
+    #[test]
+    fn legacy_rejections_name_the_field() {
+        let cases = [
+            ("/maptile/2.1/maptile/newest/normal.day.grey/1/0/0/256/png", "", "scheme"),
+            ("/maptile/2.1/maptile/newest/pedestrian.day/1/0/0/256/png", "", "scheme"),
+            ("/maptile/2.1/alabeltile/newest/normal.day/1/0/0/256/png", "", "resource"),
+            ("/maptile/2.1/maptile/new-est/normal.day/1/0/0/256/png", "", "mapId"),
+            ("/maptile/2.1/maptile/newest/normal.day/21/0/0/256/png", "", "z"),
+            ("/maptile/2.1/maptile/newest/normal.day/1/2/0/256/png", "", "x"),
+            ("/maptile/2.1/maptile/newest/normal.day/1/0/0/128/png", "", "size"),
+            ("/maptile/2.1/maptile/newest/normal.day/1/0/0/256/gif", "", "format"),
+            ("/maptile/2.1/maptile/newest/normal.day/1/0/0/256", "", "path"),
+            ("/maptile/2.1/maptile/newest/normal.day/1/0/0/256/png", "style=topo.day", "style"),
+            ("/maptile/2.1/maptile/newest/normal.day/1/0/0/256/png", "size=256", "size"),
+            ("/maptile/2.1/maptile/newest/normal.day/1/0/0/256/png", "lg=eng", "lg"),
+        ];
+        for (path, q, field) in cases {
+            let err = p(path, q).unwrap_err();
+            assert_eq!(err.field, field, "{path}?{q}: {err}");
+        }
+    }
+
+    #[test]
+    fn metadata_queries_know_only_indice() {
+        let opts = ParseOptions::default();
+        let (index, params) = parse_metadata_query("apiKey=CLIENT&indice=web", opts).unwrap();
+        assert_eq!((index.as_str(), params.len()), ("web", 0));
+        assert_eq!(parse_metadata_query("lang=en", opts).unwrap_err().field, "lang");
+        assert_eq!(parse_metadata_query("indice=a/b", opts).unwrap_err().field, "indice");
+        let lax = ParseOptions { reject_unknown_params: false };
+        assert_eq!(parse_metadata_query("lang=en", lax).unwrap().1.get("lang").map(String::as_str), Some("en"));
     }
 
     #[test]

@@ -221,6 +221,7 @@ pub async fn build(settings: Settings, opts: StartOptions) -> Result<Built, Star
         protect,
         pod_id: crate::stats::new_pod_id(),
         seeds: crate::seed::Jobs::default(),
+        metadata: crate::metadata::MetadataCache::default(),
     });
     Ok(Built { state, prom, dir_lock })
 }

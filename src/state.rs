@@ -39,4 +39,6 @@ pub struct AppState {
     pub pod_id: String,
     /// Seed jobs started through `POST /admin/seed`.
     pub seeds: crate::seed::Jobs,
+    /// HERE's metadata answers (`/v3/info`, copyright, ...), cached apart from tiles.
+    pub metadata: crate::metadata::MetadataCache,
 }

@@ -98,17 +98,35 @@ impl UpstreamConfig {
     /// The upstream URL of a tile: configured base + HERE path + normalised query + the index's
     /// key (or the server's). Never log it: it holds the key.
     pub fn url(&self, t: &TileRequest) -> String {
-        let mut url = format!("{}{}", self.base(t.api), t.upstream_path());
-        let query = t.query_string();
+        self.url_of(t.api, &t.index, &t.upstream_path(), &t.query_string())
+    }
+
+    /// Who answers a metadata request of `index` on `api` (its cache identity).
+    pub fn metadata_origin(&self, api: Api, index: &str) -> &Origin {
+        let c = self.credential(index);
+        match api {
+            Api::Raster => &c.raster,
+            Api::Vector => &c.vector,
+        }
+    }
+
+    /// The upstream URL of a metadata request: configured base + one of the fixed metadata paths
+    /// + its validated query + the index's key (or the server's). Never log it.
+    pub fn metadata_url(&self, api: Api, index: &str, path: &'static str, query: &str) -> String {
+        self.url_of(api, index, path, query)
+    }
+
+    fn url_of(&self, api: Api, index: &str, path: &str, query: &str) -> String {
+        let mut url = format!("{}{}", self.base(api), path);
         let mut sep = '?';
         if !query.is_empty() {
             url.push(sep);
-            url.push_str(&query);
+            url.push_str(query);
             sep = '&';
         }
-        if let Some(key) = &self.credential(&t.index).key {
+        if let Some(key) = &self.credential(index).key {
             url.push(sep);
-            url.push_str(match t.api {
+            url.push_str(match api {
                 Api::Raster => "apiKey=",
                 Api::Vector => "apikey=",
             });

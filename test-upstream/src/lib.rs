@@ -13,7 +13,8 @@
 //! * HERE-shaped JSON errors: 400 (validation of resource/projection/zoom/column/row/format),
 //!   401 (missing or wrong key), 403 (forbidden key), 404 (unknown path);
 //! * metadata: `/v3/health`, `/v3/version` (no auth), `/v3/info`, `/v3/copyright`,
-//!   `/v3/languages`, `/v3/features`, `/v3/politicalViews` (auth);
+//!   `/v3/languages`, `/v3/features`, `/v3/politicalViews`, `/v2/vectortiles/copyright`,
+//!   `/v2/vectortiles/politicalViews` (auth);
 //! * request counting and recording ([`Upstream::count`], [`Upstream::requests`], ...);
 //! * faults on demand ([`Upstream::fail`], [`Fault`]): error statuses, delays, slow or
 //!   chunked bodies, truncated bodies, connection resets and hangs, redirects and error pages

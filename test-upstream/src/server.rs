@@ -254,6 +254,10 @@ pub(crate) enum Meta {
     Languages,
     Features,
     PoliticalViews,
+    /// Vector Tile API v2 `/v2/vectortiles/copyright`.
+    VectorCopyright,
+    /// Vector Tile API v2 `/v2/vectortiles/politicalViews`.
+    VectorPoliticalViews,
 }
 
 impl Meta {
@@ -315,6 +319,8 @@ fn classify(path: &str) -> Route {
         ["", "v3", "languages"] => Route::Meta(Meta::Languages),
         ["", "v3", "features"] => Route::Meta(Meta::Features),
         ["", "v3", "politicalViews"] => Route::Meta(Meta::PoliticalViews),
+        ["", "v2", "vectortiles", "copyright"] => Route::Meta(Meta::VectorCopyright),
+        ["", "v2", "vectortiles", "politicalViews"] => Route::Meta(Meta::VectorPoliticalViews),
         ["", "v3", resource, proj, z, x, y, format] => {
             if !matches!(*resource, "base" | "background" | "label") {
                 return invalid("resource", "E622003", format!("Invalid value '{resource}' for parameter 'resource'"));
@@ -374,6 +380,8 @@ fn meta_body(meta: Meta) -> Bytes {
         Meta::Languages => json!({"languages": ["en", "de", "fr"]}),
         Meta::Features => json!({"features": {"pois": ["all", "disabled"]}}),
         Meta::PoliticalViews => json!({"politicalViews": ["ARG", "IND", "MAR"]}),
+        Meta::VectorCopyright => json!({"copyrights": {"base": [{"label": "HERE", "alt": "© HERE"}]}}),
+        Meta::VectorPoliticalViews => json!({"politicalViews": ["ARG", "IND", "MAR"], "api": "vector"}),
     };
     Bytes::from(v.to_string())
 }
@@ -854,6 +862,7 @@ mod tests {
         assert!(matches!(classify("/v3/base/mc/2/0/0/png/"), Route::NotFound));
         assert!(matches!(classify("/"), Route::NotFound));
         assert!(matches!(classify("/v3/info"), Route::Meta(Meta::Info)));
+        assert!(matches!(classify("/v2/vectortiles/copyright"), Route::Meta(Meta::VectorCopyright)));
     }
 
     #[test]
