@@ -202,6 +202,7 @@ pub async fn build(settings: Settings, opts: StartOptions) -> Result<Built, Star
         None => flights.clone(),
     };
     let protect = crate::protect::Protect::new(&settings, redis.clone(), clock.clone(), metrics.clone());
+    let compressor = crate::compress::Compressor::new(&settings, metrics.clone());
     let state = Arc::new(AppState {
         upstream: Arc::new(UpstreamConfig::from_settings(&settings)),
         settings: settings.clone(),
@@ -221,6 +222,7 @@ pub async fn build(settings: Settings, opts: StartOptions) -> Result<Built, Star
         protect,
         pod_id: crate::stats::new_pod_id(),
         seeds: crate::seed::Jobs::default(),
+        compressor,
     });
     Ok(Built { state, prom, dir_lock })
 }

@@ -1,5 +1,5 @@
 //! The state every worker shares: settings, cache, flights, upstream config, health, breakers,
-//! metrics and the clock. Built once by [`crate::server::start`].
+//! metrics, the clock and the compressor. Built once by [`crate::server::start`].
 
 use std::sync::Arc;
 
@@ -39,4 +39,6 @@ pub struct AppState {
     pub pod_id: String,
     /// Seed jobs started through `POST /admin/seed`.
     pub seeds: crate::seed::Jobs,
+    /// Compression of whole non-tile answers ([`crate::compress::Compressor::encode_response`]).
+    pub compressor: crate::compress::Compressor,
 }
