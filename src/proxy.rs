@@ -2,15 +2,17 @@
 //! [`TileService`], and turn its answer into a response.
 //!
 //! Every tile response head, hit or miss, is built by [`response_head`] from the answer's
-//! metadata and the index's lifetime for it: `Cache-Control: max-age=<lifetime>` with
-//! `Age: <elapsed>` (RFC 9111: downstream caches subtract the age themselves), the same ETag,
-//! `Content-Type` only when there is a body.
+//! metadata, the index's lifetime for it and the client's representation
+//! ([`compress::tile_representation`]): `Cache-Control: max-age=<lifetime>` with
+//! `Age: <elapsed>` (RFC 9111: downstream caches subtract the age themselves), the same ETag
+//! (per encoding), `Content-Type` only when there is a body, `Content-Encoding` and `Vary`.
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use futures_util::StreamExt;
 
+use crate::compress::{self, Representation};
 use crate::config::UnknownIndices;
 use crate::error::ProxyError;
 use crate::freshness;
@@ -97,7 +99,7 @@ async fn answer(
             }
             let bytes = m.bytes_served.with_label_values(&[index, answer.label]);
             let tags = state.settings.surrogate_keys.then(|| crate::purge::surrogate_keys(&t.index, t.z, t.x, t.y));
-            let mut res = respond(req, answer, policy, state.clock.now_ms(), bytes);
+            let mut res = respond(req, service, t, answer, policy, bytes).await;
             if let Some(tags) = tags {
                 // Fastly purges by Surrogate-Key (space separated), Cloudflare by Cache-Tag (comma).
                 let h = res.headers_mut();
@@ -118,29 +120,44 @@ async fn answer(
     }
 }
 
-/// The response for an answer: head, then the body (whole or streamed).
-fn respond(
+/// The response for an answer: head, then the body (whole, streamed, or compressed for the
+/// client).
+async fn respond(
     req: &HttpRequest,
+    service: &TileService,
+    t: &routes::TileRequest,
     answer: Answer,
     policy: &crate::config::Policy,
-    now: u64,
     bytes: prometheus::IntCounter,
 ) -> HttpResponse {
-    let mut b = response_head(&answer, policy, now);
-    let etag = answer.meta.client_etag(answer.content_length);
+    let state = service.state();
+    let rep = compress::tile_representation(&state.settings, &answer.meta, answer.content_length, req.headers());
+    let mut b = response_head(&answer, rep, policy, state.clock.now_ms());
+    let etag = compress::client_etag(answer.meta.client_etag(answer.content_length), rep);
     if answer.meta.status == 200 && not_modified(req, etag.as_ref()) {
         return b.status(StatusCode::NOT_MODIFIED).finish();
     }
     if answer.meta.status == 204 {
         return b.finish();
     }
-    match answer.body {
+    let Answer { meta, content_length, body, .. } = answer;
+    if let Representation::Encoded(encoding) = rep {
+        // Boxed: the hit path's future stays small.
+        return match Box::pin(compress::tile_body(state, t, &meta, content_length, body, encoding)).await {
+            Ok(body) => {
+                bytes.inc_by(body.len() as u64);
+                b.body(body)
+            }
+            Err(failure) => ProxyError::Upstream(failure).response(),
+        };
+    }
+    match body {
         Body::Full(body) => {
             bytes.inc_by(body.len() as u64);
             b.body(body)
         }
         Body::Flight(reader) => {
-            if let Some(len) = answer.content_length {
+            if let Some(len) = content_length {
                 b.no_chunking(len);
             }
             b.streaming(reader.into_body().inspect(move |c| {
@@ -152,8 +169,14 @@ fn respond(
     }
 }
 
-/// The one place a tile response head is built, for hits and misses alike.
-pub fn response_head(answer: &Answer, policy: &crate::config::Policy, now: u64) -> HttpResponseBuilder {
+/// The one place a tile response head is built, for hits and misses alike, in the client's
+/// representation `rep` (the answer's own, or compressed: ETag per encoding, `Vary`).
+pub fn response_head(
+    answer: &Answer,
+    rep: Representation,
+    policy: &crate::config::Policy,
+    now: u64,
+) -> HttpResponseBuilder {
     let meta = &answer.meta;
     let mut b = HttpResponse::build(StatusCode::from_u16(meta.status).unwrap_or(StatusCode::BAD_GATEWAY));
     b.insert_header(("X-Cache", answer.x_cache));
@@ -162,14 +185,18 @@ pub fn response_head(answer: &Answer, policy: &crate::config::Policy, now: u64) 
     }
     b.insert_header((header::AGE, meta.age_secs(now)));
     b.insert_header((header::CACHE_CONTROL, freshness::client_cache_control(policy, answer.lifetime)));
-    if let Some(etag) = meta.client_etag(answer.content_length) {
+    if let Some(etag) = compress::client_etag(meta.client_etag(answer.content_length), rep) {
         b.insert_header((header::ETAG, etag));
     }
     if let Some(ct) = &meta.content_type {
         b.insert_header((header::CONTENT_TYPE, ct.clone()));
     }
-    if let Some(ce) = &meta.content_encoding {
+    if let Some(e) = rep.encoding() {
+        b.insert_header((header::CONTENT_ENCODING, HeaderValue::from_static(e.as_str())));
+    } else if let Some(ce) = &meta.content_encoding {
         b.insert_header((header::CONTENT_ENCODING, ce.clone()));
+    }
+    if rep.varies() || meta.content_encoding.is_some() {
         b.insert_header((header::VARY, HeaderValue::from_static("Accept-Encoding")));
     }
     if let Some(r) = answer.reason {
