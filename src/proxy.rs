@@ -99,7 +99,15 @@ async fn answer(
             }
             let bytes = m.bytes_served.with_label_values(&[index, answer.label]);
             let tags = state.settings.surrogate_keys.then(|| crate::purge::surrogate_keys(&t.index, t.z, t.x, t.y));
-            let mut res = respond(req, service, t, answer, policy, bytes).await;
+            let rep =
+                compress::tile_representation(&state.settings, &answer.meta, answer.content_length, req.headers());
+            let mut res = match rep {
+                // Boxed: the hit path's future stays small.
+                Representation::Encoded(encoding) => {
+                    Box::pin(respond_encoded(req, state, t, answer, encoding, policy, bytes)).await
+                }
+                _ => respond(req, answer, rep, policy, state.clock.now_ms(), bytes),
+            };
             if let Some(tags) = tags {
                 // Fastly purges by Surrogate-Key (space separated), Cloudflare by Cache-Tag (comma).
                 let h = res.headers_mut();
@@ -120,44 +128,39 @@ async fn answer(
     }
 }
 
-/// The response for an answer: head, then the body (whole, streamed, or compressed for the
-/// client).
-async fn respond(
+/// The status of an answer without a body for this request: 304 to a matching
+/// `If-None-Match` (on the ETag of the representation `rep`), or 204.
+fn bodiless(req: &HttpRequest, answer: &Answer, rep: Representation) -> Option<StatusCode> {
+    match answer.meta.status {
+        200 => {
+            let etag = compress::client_etag(answer.meta.client_etag(answer.content_length), rep);
+            not_modified(req, etag.as_ref()).then_some(StatusCode::NOT_MODIFIED)
+        }
+        204 => Some(StatusCode::NO_CONTENT),
+        _ => None,
+    }
+}
+
+/// The response for an answer as it is: head, then the body (whole or streamed).
+fn respond(
     req: &HttpRequest,
-    service: &TileService,
-    t: &routes::TileRequest,
     answer: Answer,
+    rep: Representation,
     policy: &crate::config::Policy,
+    now: u64,
     bytes: prometheus::IntCounter,
 ) -> HttpResponse {
-    let state = service.state();
-    let rep = compress::tile_representation(&state.settings, &answer.meta, answer.content_length, req.headers());
-    let mut b = response_head(&answer, rep, policy, state.clock.now_ms());
-    let etag = compress::client_etag(answer.meta.client_etag(answer.content_length), rep);
-    if answer.meta.status == 200 && not_modified(req, etag.as_ref()) {
-        return b.status(StatusCode::NOT_MODIFIED).finish();
+    let mut b = response_head(&answer, rep, policy, now);
+    if let Some(status) = bodiless(req, &answer, rep) {
+        return b.status(status).finish();
     }
-    if answer.meta.status == 204 {
-        return b.finish();
-    }
-    let Answer { meta, content_length, body, .. } = answer;
-    if let Representation::Encoded(encoding) = rep {
-        // Boxed: the hit path's future stays small.
-        return match Box::pin(compress::tile_body(state, t, &meta, content_length, body, encoding)).await {
-            Ok(body) => {
-                bytes.inc_by(body.len() as u64);
-                b.body(body)
-            }
-            Err(failure) => ProxyError::Upstream(failure).response(),
-        };
-    }
-    match body {
+    match answer.body {
         Body::Full(body) => {
             bytes.inc_by(body.len() as u64);
             b.body(body)
         }
         Body::Flight(reader) => {
-            if let Some(len) = content_length {
+            if let Some(len) = answer.content_length {
                 b.no_chunking(len);
             }
             b.streaming(reader.into_body().inspect(move |c| {
@@ -166,6 +169,32 @@ async fn respond(
                 }
             }))
         }
+    }
+}
+
+/// The response for an answer compressed with `encoding` for this client: the same head in that
+/// representation, the body from [`compress::tile_body`] (a miss read whole first: a failure
+/// before its end is our JSON error, never a short body).
+async fn respond_encoded(
+    req: &HttpRequest,
+    state: &std::sync::Arc<crate::state::AppState>,
+    t: &routes::TileRequest,
+    answer: Answer,
+    encoding: compress::Encoding,
+    policy: &crate::config::Policy,
+    bytes: prometheus::IntCounter,
+) -> HttpResponse {
+    let mut b = response_head(&answer, Representation::Encoded(encoding), policy, state.clock.now_ms());
+    if let Some(status) = bodiless(req, &answer, Representation::Encoded(encoding)) {
+        return b.status(status).finish();
+    }
+    let Answer { meta, content_length, body, .. } = answer;
+    match compress::tile_body(state, t, &meta, content_length, body, encoding).await {
+        Ok(body) => {
+            bytes.inc_by(body.len() as u64);
+            b.body(body)
+        }
+        Err(failure) => ProxyError::Upstream(failure).response(),
     }
 }
 

@@ -278,14 +278,26 @@ async fn a_purge_drops_the_variant_too() {
 async fn a_variant_compressed_on_one_pod_is_served_by_another_from_redis() {
     let redis = RedisServer::start();
     let up = upstream(20_000);
-    let shared = |f: &mut FileConfig| f.redis_url = Some(redis.url());
+    let shared = |f: &mut FileConfig| {
+        f.redis_url = Some(redis.url());
+        // Generous deadlines: on a loaded test machine a timed-out write would open the Redis
+        // breaker and drop the writes this test waits for.
+        f.redis.timeout = dur("3s");
+        f.redis.write_timeout = dur("3s");
+        f.redis.connect_timeout = dur("3s");
+    };
     let a = Proxy::start(&up, shared).await;
     let b = Proxy::start(&up, shared).await;
     let path = "/v2/vectortiles/base/mc/12/7/1/omv";
     let first = get_ae(&a, path, "br").await;
     assert_eq!((first.x_cache(), first.header("content-encoding")), ("MISS", Some("br")));
     let entries = || redis.dump().iter().filter(|(k, _)| k.ends_with(":e")).count();
-    eventually("the tile and its br variant reached redis", || entries() == 2).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while entries() != 2 {
+        let keys: Vec<String> = redis.dump().into_iter().map(|(k, _)| k).collect();
+        assert!(std::time::Instant::now() < deadline, "the tile and its br variant reached redis: {keys:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     let on_b = get_ae(&b, path, "br").await;
     assert_eq!((on_b.x_cache(), on_b.header("x-cache-tier")), ("HIT", Some("redis")));
     assert_eq!(on_b.header("content-encoding"), Some("br"));
