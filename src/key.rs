@@ -66,6 +66,14 @@ impl CacheKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The key of this tile's `encoding` form (a compressed variant, `crate::compress`) of the
+    /// body version `version_ms`: `<encoding>@<version>|<tile key>`. Tile keys start with
+    /// [`KEY_VERSION`], so a variant key is never a tile's, and a new body version never finds
+    /// an old variant.
+    pub fn variant(&self, encoding: &str, version_ms: u64) -> CacheKey {
+        CacheKey(format!("{encoding}@{version_ms:x}|{}", self.0))
+    }
 }
 
 impl std::fmt::Display for CacheKey {
@@ -137,6 +145,16 @@ mod tests {
         assert_ne!(here, CacheKey::of(&t, &Origin::new("http://127.0.0.1:9090", Some("KEY"))));
         assert_ne!(here, CacheKey::of(&t, &Origin::new("https://maps.hereapi.com", Some("OTHER"))));
         assert_ne!(here, CacheKey::of(&t, &Origin::new("https://maps.hereapi.com", None)));
+    }
+
+    #[test]
+    fn variant_keys_name_encoding_and_version_and_are_never_tile_keys() {
+        let k = key("/v2/vectortiles/base/mc/5/15/13/omv", "");
+        let br = k.variant("br", 0x10);
+        assert_eq!(br.as_str(), format!("br@10|{}", k.as_str()));
+        assert!(!br.as_str().starts_with(KEY_VERSION));
+        assert_ne!(br, k.variant("gzip", 0x10));
+        assert_ne!(br, k.variant("br", 0x11));
     }
 
     #[test]

@@ -65,6 +65,12 @@ pub struct Metrics {
     /// `tile_proxy_metadata_requests_total{endpoint, cache}`: HERE metadata requests (`/v3/info`,
     /// copyright, ...) by result (`hit`, `miss`, `stale`, `error`, `invalid`).
     pub metadata_requests: IntCounterVec,
+    /// `tile_proxy_compressed_total{encoding, source}`: answers sent compressed, the encoded
+    /// body `stored` (a tile's cached variant, a document's cached body) or `compressed` now.
+    pub compressed: IntCounterVec,
+    /// `tile_proxy_compression_bytes_total{encoding, body}`: body bytes of the answers sent
+    /// compressed, `identity` (before) and `encoded` (sent): the saving is their difference.
+    pub compression_bytes: IntCounterVec,
     known: RwLock<HashSet<String>>,
     max_indices: usize,
 }
@@ -204,6 +210,18 @@ impl Metrics {
                 "HERE metadata requests by endpoint and cache result",
                 &["endpoint", "cache"],
             )?,
+            compressed: counter(
+                registry,
+                "tile_proxy_compressed_total",
+                "Answers sent compressed, by encoding and where the encoded body came from",
+                &["encoding", "source"],
+            )?,
+            compression_bytes: counter(
+                registry,
+                "tile_proxy_compression_bytes_total",
+                "Body bytes of answers sent compressed, before (identity) and after (encoded)",
+                &["encoding", "body"],
+            )?,
             known: RwLock::new(configured.into_iter().collect()),
             max_indices,
         };
@@ -215,6 +233,14 @@ impl Metrics {
         }
         for status in ["401", "403"] {
             metrics.auth_failures.with_label_values(&[status]);
+        }
+        for encoding in ["br", "gzip"] {
+            for source in ["stored", "compressed"] {
+                metrics.compressed.with_label_values(&[encoding, source]);
+            }
+            for body in ["identity", "encoded"] {
+                metrics.compression_bytes.with_label_values(&[encoding, body]);
+            }
         }
         for (tier, op) in [("foyer", "get"), ("foyer", "insert"), ("foyer", "open_disk")] {
             metrics.cache_errors.with_label_values(&[tier, op]);

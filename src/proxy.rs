@@ -2,15 +2,17 @@
 //! [`TileService`], and turn its answer into a response.
 //!
 //! Every tile response head, hit or miss, is built by [`response_head`] from the answer's
-//! metadata and the index's lifetime for it: `Cache-Control: max-age=<lifetime>` with
-//! `Age: <elapsed>` (RFC 9111: downstream caches subtract the age themselves), the same ETag,
-//! `Content-Type` only when there is a body.
+//! metadata, the index's lifetime for it and the client's representation
+//! ([`compress::tile_representation`]): `Cache-Control: max-age=<lifetime>` with
+//! `Age: <elapsed>` (RFC 9111: downstream caches subtract the age themselves), the same ETag
+//! (per encoding), `Content-Type` only when there is a body, `Content-Encoding` and `Vary`.
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use futures_util::StreamExt;
 
+use crate::compress::{self, Representation};
 use crate::config::UnknownIndices;
 use crate::error::ProxyError;
 use crate::freshness;
@@ -97,7 +99,15 @@ async fn answer(
             }
             let bytes = m.bytes_served.with_label_values(&[index, answer.label]);
             let tags = state.settings.surrogate_keys.then(|| crate::purge::surrogate_keys(&t.index, t.z, t.x, t.y));
-            let mut res = respond(req, answer, policy, state.clock.now_ms(), bytes);
+            let rep =
+                compress::tile_representation(&state.settings, &answer.meta, answer.content_length, req.headers());
+            let mut res = match rep {
+                // Boxed: the hit path's future stays small.
+                Representation::Encoded(encoding) => {
+                    Box::pin(respond_encoded(req, state, t, answer, encoding, policy, bytes)).await
+                }
+                _ => respond(req, answer, rep, policy, state.clock.now_ms(), bytes),
+            };
             if let Some(tags) = tags {
                 // Fastly purges by Surrogate-Key (space separated), Cloudflare by Cache-Tag (comma).
                 let h = res.headers_mut();
@@ -118,21 +128,31 @@ async fn answer(
     }
 }
 
-/// The response for an answer: head, then the body (whole or streamed).
+/// The status of an answer without a body for this request: 304 to a matching
+/// `If-None-Match` (on the ETag of the representation `rep`), or 204.
+fn bodiless(req: &HttpRequest, answer: &Answer, rep: Representation) -> Option<StatusCode> {
+    match answer.meta.status {
+        200 => {
+            let etag = compress::client_etag(answer.meta.client_etag(answer.content_length), rep);
+            not_modified(req, etag.as_ref()).then_some(StatusCode::NOT_MODIFIED)
+        }
+        204 => Some(StatusCode::NO_CONTENT),
+        _ => None,
+    }
+}
+
+/// The response for an answer as it is: head, then the body (whole or streamed).
 fn respond(
     req: &HttpRequest,
     answer: Answer,
+    rep: Representation,
     policy: &crate::config::Policy,
     now: u64,
     bytes: prometheus::IntCounter,
 ) -> HttpResponse {
-    let mut b = response_head(&answer, policy, now);
-    let etag = answer.meta.client_etag(answer.content_length);
-    if answer.meta.status == 200 && not_modified(req, etag.as_ref()) {
-        return b.status(StatusCode::NOT_MODIFIED).finish();
-    }
-    if answer.meta.status == 204 {
-        return b.finish();
+    let mut b = response_head(&answer, rep, policy, now);
+    if let Some(status) = bodiless(req, &answer, rep) {
+        return b.status(status).finish();
     }
     match answer.body {
         Body::Full(body) => {
@@ -152,8 +172,40 @@ fn respond(
     }
 }
 
-/// The one place a tile response head is built, for hits and misses alike.
-pub fn response_head(answer: &Answer, policy: &crate::config::Policy, now: u64) -> HttpResponseBuilder {
+/// The response for an answer compressed with `encoding` for this client: the same head in that
+/// representation, the body from [`compress::tile_body`] (a miss read whole first: a failure
+/// before its end is our JSON error, never a short body).
+async fn respond_encoded(
+    req: &HttpRequest,
+    state: &std::sync::Arc<crate::state::AppState>,
+    t: &routes::TileRequest,
+    answer: Answer,
+    encoding: compress::Encoding,
+    policy: &crate::config::Policy,
+    bytes: prometheus::IntCounter,
+) -> HttpResponse {
+    let mut b = response_head(&answer, Representation::Encoded(encoding), policy, state.clock.now_ms());
+    if let Some(status) = bodiless(req, &answer, Representation::Encoded(encoding)) {
+        return b.status(status).finish();
+    }
+    let Answer { meta, content_length, body, .. } = answer;
+    match compress::tile_body(state, t, &meta, content_length, body, encoding).await {
+        Ok(body) => {
+            bytes.inc_by(body.len() as u64);
+            b.body(body)
+        }
+        Err(failure) => ProxyError::Upstream(failure).response(),
+    }
+}
+
+/// The one place a tile response head is built, for hits and misses alike, in the client's
+/// representation `rep` (the answer's own, or compressed: ETag per encoding, `Vary`).
+pub fn response_head(
+    answer: &Answer,
+    rep: Representation,
+    policy: &crate::config::Policy,
+    now: u64,
+) -> HttpResponseBuilder {
     let meta = &answer.meta;
     let mut b = HttpResponse::build(StatusCode::from_u16(meta.status).unwrap_or(StatusCode::BAD_GATEWAY));
     b.insert_header(("X-Cache", answer.x_cache));
@@ -162,14 +214,18 @@ pub fn response_head(answer: &Answer, policy: &crate::config::Policy, now: u64) 
     }
     b.insert_header((header::AGE, meta.age_secs(now)));
     b.insert_header((header::CACHE_CONTROL, freshness::client_cache_control(policy, answer.lifetime)));
-    if let Some(etag) = meta.client_etag(answer.content_length) {
+    if let Some(etag) = compress::client_etag(meta.client_etag(answer.content_length), rep) {
         b.insert_header((header::ETAG, etag));
     }
     if let Some(ct) = &meta.content_type {
         b.insert_header((header::CONTENT_TYPE, ct.clone()));
     }
-    if let Some(ce) = &meta.content_encoding {
+    if let Some(e) = rep.encoding() {
+        b.insert_header((header::CONTENT_ENCODING, HeaderValue::from_static(e.as_str())));
+    } else if let Some(ce) = &meta.content_encoding {
         b.insert_header((header::CONTENT_ENCODING, ce.clone()));
+    }
+    if rep.varies() || meta.content_encoding.is_some() {
         b.insert_header((header::VARY, HeaderValue::from_static("Accept-Encoding")));
     }
     if let Some(r) = answer.reason {

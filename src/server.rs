@@ -202,6 +202,7 @@ pub async fn build(settings: Settings, opts: StartOptions) -> Result<Built, Star
         None => flights.clone(),
     };
     let protect = crate::protect::Protect::new(&settings, redis.clone(), clock.clone(), metrics.clone());
+    let compressor = crate::compress::Compressor::new(&settings, metrics.clone());
     let state = Arc::new(AppState {
         upstream: Arc::new(UpstreamConfig::from_settings(&settings)),
         settings: settings.clone(),
@@ -222,6 +223,7 @@ pub async fn build(settings: Settings, opts: StartOptions) -> Result<Built, Star
         pod_id: crate::stats::new_pod_id(),
         seeds: crate::seed::Jobs::default(),
         metadata: crate::metadata::MetadataCache::default(),
+        compressor,
     });
     Ok(Built { state, prom, dir_lock })
 }

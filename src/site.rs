@@ -8,13 +8,18 @@ use actix_web::{HttpRequest, HttpResponse};
 use crate::service::TileService;
 
 /// The answer for a non-tile GET/HEAD path, if one of the site's routes takes it.
+///
+/// Whole answers worth it (the page's HTML, JS and CSS, TileJSON, HERE's JSON) go out br or gzip
+/// to clients that accept it ([`crate::compress::Compressor::encode_response`]).
 pub async fn route(req: &HttpRequest, service: &TileService, client: &awc::Client) -> Option<HttpResponse> {
     let path = req.path();
-    if let Some(res) = crate::map_page::serve(req, service.state(), path) {
-        return Some(res);
-    }
-    if let Some(res) = crate::tilejson::serve(req, service.state(), path) {
-        return Some(res);
-    }
-    crate::metadata::serve(req, service, client, path).await
+    let state = service.state();
+    let res = match crate::map_page::serve(req, state, path) {
+        Some(res) => res,
+        None => match crate::tilejson::serve(req, state, path) {
+            Some(res) => res,
+            None => crate::metadata::serve(req, service, client, path).await?,
+        },
+    };
+    Some(state.compressor.encode_response(req, res))
 }

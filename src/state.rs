@@ -1,5 +1,5 @@
 //! The state every worker shares: settings, cache, flights, upstream config, health, breakers,
-//! metrics and the clock. Built once by [`crate::server::start`].
+//! metrics, the clock and the compressor. Built once by [`crate::server::start`].
 
 use std::sync::Arc;
 
@@ -41,4 +41,6 @@ pub struct AppState {
     pub seeds: crate::seed::Jobs,
     /// HERE's metadata answers (`/v3/info`, copyright, ...), cached apart from tiles.
     pub metadata: crate::metadata::MetadataCache,
+    /// Compression of whole non-tile answers ([`crate::compress::Compressor::encode_response`]).
+    pub compressor: crate::compress::Compressor,
 }
