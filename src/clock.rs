@@ -52,7 +52,7 @@ impl Clock for ManualClock {
 pub type SharedClock = Arc<dyn Clock>;
 
 /// The UTC calendar year of a Unix time in milliseconds (proleptic Gregorian; for copyright
-/// notices such as TileJSON's "© HERE <year>").
+/// notices such as TileJSON's `© HERE <year>`).
 pub fn utc_year(unix_ms: u64) -> i64 {
     // Days since 1970-01-01 -> civil date (Howard Hinnant's algorithm), year only.
     let days = (unix_ms / 86_400_000) as i64 + 719_468;

@@ -11,7 +11,9 @@
 //! share; [`server`] wires it all. [`shared`] is the optional Redis tier (entries, fleet-wide
 //! fetch lease, purge rules for every pod); [`purge`] the ban-list rules, [`purge_api`] the
 //! admin API that makes them. [`seed`] warms the cache through the same [`service`]. Paths that
-//! are not tiles go to [`site`]: the map page, [`tilejson`] documents and HERE's [`metadata`].
+//! are not tiles go to [`site`]: the [`map_page`], [`tilejson`] documents and HERE's
+//! [`metadata`]. [`protect`] guards the bill (rate cap, budgets, client limits), [`stats`]
+//! reports per index, and [`compress`] sends vector tiles and JSON br or gzip.
 
 pub mod admin;
 pub mod breaker;

@@ -3,7 +3,7 @@
 //! turn further away than `upstream_queue_wait` is not taken: the miss answers 503
 //! `upstream_busy` with `Retry-After`. Only upstream requests wait; hits never reach here.
 //!
-//! With Redis the schedule is one key per API, reserved by the [`super::GCRA`] script on Redis's
+//! With Redis the schedule is one key per API, reserved by the `GCRA` script on Redis's
 //! clock: all pods share it. Without Redis, or while it is unavailable, each pod keeps its own
 //! schedule at the same rate (`tile_proxy_protect_fallback_total{what="cap"}` counts those turns).
 

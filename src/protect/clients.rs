@@ -7,7 +7,7 @@
 //! `rate_limit_clients`, whose entries expire once idle for as long as a bucket takes to refill
 //! (an expired bucket and a new one are the same full bucket), so a million distinct clients
 //! cannot grow memory without bound. With Redis (`rate_limit_shared`) the bucket is one key
-//! per client and index, decided by the [`super::GCRA`] script, so a client gets one budget
+//! per client and index, decided by the `GCRA` script, so a client gets one budget
 //! across every pod; while Redis is unavailable the local bucket decides.
 //!
 //! Answers carry `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`
