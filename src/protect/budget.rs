@@ -110,6 +110,16 @@ impl Budgets {
         }
     }
 
+    /// Makes a configured index's budget series exist before its first fetch (nothing spent).
+    pub fn register(&self, index: &str, budget: Budget) {
+        self.publish(index, Spent::default(), budget);
+        for (window, limit) in [("hour", budget.hour), ("day", budget.day)] {
+            if limit.is_some() {
+                self.metrics.budget_exhausted.with_label_values(&[index, window]);
+            }
+        }
+    }
+
     /// Gives back a charge whose fetch was never made (the rate cap refused it).
     pub async fn refund(&self, index: &str, budget: Budget) {
         if !budget.is_limited() {

@@ -38,29 +38,23 @@ impl Protect {
         let idle =
             policies.filter_map(|p| p.rate_limit).map(|r| r.interval * r.burst).max().unwrap_or(Duration::from_secs(1));
         let shared_clients = if settings.rate_limit_shared { redis.clone() } else { None };
+        let budgets = budget::Budgets::new(redis.clone(), clock, metrics.clone());
         // The series of every configured budget and limit exist from the start (alerts and
         // dashboards use rate() and increase()).
         for (name, policy) in &settings.policies {
             if policy.rate_limit.is_some() {
                 metrics.rate_limited.with_label_values(&[name]);
             }
-            for (window, limit) in [("hour", policy.budget.hour), ("day", policy.budget.day)] {
-                if let Some(limit) = limit {
-                    metrics.budget_limit.with_label_values(&[name, window]).set(limit as i64);
-                    metrics.budget_used.with_label_values(&[name, window]).set(0);
-                    metrics.budget_remaining.with_label_values(&[name, window]).set(limit as i64);
-                    metrics.budget_exhausted.with_label_values(&[name, window]);
-                }
-            }
+            budgets.register(name, policy.budget);
         }
         Protect {
             cap: cap::UpstreamCap::new(
                 settings.upstream_interval,
                 settings.upstream_queue_wait,
-                redis.clone(),
+                redis,
                 metrics.clone(),
             ),
-            budgets: budget::Budgets::new(redis, clock, metrics.clone()),
+            budgets,
             clients: clients::ClientLimits::new(
                 settings.rate_limit_exempt.clone(),
                 settings.rate_limit_clients,

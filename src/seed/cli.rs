@@ -276,19 +276,9 @@ fn init_logs() {
 
 /// SIGINT or SIGTERM stops the job (tiles in flight finish); a second one exits at once.
 async fn stop_on_signal(stop: Stop) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-        return;
-    };
-    either(&mut int, &mut term).await;
+    let Some(mut signals) = crate::server::StopSignals::new() else { return };
+    signals.recv().await;
     stop.request(StopReason::Interrupted);
-    either(&mut int, &mut term).await;
+    signals.recv().await;
     std::process::exit(i32::from(EXIT_INTERRUPTED));
-}
-
-async fn either(a: &mut tokio::signal::unix::Signal, b: &mut tokio::signal::unix::Signal) {
-    tokio::select! {
-        _ = a.recv() => {}
-        _ = b.recv() => {}
-    }
 }
