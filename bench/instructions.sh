@@ -11,8 +11,10 @@
 # purge rules made after the warm-up, so every entry is older than every rule and each hit takes
 # the rule check's slow path: half index rules for other indices, half bbox rules elsewhere, none
 # matching), LIMIT=1 (a client rate limit on every index, high enough never to refuse: the cost
-# of the check, local or with REDIS=1 in Redis). Needs valgrind and curl (apt-get install valgrind
-# curl). KEEP=DIR keeps the callgrind files (DIR/<target name>/) for callgrind_annotate.
+# of the check, local or with REDIS=1 in Redis), LOG=1 (tile-proxy's default logging, one access line
+# per request, instead of RUST_LOG=warn; the log writer thread's instructions count too). Needs valgrind
+# and curl (apt-get install valgrind curl). KEEP=DIR keeps the callgrind files (DIR/<target name>/)
+# for callgrind_annotate.
 #
 #   bench/instructions.sh; REDIS=1 bench/instructions.sh; REDIS=1 RULES=100 bench/instructions.sh
 #   LIMIT=1 bench/instructions.sh; REDIS=1 LIMIT=1 bench/instructions.sh
@@ -24,6 +26,7 @@ TILES=100
 REDIS=${REDIS:-0}
 RULES=${RULES:-0}
 LIMIT=${LIMIT:-0}
+LOG=${LOG:-0}
 TOKEN=bench-admin-token-0123456789
 command -v valgrind >/dev/null && command -v callgrind_control >/dev/null && command -v curl >/dev/null \
     || { echo "instructions.sh: needs valgrind and curl" >&2; exit 1; }
@@ -44,12 +47,13 @@ measure() {
         redis_env=(REDIS_URL="redis://127.0.0.1:$rd_port/0")
     fi
     [ "$LIMIT" = 1 ] && redis_env+=(TILE_PROXY_DEFAULTS__RATE_LIMIT=1000000)
+    [ "$LOG" = 1 ] || redis_env+=(RUST_LOG=warn)
     "$target/release/test-upstream" --listen "127.0.0.1:$up_port" --key k --min-size "$SIZE" --max-size "$SIZE" \
         >"$tmp/upstream.log" 2>&1 &
     up=$!
     env -i PATH="$PATH" HERE_API_KEY=k TILE_PROXY_LISTEN="127.0.0.1:$px_port" \
         TILE_PROXY_RASTER_UPSTREAM="http://127.0.0.1:$up_port" TILE_PROXY_VECTOR_UPSTREAM="http://127.0.0.1:$up_port" \
-        TILE_PROXY_CACHE_DIR="$tmp/cache" TILE_PROXY_WORKERS=1 RUST_LOG=warn TILE_PROXY_ADMIN_TOKEN="$TOKEN" \
+        TILE_PROXY_CACHE_DIR="$tmp/cache" TILE_PROXY_WORKERS=1 TILE_PROXY_ADMIN_TOKEN="$TOKEN" \
         "${redis_env[@]}" \
         valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.out" "$target/release/tile-proxy" serve \
         >"$tmp/proxy.log" 2>&1 &
@@ -80,7 +84,7 @@ measure() {
     local ir
     ir=$(cat "$tmp"/cg.out.* 2>/dev/null | awk '/^totals:/ {s+=$2} END {print s+0}')
     if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP/$(basename "$target")" && cp "$tmp"/cg.out.* "$KEEP/$(basename "$target")/"; fi
-    printf '%-40s redis=%s rules=%-4s limit=%s %12d instructions for %d hits: %d per hit\n' "$target" "$REDIS" "$RULES" "$LIMIT" "$ir" \
+    printf '%-40s redis=%s rules=%-4s limit=%s log=%s %12d instructions for %d hits: %d per hit\n' "$target" "$REDIS" "$RULES" "$LIMIT" "$LOG" "$ir" \
         "${#hits[@]}" $((ir / ${#hits[@]}))
 }
 

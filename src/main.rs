@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         print!("{}", effective.effective_toml(&settings));
         return ExitCode::SUCCESS;
     }
-    let _log_guard = telemetry::init(settings.log_json);
+    let _log_guard = telemetry::init(settings.log_json, settings.access_log);
     raise_open_files_limit();
     actix_web::rt::System::new().block_on(async move {
         let listen = settings.listen;

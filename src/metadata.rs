@@ -35,7 +35,7 @@ use crate::error::{ProxyError, UpstreamFailure};
 use crate::routes::{self, Api, ParseOptions};
 use crate::service::TileService;
 use crate::state::AppState;
-use crate::{telemetry, upstream};
+use crate::upstream;
 
 /// The index label metadata fetches are counted under in the upstream metrics.
 pub const METRICS_INDEX: &str = "_metadata";
@@ -203,7 +203,7 @@ pub async fn serve(req: &HttpRequest, service: &TileService, client: &awc::Clien
 
 async fn answer(req: &HttpRequest, st: &Arc<AppState>, client: &awc::Client, ep: &'static Endpoint) -> HttpResponse {
     let count = |cache: &'static str| {
-        telemetry::note(req, |a| a.cache = cache);
+        crate::access_log::note(req, |a| a.cache = cache);
         st.metrics.metadata_requests.with_label_values(&[ep.label, cache]).inc();
     };
     let opts = ParseOptions { reject_unknown_params: st.settings.reject_unknown_params };

@@ -5,10 +5,13 @@
 //! `metrics_max_indices` distinct indices get their own label and the rest share `_other`.
 //! Indices named in the config file always get their own label.
 
-use std::collections::HashSet;
-use std::sync::RwLock;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+use crate::cache::HitSource;
+use crate::purge::Fnv;
 
 /// Label used for indices past the cardinality limit.
 pub const OTHER_INDEX: &str = "_other";
@@ -71,8 +74,78 @@ pub struct Metrics {
     /// `tile_proxy_compression_bytes_total{encoding, body}`: body bytes of the answers sent
     /// compressed, `identity` (before) and `encoded` (sent): the saving is their difference.
     pub compression_bytes: IntCounterVec,
-    known: RwLock<HashSet<String>>,
+    /// Each index label's handles, resolved once (the first `max_indices` indices and the
+    /// configured ones; the rest share `other`).
+    indices: RwLock<HashMap<Box<str>, Arc<IndexMetrics>, Fnv>>,
+    other: Arc<IndexMetrics>,
     max_indices: usize,
+}
+
+/// Cache results a tile request is counted under (`tile_proxy_requests_total{cache}`) whose
+/// series [`IndexMetrics`] keeps resolved.
+const RESULTS: [&str; 7] = ["hit", "negative_hit", "stale", "miss", "coalesced", "error", "rate_limited"];
+
+/// One index label's metric handles, looked up once per request instead of one label lookup
+/// (hash of the label values, read lock, map lookup) per counter.
+pub struct IndexMetrics {
+    label: Box<str>,
+    requests_vec: IntCounterVec,
+    bytes_vec: IntCounterVec,
+    tiers_vec: IntCounterVec,
+    requests: [OnceLock<IntCounter>; RESULTS.len()],
+    bytes: [OnceLock<IntCounter>; RESULTS.len()],
+    tiers: [OnceLock<IntCounter>; 3],
+}
+
+impl IndexMetrics {
+    fn new(label: &str, m: &Metrics) -> IndexMetrics {
+        Self::with_vecs(label, &m.requests, &m.bytes_served, &m.hits_by_tier)
+    }
+
+    fn with_vecs(label: &str, requests: &IntCounterVec, bytes: &IntCounterVec, tiers: &IntCounterVec) -> Self {
+        IndexMetrics {
+            label: label.into(),
+            requests_vec: requests.clone(),
+            bytes_vec: bytes.clone(),
+            tiers_vec: tiers.clone(),
+            requests: Default::default(),
+            bytes: Default::default(),
+            tiers: Default::default(),
+        }
+    }
+
+    /// The label (the index, or `_other`).
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Counts a request in `tile_proxy_requests_total{index, cache}`.
+    pub fn count_request(&self, cache: &'static str) {
+        match RESULTS.iter().position(|r| *r == cache) {
+            Some(i) => {
+                self.requests[i].get_or_init(|| self.requests_vec.with_label_values(&[&self.label, cache])).inc()
+            }
+            None => self.requests_vec.with_label_values(&[&self.label, cache]).inc(),
+        }
+    }
+
+    /// `tile_proxy_bytes_served_total{index, cache}`.
+    pub fn bytes(&self, cache: &'static str) -> IntCounter {
+        match RESULTS.iter().position(|r| *r == cache) {
+            Some(i) => self.bytes[i].get_or_init(|| self.bytes_vec.with_label_values(&[&self.label, cache])).clone(),
+            None => self.bytes_vec.with_label_values(&[&self.label, cache]),
+        }
+    }
+
+    /// Counts a hit in `tile_proxy_cache_hits_total{index, tier}`.
+    pub fn count_hit(&self, tier: HitSource) {
+        let slot = match tier {
+            HitSource::Memory => 0,
+            HitSource::Disk => 1,
+            HitSource::Remote => 2,
+        };
+        self.tiers[slot].get_or_init(|| self.tiers_vec.with_label_values(&[&self.label, tier.as_str()])).inc();
+    }
 }
 
 impl Metrics {
@@ -121,13 +194,15 @@ impl Metrics {
         for api in ["raster", "vector"] {
             breaker_open.with_label_values(&[api]).set(0);
         }
+        let requests =
+            counter(registry, "tile_proxy_requests_total", "Tile requests by cache result", &["index", "cache"])?;
+        let bytes_served =
+            counter(registry, "tile_proxy_bytes_served_total", "Body bytes served to clients", &["index", "cache"])?;
+        let hits_by_tier = counter(registry, "tile_proxy_cache_hits_total", "Cache hits by tier", &["index", "tier"])?;
+        // Registered in every registry made (tests make several): one process-wide count.
+        let _ = registry.register(Box::new(crate::access_log::dropped_counter().clone()));
         let metrics = Metrics {
-            requests: counter(
-                registry,
-                "tile_proxy_requests_total",
-                "Tile requests by cache result",
-                &["index", "cache"],
-            )?,
+            requests: requests.clone(),
             upstream_requests: counter(
                 registry,
                 "tile_proxy_upstream_requests_total",
@@ -136,13 +211,8 @@ impl Metrics {
             )?,
             upstream_latency,
             upstream_retries: counter(registry, "tile_proxy_upstream_retries_total", "Upstream retries", &["index"])?,
-            bytes_served: counter(
-                registry,
-                "tile_proxy_bytes_served_total",
-                "Body bytes served to clients",
-                &["index", "cache"],
-            )?,
-            hits_by_tier: counter(registry, "tile_proxy_cache_hits_total", "Cache hits by tier", &["index", "tier"])?,
+            bytes_served: bytes_served.clone(),
+            hits_by_tier: hits_by_tier.clone(),
             inserts: counter(registry, "tile_proxy_cache_inserts_total", "Entries stored", &["index"])?,
             not_stored: counter(
                 registry,
@@ -222,9 +292,16 @@ impl Metrics {
                 "Body bytes of answers sent compressed, before (identity) and after (encoded)",
                 &["encoding", "body"],
             )?,
-            known: RwLock::new(configured.into_iter().collect()),
+            indices: RwLock::default(),
+            other: Arc::new(IndexMetrics::with_vecs(OTHER_INDEX, &requests, &bytes_served, &hits_by_tier)),
             max_indices,
         };
+        if let Ok(mut indices) = metrics.indices.write() {
+            for index in configured {
+                let m = Arc::new(IndexMetrics::new(&index, &metrics));
+                indices.insert(index.into(), m);
+            }
+        }
         for api in ["raster", "vector"] {
             metrics.cap_busy.with_label_values(&[api]);
         }
@@ -250,20 +327,37 @@ impl Metrics {
 
     /// The label to use for `index`: itself while under the cardinality limit, else `_other`.
     pub fn index_label<'a>(&self, index: &'a str) -> &'a str {
-        if let Ok(known) = self.known.read() {
-            if known.contains(index) {
-                return index;
+        if Arc::ptr_eq(&self.index(index), &self.other) {
+            OTHER_INDEX
+        } else {
+            index
+        }
+    }
+
+    /// The metric handles of `index`'s label: its own while under the cardinality limit (or
+    /// configured), else `_other`'s.
+    pub fn index(&self, index: &str) -> Arc<IndexMetrics> {
+        if let Ok(indices) = self.indices.read() {
+            if let Some(m) = indices.get(index) {
+                return m.clone();
             }
-            if known.len() >= self.max_indices {
-                return OTHER_INDEX;
+            if indices.len() >= self.max_indices {
+                return self.other.clone();
             }
         }
-        match self.known.write() {
-            Ok(mut known) if known.len() < self.max_indices || known.contains(index) => {
-                known.insert(index.to_string());
-                index
+        match self.indices.write() {
+            Ok(mut indices) => {
+                if let Some(m) = indices.get(index) {
+                    return m.clone();
+                }
+                if indices.len() >= self.max_indices {
+                    return self.other.clone();
+                }
+                let m = Arc::new(IndexMetrics::new(index, self));
+                indices.insert(index.into(), m.clone());
+                m
             }
-            _ => OTHER_INDEX,
+            Err(_) => self.other.clone(),
         }
     }
 }
@@ -279,5 +373,15 @@ mod tests {
         assert_eq!(m.index_label("a"), "a");
         assert_eq!(m.index_label("b"), OTHER_INDEX);
         assert_eq!(m.index_label("a"), "a");
+        assert_eq!(m.index("zzz").label(), OTHER_INDEX);
+        assert!(Arc::ptr_eq(&m.index("a"), &m.index("a")), "resolved once");
+        m.index("a").count_request("hit");
+        m.index("a").count_request("invalid");
+        m.index("a").bytes("hit").inc_by(7);
+        m.index("a").count_hit(HitSource::Disk);
+        assert_eq!(m.requests.with_label_values(&["a", "hit"]).get(), 1);
+        assert_eq!(m.requests.with_label_values(&["a", "invalid"]).get(), 1);
+        assert_eq!(m.bytes_served.with_label_values(&["a", "hit"]).get(), 7);
+        assert_eq!(m.hits_by_tier.with_label_values(&["a", "disk"]).get(), 1);
     }
 }

@@ -12,13 +12,19 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use futures_util::StreamExt;
 
+use crate::access_log::{self, TileId};
 use crate::compress::{self, Representation};
 use crate::config::UnknownIndices;
 use crate::error::ProxyError;
 use crate::freshness;
+use crate::metrics::IndexMetrics;
 use crate::routes::{self, ParseOptions};
 use crate::service::{Answer, Body, TileService};
-use crate::telemetry;
+
+/// Header names of every tile answer, made once.
+const X_CACHE: header::HeaderName = header::HeaderName::from_static("x-cache");
+const X_CACHE_TIER: header::HeaderName = header::HeaderName::from_static("x-cache-tier");
+const X_CACHE_REASON: header::HeaderName = header::HeaderName::from_static("x-cache-reason");
 
 /// GET/HEAD on every tile route.
 pub async fn tile(req: HttpRequest, service: web::Data<TileService>, client: web::Data<awc::Client>) -> HttpResponse {
@@ -41,36 +47,36 @@ pub async fn tile(req: HttpRequest, service: web::Data<TileService>, client: web
             };
         }
         Err(e) => {
-            telemetry::note(&req, |a| a.cache = "invalid");
+            access_log::note(&req, |a| a.cache = "invalid");
             state.metrics.requests.with_label_values(&["_invalid", "invalid"]).inc();
             return ProxyError::BadRequest(e).response();
         }
     };
     if state.settings.unknown_indices == UnknownIndices::Reject && !state.settings.policies.contains_key(&t.index) {
-        telemetry::note(&req, |a| a.cache = "invalid");
+        access_log::note(&req, |a| a.cache = "invalid");
         state.metrics.requests.with_label_values(&["_invalid", "unknown_index"]).inc();
         return ProxyError::UnknownIndex.response();
     }
-    let index: &str = state.metrics.index_label(&t.index);
-    telemetry::note(&req, |a| {
-        a.index = index.to_string();
-        a.tile = format!("{}/{}/{}", t.api.as_str(), t.resource, t.zxy());
+    let index = state.metrics.index(&t.index);
+    access_log::note(&req, |a| {
+        a.index = Some(index.clone());
+        a.tile = Some(TileId { api: t.api.as_str(), resource: t.resource, z: t.z, x: t.x, y: t.y });
     });
     let policy = state.settings.policy(&t.index);
     let mut limited = None;
     if let Some(rate) = policy.rate_limit {
         if let Some(ip) = crate::client_ip::of_request(&req, &state.settings.trusted_proxies) {
-            limited = state.protect.clients.check(ip, index, rate).await;
+            limited = state.protect.clients.check(ip, index.label(), rate).await;
             if let Some(v) = limited.filter(|v| !v.allowed) {
-                telemetry::note(&req, |a| a.cache = "rate_limited");
-                state.metrics.requests.with_label_values(&[index, "rate_limited"]).inc();
+                access_log::note(&req, |a| a.cache = "rate_limited");
+                index.count_request("rate_limited");
                 let mut res = ProxyError::TooManyRequests { retry_after_secs: v.reset_secs }.response();
                 v.headers(res.headers_mut());
                 return res;
             }
         }
     }
-    let mut res = answer(&req, &service, &client, &t, index, policy).await;
+    let mut res = answer(&req, &service, &client, &t, &index, policy).await;
     if let Some(v) = limited {
         v.headers(res.headers_mut());
     }
@@ -83,21 +89,20 @@ async fn answer(
     service: &TileService,
     client: &awc::Client,
     t: &routes::TileRequest,
-    index: &str,
+    index: &IndexMetrics,
     policy: &crate::config::Policy,
 ) -> HttpResponse {
     let state = service.state();
-    match service.serve(client, t, index).await {
+    match service.serve(client, t, index.label()).await {
         Ok(answer) => {
-            telemetry::note(req, |a| a.cache = answer.label);
-            let m = &state.metrics;
-            m.requests.with_label_values(&[index, answer.label]).inc();
+            access_log::note(req, |a| a.cache = answer.label);
+            index.count_request(answer.label);
             if let Some(source) = answer.source {
                 if answer.label != "stale" {
-                    m.hits_by_tier.with_label_values(&[index, source.as_str()]).inc();
+                    index.count_hit(source);
                 }
             }
-            let bytes = m.bytes_served.with_label_values(&[index, answer.label]);
+            let bytes = index.bytes(answer.label);
             let tags = state.settings.surrogate_keys.then(|| crate::purge::surrogate_keys(&t.index, t.z, t.x, t.y));
             let rep =
                 compress::tile_representation(&state.settings, &answer.meta, answer.content_length, req.headers());
@@ -121,8 +126,8 @@ async fn answer(
             res
         }
         Err(failure) => {
-            telemetry::note(req, |a| a.cache = "error");
-            state.metrics.requests.with_label_values(&[index, "error"]).inc();
+            access_log::note(req, |a| a.cache = "error");
+            index.count_request("error");
             ProxyError::Upstream(failure).response()
         }
     }
@@ -208,9 +213,9 @@ pub fn response_head(
 ) -> HttpResponseBuilder {
     let meta = &answer.meta;
     let mut b = HttpResponse::build(StatusCode::from_u16(meta.status).unwrap_or(StatusCode::BAD_GATEWAY));
-    b.insert_header(("X-Cache", answer.x_cache));
+    b.insert_header((X_CACHE, HeaderValue::from_static(answer.x_cache)));
     if let (Some(source), "HIT" | "STALE") = (answer.source, answer.x_cache) {
-        b.insert_header(("X-Cache-Tier", source.as_str()));
+        b.insert_header((X_CACHE_TIER, HeaderValue::from_static(source.as_str())));
     }
     b.insert_header((header::AGE, meta.age_secs(now)));
     b.insert_header((header::CACHE_CONTROL, freshness::client_cache_control(policy, answer.lifetime)));
@@ -229,9 +234,9 @@ pub fn response_head(
         b.insert_header((header::VARY, HeaderValue::from_static("Accept-Encoding")));
     }
     if let Some(r) = answer.reason {
-        b.insert_header(("X-Cache-Reason", r));
+        b.insert_header((X_CACHE_REASON, HeaderValue::from_static(r)));
         let warning = if r == "revalidating" { "110 - \"Response is Stale\"" } else { "111 - \"Revalidation Failed\"" };
-        b.insert_header((header::WARNING, warning));
+        b.insert_header((header::WARNING, HeaderValue::from_static(warning)));
     }
     b
 }

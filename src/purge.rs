@@ -342,10 +342,10 @@ struct Inner {
 
 /// FNV-1a: the maps above are keyed by short strings an operator made, hashed on the hot path;
 /// SipHash's flooding resistance buys nothing there and costs a few hundred instructions a hit.
-type Fnv = std::hash::BuildHasherDefault<FnvHasher>;
+pub(crate) type Fnv = std::hash::BuildHasherDefault<FnvHasher>;
 
 #[derive(Debug, Default)]
-struct FnvHasher(u64);
+pub(crate) struct FnvHasher(u64);
 
 impl std::hash::Hasher for FnvHasher {
     fn finish(&self) -> u64 {

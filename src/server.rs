@@ -9,7 +9,6 @@ use actix_cors::Cors;
 use actix_web::http::header;
 use actix_web::{web, App, HttpServer};
 use actix_web_prom::PrometheusMetricsBuilder;
-use tracing_actix_web::TracingLogger;
 
 use crate::admin;
 use crate::cache::{lock_dir, DirLock, FoyerOptions, FoyerTier, LockError, Tier, TileCache};
@@ -24,7 +23,6 @@ use crate::purge_api;
 use crate::service::TileService;
 use crate::shared::{self, lease::FleetFill, lease::Waiters, tier::RedisTier, Redis};
 use crate::state::AppState;
-use crate::telemetry::TileSpan;
 use crate::upstream::{self, UpstreamConfig};
 
 /// Why the server could not start.
@@ -247,7 +245,7 @@ fn serve(
             .app_data(client)
             .wrap(cors(&origins))
             .wrap(prom.clone())
-            .wrap(TracingLogger::<TileSpan>::new())
+            .wrap(crate::access_log::AccessLogging)
             .route("/live", web::get().to(admin::live))
             .route("/ready", web::get().to(admin::ready))
             .route("/health", web::get().to(admin::health))

@@ -31,7 +31,6 @@ fn spawn(up: &Upstream, dir: &std::path::Path) -> Proc {
 fn spawn_with(up: &Upstream, dir: &std::path::Path, extra_env: &[(&str, &str)]) -> Proc {
     let mut child = Command::new(BIN)
         .env_clear()
-        .envs(extra_env.iter().copied())
         .env("HERE_API_KEY", KEY)
         .env("TILE_PROXY_LISTEN", "127.0.0.1:0")
         .env("TILE_PROXY_RASTER_UPSTREAM", up.base_url())
@@ -42,6 +41,7 @@ fn spawn_with(up: &Upstream, dir: &std::path::Path, extra_env: &[(&str, &str)]) 
         .env("TILE_PROXY_WORKERS", "2")
         // Even at debug level the key must not leak.
         .env("RUST_LOG", "debug")
+        .envs(extra_env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -135,11 +135,7 @@ fn sigterm_drains_closes_the_cache_and_a_restart_serves_from_disk_without_leakin
     logs.extend(p.terminate());
 
     // One JSON line per request with the fields operators need.
-    let request_lines: Vec<serde_json::Value> = logs
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["target"] == "tile_proxy::access" && v["message"] == "request")
-        .collect();
+    let request_lines = access_lines(&logs);
     let tile_line = request_lines
         .iter()
         .find(|v| v["path"] == "/here-proxy/mc/5/15/13/png" && v["cache"] == "miss")
@@ -160,6 +156,60 @@ fn sigterm_drains_closes_the_cache_and_a_restart_serves_from_disk_without_leakin
     let everything = logs.join("\n") + &String::from_utf8_lossy(&metrics);
     assert!(!everything.contains(KEY), "server key leaked");
     assert!(!everything.contains("CLIENTKEY9"), "client key leaked");
+}
+
+/// The access lines of a process's output so far.
+fn access_lines(lines: &[String]) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "tile_proxy::access" && v["message"] == "request")
+        .collect()
+}
+
+#[test]
+fn access_lines_are_flushed_while_running_sampled_on_request_and_can_be_turned_off() {
+    let up = upstream_12k();
+    let tile = "/v3/base/mc/4/1/1/png";
+
+    // Buffered, but a line waits at most access_log_flush: it shows up while the proxy runs.
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn_with(&up, dir.path(), &[("TILE_PROXY_ACCESS_LOG_FLUSH", "100ms")]);
+    assert_eq!(p.get(tile).0, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = access_lines(&p.lines.lock().unwrap());
+        if seen.iter().any(|v| v["path"] == tile && v["cache"] == "miss") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the line was never flushed: {seen:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (_, _, metrics) = p.get("/metrics");
+    assert!(String::from_utf8_lossy(&metrics).contains("tile_proxy_access_log_dropped_total 0"));
+    p.terminate();
+
+    // One request in 4 (per worker: one worker here), and every answer of 400 or more.
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn_with(&up, dir.path(), &[("TILE_PROXY_ACCESS_LOG_SAMPLE", "4"), ("TILE_PROXY_WORKERS", "1")]);
+    for _ in 0..8 {
+        assert_eq!(p.get(tile).0, 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(p.get("/v3/base/mc/4/1/99/png").0, 400);
+    }
+    let seen = access_lines(&p.terminate());
+    let ok = seen.iter().filter(|v| v["path"] == tile && v["status"] == 200).count();
+    let bad = seen.iter().filter(|v| v["status"] == 400).count();
+    assert_eq!((ok, bad), (2, 3), "{seen:#?}");
+
+    // Off: no access line, the other logs still there.
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn_with(&up, dir.path(), &[("TILE_PROXY_ACCESS_LOG", "false")]);
+    assert_eq!(p.get(tile).0, 200);
+    let lines = p.terminate();
+    assert_eq!(access_lines(&lines).len(), 0, "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains("cache closed")));
 }
 
 #[test]
@@ -329,6 +379,10 @@ fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it() {
         ),
         ("trusted_proxies", ("10.0.0.0/8, ::1/128".into(), toml::Value::Array(vec![s("10.0.0.0/8"), s("::1/128")]))),
         ("log_format", same("text")),
+        ("access_log", ("false".into(), toml::Value::Boolean(false))),
+        ("access_log_sample", ("10".into(), n(10))),
+        ("access_log_buffer", same("128KiB")),
+        ("access_log_flush", same("250ms")),
         ("metrics_max_indices", ("42".into(), n(42))),
         ("shutdown_timeout", same("3s")),
         ("drain_delay", same("1500ms")),

@@ -220,6 +220,16 @@ pub struct FileConfig {
     #[serde(deserialize_with = "units::list")]
     pub trusted_proxies: Vec<String>,
     pub log_format: String,
+    /// One access line per request (also off when `RUST_LOG` turns `tile_proxy::access` off).
+    pub access_log: bool,
+    /// Log one request in N (every answer with status >= 400 is logged whatever N is).
+    pub access_log_sample: u32,
+    /// Access lines gathered before one write to stdout.
+    #[serde(with = "units::size")]
+    pub access_log_buffer: ByteSize,
+    /// Longest an access line waits in that buffer.
+    #[serde(with = "units::duration")]
+    pub access_log_flush: Duration,
     /// Distinct index labels kept in metrics before the rest are folded into `_other`.
     pub metrics_max_indices: usize,
     /// How long in-flight requests may take to finish on shutdown.
@@ -302,6 +312,10 @@ impl Default for FileConfig {
             cors_origins: vec!["*".into()],
             trusted_proxies: Vec::new(),
             log_format: "json".into(),
+            access_log: true,
+            access_log_sample: 1,
+            access_log_buffer: ByteSize::kib(64),
+            access_log_flush: Duration::from_secs(1),
             metrics_max_indices: 500,
             shutdown_timeout: Duration::from_secs(10),
             drain_delay: Duration::ZERO,
@@ -588,6 +602,8 @@ pub struct Settings {
     pub reject_unknown_params: bool,
     pub cors_origins: Vec<String>,
     pub log_json: bool,
+    /// The access log; `None`: off.
+    pub access_log: Option<crate::access_log::Config>,
     pub metrics_max_indices: usize,
     pub shutdown_timeout: Duration,
     pub drain_delay: Duration,
@@ -644,6 +660,7 @@ impl std::fmt::Debug for Settings {
             .field("cors_origins", &self.cors_origins)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("log_json", &self.log_json)
+            .field("access_log", &self.access_log)
             .field("metrics_max_indices", &self.metrics_max_indices)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("drain_delay", &self.drain_delay)
@@ -855,6 +872,18 @@ fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings, Vec<Probl
             true
         }
     };
+    c.count(&["access_log_sample"], file.access_log_sample, 1, 1_000_000);
+    let access_log_buffer = c.size(&["access_log_buffer"], file.access_log_buffer, ByteSize::b(0), ByteSize::mib(16));
+    let access_log_flush = c.duration(&["access_log_flush"], file.access_log_flush, Duration::from_secs(60));
+    if access_log_flush < Duration::from_millis(10) {
+        c.push(&["access_log_flush"], "must be at least 10ms");
+    }
+    let access_log = file.access_log.then_some(crate::access_log::Config {
+        json: log_json,
+        sample: file.access_log_sample.max(1),
+        buffer: access_log_buffer,
+        flush: access_log_flush.max(Duration::from_millis(10)),
+    });
     for origin in &file.cors_origins {
         if origin != "*" && !is_origin(origin) {
             c.push(
@@ -972,6 +1001,7 @@ fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings, Vec<Probl
         reject_unknown_params: file.reject_unknown_params,
         cors_origins: file.cors_origins.clone(),
         log_json,
+        access_log,
         metrics_max_indices: file.metrics_max_indices,
         shutdown_timeout,
         drain_delay,
