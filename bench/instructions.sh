@@ -14,7 +14,7 @@
 # of the check, local or with REDIS=1 in Redis), LOG=1 (tile-proxy's default logging, one access line
 # per request, instead of RUST_LOG=warn; the log writer thread's instructions count too). Needs valgrind
 # and curl (apt-get install valgrind curl). KEEP=DIR keeps the callgrind files (DIR/<target name>/)
-# for callgrind_annotate.
+# for callgrind_annotate. PROXY_ENV="NAME=value ..." adds settings (e.g. TILE_PROXY_ACCESS_LOG_SAMPLE=10).
 #
 #   bench/instructions.sh; REDIS=1 bench/instructions.sh; REDIS=1 RULES=100 bench/instructions.sh
 #   LIMIT=1 bench/instructions.sh; REDIS=1 LIMIT=1 bench/instructions.sh
@@ -48,6 +48,8 @@ measure() {
     fi
     [ "$LIMIT" = 1 ] && redis_env+=(TILE_PROXY_DEFAULTS__RATE_LIMIT=1000000)
     [ "$LOG" = 1 ] || redis_env+=(RUST_LOG=warn)
+    # shellcheck disable=SC2206 # PROXY_ENV is a list of NAME=value words on purpose
+    [ -z "${PROXY_ENV:-}" ] || redis_env+=($PROXY_ENV)
     "$target/release/test-upstream" --listen "127.0.0.1:$up_port" --key k --min-size "$SIZE" --max-size "$SIZE" \
         >"$tmp/upstream.log" 2>&1 &
     up=$!
