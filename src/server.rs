@@ -266,6 +266,9 @@ fn serve(
             .default_service(web::to(proxy::tile))
     })
     .workers(settings.workers)
+    // A streamed miss ends with a small write; with Nagle's algorithm it waits for the client's
+    // delayed ACK (~40 ms on Linux). Tiles are whole answers: send every write at once.
+    .tcp_nodelay(true)
     .disable_signals()
     .shutdown_timeout(settings.shutdown_timeout.as_secs().max(1));
     let server = server.bind(settings.listen).map_err(|source| StartError::Bind { addr: settings.listen, source })?;
