@@ -228,7 +228,8 @@ warm() { # name base-url
     timeout 300 taskset -c "$LOAD_CPU" curl -s --parallel --parallel-max 8 --max-time 30 \
         -w '%{http_code} %{size_download}\n' -K "$cfg" >"$TMP/warm-$name.codes" 2>"$TMP/warm-$name.err" || true
     ok="$(grep -c '^200 ' "$TMP/warm-$name.codes" || true)"
-    [ "$ok" -eq "$TILES" ] || die "warming $name: $ok of $TILES requests answered 200"
+    [ "$ok" -eq "$TILES" ] || die "warming $name: $ok of $TILES requests answered 200 (status x count:" \
+        "$(awk '{ n[$1]++ } END { for (c in n) printf " %s x%d", c, n[c] }' "$TMP/warm-$name.codes"); 000 = no answer)"
     awk '$1 == 200 { s += $2 } END { printf "%d\n", s }' "$TMP/warm-$name.codes" >"$TMP/warm-$name.bytes"
 }
 
