@@ -89,10 +89,15 @@ cleanup() {
 }
 
 # A port nothing listens on (checked by connecting; loopback only), other than the ones given.
+# Taken below the kernel's ephemeral range (ip_local_port_range) when there is room: a port in
+# that range may be the local end of one of wrk's or curl's connections, and then a server's
+# bind fails with "Address already in use" although nothing listens there.
 free_port() { # [port-to-avoid...]
-    local p _ q taken
+    local p _ q taken lo=32768 base=20000 span=30000
+    read -r lo _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+    if [ "$lo" -gt 12000 ]; then base=10000 span=$((lo - 10000)); fi
     for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 30000))
+        p=$((base + RANDOM % span))
         taken=0
         for q in "$@"; do [ "$q" = "$p" ] && taken=1; done
         [ "$taken" = 0 ] || continue
