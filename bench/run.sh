@@ -192,6 +192,17 @@ check_same_bodies() { # url-a url-b
     echo "$n"
 }
 
+# X-Cache-Tier of 1 in 20 tiles: "disk-count memory-count other-count".
+tier_sample() { # url
+    local path d=0 m=0 o=0 tier
+    while read -r path; do
+        tier="$(curl -s --max-time 5 -o /dev/null -D - "$1$path" | tr -d '\r' |
+            awk -F': *' 'tolower($1) == "x-cache-tier" { print tolower($2) }')"
+        case "$tier" in disk) d=$((d + 1)) ;; memory) m=$((m + 1)) ;; *) o=$((o + 1)) ;; esac
+    done < <(awk -v s="$(((TILES + 19) / 20))" '(NR - 1) % s == 0' "$TILES_FILE")
+    echo "$d $m $o"
+}
+
 # Access lines in a log: tile-proxy's (target tile_proxy::access) and nginx's bench_json lines.
 access_lines() { grep -cE 'tile_proxy::access|"message": ?"request"' "$1" || true; }
 
@@ -328,6 +339,13 @@ hit_scenario() { # mem-quiet | mem-logged | disk
             up1="$up2"
         done
     fi
+    local tiers="" td tm to
+    if [ "$SCEN" = disk ]; then
+        # before check_hits: a disk hit may be promoted to the memory tier
+        read -r td tm to < <(tier_sample "$PROXY_URL")
+        tiers="X-Cache-Tier of 1 in 20 tiles after warming: disk $td, memory $tm, other $to"
+        log "$SCEN: $tiers"
+    fi
     sampled="$(check_hits "$SCEN tile-proxy" "$PROXY_URL")"
     up1="$(upstream_total)"
     warm "$SCEN-nginx" "$NGINX_URL"
@@ -397,6 +415,7 @@ hit_scenario() { # mem-quiet | mem-logged | disk
             echo "  tile-proxy hits by tier during measurement (tile_proxy_cache_hits_total): disk $disk_hits, memory $mem_hits" \
                 "($(awk -v d="$disk_hits" -v m="$mem_hits" 'BEGIN { if (d + m) printf "%.0f%% disk", 100 * d / (d + m); else print "none" }'));" \
                 "warm passes $passes"
+            echo "  $tiers"
         fi
         echo
         print_header
@@ -436,6 +455,7 @@ hit_scenario() { # mem-quiet | mem-logged | disk
     [ "$up_during" -eq 0 ] || die "$SCEN: upstream saw $up_during requests during measurement: not every request was a hit"
     if [ "$SCEN" = disk ]; then
         [ "$disk_hits" -gt 0 ] || die "$SCEN: no disk-tier hit during measurement"
+        [ "$td" -gt 0 ] || die "$SCEN: no sampled tile answered X-Cache-Tier: disk ($tiers)"
         [ "$disk_hits" -ge "$mem_hits" ] ||
             echo "WARNING: $SCEN: only $disk_hits of $((disk_hits + mem_hits)) hits came from the disk tier" >&2
     fi
