@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Helpers shared by bench/run.sh and bench/redis.sh. Source it (after `set -euo pipefail`), do not
 # run it. Nothing here starts a process or touches a file until a function is called.
 #
@@ -31,15 +32,20 @@ apt_install() { # package...
     fi
 }
 
-# cargo build of both binaries into TARGET_DIR (unless SKIP_BUILD=1); sets PROXY_BIN, UPSTREAM_BIN.
+# cargo build of the binaries into TARGET_DIR (unless SKIP_BUILD=1); sets PROXY_BIN, UPSTREAM_BIN
+# and, with BUILD_CEILING=1, CEILING_BIN (bench/ceiling, the bare actix-web server).
 build_binaries() {
+    local pkgs=(-p tile-proxy -p test-upstream)
+    [ "${BUILD_CEILING:-0}" != 1 ] || pkgs+=(-p bench-ceiling)
     if [ "$SKIP_BUILD" != 1 ]; then
-        log "cargo build --release --bins -p tile-proxy -p test-upstream (target dir $TARGET_DIR)"
-        (cd "$REPO_ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release --bins -p tile-proxy -p test-upstream)
+        log "cargo build --release --locked --bins ${pkgs[*]} (target dir $TARGET_DIR)"
+        (cd "$REPO_ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release --locked --bins "${pkgs[@]}")
     fi
     PROXY_BIN="$TARGET_DIR/release/tile-proxy"
     UPSTREAM_BIN="$TARGET_DIR/release/test-upstream"
+    CEILING_BIN="$TARGET_DIR/release/bench-ceiling"
     [ -x "$PROXY_BIN" ] && [ -x "$UPSTREAM_BIN" ] || die "binaries not found in $TARGET_DIR/release (build first, or set TARGET_DIR)"
+    [ "${BUILD_CEILING:-0}" != 1 ] || [ -x "$CEILING_BIN" ] || die "bench-ceiling not found in $TARGET_DIR/release"
 }
 
 # ---- process bookkeeping and cleanup ---------------------------------------------------------
@@ -59,9 +65,9 @@ cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
-    local pid alive i f
+    local pid alive _ f
     for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-    for i in $(seq 50); do
+    for _ in $(seq 50); do
         alive=0
         for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
         [ "$alive" = 0 ] && break
@@ -83,10 +89,15 @@ cleanup() {
 }
 
 # A port nothing listens on (checked by connecting; loopback only), other than the ones given.
+# Taken below the kernel's ephemeral range (ip_local_port_range) when there is room: a port in
+# that range may be the local end of one of wrk's or curl's connections, and then a server's
+# bind fails with "Address already in use" although nothing listens there.
 free_port() { # [port-to-avoid...]
-    local p _ q taken
+    local p _ q taken lo=32768 base=20000 span=30000
+    read -r lo _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+    if [ "$lo" -gt 12000 ]; then base=10000 span=$((lo - 10000)); fi
     for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 30000))
+        p=$((base + RANDOM % span))
         taken=0
         for q in "$@"; do [ "$q" = "$p" ] && taken=1; done
         [ "$taken" = 0 ] || continue
@@ -96,8 +107,8 @@ free_port() { # [port-to-avoid...]
 }
 
 wait_ready() { # name pid url
-    local i
-    for i in $(seq 300); do
+    local _
+    for _ in $(seq 300); do
         kill -0 "$2" 2>/dev/null || die "$1 exited during startup"
         curl -sf -o /dev/null --max-time 1 "$3" && return 0
         sleep 0.2
@@ -122,6 +133,7 @@ start_upstream() { # key min-size max-size
         sleep 0.1
     done
     [ -n "$UPSTREAM_URL" ] || die "test-upstream did not print its address"
+    # shellcheck disable=SC2034 # for the caller
     UPSTREAM_PORT="${UPSTREAM_URL##*:}"
     wait_ready test-upstream "$UPSTREAM_PID" "$UPSTREAM_URL/__stats"
 }
@@ -132,14 +144,56 @@ upstream_total() { # -> requests the upstream has answered so far
 
 # ---- CPU accounting --------------------------------------------------------------------------
 CLK_TCK="$(getconf CLK_TCK)"
-# CPU ticks (user+sys, 1/CLK_TCK s) used so far by the given processes (all their threads).
+# Every pid of the process trees rooted at the given pids (nginx: master, workers, cache manager
+# and loader), each once.
+tree_pids() { # pid...
+    local queue=("$@") seen=" " p c
+    while [ "${#queue[@]}" -gt 0 ]; do
+        p="${queue[0]}"
+        queue=("${queue[@]:1}")
+        case "$seen" in *" $p "*) continue ;; esac
+        [ -d "/proc/$p" ] || continue
+        seen="$seen$p "
+        for c in $(cat /proc/"$p"/task/*/children 2>/dev/null || pgrep -P "$p" 2>/dev/null || true); do
+            queue+=("$c")
+        done
+    done
+    echo "$seen"
+}
+
+# CPU ticks (user+sys, 1/CLK_TCK s) used so far by the given process trees (all threads, also
+# the ones that have exited).
 cpu_ticks() { # pid...
     local total=0 p t
-    for p in "$@"; do
+    for p in $(tree_pids "$@"); do
         t="$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null || echo 0)"
         total=$((total + t))
     done
     echo "$total"
+}
+
+# One line "tid ns" per thread of the given process trees: nanoseconds on CPU so far, from
+# /proc/PID/task/TID/schedstat (first field), or from the thread's stat ticks where the kernel
+# has no schedstat. Threads are read with grep, which skips one that exits while being read.
+cpu_threads() { # pid...
+    local p
+    for p in $(tree_pids "$@"); do
+        if [ -r "/proc/$p/task/$p/schedstat" ]; then
+            { grep -H '' /proc/"$p"/task/*/schedstat 2>/dev/null || true; } | awk -F'[/: ]' '{ print $5, $7 }'
+        else
+            { grep -H '' /proc/"$p"/task/*/stat 2>/dev/null || true; } | awk -v tck="$CLK_TCK" '{
+                split($0, a, "/"); tid = a[5]; sub(/^.*\) /, "")
+                printf "%s %.0f\n", tid, ($12 + $13) * 1e9 / tck }'
+        fi
+    done
+}
+
+# CPU ns used between two cpu_threads snapshots, and how many threads exited in between (their
+# time after the first snapshot is lost: a high count makes the figure a lower bound).
+cpu_delta() { # before-file after-file -> "ns exited"
+    awk 'FILENAME == ARGV[1] { b[$1] = $2; next }
+         { seen[$1] = 1; d += $2 - (($1 in b) ? b[$1] : 0) }
+         END { x = 0; for (t in b) if (!(t in seen)) x++; printf "%.0f %d\n", d, x }' "$1" "$2"
 }
 
 # "busy total steal" jiffies of one core, from /proc/stat (busy excludes idle and iowait).
@@ -170,25 +224,28 @@ make_tiles() {
     export TILES_FILE
 }
 
-# Requests every tile once (curl on LOAD_CPU, 8 in parallel); every answer must be 200.
+# Requests every tile once (curl on LOAD_CPU, 8 in parallel); every answer must be 200. Leaves
+# the body bytes received in $TMP/warm-NAME.bytes.
 warm() { # name base-url
     local name="$1" base="$2" cfg="$TMP/warm-$1.curl" ok
     awk -v base="$base" '{ printf "url = \"%s%s\"\noutput = \"/dev/null\"\n", base, $0 }' \
         "$TILES_FILE" >"$cfg"
     timeout 300 taskset -c "$LOAD_CPU" curl -s --parallel --parallel-max 8 --max-time 30 \
-        -w '%{http_code}\n' -K "$cfg" >"$TMP/warm-$name.codes" 2>"$TMP/warm-$name.err" || true
-    ok="$(grep -c '^200$' "$TMP/warm-$name.codes" || true)"
-    [ "$ok" -eq "$TILES" ] || die "warming $name: $ok of $TILES requests answered 200"
+        -w '%{http_code} %{size_download}\n' -K "$cfg" >"$TMP/warm-$name.codes" 2>"$TMP/warm-$name.err" || true
+    ok="$(grep -c '^200 ' "$TMP/warm-$name.codes" || true)"
+    [ "$ok" -eq "$TILES" ] || die "warming $name: $ok of $TILES requests answered 200 (status x count:" \
+        "$(awk '{ n[$1]++ } END { for (c in n) printf " %s x%d", c, n[c] }' "$TMP/warm-$name.codes"); 000 = no answer)"
+    awk '$1 == 200 { s += $2 } END { printf "%d\n", s }' "$TMP/warm-$name.codes" >"$TMP/warm-$name.bytes"
 }
 
 # Every 1/20th tile must answer X-Cache: HIT (and, if a tier is given, X-Cache-Tier: that tier);
 # prints how many tiles were sampled.
 check_hits() { # name base-url [tier]
-    local name="$1" base="$2" tier="${3:-}" step path n=0 hits=0 try hdr
+    local name="$1" base="$2" tier="${3:-}" step path n=0 hits=0 _ hdr
     step=$(((TILES + 19) / 20))
     while read -r path; do
         n=$((n + 1))
-        for try in 1 2 3 4 5; do
+        for _ in 1 2 3 4 5; do
             hdr="$(curl -s --max-time 5 -o /dev/null -D - "$base$path" | tr -d '\r' || true)"
             if grep -qi '^x-cache: *HIT$' <<<"$hdr" &&
                 { [ -z "$tier" ] || grep -qi "^x-cache-tier: *$tier\$" <<<"$hdr"; }; then
@@ -213,24 +270,28 @@ to_mib() { awk -v v="$1" 'BEGIN { n = v + 0
     else if (v ~ /B$/) n /= 1048576
     printf "%.2f", n }'; }
 
-# One wrk run (wrk on LOAD_CPU, tiles.lua over TILES_FILE) against URL; the CPU of the given
-# server processes is measured over it. Prints one line:
+# One wrk run (wrk on LOAD_CPU, tiles.lua over TILES_FILE, or the script WRK_SCRIPT names) against
+# URL; the CPU of the given server process trees is measured over it. Prints one line:
 #   rps p50_ms p99_ms mib_s requests errors server_cpu% wrk_cpu% server_core% load_core% server_cpu_s
+#   server_cpu_ns exited_threads
+# (server_cpu_s from /proc/PID/stat ticks; server_cpu_ns from per-thread schedstat, see cpu_threads.)
 run_wrk() { # name url duration outfile pid...
     local name="$1" url="$2" dur="$3" out="$4"
     shift 4
     [ "$#" -ge 1 ] || die "run_wrk $name: no server pid to measure"
     local pids=("$@") c0 c1 t0 t1 user sys
     c0="$(cpu_ticks "${pids[@]}")"
+    cpu_threads "${pids[@]}" >"$out.cpu0"
     local s0 l0 s1 l1
     s0="$(core_jiffies "$SERVER_CPU")"; l0="$(core_jiffies "$LOAD_CPU")"
     t0="$(date +%s.%N)"
     local TIMEFORMAT='%U %S'
     { time timeout $((dur + 30)) taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${dur}s" \
-        --timeout 5s --latency -s "$BENCH_DIR/tiles.lua" "$url" >"$out" 2>"$out.err"; } 2>"$out.time" ||
+        --timeout 5s --latency -s "${WRK_SCRIPT:-$BENCH_DIR/tiles.lua}" "$url" >"$out" 2>"$out.err"; } 2>"$out.time" ||
         { cat "$out.err" >&2; die "wrk against $name failed"; }
     t1="$(date +%s.%N)"
     c1="$(cpu_ticks "${pids[@]}")"
+    cpu_threads "${pids[@]}" >"$out.cpu1"
     s1="$(core_jiffies "$SERVER_CPU")"; l1="$(core_jiffies "$LOAD_CPU")"
     read -r user sys <"$out.time"
     local rps p50 p99 xfer reqs errs
@@ -243,12 +304,21 @@ run_wrk() { # name url duration outfile pid...
                  /Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 }
                  END { print n + 0 }' "$out")"
     [ -n "$rps" ] && [ -n "$reqs" ] || { cat "$out" >&2; die "cannot parse wrk output for $name"; }
+    local ns exited
+    read -r ns exited < <(cpu_delta "$out.cpu0" "$out.cpu1")
     awk -v rps="$rps" -v p50="$p50" -v p99="$p99" -v x="$xfer" -v r="$reqs" -v e="$errs" \
         -v c0="$c0" -v c1="$c1" -v tck="$CLK_TCK" -v t0="$t0" -v t1="$t1" -v u="$user" -v s="$sys" \
-        -v sb="$(core_busy "$s0" "$s1")" -v lb="$(core_busy "$l0" "$l1")" \
+        -v sb="$(core_busy "$s0" "$s1")" -v lb="$(core_busy "$l0" "$l1")" -v ns="$ns" -v ex="$exited" \
         'BEGIN { wall = t1 - t0; if (wall <= 0) wall = 1
-                 printf "%.2f %.3f %.3f %.2f %d %d %.0f %.0f %d %d %.3f\n", rps, p50, p99, x, r, e,
-                        100 * (c1 - c0) / tck / wall, 100 * (u + s) / wall, sb, lb, (c1 - c0) / tck }'
+                 printf "%.2f %.3f %.3f %.2f %d %d %.0f %.0f %d %d %.3f %.0f %d\n", rps, p50, p99, x, r, e,
+                        100 * (c1 - c0) / tck / wall, 100 * (u + s) / wall, sb, lb, (c1 - c0) / tck, ns, ex }'
+}
+
+# Sum of a Prometheus metric's samples in a scrape, optionally only series whose text contains
+# FILTER (e.g. 'tier="disk"').
+metric_sum() { # file metric [filter]
+    awk -v m="$2" -v f="${3:-}" '/^#/ { next } { n = $1; sub(/\{.*/, "", n) }
+        n == m && (f == "" || index($1, f)) { s += $NF } END { printf "%d\n", s }' "$1"
 }
 
 # ---- numbers ---------------------------------------------------------------------------------
@@ -288,9 +358,10 @@ bench_args() {
     SKIP_BUILD="${SKIP_BUILD:-0}"
     KEEP_TMP="${KEEP_TMP:-0}"
     TARGET_DIR="${TARGET_DIR:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}}"
+    # shellcheck disable=SC2034 # for the caller
     KEY="bench-key-0123456789"
-    MIN_SIZE=5000
-    MAX_SIZE=60000
+    # shellcheck disable=SC2034
+    MIN_SIZE=5000 MAX_SIZE=60000
     for v in DURATION ROUNDS CONNECTIONS THREADS TILES WARMUP SERVER_CPU LOAD_CPU; do
         [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
     done

@@ -116,12 +116,8 @@ start_proxy 0
 start_proxy 1 REDIS_URL="$REDIS_URL"
 start_proxy 2 REDIS_URL="$REDIS_URL" TILE_PROXY_REDIS__PREFIX=bench-rules TILE_PROXY_ADMIN_TOKEN="$ADMIN_TOKEN"
 
-# Sum of a metric's series (all labels, or those whose label text contains FILTER) in a scrape.
 scrape() { curl -sf --max-time 5 "$1/metrics" || die "cannot read $1/metrics"; }
-metric_sum() { # file metric [filter]
-    awk -v m="$2" -v f="${3:-}" '/^#/ { next } { n = $1; sub(/\{.*/, "", n) }
-        n == m && (f == "" || index($1, f)) { s += $NF } END { printf "%d\n", s }' "$1"
-}
+# metric_sum (bench/lib.sh): sum of a metric's series in a scrape, optionally filtered.
 # "op/outcome+delta ..." for every tile_proxy_redis_ops_total series that moved between two scrapes.
 ops_delta() { # before-file after-file
     awk '/^tile_proxy_redis_ops_total\{/ { v[$1] += (FILENAME == ARGV[1] ? -$NF : $NF) }
@@ -207,9 +203,9 @@ for r in $(seq 1 "$ROUNDS"); do
         log "round $r/$ROUNDS: ${NAMES[i]} ${DURATION}s"
         line="$(run_wrk "${NAMES[i]}" "${P_URL[i]}" "$DURATION" "$TMP/wrk-r$r-$i.txt" "${P_PID[i]}")"
         read -r RPS[$i,$r] P50[$i,$r] P99[$i,$r] XFER[$i,$r] REQ[$i,$r] ERR[$i,$r] CPU[$i,$r] WCPU[$i,$r] \
-            C0[$i,$r] C1[$i,$r] cpu_s <<<"$line"
-        [ -n "$cpu_s" ] && [ "${REQ[$i,$r]}" -gt 0 ] || die "${NAMES[i]} run $r failed"
-        US[$i,$r]="$(awk -v c="$cpu_s" -v n="${REQ[$i,$r]}" 'BEGIN { printf "%.2f", c * 1e6 / n }')"
+            C0[$i,$r] C1[$i,$r] _ cpu_ns _ <<<"$line"
+        [ -n "$cpu_ns" ] && [ "${REQ[$i,$r]}" -gt 0 ] || die "${NAMES[i]} run $r failed"
+        US[$i,$r]="$(awk -v c="$cpu_ns" -v n="${REQ[$i,$r]}" 'BEGIN { printf "%.2f", c / 1e3 / n }')"
     done
 done
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
