@@ -430,6 +430,7 @@ mod tests {
                 stored_at_ms: 0,
                 version_ms: 0,
                 freshness: Freshness::default(),
+                fetch_ms: 0,
             },
             content_length: Some(6),
             x_cache: "MISS",

@@ -217,6 +217,7 @@ mod tests {
             stored_at_ms: 1_000_000,
             version_ms: 1_000_000,
             freshness: Freshness { ttl_secs, no_store },
+            fetch_ms: 0,
         }
     }
 
