@@ -205,6 +205,7 @@ mod tests {
             client_cache_control: None,
             budget: Default::default(),
             rate_limit: None,
+            early_refresh_beta: 1.0,
         }
     }
 
