@@ -170,6 +170,11 @@ impl Flights {
         (writer, FlightReader { rx, flight, id })
     }
 
+    /// True while this process fetches `key`.
+    pub fn is_running(&self, key: &CacheKey) -> bool {
+        self.lock().contains_key(key)
+    }
+
     /// Number of fetches running now.
     pub fn len(&self) -> usize {
         self.lock().len()
