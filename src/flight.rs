@@ -120,6 +120,19 @@ pub enum Join {
 /// Decides who fills a key. See the module docs.
 pub trait FillLock: Send + Sync {
     fn acquire<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Join>;
+
+    /// For a background refresh of an entry that still exists (stale-while-revalidate, early
+    /// refresh): the writer when the caller leads it, `None` when a refresh of the key already
+    /// runs (here or, with a fleet-wide lock, on another pod). Never waits for another holder:
+    /// nobody is waiting for a refresh. Default: [`FillLock::acquire`]'s leader.
+    fn acquire_refresh<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Option<FlightWriter>> {
+        Box::pin(async move {
+            match self.acquire(key).await {
+                Join::Leader(writer, _reader) => Some(writer),
+                Join::Follower(_) => None,
+            }
+        })
+    }
 }
 
 impl Flights {

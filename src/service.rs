@@ -169,10 +169,11 @@ impl TileService {
         actix_web::rt::spawn(async move { service.refresh(&client, &tile, key, &index, old, true).await });
     }
 
-    /// The background refresh of a stale (or, `early`, an about to expire) entry: lead it (or
-    /// leave it to the running one). Through `fetch::run` like every fetch: the breaker, the
-    /// index's budget and the rate cap apply, and a refused refresh (budget spent, cap queue
-    /// full) stores nothing, so the old copy keeps serving.
+    /// The background refresh of a stale (or, `early`, an about to expire) entry: lead it, or
+    /// leave it to the refresh already running (on this pod or, with Redis, on another: the
+    /// refresh lease). Through `fetch::run` like every fetch: the breaker, the index's budget and
+    /// the rate cap apply, and a refused refresh (budget spent, cap queue full) stores nothing,
+    /// so the old copy keeps serving.
     async fn refresh(
         &self,
         client: &awc::Client,
@@ -182,39 +183,26 @@ impl TileService {
         old: Entry,
         early: bool,
     ) {
-        if let Join::Leader(writer, reader) = self.state.fill.acquire(&key).await {
-            drop(reader);
-            // Refreshed by a flight (here or on another pod) that just ended: nothing to fetch.
-            let policy = self.state.settings.policy(&tile.index);
-            let done = if early {
-                self.newer_than(&key, tile, policy, old.meta.stored_at_ms).await
-            } else {
-                self.recheck(&key, tile, policy, &mut None).await
-            };
-            if let Some(fresh) = done {
-                writer_done(writer, &fresh);
-                return;
-            }
-            if early {
-                self.state.metrics.early_refresh.with_label_values(&[index_label]).inc();
-            }
-            self.spawn_fetch(writer, client, tile.clone(), Some(old), index_label);
+        let Some(writer) = self.state.fill.acquire_refresh(&key).await else {
+            return;
+        };
+        // Refreshed by a flight (here or on another pod) that just ended: nothing to fetch.
+        if let Some(fresh) = self.newer_than(&key, tile, old.meta.stored_at_ms).await {
+            writer_done(writer, &fresh);
+            return;
         }
+        if early {
+            self.state.metrics.early_refresh.with_label_values(&[index_label]).inc();
+        }
+        self.spawn_fetch(writer, client, tile.clone(), Some(old), index_label);
     }
 
-    /// An early refresh's second look: the entry was still fresh when it was chosen, so only a
-    /// copy stored after it (`stored_at_ms` newer) means someone refreshed it meanwhile.
-    async fn newer_than(
-        &self,
-        key: &CacheKey,
-        tile: &TileRequest,
-        policy: &Policy,
-        stored_at_ms: u64,
-    ) -> Option<Answer> {
-        let (entry, source) = self.lookup(key, tile).await?;
-        if entry.meta.stored_at_ms <= stored_at_ms {
-            return None;
-        }
+    /// A refresh's second look: only a copy stored after the one being refreshed
+    /// (`stored_at_ms` newer) means someone refreshed it meanwhile. Tiers holding the old copy
+    /// are passed over (with Redis, another pod's refresh is found there and promoted).
+    async fn newer_than(&self, key: &CacheKey, tile: &TileRequest, stored_at_ms: u64) -> Option<Answer> {
+        let (entry, source) = self.lookup_where(key, tile, |e| e.meta.stored_at_ms > stored_at_ms).await?;
+        let policy = self.state.settings.policy(&tile.index);
         let lifetime = freshness::lifetime(&entry.meta, policy, self.state.settings.limits());
         Some(self.entry_answer(entry, lifetime, Some(source), None))
     }
@@ -303,8 +291,21 @@ impl TileService {
     /// Looks `key` up in the tiers, skipping entries a purge rule covers for this request
     /// (they are missing: refetched, never served stale).
     async fn lookup(&self, key: &CacheKey, tile: &TileRequest) -> Option<(Entry, HitSource)> {
+        self.lookup_where(key, tile, |_| true).await
+    }
+
+    /// [`TileService::lookup`], also passing over entries `wanted` refuses.
+    async fn lookup_where(
+        &self,
+        key: &CacheKey,
+        tile: &TileRequest,
+        wanted: impl Fn(&Entry) -> bool,
+    ) -> Option<(Entry, HitSource)> {
         let st = &self.state;
         let valid = |e: &Entry| {
+            if !wanted(e) {
+                return false;
+            }
             let purged = st.purges.is_purged(&tile.index, tile.z, tile.x, tile.y, key.as_str(), e.meta.stored_at_ms);
             if purged {
                 st.metrics.purged.with_label_values(&[st.metrics.index_label(&tile.index)]).inc();
