@@ -7,7 +7,7 @@
 #   SKIP_BUILD, TARGET_DIR      build_binaries
 #   TILES, TILES_FILE           make_tiles, warm, check_hits
 #   SERVER_CPU, LOAD_CPU        cores for the servers / for wrk, curl, the upstream
-#   THREADS, CONNECTIONS        run_wrk
+#   THREADS, CONNECTIONS        run_wrk (WRK_SCRIPT: its wrk script, default tiles.lua)
 #   KEEP_TMP, LOG_FILES         cleanup (LOG_FILES: names in $TMP whose tails are shown on failure)
 # Globals the helpers set: TMP and PIDS (bench_tmp), PROXY_BIN and UPSTREAM_BIN (build_binaries),
 # UPSTREAM_PID, UPSTREAM_URL and UPSTREAM_PORT (start_upstream), CLK_TCK.
@@ -227,7 +227,7 @@ run_wrk() { # name url duration outfile pid...
     t0="$(date +%s.%N)"
     local TIMEFORMAT='%U %S'
     { time timeout $((dur + 30)) taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${dur}s" \
-        --timeout 5s --latency -s "$BENCH_DIR/tiles.lua" "$url" >"$out" 2>"$out.err"; } 2>"$out.time" ||
+        --timeout 5s --latency -s "${WRK_SCRIPT:-$BENCH_DIR/tiles.lua}" "$url" >"$out" 2>"$out.err"; } 2>"$out.time" ||
         { cat "$out.err" >&2; die "wrk against $name failed"; }
     t1="$(date +%s.%N)"
     c1="$(cpu_ticks "${pids[@]}")"
