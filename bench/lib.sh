@@ -8,7 +8,7 @@
 #   SKIP_BUILD, TARGET_DIR      build_binaries
 #   TILES, TILES_FILE           make_tiles, warm, check_hits
 #   SERVER_CPU, LOAD_CPU        cores for the servers / for wrk, curl, the upstream
-#   THREADS, CONNECTIONS        run_wrk
+#   THREADS, CONNECTIONS        run_wrk (WRK_SCRIPT: its wrk script, default tiles.lua)
 #   KEEP_TMP, LOG_FILES         cleanup (LOG_FILES: names in $TMP whose tails are shown on failure)
 # Globals the helpers set: TMP and PIDS (bench_tmp), PROXY_BIN and UPSTREAM_BIN (build_binaries),
 # UPSTREAM_PID, UPSTREAM_URL and UPSTREAM_PORT (start_upstream), CLK_TCK.

@@ -593,6 +593,7 @@ mod tests {
             stored_at_ms: 0,
             version_ms: 0,
             freshness: Default::default(),
+            fetch_ms: 0,
         }
     }
 

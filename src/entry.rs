@@ -42,6 +42,11 @@ pub struct Meta {
     /// in a derived ETag.
     pub version_ms: u64,
     pub freshness: Freshness,
+    /// How long the upstream fetch that stored (or last revalidated) this entry took, in ms:
+    /// from sending the request to having the whole body (the head, for a 304). The `delta` of
+    /// XFetch early refresh (`freshness::early_refresh`). 0: unknown (an entry written before
+    /// this was recorded), which means no early refresh for it.
+    pub fetch_ms: u32,
 }
 
 impl Meta {
@@ -83,7 +88,9 @@ impl Entry {
 #[error("corrupt cache entry: {0}")]
 pub struct DecodeError(pub &'static str);
 
-const MAGIC: &[u8; 4] = b"TPE2";
+/// The current layout. `TPE2` (the same without `fetch_ms`) is still read, as `fetch_ms = 0`.
+const MAGIC: &[u8; 4] = b"TPE3";
+const MAGIC_V2: &[u8; 4] = b"TPE2";
 /// Longest header value we store (content type, encoding, ETag).
 const MAX_HEADER: usize = 1024;
 
@@ -98,8 +105,8 @@ fn put_opt(w: &mut Vec<u8>, v: &Option<HeaderValue>) {
 }
 
 impl Entry {
-    /// Encodes: magic, status, times, freshness, three optional header values, body, CRC-32 of
-    /// all that precedes it.
+    /// Encodes: magic, status, times, freshness, fetch duration, three optional header values,
+    /// body, CRC-32 of all that precedes it.
     pub fn encode(&self, w: &mut impl Write) -> std::io::Result<()> {
         let m = &self.meta;
         let mut head = Vec::with_capacity(64 + self.weight() - self.body.len());
@@ -109,6 +116,7 @@ impl Entry {
         head.extend_from_slice(&m.version_ms.to_le_bytes());
         head.extend_from_slice(&m.freshness.ttl_secs.unwrap_or(u32::MAX).to_le_bytes());
         head.push(u8::from(m.freshness.no_store));
+        head.extend_from_slice(&m.fetch_ms.to_le_bytes());
         put_opt(&mut head, &m.content_type);
         put_opt(&mut head, &m.content_encoding);
         put_opt(&mut head, &m.etag);
@@ -129,6 +137,7 @@ impl Entry {
             + 8
             + 4
             + 1
+            + 4
             + hv(&self.meta.content_type)
             + hv(&self.meta.content_encoding)
             + hv(&self.meta.etag)
@@ -137,15 +146,21 @@ impl Entry {
             + 4
     }
 
-    /// Decodes a record, refusing bodies longer than `max_body`. Never allocates more than the
-    /// reader actually yields.
+    /// Decodes a record (the current layout or `TPE2`), refusing bodies longer than `max_body`.
+    /// Never allocates more than the reader actually yields.
     pub fn decode(r: &mut impl Read, max_body: usize) -> Result<Entry, DecodeError> {
         let mut crc = crc32fast::Hasher::new();
         let mut fixed = [0u8; 4 + 2 + 8 + 8 + 4 + 1];
         read_exact(r, &mut fixed, &mut crc)?;
-        if &fixed[..4] != MAGIC {
+        let fetch_ms = if &fixed[..4] == MAGIC {
+            let mut ms = [0u8; 4];
+            read_exact(r, &mut ms, &mut crc)?;
+            u32::from_le_bytes(ms)
+        } else if &fixed[..4] == MAGIC_V2 {
+            0
+        } else {
             return Err(DecodeError("not a tile-proxy entry (or an older layout)"));
-        }
+        };
         let u64_at = |i: usize| u64::from_le_bytes(fixed[i..i + 8].try_into().unwrap_or_default());
         let status = u16::from_le_bytes([fixed[4], fixed[5]]);
         let stored_at_ms = u64_at(6);
@@ -184,6 +199,7 @@ impl Entry {
                 stored_at_ms,
                 version_ms,
                 freshness: Freshness { ttl_secs: (ttl != u32::MAX).then_some(ttl), no_store },
+                fetch_ms,
             },
             body: Bytes::from(body),
         })
@@ -236,6 +252,7 @@ mod tests {
                 stored_at_ms: 1_700_000_000_000,
                 version_ms: 1_699_000_000_000,
                 freshness: Freshness { ttl_secs: Some(60), no_store: false },
+                fetch_ms: 120,
             },
             body: Bytes::from_static(body),
         }
@@ -261,6 +278,39 @@ mod tests {
             let buf = encoded(&e);
             assert_eq!(buf.len(), e.encoded_len());
             assert_eq!(Entry::decode(&mut buf.as_slice(), 1 << 20).unwrap(), e);
+        }
+    }
+
+    /// A `TPE2` record (written before `fetch_ms` existed), byte for byte as that layout was.
+    fn encoded_v2(e: &Entry) -> Vec<u8> {
+        let m = &e.meta;
+        let mut head = Vec::new();
+        head.extend_from_slice(b"TPE2");
+        head.extend_from_slice(&m.status.to_le_bytes());
+        head.extend_from_slice(&m.stored_at_ms.to_le_bytes());
+        head.extend_from_slice(&m.version_ms.to_le_bytes());
+        head.extend_from_slice(&m.freshness.ttl_secs.unwrap_or(u32::MAX).to_le_bytes());
+        head.push(u8::from(m.freshness.no_store));
+        put_opt(&mut head, &m.content_type);
+        put_opt(&mut head, &m.content_encoding);
+        put_opt(&mut head, &m.etag);
+        head.extend_from_slice(&(e.body.len() as u64).to_le_bytes());
+        head.extend_from_slice(&e.body);
+        let crc = crc32fast::hash(&head);
+        head.extend_from_slice(&crc.to_le_bytes());
+        head
+    }
+
+    #[test]
+    fn an_older_record_still_decodes_with_an_unknown_fetch_time() {
+        let e = entry(b"\x89PNG old layout");
+        let old = encoded_v2(&e);
+        assert_eq!(old.len() + 4, e.encoded_len(), "the new layout adds the 4-byte fetch time only");
+        let got = Entry::decode(&mut old.as_slice(), 1 << 20).unwrap();
+        assert_eq!(got, Entry { meta: Meta { fetch_ms: 0, ..e.meta.clone() }, ..e.clone() });
+        assert_eq!(&encoded(&e)[..4], b"TPE3");
+        for cut in 0..old.len() {
+            assert!(Entry::decode(&mut &old[..cut], 1 << 20).is_err(), "cut at {cut}");
         }
     }
 

@@ -105,6 +105,8 @@ pub fn plan(
         stored_at_ms: now_ms,
         version_ms: now_ms,
         freshness: facts,
+        // Known once the body is in (`run`).
+        fetch_ms: 0,
     };
     let fail = |failure, upstream_ok| Plan::Fail { failure, upstream_ok };
     match status {
@@ -212,11 +214,14 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
     let index = ctx.index.as_str();
     let etag = ctx.stale.as_ref().and_then(|e| e.meta.etag.as_ref());
     let mut attempts = 0u32;
+    // The last attempt's time to its head; plus the body's time below: the entry's `fetch_ms`.
+    let mut head_time = Duration::ZERO;
     let result = {
         let url = st.upstream.url(&ctx.tile);
         let gate = || st.protect.cap.admit(ctx.tile.api);
         upstream::fetch_head(&ctx.client, &st.upstream, &url, etag, gate, |log| {
             attempts += 1;
+            head_time = log.elapsed;
             m.upstream_requests.with_label_values(&[index, &log.status_label]).inc();
             m.upstream_latency.with_label_values(&[index]).observe(log.elapsed.as_secs_f64());
         })
@@ -243,6 +248,8 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
             return false;
         }
     };
+    let body_started = std::time::Instant::now();
+    let fetch_ms = move || u32::try_from((head_time + body_started.elapsed()).as_millis()).unwrap_or(u32::MAX);
     let status = response.status().as_u16();
     let head = UpstreamHead::from_headers(response.headers());
     let now = st.clock.now_ms();
@@ -274,7 +281,8 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
             // Same bytes and version; fetched "now" as far as freshness goes. An upstream that
             // says nothing on the 304 keeps its earlier facts.
             let freshness = if freshness == Freshness::default() { old.meta.freshness } else { freshness };
-            let entry = Entry { meta: Meta { stored_at_ms: now, freshness, ..old.meta }, body: old.body };
+            let entry =
+                Entry { meta: Meta { stored_at_ms: now, freshness, fetch_ms: fetch_ms(), ..old.meta }, body: old.body };
             deliver(writer, ctx, entry).await;
             true
         }
@@ -287,7 +295,7 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
                     return true;
                 }
             };
-            let entry = Entry { meta, body };
+            let entry = Entry { meta: Meta { fetch_ms: fetch_ms(), ..meta }, body };
             deliver(writer, ctx, entry).await;
             true
         }
@@ -302,7 +310,7 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
             writer.head(FlightHead { meta: meta.clone(), content_length, x_cache: "MISS", source: None });
             match relay(&writer, ctx, &mut response, content_length, storable).await {
                 Ok(Some(body)) => {
-                    store(&writer, ctx, Entry { meta, body }).await;
+                    store(&writer, ctx, Entry { meta: Meta { fetch_ms: fetch_ms(), ..meta }, body }).await;
                     writer.finish(End::Complete);
                     true
                 }

@@ -120,6 +120,19 @@ pub enum Join {
 /// Decides who fills a key. See the module docs.
 pub trait FillLock: Send + Sync {
     fn acquire<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Join>;
+
+    /// For a background refresh of an entry that still exists (stale-while-revalidate, early
+    /// refresh): the writer when the caller leads it, `None` when a refresh of the key already
+    /// runs (here or, with a fleet-wide lock, on another pod). Never waits for another holder:
+    /// nobody is waiting for a refresh. Default: [`FillLock::acquire`]'s leader.
+    fn acquire_refresh<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Option<FlightWriter>> {
+        Box::pin(async move {
+            match self.acquire(key).await {
+                Join::Leader(writer, _reader) => Some(writer),
+                Join::Follower(_) => None,
+            }
+        })
+    }
 }
 
 impl Flights {
@@ -168,6 +181,11 @@ impl Flights {
             guard: None,
         };
         (writer, FlightReader { rx, flight, id })
+    }
+
+    /// True while this process fetches `key`.
+    pub fn is_running(&self, key: &CacheKey) -> bool {
+        self.lock().contains_key(key)
     }
 
     /// Number of fetches running now.
@@ -430,6 +448,7 @@ mod tests {
                 stored_at_ms: 0,
                 version_ms: 0,
                 freshness: Freshness::default(),
+                fetch_ms: 0,
             },
             content_length: Some(6),
             x_cache: "MISS",

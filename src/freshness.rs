@@ -10,7 +10,9 @@
 //!  stored ........ fresh ........ t ... stale-while-revalidate ... t+swr
 //!                                 t ........ stale-if-error grace ........ t+sie
 //! ```
-//! * before `t`: served as a `HIT`, no upstream call;
+//! * before `t`: served as a `HIT`, no upstream call; close to `t`, a hit may also start one
+//!   background refresh (XFetch probabilistic early refresh, [`early_refresh`]), so a popular
+//!   tile is refreshed before it expires and no client waits for it;
 //! * within `swr` after `t`: served at once as `STALE`, one background refresh;
 //! * within `sie` after `t`: fetched; if the upstream fails the old copy is served as `STALE`;
 //! * after both: a plain miss.
@@ -28,6 +30,9 @@ use crate::entry::{Freshness, Meta};
 pub enum Decision {
     /// Serve the entry; no upstream call.
     Fresh,
+    /// Serve the entry as a fresh `HIT` now and start one background refresh: it is close
+    /// enough to its expiry that XFetch chose to refresh it early ([`early_refresh`]).
+    EarlyRefresh,
     /// Serve the entry now and refresh it in the background.
     StaleWhileRevalidate,
     /// Fetch from upstream; if that fails and `fallback` is true, serve the entry.
@@ -60,13 +65,24 @@ pub fn lifetime(meta: &Meta, policy: &Policy, limits: Limits) -> Option<Duration
     }
 }
 
-/// Decides for a cached entry at `now_ms`, given the index's lifetime for it.
-pub fn decide(meta: &Meta, lifetime: Option<Duration>, policy: &Policy, now_ms: u64) -> Decision {
+/// Decides for a cached entry at `now_ms`, given the index's lifetime for it. `u` is XFetch's
+/// uniform draw in (0, 1] ([`early_refresh`]); it is called only for a fresh entry close to
+/// its expiry. `|| 1.0` never refreshes early.
+pub fn decide(
+    meta: &Meta,
+    lifetime: Option<Duration>,
+    policy: &Policy,
+    now_ms: u64,
+    u: impl FnOnce() -> f64,
+) -> Decision {
     let Some(lifetime) = lifetime else {
         return Decision::Fetch { fallback: false };
     };
     let fresh_until = meta.stored_at_ms.saturating_add(lifetime.as_millis() as u64);
     if now_ms < fresh_until {
+        if early_refresh(fresh_until - now_ms, meta.fetch_ms, policy.early_refresh_beta, u) {
+            return Decision::EarlyRefresh;
+        }
         return Decision::Fresh;
     }
     let past = Duration::from_millis(now_ms - fresh_until);
@@ -77,10 +93,53 @@ pub fn decide(meta: &Meta, lifetime: Option<Duration>, policy: &Policy, now_ms: 
     }
 }
 
+/// The largest `-ln(u)` [`draw_unit`] can give: u >= 2^-53, so 53 ln 2 = 36.74.
+pub const MAX_EARLY_GAP: f64 = 36.75;
+
+/// XFetch (Vattani, Chierichetti, Lowenstein, VLDB 2015): refresh a fresh entry early when
+/// `now - delta * beta * ln(u) >= fresh_until`, i.e. when `remaining_ms`, the time left before
+/// it expires, is at most `delta * beta * -ln(u)`; `delta` = `fetch_ms`, how long its last
+/// upstream fetch took; `u` uniform in (0, 1]. The chance is `exp(-remaining / (delta * beta))`:
+/// about 1 at expiry, negligible a few `delta`s before it, so under traffic one request a little
+/// before expiry refreshes it. A bigger `beta` (or a slower fetch) refreshes earlier; `beta = 0`
+/// or an unknown `delta` (0) never.
+///
+/// `u` is only drawn when it could matter: further than `delta * beta * MAX_EARLY_GAP` from
+/// expiry no draw can trigger, so the hit path pays one multiplication and a comparison.
+pub fn early_refresh(remaining_ms: u64, fetch_ms: u32, beta: f64, u: impl FnOnce() -> f64) -> bool {
+    let scale = f64::from(fetch_ms) * beta;
+    let remaining = remaining_ms as f64;
+    // beta 0 (off), an unknown fetch time (0), or a NaN validation would have refused.
+    if scale.is_nan() || scale <= 0.0 || remaining > scale * MAX_EARLY_GAP {
+        return false;
+    }
+    remaining <= -scale * u().ln()
+}
+
+/// A uniform draw in (0, 1] for [`early_refresh`]: wyrand on a per-thread state, seeded once per
+/// thread from std's `RandomState` (no system call per draw). Not for anything secret.
+pub fn draw_unit() -> f64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(std::thread::current().id())
+        });
+    }
+    STATE.with(|s| {
+        let x = s.get().wrapping_add(0xa076_1d64_78bd_642f);
+        s.set(x);
+        let t = u128::from(x).wrapping_mul(u128::from(x ^ 0xe703_7ed1_a0b4_28db));
+        let r = ((t >> 64) as u64) ^ (t as u64);
+        // 53 random bits + 1: 1 ..= 2^53, scaled into (0, 1].
+        ((r >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64)
+    })
+}
+
 /// True while an entry may still stand in for a failing upstream.
 pub fn usable_if_error(meta: &Meta, lifetime: Option<Duration>, policy: &Policy, now_ms: u64) -> bool {
-    match decide(meta, lifetime, policy, now_ms) {
-        Decision::Fresh | Decision::StaleWhileRevalidate => lifetime.is_some(),
+    match decide(meta, lifetime, policy, now_ms, || 1.0) {
+        Decision::Fresh | Decision::EarlyRefresh | Decision::StaleWhileRevalidate => lifetime.is_some(),
         Decision::Fetch { fallback } => fallback,
     }
 }
@@ -205,6 +264,7 @@ mod tests {
             client_cache_control: None,
             budget: Default::default(),
             rate_limit: None,
+            early_refresh_beta: 1.0,
         }
     }
 
@@ -217,6 +277,7 @@ mod tests {
             stored_at_ms: 1_000_000,
             version_ms: 1_000_000,
             freshness: Freshness { ttl_secs, no_store },
+            fetch_ms: 0,
         }
     }
 
@@ -260,13 +321,70 @@ mod tests {
             (2_100_000, Decision::Fetch { fallback: false }),
         ];
         for (now, want) in cases {
-            assert_eq!(decide(&m, l, &p, now), want, "at {now}");
+            assert_eq!(decide(&m, l, &p, now, || 1.0), want, "at {now}");
         }
-        assert_eq!(decide(&m, l, &policy(None, 0, 0), 2_000_000), Decision::Fetch { fallback: false });
-        assert_eq!(decide(&m, None, &p, 1_000_001), Decision::Fetch { fallback: false });
+        assert_eq!(decide(&m, l, &policy(None, 0, 0), 2_000_000, || 1.0), Decision::Fetch { fallback: false });
+        assert_eq!(decide(&m, None, &p, 1_000_001, || 1.0), Decision::Fetch { fallback: false });
         assert!(usable_if_error(&m, l, &p, 2_050_000));
         assert!(!usable_if_error(&m, l, &p, 2_100_000));
         assert!(!usable_if_error(&m, None, &p, 1_000_001));
+    }
+
+    #[test]
+    fn early_refresh_table() {
+        // (remaining ms, fetch ms, beta, u, refresh early?)
+        let cases: &[(u64, u32, f64, f64, bool)] = &[
+            (0, 100, 1.0, 1.0, true),  // at expiry any draw holds (`decide` never asks: no longer fresh)
+            (1, 100, 1.0, 0.5, true),  // 1 ms left, 69 ms of "head start": yes
+            (1, 100, 1.0, 1.0, false), // u = 1: -ln u = 0, never before expiry
+            (69, 100, 1.0, 0.5, true), // 100 * ln 2 = 69.3
+            (70, 100, 1.0, 0.5, false),
+            (60_000, 100, 1.0, f64::MIN_POSITIVE, false), // a minute early: not even the luckiest draw
+            (3_000, 100, 1.0, 2f64.powi(-53), true),      // within 36.7 x delta, the luckiest draw does
+            (1, 100, 0.0, f64::MIN_POSITIVE, false),      // beta 0: off
+            (1, 0, 1.0, f64::MIN_POSITIVE, false),        // fetch time unknown (an old entry): off
+            (130, 100, 2.0, 0.5, true),                   // a bigger beta refreshes earlier
+            (130, 200, 1.0, 0.5, true),                   // so does a slower fetch
+            (130, 100, 1.0, 0.5, false),
+            (1, 100, f64::NAN, 0.5, false),
+        ];
+        for &(remaining, fetch, beta, u, want) in cases {
+            assert_eq!(early_refresh(remaining, fetch, beta, || u), want, "{remaining} {fetch} {beta} {u}");
+        }
+        // Far from expiry the draw is not even made (the hit path stays cheap).
+        assert!(!early_refresh(10_000, 100, 1.0, || panic!("drawn far from expiry")));
+        assert!(!early_refresh(1, 100, 0.0, || panic!("drawn with beta 0")));
+    }
+
+    #[test]
+    fn early_refresh_in_the_entry_life() {
+        let p = policy(None, 10, 100);
+        let mut m = meta(200, Some(1000), false);
+        m.fetch_ms = 200;
+        let l = lifetime(&m, &p, LIMITS);
+        let lucky = || f64::MIN_POSITIVE;
+        // Fresh until 2_000_000: far before it never, just before it with a lucky draw, at and
+        // after it the usual stale decisions whatever the draw.
+        assert_eq!(decide(&m, l, &p, 1_000_000, lucky), Decision::Fresh);
+        assert_eq!(decide(&m, l, &p, 1_999_000, || 0.5), Decision::Fresh);
+        assert_eq!(decide(&m, l, &p, 1_999_999, || 0.5), Decision::EarlyRefresh);
+        assert_eq!(decide(&m, l, &p, 1_999_999, || 1.0), Decision::Fresh);
+        assert_eq!(decide(&m, l, &p, 1_995_000, lucky), Decision::EarlyRefresh);
+        assert_eq!(decide(&m, l, &p, 2_000_000, lucky), Decision::StaleWhileRevalidate);
+        assert_eq!(decide(&m, l, &p, 2_100_000, lucky), Decision::Fetch { fallback: false });
+        let off = Policy { early_refresh_beta: 0.0, ..p.clone() };
+        assert_eq!(decide(&m, l, &off, 1_999_999, lucky), Decision::Fresh);
+        assert!(usable_if_error(&m, l, &p, 1_999_999));
+    }
+
+    #[test]
+    fn draws_are_in_the_unit_interval_and_spread() {
+        let draws: Vec<f64> = (0..10_000).map(|_| draw_unit()).collect();
+        assert!(draws.iter().all(|&u| u > 0.0 && u <= 1.0));
+        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+        assert!((0.48..0.52).contains(&mean), "mean {mean}");
+        let low = draws.iter().filter(|&&u| u < 0.1).count();
+        assert!((800..1200).contains(&low), "{low} of 10000 below 0.1");
     }
 
     #[test]
@@ -276,8 +394,8 @@ mod tests {
         let short = policy(Some(10), 0, 0);
         let long = policy(None, 0, 0);
         let at = 1_000_000 + 50_000;
-        assert_eq!(decide(&m, lifetime(&m, &short, LIMITS), &short, at), Decision::Fetch { fallback: false });
-        assert_eq!(decide(&m, lifetime(&m, &long, LIMITS), &long, at), Decision::Fresh);
+        assert_eq!(decide(&m, lifetime(&m, &short, LIMITS), &short, at, || 1.0), Decision::Fetch { fallback: false });
+        assert_eq!(decide(&m, lifetime(&m, &long, LIMITS), &long, at, || 1.0), Decision::Fresh);
         // Kept for the longest view: 100 s + the long index's 30 s stale window.
         let stale = policy(None, 0, 30);
         assert_eq!(retention(&m, [&short, &stale], LIMITS), Some(Duration::from_secs(130)));

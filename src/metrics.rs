@@ -39,6 +39,9 @@ pub struct Metrics {
     pub cache_errors: IntCounterVec,
     /// `tile_proxy_revalidations_total{index, result}`: `not_modified` (304) or `modified` (200).
     pub revalidations: IntCounterVec,
+    /// `tile_proxy_early_refresh_total{index}`: background refreshes started for a still fresh
+    /// entry close to its expiry (XFetch, `early_refresh_beta`).
+    pub early_refresh: IntCounterVec,
     /// `tile_proxy_upstream_auth_failures_total{status}`: 401/403 from HERE: our key is wrong.
     pub auth_failures: IntCounterVec,
     /// `tile_proxy_breaker_open{upstream}`: 1 while the circuit breaker is open.
@@ -231,6 +234,12 @@ impl Metrics {
                 "tile_proxy_revalidations_total",
                 "Upstream revalidations by result",
                 &["index", "result"],
+            )?,
+            early_refresh: counter(
+                registry,
+                "tile_proxy_early_refresh_total",
+                "Background refreshes started for fresh entries close to their expiry (XFetch)",
+                &["index"],
             )?,
             auth_failures: counter(
                 registry,

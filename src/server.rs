@@ -56,6 +56,9 @@ pub struct StartOptions {
     pub clock: Option<SharedClock>,
     /// Cache tiers to use instead of the built-in foyer tier.
     pub tiers: Option<Vec<Box<dyn Tier>>>,
+    /// XFetch's uniform draw in (0, 1]; default `freshness::draw_unit`. Tests make early
+    /// refresh certain (`|| f64::MIN_POSITIVE`) or impossible (`|| 1.0`).
+    pub early_refresh_draw: Option<fn() -> f64>,
 }
 
 fn cors(origins: &[String]) -> Cors {
@@ -200,6 +203,12 @@ pub async fn build(settings: Settings, opts: StartOptions) -> Result<Built, Star
         None => flights.clone(),
     };
     let protect = crate::protect::Protect::new(&settings, redis.clone(), clock.clone(), metrics.clone());
+    // Configured indices' early refresh series exist from the start, at 0 (rate() in dashboards).
+    for (name, policy) in &settings.policies {
+        if policy.early_refresh_beta > 0.0 {
+            metrics.early_refresh.with_label_values(&[name]);
+        }
+    }
     let compressor = crate::compress::Compressor::new(&settings, metrics.clone());
     let state = Arc::new(AppState {
         upstream: Arc::new(UpstreamConfig::from_settings(&settings)),
@@ -214,6 +223,7 @@ pub async fn build(settings: Settings, opts: StartOptions) -> Result<Built, Star
             settings.upstream.breaker_cooldown,
         )),
         clock,
+        early_refresh_draw: opts.early_refresh_draw.unwrap_or(crate::freshness::draw_unit),
         purges,
         purge_file,
         redis,

@@ -3,8 +3,9 @@
 //!
 //! 1. Key the request by its upstream identity ([`crate::upstream::UpstreamConfig::cache_key`]).
 //! 2. Look in the cache; the request's index decides what the entry is worth to it
-//!    ([`freshness::lifetime`], [`freshness::decide`]): fresh -> `HIT`; within
-//!    stale-while-revalidate -> `STALE` plus one background refresh; else fetch, keeping the old
+//!    ([`freshness::lifetime`], [`freshness::decide`]): fresh -> `HIT` (close to expiry, maybe
+//!    plus one background early refresh, XFetch); within stale-while-revalidate -> `STALE` plus
+//!    one background refresh; else fetch, keeping the old
 //!    copy to revalidate with and, within stale-if-error, to stand in for a failing upstream.
 //! 3. Ask the [`crate::flight::FillLock`] who fills the key. A leader **looks in the cache
 //!    again** before fetching (a lookup that yielded may have missed an entry a flight stored
@@ -117,9 +118,14 @@ impl TileService {
         let mut expired = None;
         if let Some((entry, source)) = found {
             let lifetime = freshness::lifetime(&entry.meta, policy, st.settings.limits());
-            match freshness::decide(&entry.meta, lifetime, policy, st.clock.now_ms()) {
+            let draw = st.early_refresh_draw;
+            match freshness::decide(&entry.meta, lifetime, policy, st.clock.now_ms(), draw) {
                 // The hot path: nothing else is awaited.
                 Decision::Fresh => return Ok(self.entry_answer(entry, lifetime, Some(source), None)),
+                Decision::EarlyRefresh => {
+                    self.start_early_refresh(client, tile, index_label, key, &entry);
+                    return Ok(self.entry_answer(entry, lifetime, Some(source), None));
+                }
                 Decision::StaleWhileRevalidate => {
                     let ctx = Ctx { client, tile, index_label, key, policy };
                     return Ok(Box::pin(self.serve_stale(ctx, entry, lifetime, source)).await);
@@ -138,22 +144,67 @@ impl TileService {
         let service = self.clone();
         let (client, tile, index) = (ctx.client.clone(), ctx.tile.clone(), ctx.index_label.to_string());
         let (key, stale) = (ctx.key, entry.clone());
-        actix_web::rt::spawn(async move { service.refresh(&client, &tile, key, &index, stale).await });
+        actix_web::rt::spawn(async move { service.refresh(&client, &tile, key, &index, stale, false).await });
         self.entry_answer(entry, lifetime, Some(source), Some("revalidating"))
     }
 
-    /// The background refresh of a stale entry: lead it (or leave it to the running one).
-    async fn refresh(&self, client: &awc::Client, tile: &TileRequest, key: CacheKey, index_label: &str, stale: Entry) {
-        if let Join::Leader(writer, reader) = self.state.fill.acquire(&key).await {
-            drop(reader);
-            // Refreshed by a flight (here or on another pod) that just ended: nothing to fetch.
-            let policy = self.state.settings.policy(&tile.index);
-            if let Some(fresh) = self.recheck(&key, tile, policy, &mut None).await {
-                writer_done(writer, &fresh);
-                return;
-            }
-            self.spawn_fetch(writer, client, tile.clone(), Some(stale), index_label);
+    /// XFetch chose to refresh a fresh entry early: the caller answers `HIT` from it, one
+    /// background refresh (the stale-while-revalidate one) replaces it. Nothing is started while
+    /// this pod already fetches the key (no task per hit for the refresh's duration); across
+    /// pods the fill lock keeps it to one.
+    fn start_early_refresh(
+        &self,
+        client: &awc::Client,
+        tile: &TileRequest,
+        index_label: &str,
+        key: CacheKey,
+        entry: &Entry,
+    ) {
+        if self.state.flights.is_running(&key) {
+            return;
         }
+        let service = self.clone();
+        let (client, tile, index) = (client.clone(), tile.clone(), index_label.to_string());
+        let old = entry.clone();
+        actix_web::rt::spawn(async move { service.refresh(&client, &tile, key, &index, old, true).await });
+    }
+
+    /// The background refresh of a stale (or, `early`, an about to expire) entry: lead it, or
+    /// leave it to the refresh already running (on this pod or, with Redis, on another: the
+    /// refresh lease). Through `fetch::run` like every fetch: the breaker, the index's budget and
+    /// the rate cap apply, and a refused refresh (budget spent, cap queue full) stores nothing,
+    /// so the old copy keeps serving.
+    async fn refresh(
+        &self,
+        client: &awc::Client,
+        tile: &TileRequest,
+        key: CacheKey,
+        index_label: &str,
+        old: Entry,
+        early: bool,
+    ) {
+        let Some(writer) = self.state.fill.acquire_refresh(&key).await else {
+            return;
+        };
+        // Refreshed by a flight (here or on another pod) that just ended: nothing to fetch.
+        if let Some(fresh) = self.newer_than(&key, tile, old.meta.stored_at_ms).await {
+            writer_done(writer, &fresh);
+            return;
+        }
+        if early {
+            self.state.metrics.early_refresh.with_label_values(&[index_label]).inc();
+        }
+        self.spawn_fetch(writer, client, tile.clone(), Some(old), index_label);
+    }
+
+    /// A refresh's second look: only a copy stored after the one being refreshed
+    /// (`stored_at_ms` newer) means someone refreshed it meanwhile. Tiers holding the old copy
+    /// are passed over (with Redis, another pod's refresh is found there and promoted).
+    async fn newer_than(&self, key: &CacheKey, tile: &TileRequest, stored_at_ms: u64) -> Option<Answer> {
+        let (entry, source) = self.lookup_where(key, tile, |e| e.meta.stored_at_ms > stored_at_ms).await?;
+        let policy = self.state.settings.policy(&tile.index);
+        let lifetime = freshness::lifetime(&entry.meta, policy, self.state.settings.limits());
+        Some(self.entry_answer(entry, lifetime, Some(source), None))
     }
 
     /// A miss (or an expired copy, kept in `expired` to revalidate with and, if usable, to stand
@@ -224,8 +275,9 @@ impl TileService {
         let (entry, source) = self.lookup(key, tile).await?;
         let now = st.clock.now_ms();
         let lifetime = freshness::lifetime(&entry.meta, policy, st.settings.limits());
-        match freshness::decide(&entry.meta, lifetime, policy, now) {
-            Decision::Fresh => Some(self.entry_answer(entry, lifetime, Some(source), None)),
+        // No early refresh here: this request leads a fill anyway.
+        match freshness::decide(&entry.meta, lifetime, policy, now, || 1.0) {
+            Decision::Fresh | Decision::EarlyRefresh => Some(self.entry_answer(entry, lifetime, Some(source), None)),
             decision => {
                 if expired.is_none() {
                     let usable = !matches!(decision, Decision::Fetch { fallback: false });
@@ -239,8 +291,21 @@ impl TileService {
     /// Looks `key` up in the tiers, skipping entries a purge rule covers for this request
     /// (they are missing: refetched, never served stale).
     async fn lookup(&self, key: &CacheKey, tile: &TileRequest) -> Option<(Entry, HitSource)> {
+        self.lookup_where(key, tile, |_| true).await
+    }
+
+    /// [`TileService::lookup`], also passing over entries `wanted` refuses.
+    async fn lookup_where(
+        &self,
+        key: &CacheKey,
+        tile: &TileRequest,
+        wanted: impl Fn(&Entry) -> bool,
+    ) -> Option<(Entry, HitSource)> {
         let st = &self.state;
         let valid = |e: &Entry| {
+            if !wanted(e) {
+                return false;
+            }
             let purged = st.purges.is_purged(&tile.index, tile.z, tile.x, tile.y, key.as_str(), e.meta.stored_at_ms);
             if purged {
                 st.metrics.purged.with_label_values(&[st.metrics.index_label(&tile.index)]).inc();

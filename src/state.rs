@@ -27,6 +27,8 @@ pub struct AppState {
     pub health: Arc<Health>,
     pub breakers: Arc<Breakers>,
     pub clock: SharedClock,
+    /// XFetch's uniform draw in (0, 1] (`freshness::draw_unit`; tests inject a fixed one).
+    pub early_refresh_draw: fn() -> f64,
     /// Active purge rules (checked on every lookup).
     pub purges: Arc<PurgeRules>,
     /// Where this pod keeps its rules (the cache folder, when the disk tier is on).

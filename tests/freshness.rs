@@ -320,3 +320,124 @@ async fn age_and_client_cache_control_follow_the_index_policy() {
     assert_eq!(hit.header("cache-control"), Some("public, max-age=3600, s-maxage=60"), "the lifetime, with Age");
     p.stop().await;
 }
+
+/// An index with a 60 s TTL, no stale windows to hide an expiry, and XFetch's `beta`.
+fn xfetch(beta: f64) -> PolicyFileConfig {
+    PolicyFileConfig { early_refresh_beta: Some(beta), ..policy("60s", "0s", "0s") }
+}
+
+/// A 1-in-1000 draw, made every time: a hit within `fetch time x beta x 6.9` (-ln 0.001) of
+/// expiry refreshes early, one further away does not. With fetches of 150 ms: from about 1 s
+/// before expiry; after a 1.65 s refresh, from about 11 s before the next expiry.
+fn lucky() -> f64 {
+    1e-3
+}
+
+#[actix_rt::test]
+async fn early_refresh_renews_a_hot_tile_before_expiry_with_one_background_fetch_and_no_client_waiting() {
+    let up = upstream(4_000);
+    // Every upstream answer takes 150 ms: the entry's fetch time (XFetch's delta) is >= 150 ms.
+    up.set_latency(Duration::from_millis(150));
+    let p = Proxy::start_drawing(&up, lucky, with_index("xf", xfetch(1.0))).await;
+    let path = "/v3/base/mc/9/7/7/png";
+    let url = format!("{path}?indice=xf");
+    let first = p.get(&url).await;
+    assert_eq!(first.x_cache(), "MISS");
+
+    // Half-way: far from expiry, no refresh.
+    p.clock.advance_secs(30);
+    for _ in 0..5 {
+        assert_eq!(p.get(&url).await.x_cache(), "HIT");
+    }
+    assert_eq!(up.count(path), 1);
+    assert_eq!(metric(&p.metrics().await, "tile_proxy_early_refresh_total", &["index=\"xf\""]), 0.0);
+
+    // 100 ms before expiry, under traffic, with a slow refresh: every client gets the old copy
+    // at once as a HIT; one background fetch runs.
+    p.clock.advance_ms(29_900);
+    up.fail(path, Fault::Delay(Duration::from_millis(1_500)), 1);
+    let responses = join_all((0..30).map(|_| p.get(&url))).await;
+    assert_eq!(p.state().flights.len(), 1, "every client was answered while the refresh still ran");
+    for r in &responses {
+        assert_eq!((r.status.as_u16(), r.x_cache()), (200, "HIT"));
+        assert_eq!(r.header("age"), Some("59"));
+        assert_eq!(r.bytes(), first.bytes());
+    }
+    eventually("the early refresh stored", || p.state().flights.is_empty() && up.count(path) == 2).await;
+    let seen = up.requests();
+    let refresh = seen.iter().rev().find(|q| q.path == path).unwrap();
+    assert_eq!(refresh.header("if-none-match"), first.header("etag"), "revalidated with the old ETag");
+
+    // Renewed: stored now (Age 0), and still a HIT past the old expiry with no client fetching.
+    let renewed = p.get(&url).await;
+    assert_eq!((renewed.x_cache(), renewed.header("age")), ("HIT", Some("0")));
+    p.clock.advance_ms(1_000);
+    let after = p.get(&url).await;
+    assert_eq!((after.x_cache(), after.header("age")), ("HIT", Some("1")), "the old expiry passed unnoticed");
+    assert_eq!(after.bytes(), first.bytes());
+    assert_eq!(up.count(path), 2, "the first fetch and exactly one early refresh");
+    let m = p.metrics().await;
+    assert_eq!(metric(&m, "tile_proxy_early_refresh_total", &["index=\"xf\""]), 1.0);
+    assert_eq!(metric(&m, "tile_proxy_requests_total", &["index=\"xf\"", "cache=\"miss\""]), 1.0);
+    p.stop().await;
+}
+
+#[actix_rt::test]
+async fn without_early_refresh_the_same_traffic_sees_the_tile_expire_and_a_client_wait() {
+    let up = upstream(4_000);
+    up.set_latency(Duration::from_millis(150));
+    let p = Proxy::start_drawing(&up, lucky, with_index("plain", xfetch(0.0))).await;
+    let path = "/v3/base/mc/9/7/8/png";
+    let url = format!("{path}?indice=plain");
+    assert_eq!(p.get(&url).await.x_cache(), "MISS");
+    p.clock.advance_ms(59_900);
+    for r in join_all((0..30).map(|_| p.get(&url))).await {
+        assert_eq!(r.x_cache(), "HIT");
+    }
+    assert!(p.state().flights.is_empty());
+    assert_eq!(up.count(path), 1, "beta 0: no early refresh");
+    p.clock.advance_ms(200);
+    let started = std::time::Instant::now();
+    let expired = p.get(&url).await;
+    assert_eq!(expired.x_cache(), "MISS", "expired under traffic");
+    assert!(started.elapsed() >= Duration::from_millis(150), "the client waited for the upstream");
+    assert_eq!(up.count(path), 2);
+    let m = p.metrics().await;
+    assert_eq!(metric(&m, "tile_proxy_early_refresh_total", &["index=\"plain\""]), 0.0);
+    p.stop().await;
+}
+
+#[actix_rt::test]
+async fn an_early_refresh_with_the_budget_spent_is_skipped_and_hits_go_on() {
+    let up = upstream(4_000);
+    up.set_latency(Duration::from_millis(100));
+    let p = Proxy::start_drawing(&up, lucky, |f| {
+        f.index.insert("tight".into(), PolicyFileConfig { budget_hour: Some(1), ..xfetch(1.0) });
+    })
+    .await;
+    let path = "/v3/base/mc/9/7/9/png";
+    let url = format!("{path}?indice=tight");
+    let first = p.get(&url).await;
+    assert_eq!(first.x_cache(), "MISS");
+    p.clock.advance_ms(59_950);
+    for _ in 0..5 {
+        let r = p.get(&url).await;
+        assert_eq!((r.status.as_u16(), r.x_cache()), (200, "HIT"));
+        assert_eq!(r.bytes(), first.bytes());
+    }
+    // The refresh runs in the background: wait (bounded) until the budget has refused it.
+    let mut refused = 0.0;
+    for _ in 0..400 {
+        refused = metric(&p.metrics().await, "tile_proxy_budget_exhausted_total", &["index=\"tight\""]);
+        if refused >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(refused >= 1.0, "the early refresh was charged to the budget and refused");
+    eventually("the refused refresh ended", || p.state().flights.is_empty()).await;
+    assert_eq!(up.count(path), 1, "the spent budget stopped it before the upstream");
+    let r = p.get(&url).await;
+    assert_eq!((r.x_cache(), r.header("age")), ("HIT", Some("59")), "the old copy keeps serving");
+    p.stop().await;
+}

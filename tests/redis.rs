@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::redis_server::RedisServer;
 use common::*;
 use futures_util::future::join_all;
+use tile_proxy::clock::Clock;
 use tile_proxy::config::FileConfig;
 
 const ADMIN: &str = "admin-token-0123456789abcdef";
@@ -511,4 +512,55 @@ async fn a_stale_answer_never_waits_for_another_pods_refresh() {
     assert!(started.elapsed() < Duration::from_millis(500), "answered at once: {:?}", started.elapsed());
     assert_eq!(up.count(path), 1, "the other pod's refresh is not duplicated while its lease holds");
     p.stop().await;
+}
+
+#[actix_rt::test]
+async fn an_early_refresh_runs_once_for_the_fleet_and_the_other_pods_take_its_copy_from_redis() {
+    let redis = RedisServer::start();
+    let up = upstream(3_000);
+    up.set_latency(Duration::from_millis(150));
+    let pod = |f: &mut FileConfig| {
+        shared(&redis)(f);
+        f.defaults.ttl = Some(dur("60s"));
+        f.defaults.stale_if_error = Some(dur("0s"));
+    };
+    // A 1-in-1000 draw every time: each hit in the last ~1 s before expiry refreshes early.
+    let a = Proxy::start_drawing(&up, || 1e-3, pod).await;
+    let b = Proxy::start_drawing(&up, || 1e-3, pod).await;
+    let path = "/v3/base/mc/7/30/30/png";
+    let stored = a.clock.now_ms();
+    assert_eq!(a.get(path).await.x_cache(), "MISS");
+    assert_eq!(b.get(path).await.header("x-cache-tier"), Some("redis"));
+    // Both pods' clocks to 100 ms before the entry expires.
+    for p in [&a, &b] {
+        p.clock.advance_ms(stored + 59_900 - p.clock.now_ms());
+    }
+    // Pod a refreshes early (slowly) and holds the refresh lease meanwhile.
+    up.fail(path, Fault::Delay(Duration::from_millis(1_500)), 1);
+    assert_eq!(a.get(path).await.x_cache(), "HIT");
+    eventually("pod a holds the refresh lease", || redis.dump().iter().any(|(k, _)| k.ends_with(":l"))).await;
+    for r in join_all((0..10).map(|_| b.get(path))).await {
+        assert_eq!((r.x_cache(), r.header("age")), ("HIT", Some("59")), "pod b serves its copy meanwhile");
+    }
+    eventually("pod a's refresh stored", || a.state().flights.is_empty() && up.count(path) == 2).await;
+    // Pod b still has the old copy in memory: its next early refresh finds a's in Redis.
+    let mut renewed = None;
+    for _ in 0..200 {
+        let r = b.get(path).await;
+        assert_eq!(r.x_cache(), "HIT");
+        if r.header("age") == Some("0") {
+            renewed = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(renewed.is_some(), "pod b took pod a's refreshed copy");
+    eventually("pod b's refresh ended", || b.state().flights.is_empty()).await;
+    assert_eq!(up.count(path), 2, "one fetch and one early refresh for the whole fleet");
+    let (ma, mb) = (a.metrics().await, b.metrics().await);
+    assert_eq!(metric(&ma, "tile_proxy_early_refresh_total", &[]), 1.0);
+    assert_eq!(metric(&mb, "tile_proxy_early_refresh_total", &[]), 0.0, "pod b never fetched");
+    assert!(metric(&mb, "tile_proxy_redis_lease_total", &["outcome=\"refresh_elsewhere\""]) >= 1.0);
+    a.stop().await;
+    b.stop().await;
 }

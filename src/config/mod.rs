@@ -511,6 +511,9 @@ pub struct PolicyFileConfig {
     /// After expiry, serve the old copy when the upstream fails.
     #[serde(with = "units::opt_duration")]
     pub stale_if_error: Option<Duration>,
+    /// XFetch early refresh: how eagerly a fresh tile close to expiry is refreshed in the
+    /// background while hits keep serving it (0 = off, default 1.0, at most 10).
+    pub early_refresh_beta: Option<f64>,
     /// How long upstream 404/204 answers are remembered.
     #[serde(with = "units::opt_duration")]
     pub negative_ttl: Option<Duration>,
@@ -536,7 +539,7 @@ pub struct PolicyFileConfig {
 }
 
 /// Cache policy of one index, resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     pub ttl: Option<Duration>,
     pub stale_while_revalidate: Duration,
@@ -546,7 +549,15 @@ pub struct Policy {
     pub budget: Budget,
     /// Per-client token bucket; `None`: unlimited.
     pub rate_limit: Option<ClientRate>,
+    /// XFetch's `beta` ([`crate::freshness::early_refresh`]): 0 = no early refresh. Finite,
+    /// 0 to [`MAX_EARLY_REFRESH_BETA`].
+    pub early_refresh_beta: f64,
 }
+
+/// Default `early_refresh_beta`: XFetch's own recommendation.
+pub const DEFAULT_EARLY_REFRESH_BETA: f64 = 1.0;
+/// Largest `early_refresh_beta` accepted (10 refreshes about 10 fetch times before expiry).
+pub const MAX_EARLY_REFRESH_BETA: f64 = 10.0;
 
 /// An index's upstream budget: fetches per UTC hour and day (`None`: unlimited).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -960,6 +971,7 @@ fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings, Vec<Probl
         client_cache_control: None,
         budget: Budget::default(),
         rate_limit: None,
+        early_refresh_beta: DEFAULT_EARLY_REFRESH_BETA,
     };
     let default_policy = resolve_policy(&["defaults"], &file.defaults, &builtin, &mut c);
     let own_key_only = "only an [index.<name>] section can have its own key";
@@ -1281,6 +1293,17 @@ fn resolve_policy(section: &[&str], p: &PolicyFileConfig, base: &Policy, c: &mut
         client_cache_control: p.client_cache_control.clone().or_else(|| base.client_cache_control.clone()),
         budget: Budget { hour: p.budget_hour.or(base.budget.hour), day: p.budget_day.or(base.budget.day) },
         rate_limit: resolve_rate(section, p, base, c),
+        early_refresh_beta: match p.early_refresh_beta {
+            Some(b) if b.is_finite() && (0.0..=MAX_EARLY_REFRESH_BETA).contains(&b) => b,
+            Some(b) => {
+                c.push(
+                    &path("early_refresh_beta"),
+                    format!("{b} is out of range: 0 (off) to {MAX_EARLY_REFRESH_BETA}"),
+                );
+                base.early_refresh_beta
+            }
+            None => base.early_refresh_beta,
+        },
     }
 }
 
@@ -1443,6 +1466,30 @@ mod tests {
         f.upstream.head_timeout = MAX_TIMEOUT;
         f.defaults.stale_if_error = Some(MAX_DURATION);
         Settings::from_file_config(f).unwrap();
+    }
+
+    #[test]
+    fn early_refresh_beta_is_inherited_and_bounded() {
+        let s = Settings::from_file_config(with_key()).unwrap();
+        assert_eq!(s.policy("any").early_refresh_beta, DEFAULT_EARLY_REFRESH_BETA);
+        let mut f = with_key();
+        f.defaults.early_refresh_beta = Some(2.5);
+        f.index.insert("off".into(), PolicyFileConfig { early_refresh_beta: Some(0.0), ..Default::default() });
+        f.index.insert("inherits".into(), PolicyFileConfig::default());
+        let s = Settings::from_file_config(f).unwrap();
+        assert_eq!(s.policy("off").early_refresh_beta, 0.0);
+        assert_eq!(s.policy("inherits").early_refresh_beta, 2.5);
+        assert_eq!(s.policy("unconfigured").early_refresh_beta, 2.5);
+        for bad in [-0.1, 10.5, f64::NAN, f64::INFINITY] {
+            let mut f = with_key();
+            f.index.insert("i".into(), PolicyFileConfig { early_refresh_beta: Some(bad), ..Default::default() });
+            let errs = problems(f);
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(
+                errs[0].starts_with("index.i.early_refresh_beta: ") && errs[0].contains("0 (off) to 10"),
+                "{errs:?}"
+            );
+        }
     }
 
     #[test]

@@ -34,6 +34,16 @@ if redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0
 ";
 
+/// `KEYS`: large marker, lease. `ARGV`: token, lease ms. A background refresh's lease: the
+/// entry exists (it is being refreshed), so only the lease itself decides. Returns 2 when the
+/// tile is too large to share, 1 when the lease was taken, 0 when another pod holds it.
+static ACQUIRE_REFRESH: LazyLock<Lua> = LazyLock::new(|| Lua::new(ACQUIRE_REFRESH_LUA));
+const ACQUIRE_REFRESH_LUA: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 2 end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+";
+
 /// `KEYS`: lease. `ARGV`: token, channel, tag. Deletes the lease only if it is still ours, and
 /// tells the waiting pods either way.
 static RELEASE: LazyLock<Lua> = LazyLock::new(|| Lua::new(RELEASE_LUA));
@@ -185,7 +195,43 @@ impl FleetFill {
     }
 }
 
+impl FleetFill {
+    /// One try at a refresh lease, no waiting. `Err(())`: another pod refreshes the key.
+    async fn refresh_lease(&self, key: &CacheKey) -> Result<Option<Lease>, ()> {
+        let r = &self.redis;
+        let tag = r.keys.tag(key);
+        let (large, lease) = (r.keys.large(&tag), r.keys.lease(&tag));
+        let lease_ms = r.settings.lease.as_millis().to_string();
+        let token = super::token();
+        let keys = [large.as_str(), lease.as_str()];
+        let (outcome, result) =
+            match r.eval::<i64>("lease", Deadline::Read, &ACQUIRE_REFRESH, &keys, &[&token, &lease_ms]).await {
+                Ok(1) => ("acquired", Ok(Some(Lease { redis: r.clone(), key: lease, token, tag }))),
+                Ok(2) => ("too_large", Ok(None)),
+                Ok(_) => ("refresh_elsewhere", Err(())),
+                Err(_) => ("unavailable", Ok(None)),
+            };
+        r.metrics.lease.with_label_values(&[outcome]).inc();
+        result
+    }
+}
+
 impl FillLock for FleetFill {
+    fn acquire_refresh<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Option<crate::flight::FlightWriter>> {
+        Box::pin(async move {
+            let Join::Leader(mut writer, _reader) = self.flights.join(key) else {
+                return None;
+            };
+            match self.refresh_lease(key).await {
+                Ok(Some(lease)) => writer.attach(Box::new(lease)),
+                Ok(None) => {}
+                // Dropping the writer ends this pod's flight; nobody reads it.
+                Err(()) => return None,
+            }
+            Some(writer)
+        })
+    }
+
     fn acquire<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Join> {
         Box::pin(async move {
             match self.flights.join(key) {

@@ -165,7 +165,9 @@ impl RedisMetrics {
         for outcome in ["ok", "error", "timeout", "rejected"] {
             ops.with_label_values(&["get", outcome]);
         }
-        for outcome in ["acquired", "filled", "waited_filled", "too_large", "wait_expired", "unavailable"] {
+        for outcome in
+            ["acquired", "filled", "waited_filled", "too_large", "wait_expired", "unavailable", "refresh_elsewhere"]
+        {
             lease.with_label_values(&[outcome]);
         }
         for by in ["notification", "poll"] {

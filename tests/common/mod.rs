@@ -84,11 +84,29 @@ impl Proxy {
         tweak: impl FnOnce(&mut FileConfig),
         tiers: Option<Vec<Box<dyn Tier>>>,
     ) -> Proxy {
+        Self::start_opts(upstream, dir, tweak, StartOptions { tiers, ..Default::default() }).await
+    }
+
+    /// Starts a proxy whose XFetch draw is `draw` (`|| f64::MIN_POSITIVE`: every hit close
+    /// enough to expiry refreshes early; `|| 1.0`: none does).
+    pub async fn start_drawing(upstream: &Upstream, draw: fn() -> f64, tweak: impl FnOnce(&mut FileConfig)) -> Proxy {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_opts(upstream, dir, tweak, StartOptions { early_refresh_draw: Some(draw), ..Default::default() })
+            .await
+    }
+
+    /// Starts a proxy with these start options (the clock is always a [`ManualClock`]).
+    pub async fn start_opts(
+        upstream: &Upstream,
+        dir: tempfile::TempDir,
+        tweak: impl FnOnce(&mut FileConfig),
+        opts: StartOptions,
+    ) -> Proxy {
         let mut f = config(upstream, dir.path());
         tweak(&mut f);
         let settings = Settings::from_file_config(f).expect("valid test config");
         let clock = ManualClock::new();
-        let running = server::start_with(settings, StartOptions { clock: Some(clock.clone()), tiers })
+        let running = server::start_with(settings, StartOptions { clock: Some(clock.clone()), ..opts })
             .await
             .expect("proxy starts");
         let base = format!("http://{}", running.addr());
