@@ -106,7 +106,8 @@ impl Code for Stored {
     }
 
     fn decode(r: &mut impl Read) -> foyer::Result<Self> {
-        Entry::decode(r, MAX_DECODE.load(Ordering::Relaxed))
+        // foyer has checked its own checksum of these bytes before decoding them.
+        Entry::decode_verified(r, MAX_DECODE.load(Ordering::Relaxed))
             .map(Stored)
             .map_err(|e| foyer::Error::io_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())))
     }
