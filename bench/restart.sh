@@ -17,6 +17,7 @@
 #   RESTARTS=3     restarts measured (the folder is filled once)
 #   COLD=1         drop the cache folder's files from the page cache before each start (0 = keep)
 #   SERVER_CPU=0 / LOAD_CPU=1  cores;  SKIP_BUILD=1; TARGET_DIR=DIR; KEEP_TMP=1
+#   PROXY_LOG=warn,foyer_storage=info  RUST_LOG of tile-proxy (foyer's recovery time is read from it)
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
