@@ -17,7 +17,8 @@
 # HEALTHCHECK and STOPSIGNAL against the built binary.
 
 # ---------------------------------------------------------------------------------------------
-# Builder: glibc of Debian 12 (bookworm), the same as the distroless runtime below.
+# Builder: glibc of Debian 12 (bookworm), the same as the distroless runtime below. The image
+# has make and a C compiler, which the default allocator (jemalloc, tikv-jemalloc-sys) builds with.
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 

@@ -199,6 +199,9 @@ pub struct FoyerOptions<'a> {
     /// 0 disables the disk tier.
     pub disk: usize,
     pub max_entry: usize,
+    /// Each of the disk tier's two write buffers (foyer's buffer pool with one flusher): both
+    /// stay resident once used. Entries waiting for them are capped at twice this.
+    pub write_buffer: usize,
 }
 
 impl FoyerTier {
@@ -300,7 +303,12 @@ impl FoyerTier {
             Some(device) => {
                 builder
                     .with_io_engine_config(PsyncIoEngineConfig::new())
-                    .with_engine_config(BlockEngineConfig::new(device).with_block_size(block_size_for(opts.max_entry)))
+                    .with_engine_config(
+                        BlockEngineConfig::new(device)
+                            .with_block_size(block_size_for(opts.max_entry))
+                            .with_buffer_pool_size(opts.write_buffer)
+                            .with_submit_queue_size_threshold(2 * opts.write_buffer),
+                    )
                     .with_recover_mode(RecoverMode::Quiet)
                     .build()
                     .await

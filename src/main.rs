@@ -6,6 +6,18 @@ use clap::Parser;
 use tile_proxy::config::{Cli, Command, HealthcheckArgs, Settings};
 use tile_proxy::{server, telemetry};
 
+// The binary's allocator (only the binary: tests and the library use the system one). glibc
+// malloc gives each busy thread an arena and keeps what is freed there, so the cache's churn of
+// tile buffers across actix workers and foyer's threads leaves RSS far above the memory tier
+// (bench/memory.sh). `--no-default-features` falls back to glibc malloc.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (args, check_only) = match cli.command {

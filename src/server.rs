@@ -145,6 +145,7 @@ pub async fn build(settings: Settings, opts: StartOptions) -> Result<Built, Star
                 memory: settings.memory_cache,
                 disk: if dir_lock.is_some() { settings.disk_cache } else { 0 },
                 max_entry: settings.max_entry_size,
+                write_buffer: settings.disk_write_buffer,
             };
             let tier = FoyerTier::open(foyer, &prom.registry).await?;
             if settings.disk_cache > 0 && dir_lock.is_none() {

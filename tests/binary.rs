@@ -365,6 +365,7 @@ fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it() {
         ("memory_cache", same("64MiB")),
         ("disk_cache", same("0")),
         ("max_entry_size", same("1MiB")),
+        ("disk_write_buffer", same("4MiB")),
         ("flight_buffer", same("16MiB")),
         ("ttl_cap", same("2d")),
         ("default_ttl", same("3h")),

@@ -46,6 +46,10 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_MAX_ENTRY: ByteSize = ByteSize::mib(2);
 /// Bytes one in-flight fetch may buffer for requests that join it late.
 pub const DEFAULT_FLIGHT_BUFFER: ByteSize = ByteSize::mib(8);
+/// Each of the disk tier's two write buffers (foyer's flush buffer; both stay resident).
+pub const DEFAULT_DISK_WRITE_BUFFER: ByteSize = ByteSize::mib(8);
+/// Room `disk_write_buffer` must have beyond `max_entry_size` (the entry's header, page alignment).
+pub const DISK_WRITE_BUFFER_HEADROOM: ByteSize = ByteSize::kib(64);
 /// Default `redis_max_value`.
 pub const DEFAULT_REDIS_MAX_VALUE: ByteSize = ByteSize::mib(4);
 /// Smallest `flight_buffer`.
@@ -201,6 +205,9 @@ pub struct FileConfig {
     pub disk_cache: ByteSize,
     #[serde(with = "units::size")]
     pub max_entry_size: ByteSize,
+    /// Each of the disk tier's two write buffers; entries queue for disk in them.
+    #[serde(with = "units::size")]
+    pub disk_write_buffer: ByteSize,
     /// Bytes one in-flight fetch may buffer for requests that join it late.
     #[serde(with = "units::size")]
     pub flight_buffer: ByteSize,
@@ -304,6 +311,7 @@ impl Default for FileConfig {
             memory_cache: DEFAULT_MEMORY_CACHE,
             disk_cache: DEFAULT_DISK_CACHE,
             max_entry_size: DEFAULT_MAX_ENTRY,
+            disk_write_buffer: DEFAULT_DISK_WRITE_BUFFER,
             flight_buffer: DEFAULT_FLIGHT_BUFFER,
             ttl_cap: DEFAULT_TTL_CAP,
             default_ttl: DEFAULT_TTL,
@@ -608,6 +616,10 @@ pub struct Settings {
     pub memory_cache: usize,
     pub disk_cache: usize,
     pub max_entry_size: usize,
+    /// Each of the disk tier's two write buffers (foyer's flush buffer; default 8 MiB, at least
+    /// `max_entry_size` + 64 KiB). Writes queue for disk up to twice this; beyond, new entries
+    /// are kept in memory only (counted by foyer's metrics).
+    pub disk_write_buffer: usize,
     pub ttl_cap: Duration,
     pub default_ttl: Duration,
     pub reject_unknown_params: bool,
@@ -663,6 +675,7 @@ impl std::fmt::Debug for Settings {
             .field("memory_cache", &self.memory_cache)
             .field("disk_cache", &self.disk_cache)
             .field("max_entry_size", &self.max_entry_size)
+            .field("disk_write_buffer", &self.disk_write_buffer)
             .field("flight_buffer", &self.flight_buffer)
             .field("ttl_cap", &self.ttl_cap)
             .field("default_ttl", &self.default_ttl)
@@ -869,6 +882,15 @@ fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings, Vec<Probl
             ),
         );
     }
+    // The largest entry must fit a write buffer, or it never reaches the disk tier.
+    let min_write_buffer = (max_entry_size as u64 + DISK_WRITE_BUFFER_HEADROOM.as_u64()).min(MAX_BUFFERED.as_u64());
+    let disk_write_buffer = if file.disk_write_buffer.as_u64() < min_write_buffer {
+        let min = units::format_size(ByteSize::b(min_write_buffer));
+        c.push(&["disk_write_buffer"], format!("must be at least max_entry_size + 64KiB ({min})"));
+        min_write_buffer as usize
+    } else {
+        c.size(&["disk_write_buffer"], file.disk_write_buffer, ByteSize::b(0), MAX_BUFFERED)
+    };
     let flight_buffer = c.size(&["flight_buffer"], file.flight_buffer, MIN_FLIGHT_BUFFER, MAX_BUFFERED);
     if file.ttl_cap < Duration::from_secs(1) {
         c.push(&["ttl_cap"], "must be at least 1 second (CACHE_TTL_CAP is in seconds)");
@@ -1008,6 +1030,7 @@ fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings, Vec<Probl
         memory_cache,
         disk_cache,
         max_entry_size,
+        disk_write_buffer,
         ttl_cap,
         default_ttl,
         reject_unknown_params: file.reject_unknown_params,
@@ -1353,6 +1376,7 @@ mod tests {
         assert_eq!(s.memory_cache, 256 << 20);
         assert_eq!(s.disk_cache, 1 << 30);
         assert_eq!(s.flight_buffer, 8 << 20);
+        assert_eq!(s.disk_write_buffer, 8 << 20);
         assert_eq!(s.ttl_cap, Duration::from_secs(7 * 86400));
         assert_eq!(s.unknown_indices, UnknownIndices::Allow);
         assert!(s.trusted_proxies.is_empty() && s.index_keys.is_empty());
@@ -1395,6 +1419,7 @@ mod tests {
             memory_cache: ByteSize(u64::MAX),
             disk_cache: ByteSize(u64::MAX),
             max_entry_size: ByteSize(u64::MAX),
+            disk_write_buffer: ByteSize(u64::MAX),
             flight_buffer: ByteSize(u64::MAX),
             ttl_cap: huge,
             default_ttl: huge,
@@ -1422,6 +1447,7 @@ mod tests {
             "memory_cache",
             "disk_cache",
             "max_entry_size",
+            "disk_write_buffer",
             "flight_buffer",
             "ttl_cap",
             "default_ttl",
@@ -1457,6 +1483,7 @@ mod tests {
             memory_cache: MAX_SIZE,
             disk_cache: MAX_SIZE,
             max_entry_size: MAX_BUFFERED,
+            disk_write_buffer: MAX_BUFFERED,
             flight_buffer: MAX_BUFFERED,
             ttl_cap: MAX_DURATION,
             default_ttl: MAX_DURATION,
@@ -1558,6 +1585,15 @@ mod tests {
         assert_eq!((s.unknown_indices, s.flight_buffer), (UnknownIndices::Reject, 64 << 10));
         let errs = problems(FileConfig { flight_buffer: ByteSize::kib(63), ..with_key() });
         assert_eq!(errs, ["flight_buffer: must be at least 64KiB"]);
+        let errs = problems(FileConfig { disk_write_buffer: ByteSize::mib(2), ..with_key() });
+        assert_eq!(errs, ["disk_write_buffer: must be at least max_entry_size + 64KiB (2112KiB)"]);
+        let s = Settings::from_file_config(FileConfig {
+            max_entry_size: ByteSize::kib(512),
+            disk_write_buffer: ByteSize::kib(576),
+            ..with_key()
+        })
+        .unwrap();
+        assert_eq!(s.disk_write_buffer, 576 << 10);
         let mut f = with_key();
         f.defaults.api_key_env = Some("X".into());
         assert_eq!(problems(f), ["defaults.api_key_env: only an [index.<name>] section can have its own key"]);
