@@ -254,6 +254,7 @@ fn serve(
         App::new()
             .app_data(app_service.clone())
             .app_data(client)
+            .wrap(proxy::TilesFirst)
             .wrap(cors(&origins))
             .wrap(prom.clone())
             .wrap(crate::access_log::AccessLogging)

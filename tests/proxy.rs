@@ -425,6 +425,19 @@ async fn head_cors_and_admin_endpoints() {
     assert_eq!(h["status"], "ok");
     assert_eq!(h["cache"][0]["disk"]["enabled"], true);
     assert!(h["uptime_seconds"].is_u64());
+    // Tiles skip actix's router (proxy::TilesFirst); everything else answers as routed.
+    for path in ["/nope", "/livex", "/live/", "/admin", "/admin/purges", "/v3/base/mc/1/1/1/gif"] {
+        let r = p.get(path).await;
+        let want = if path.ends_with(".gif") || path.ends_with("/gif") { 400 } else { 404 };
+        assert_eq!(r.status, want, "{path}");
+        assert!(r.json()["error"].is_string(), "{path}: JSON error");
+    }
+    let post = p.client.post(p.url("/live")).send().await.unwrap();
+    assert!(post.status().is_client_error(), "{}", post.status());
+    // The HTTP metrics (the HPA's requests per second) still count tiles.
+    let m = p.metrics().await;
+    let tiles = metric(&m, "tile_proxy_http_requests_total", &["endpoint=\"tiles_or_unknown\"", "status=\"200\""]);
+    assert!(tiles >= 2.0, "tiles counted in the HTTP metrics: {tiles}");
     p.stop().await;
 }
 
