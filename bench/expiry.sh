@@ -35,14 +35,7 @@ REPO_ROOT="$(cd "$BENCH_DIR/.." && pwd)"
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
 
-SMOKE=0
-for arg in "$@"; do
-    case "$arg" in
-        --smoke) SMOKE=1 ;;
-        -h | --help) usage; exit 0 ;;
-        *) echo "expiry.sh: unknown argument '$arg'" >&2; usage >&2; exit 2 ;;
-    esac
-done
+smoke_flag expiry.sh "$@"
 if [ "$SMOKE" = 1 ]; then
     DURATION="${DURATION:-4}" TTL="${TTL:-2}"
 fi

@@ -333,8 +333,10 @@ jnum() { [ "$1" = n/a ] && echo null || echo "$1"; }
 # bench_args NAME ARGS...: --smoke / --help, the shared knobs' defaults, validation; sets SMOKE,
 # DURATION, ROUNDS, CONNECTIONS, THREADS, TILES, WARMUP, SERVER_CPU, LOAD_CPU, SKIP_BUILD,
 # KEEP_TMP, TARGET_DIR, KEY, MIN_SIZE, MAX_SIZE. The caller defines `usage` and REPO_ROOT.
-bench_args() {
-    local name="$1" arg v
+# smoke_flag NAME ARGS...: the one argument every bench script takes: sets SMOKE (--smoke), or
+# prints `usage` (--help) and exits; anything else is an error naming the script.
+smoke_flag() {
+    local name="$1" arg
     shift
     SMOKE=0
     for arg in "$@"; do
@@ -344,6 +346,12 @@ bench_args() {
             *) echo "$name: unknown argument '$arg'" >&2; usage >&2; exit 2 ;;
         esac
     done
+}
+
+bench_args() {
+    local name="$1" v
+    shift
+    smoke_flag "$name" "$@"
     if [ "$SMOKE" = 1 ]; then
         DURATION=2 ROUNDS=1 TILES=200 WARMUP=1
     fi
