@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use foyer::{
     BlockEngineConfig, Code, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder, HybridCachePolicy,
-    PsyncIoEngineConfig, RecoverMode, Source,
+    HybridCacheProperties, Load, Location, PsyncIoEngineConfig, RecoverMode,
 };
 
 use crate::entry::Entry;
@@ -346,16 +346,27 @@ impl Tier for FoyerTier {
     }
 
     fn get<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Result<Option<(Entry, HitSource)>, TierError>> {
+        // Not `HybridCache::get`: that runs the disk load as a task on foyer's runtime, which
+        // then hands the read to its blocking pool (two thread hops a disk hit). Loading from the
+        // store here leaves one: the read itself.
         Box::pin(async move {
-            match self.cache.get(key.as_str()).await {
-                Ok(Some(e)) => {
-                    let source = match e.source() {
-                        Source::Disk => HitSource::Disk,
-                        _ => HitSource::Memory,
-                    };
-                    Ok(Some((e.value().0.clone(), source)))
+            if let Some(e) = self.cache.memory().get(key.as_str()) {
+                return Ok(Some((e.value().0.clone(), HitSource::Memory)));
+            }
+            if !self.disk_enabled {
+                return Ok(None);
+            }
+            match self.cache.storage().load(key.as_str()).await {
+                Ok(Load::Entry { value, .. }) => {
+                    let entry = value.0.clone();
+                    // Promoted into the memory tier only, marked as on disk: never written again.
+                    let on_disk = HybridCacheProperties::default().with_location(Location::OnDisk);
+                    self.cache.memory().insert_with_properties(key.as_str().to_string(), value, on_disk);
+                    Ok(Some((entry, HitSource::Disk)))
                 }
-                Ok(None) => Ok(None),
+                // Still in the write queue: served from there, not promoted (it is in memory).
+                Ok(Load::Piece { piece, .. }) => Ok(Some((piece.value().0.clone(), HitSource::Disk))),
+                Ok(Load::Throttled | Load::Miss) => Ok(None),
                 Err(e) => Err(TierError { tier: "foyer", message: e.to_string() }),
             }
         })
