@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use foyer::{
-    BlockEngineConfig, Code, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder, HybridCachePolicy,
-    HybridCacheProperties, Load, Location, PsyncIoEngineConfig, RecoverMode,
+    BlockEngineConfig, Code, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder, HybridCachePolicy, Load,
+    PsyncIoEngineConfig, RecoverMode,
 };
 
 use crate::entry::Entry;
@@ -359,9 +359,10 @@ impl Tier for FoyerTier {
             match self.cache.storage().load(key.as_str()).await {
                 Ok(Load::Entry { value, .. }) => {
                     let entry = value.0.clone();
-                    // Promoted into the memory tier only, marked as on disk: never written again.
-                    let on_disk = HybridCacheProperties::default().with_location(Location::OnDisk);
-                    self.cache.memory().insert_with_properties(key.as_str().to_string(), value, on_disk);
+                    // Promoted into the memory tier only (under write-on-insertion nothing writes
+                    // memory evictions to disk, so it is not written again). Not marked
+                    // `Location::OnDisk`: foyer keeps such an entry as a phantom, not in memory.
+                    self.cache.memory().insert(key.as_str().to_string(), value);
                     Ok(Some((entry, HitSource::Disk)))
                 }
                 // Still in the write queue: served from there, not promoted (it is in memory).

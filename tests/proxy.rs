@@ -90,6 +90,17 @@ async fn graceful_restart_on_the_same_folder_serves_hits_from_disk() {
     assert_eq!(up.total(), 20, "no upstream call after the restart");
     let m = p.metrics().await;
     assert_eq!(metric(&m, "tile_proxy_cache_hits_total", &["index=\"disk\"", "tier=\"disk\""]), 20.0);
+    // A disk hit is promoted into the memory tier: the request right after it is served from
+    // there. (Not after all 20: the memory tier's small FIFO keeps only the newest few until
+    // they are asked for again.)
+    for (path, body) in paths.iter().zip(&bodies) {
+        let first = p.get(path).await;
+        let again = p.get(path).await;
+        assert_eq!(first.x_cache(), "HIT", "{path}");
+        assert_eq!((again.x_cache(), again.header("x-cache-tier")), ("HIT", Some("memory")), "{path}");
+        assert_eq!(again.bytes(), body);
+    }
+    assert_eq!(up.total(), 20);
     p.stop().await;
 }
 
