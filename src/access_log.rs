@@ -1,7 +1,7 @@
 //! The access log: one line per request (JSON by default), cheap enough to leave on.
 //!
-//! What a line costs a worker: the [`AccessLogging`] middleware keeps the start `Instant` in its
-//! future (nothing in the request's extensions), the handler notes index, tile and cache result
+//! What a line costs a worker: the outermost middleware (`http_metrics::Observe`) keeps the
+//! start `Instant` in its future (nothing in the request's extensions) and calls [`log`], the handler notes index, tile and cache result
 //! ([`note`]: one small value in the request's extensions, which actix reuses between
 //! requests), and at the response head the line is formatted by hand, with no allocation, into
 //! one buffer shared by the workers. A full buffer (`access_log_buffer`, 64 KiB like nginx's
@@ -19,17 +19,14 @@
 //! `latency_ms` (to the response head) and `bytes`.
 
 use std::cell::Cell;
-use std::future::{ready, Future, Ready};
 use std::io::Write;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix_web::body::{BodySize, MessageBody};
-use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
+use actix_web::dev::ServiceResponse;
 use actix_web::http::header::CONTENT_LENGTH;
 use actix_web::{Error, HttpMessage, HttpRequest};
 
@@ -241,7 +238,7 @@ fn new_uuid() -> u128 {
 }
 
 /// Writes the line of a finished request (its response head is ready), if it is sampled.
-fn log<B: MessageBody>(outcome: &Result<ServiceResponse<B>, Error>, started: Instant) {
+pub(crate) fn log<B: MessageBody>(outcome: &Result<ServiceResponse<B>, Error>, started: Instant) {
     let Some(logger) = LOGGER.get() else { return };
     let latency = started.elapsed();
     let res = match outcome {
@@ -541,72 +538,6 @@ fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
         IpAddr::V6(v6) => {
             let _ = write!(out, "{v6}");
         }
-    }
-}
-
-/// Middleware that writes each request's access line when its response head is ready.
-pub struct AccessLogging;
-
-impl<S, B> Transform<S, ServiceRequest> for AccessLogging
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
-    B: MessageBody,
-{
-    type Response = ServiceResponse<B>;
-    type Error = Error;
-    type Transform = AccessLogService<S>;
-    type InitError = ();
-    type Future = Ready<Result<Self::Transform, Self::InitError>>;
-
-    fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(AccessLogService { service }))
-    }
-}
-
-pub struct AccessLogService<S> {
-    service: S,
-}
-
-impl<S, B> Service<ServiceRequest> for AccessLogService<S>
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
-    B: MessageBody,
-{
-    type Response = ServiceResponse<B>;
-    type Error = Error;
-    type Future = AccessFuture<S::Future>;
-
-    forward_ready!(service);
-
-    fn call(&self, req: ServiceRequest) -> Self::Future {
-        let started = enabled().then(Instant::now);
-        AccessFuture { fut: self.service.call(req), started }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The inner service's future, and when the request started (when logging).
-    pub struct AccessFuture<F> {
-        #[pin]
-        fut: F,
-        started: Option<Instant>,
-    }
-}
-
-impl<F, B> Future for AccessFuture<F>
-where
-    F: Future<Output = Result<ServiceResponse<B>, Error>>,
-    B: MessageBody,
-{
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let out = std::task::ready!(this.fut.poll(cx));
-        if let Some(started) = this.started.take() {
-            log(&out, started);
-        }
-        Poll::Ready(out)
     }
 }
 

@@ -182,9 +182,33 @@ fn reserve_blocks(dir: &Path) -> std::io::Result<u64> {
     Ok(reserved)
 }
 
+/// Threads of the disk tier's blocking pool, where foyer runs every `pread`/`pwrite`. Few, so
+/// that reads queued while the workers run are taken in turn by a thread already awake (an
+/// unbounded pool wakes a new thread, and pays two context switches, per read).
+pub const DISK_IO_THREADS: usize = 4;
+
+/// Runtimes made by [`FoyerTier::build`] so far (the next one's thread name).
+static TIERS_OPENED: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs on every thread of the disk tier's runtime: `SCHED_BATCH`, so a disk read finishing does
+/// not preempt an actix worker on the same core (with one core per pod, each disk hit cost an
+/// involuntary switch; the read waits until the worker yields instead). No privilege needed;
+/// where it is refused, the thread keeps the normal policy.
+fn yield_to_workers() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sets the calling thread's own policy; `param` is valid for the call.
+        let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    }
+}
+
 /// foyer `HybridCache`: memory tier weighted by bytes, block-engine disk tier.
 pub struct FoyerTier {
     cache: HybridCache<String, Stored>,
+    /// Name of the threads of this tier's runtime.
+    #[cfg_attr(not(test), allow(dead_code))]
+    threads: String,
     disk_enabled: bool,
     memory_capacity: usize,
     disk_capacity: usize,
@@ -284,9 +308,13 @@ impl FoyerTier {
             ),
             None => None,
         };
+        // Named per tier ("foyer-0", "foyer-1", ...): a test can tell one tier's threads.
+        let id = TIERS_OPENED.fetch_add(1, Ordering::Relaxed);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
-            .thread_name("foyer")
+            .thread_name(format!("foyer-{id}"))
+            .max_blocking_threads(DISK_IO_THREADS)
+            .on_thread_start(yield_to_workers)
             .enable_all()
             .build()
             .map_err(|e| err(format!("cannot start the cache runtime: {e}")))?;
@@ -318,6 +346,7 @@ impl FoyerTier {
         .map_err(|e| err(format!("cannot open the cache: {e}")))?;
         Ok(FoyerTier {
             cache,
+            threads: format!("foyer-{id}"),
             disk_enabled: dir.is_some(),
             memory_capacity: opts.memory,
             disk_capacity: if dir.is_some() { opts.disk } else { 0 },
@@ -532,5 +561,79 @@ mod tests {
         assert!(matches!(lock_dir(dir.path()), Err(LockError::InUse(_))));
         drop(first);
         assert!(lock_dir(dir.path()).is_ok());
+    }
+
+    /// Threads of this process named `name`, with their scheduling policy (`/proc`, field 41).
+    #[cfg(target_os = "linux")]
+    fn threads_named(name: &str) -> Vec<u32> {
+        let mut policies = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap().filter_map(Result::ok) {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() != name {
+                continue;
+            }
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            // Fields after the `(comm)`: state is field 3, policy field 41.
+            let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+            policies.push(after.split_whitespace().nth(38).and_then(|p| p.parse().ok()).unwrap_or(u32::MAX));
+        }
+        policies
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn disk_reads_run_on_a_few_batch_scheduled_threads() {
+        use crate::entry::{Freshness, Meta};
+        use crate::key::Origin;
+        use actix_web::http::header::HeaderValue;
+        use bytes::Bytes;
+        let dir = tempfile::tempdir().unwrap();
+        let opts = |memory| FoyerOptions {
+            dir: dir.path(),
+            memory,
+            disk: 64 << 20,
+            max_entry: 64 << 10,
+            // Room for every entry at once: none is left memory-only for want of a buffer.
+            write_buffer: 8 << 20,
+        };
+        let origin = Origin::new("http://upstream.test", Some("k"));
+        let keys: Vec<CacheKey> = (0..64)
+            .map(|x| {
+                let t = crate::routes::parse(&format!("/v3/base/mc/12/{x}/7/png"), "", Default::default());
+                CacheKey::of(&t.unwrap().unwrap(), &origin)
+            })
+            .collect();
+        let entry = |i: usize| Entry {
+            meta: Meta {
+                status: 200,
+                content_type: Some(HeaderValue::from_static("image/png")),
+                content_encoding: None,
+                etag: None,
+                stored_at_ms: 1,
+                version_ms: 1,
+                freshness: Freshness { ttl_secs: Some(60), no_store: false },
+                fetch_ms: 5,
+            },
+            body: Bytes::from(vec![i as u8; 20_000]),
+        };
+        let tier = FoyerTier::open(opts(32 << 20), &prometheus::Registry::new()).await.unwrap();
+        for (i, key) in keys.iter().enumerate() {
+            tier.insert(key, entry(i), u64::MAX).await.unwrap();
+        }
+        tier.close().await.unwrap();
+        drop(tier);
+        // Reopened: the memory tier is empty, every entry is read from the disk tier, at once.
+        let tier = FoyerTier::open(opts(1 << 20), &prometheus::Registry::new()).await.unwrap();
+        let reads = keys.iter().map(|k| tier.get(k));
+        let got = futures_util::future::join_all(reads).await;
+        for (i, got) in got.into_iter().enumerate() {
+            let (e, source) = got.unwrap().expect("on disk");
+            assert_eq!((source, e.body.len(), e.body[0]), (HitSource::Disk, 20_000, i as u8));
+        }
+        let policies = threads_named(&tier.threads);
+        assert!(!policies.is_empty(), "the tier's threads are named {}", tier.threads);
+        assert!(policies.len() <= 2 + DISK_IO_THREADS, "2 workers + at most {DISK_IO_THREADS} I/O: {policies:?}");
+        assert!(policies.iter().all(|p| *p == libc::SCHED_BATCH as u32), "SCHED_BATCH everywhere: {policies:?}");
+        tier.close().await.unwrap();
     }
 }

@@ -30,6 +30,7 @@ pub mod flight;
 pub mod freshness;
 pub mod health;
 pub mod healthcheck;
+pub mod http_metrics;
 pub mod key;
 pub mod map_page;
 pub mod metadata;

@@ -1,4 +1,4 @@
-//! Our own Prometheus metrics, per index, registered into actix-web-prom's registry (which also
+//! Our own Prometheus metrics, per index, registered into the registry of `http_metrics` (which also
 //! carries the HTTP metrics and foyer's own, so `/metrics` shows all three).
 //!
 //! Index names come from clients: to keep label cardinality bounded, the first

@@ -36,8 +36,8 @@ const X_CACHE_REASON: header::HeaderName = header::HeaderName::from_static("x-ca
 pub struct TilesFirst;
 
 /// True for the paths some route other than the default service may want.
-fn for_the_router(path: &str) -> bool {
-    matches!(path, "/live" | "/ready" | "/health") || path.starts_with("/admin") || path.contains('%')
+pub(crate) fn for_the_router(path: &str) -> bool {
+    matches!(path, "/live" | "/ready" | "/health" | "/metrics") || path.starts_with("/admin") || path.contains('%')
 }
 
 impl<S> actix_web::dev::Transform<S, actix_web::dev::ServiceRequest> for TilesFirst

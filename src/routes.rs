@@ -5,7 +5,8 @@
 //! is safe to put in a cache key and an upstream URL: no client input can reach the upstream host,
 //! scheme or path prefix, and the client's `apiKey` never leaves this module.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// Which HERE API a tile belongs to.
@@ -285,7 +286,10 @@ fn legacy(
 
 /// The decoded parameter names of a raw query (undecodable ones skipped).
 fn query_names(query: &str) -> impl Iterator<Item = String> + '_ {
-    query.split('&').filter(|p| !p.is_empty()).filter_map(|p| percent_decode(p.split_once('=').map_or(p, |(k, _)| k)))
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| percent_decode(p.split_once('=').map_or(p, |(k, _)| k)).map(Cow::into_owned))
 }
 
 /// Validates the query of one of HERE's metadata endpoints, which take no parameter of their own
@@ -314,9 +318,10 @@ fn parse_query(
     query: &str,
     opts: ParseOptions,
 ) -> Result<(String, BTreeMap<String, String>), RouteError> {
-    let mut index: Option<String> = None;
+    let mut index: Option<Cow<'_, str>> = None;
     let mut params = BTreeMap::new();
-    let mut seen = std::collections::HashSet::new();
+    // Names seen so far, decoded (a default value is dropped from `params` but still counts).
+    let mut seen: BTreeSet<Cow<'_, str>> = BTreeSet::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (raw_k, raw_v) = pair.split_once('=').unwrap_or((pair, ""));
         let k = percent_decode(raw_k).ok_or_else(|| RouteError::new("query", "malformed percent-encoding"))?;
@@ -324,7 +329,7 @@ fn parse_query(
         if k.eq_ignore_ascii_case("apikey") {
             continue;
         }
-        let v = percent_decode(raw_v).ok_or_else(|| RouteError::new(k.clone(), "malformed percent-encoding"))?;
+        let v = percent_decode(raw_v).ok_or_else(|| RouteError::new(k.to_string(), "malformed percent-encoding"))?;
         if k == "indice" {
             if index.is_some() {
                 return Err(RouteError::new("indice", "given more than once"));
@@ -335,31 +340,32 @@ fn parse_query(
             index = Some(v);
             continue;
         }
-        if !seen.insert(k.clone()) {
-            let field = if is_safe_token(&k) { k } else { "query".into() };
+        if seen.contains(&k) {
+            let field = if is_safe_token(&k) { k.into_owned() } else { "query".into() };
             return Err(RouteError::new(field, "given more than once"));
         }
+        seen.insert(k.clone());
         match check_param(api, &k, &v) {
             Check::Ok => {
-                let v = normalise(&k, v).map_err(|msg| RouteError::new(k.clone(), msg))?;
+                let v = normalise(&k, v.into_owned()).map_err(|msg| RouteError::new(k.to_string(), msg))?;
                 if !is_default(api, &k, &v) {
-                    params.insert(k, v);
+                    params.insert(k.into_owned(), v);
                 }
             }
-            Check::Bad(msg) => return Err(RouteError::new(k, msg)),
+            Check::Bad(msg) => return Err(RouteError::new(k.into_owned(), msg)),
             Check::Unknown if opts.reject_unknown_params => {
-                let field = if is_safe_token(&k) { k } else { "query".into() };
+                let field = if is_safe_token(&k) { k.into_owned() } else { "query".into() };
                 return Err(RouteError::new(field, "unknown query parameter"));
             }
             Check::Unknown => {
                 if !is_safe_token(&k) || !is_safe_token(&v) {
                     return Err(RouteError::new("query", "parameter name or value has unsafe characters"));
                 }
-                params.insert(k, v);
+                params.insert(k.into_owned(), v.into_owned());
             }
         }
     }
-    Ok((index.unwrap_or_else(|| DEFAULT_INDEX.to_string()), params))
+    Ok((index.map_or_else(|| DEFAULT_INDEX.to_string(), Cow::into_owned), params))
 }
 
 enum Check {
@@ -498,8 +504,12 @@ fn is_safe_token(s: &str) -> bool {
 }
 
 /// Percent-decodes a query component (`+` is a space). `None` on bad escapes or non-UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
+fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
     let b = s.as_bytes();
+    // Most names and values have nothing to decode: borrowed, no allocation.
+    if !b.iter().any(|c| matches!(c, b'%' | b'+')) {
+        return Some(Cow::Borrowed(s));
+    }
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -520,7 +530,7 @@ fn percent_decode(s: &str) -> Option<String> {
             }
         }
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(out).ok().map(Cow::Owned)
 }
 
 #[cfg(test)]

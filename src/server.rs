@@ -8,7 +8,6 @@ use std::sync::Arc;
 use actix_cors::Cors;
 use actix_web::http::header;
 use actix_web::{web, App, HttpServer};
-use actix_web_prom::PrometheusMetricsBuilder;
 
 use crate::admin;
 use crate::cache::{lock_dir, DirLock, FoyerOptions, FoyerTier, LockError, Tier, TileCache};
@@ -16,6 +15,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::config::Settings;
 use crate::flight::{FillLock, Flights};
 use crate::health::Health;
+use crate::http_metrics::{HttpMetrics, Observe};
 use crate::metrics::Metrics;
 use crate::proxy;
 use crate::purge::PurgeRules;
@@ -99,14 +99,14 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
 /// as long as it (the cache folder's lock, the metrics middleware and its registry).
 pub struct Built {
     pub state: Arc<AppState>,
-    pub prom: actix_web_prom::PrometheusMetrics,
+    pub http: Arc<HttpMetrics>,
     dir_lock: Option<DirLock>,
 }
 
 /// [`start`] with a chosen clock or cache tiers.
 pub async fn start_with(settings: Settings, opts: StartOptions) -> Result<Running, StartError> {
-    let Built { state, prom, dir_lock } = build(settings, opts).await?;
-    serve(state, prom, dir_lock)
+    let Built { state, http, dir_lock } = build(settings, opts).await?;
+    serve(state, http, dir_lock)
 }
 
 /// Opens the cache tiers, Redis and the purge rules, and builds the shared state; no socket.
@@ -116,15 +116,11 @@ pub async fn build(settings: Settings, opts: StartOptions) -> Result<Built, Star
     let _ = rustls::crypto::ring::default_provider().install_default();
     let clock = opts.clock.unwrap_or_else(|| Arc::new(SystemClock));
 
-    let prom = PrometheusMetricsBuilder::new("tile_proxy")
-        .endpoint("/metrics")
-        // Tiles have no router pattern (see below): they are counted under this label, by
-        // status; our own tile_proxy_requests_total has the per-index detail.
-        .mask_unmatched_patterns("tiles_or_unknown")
-        .build()
-        .map_err(|e| StartError::Metrics(e.to_string()))?;
+    // Tiles have no router pattern (see below): the HTTP metrics count them as
+    // `tiles_or_unknown`, by status; our own tile_proxy_requests_total has the per-index detail.
+    let http = HttpMetrics::new().map_err(|e| StartError::Metrics(e.to_string()))?;
     let metrics = Arc::new(
-        Metrics::new(&prom.registry, settings.metrics_max_indices, settings.policies.keys().cloned())
+        Metrics::new(http.registry(), settings.metrics_max_indices, settings.policies.keys().cloned())
             .map_err(|e| StartError::Metrics(e.to_string()))?,
     );
     let mut dir_lock = None;
@@ -147,7 +143,7 @@ pub async fn build(settings: Settings, opts: StartOptions) -> Result<Built, Star
                 max_entry: settings.max_entry_size,
                 write_buffer: settings.disk_write_buffer,
             };
-            let tier = FoyerTier::open(foyer, &prom.registry).await?;
+            let tier = FoyerTier::open(foyer, http.registry()).await?;
             if settings.disk_cache > 0 && dir_lock.is_none() {
                 tier.set_problem(format!("disk tier disabled: cache folder {} unusable", settings.cache_dir.display()));
             }
@@ -159,7 +155,7 @@ pub async fn build(settings: Settings, opts: StartOptions) -> Result<Built, Star
         }
     };
     let redis = match &settings.redis {
-        Some(r) => Some(Redis::new(r, clock.clone(), &prom.registry).map_err(StartError::Redis)?),
+        Some(r) => Some(Redis::new(r, clock.clone(), http.registry()).map_err(StartError::Redis)?),
         None => None,
     };
     let mut tiers = tiers;
@@ -234,33 +230,31 @@ pub async fn build(settings: Settings, opts: StartOptions) -> Result<Built, Star
         metadata: crate::metadata::MetadataCache::default(),
         compressor,
     });
-    Ok(Built { state, prom, dir_lock })
+    Ok(Built { state, http, dir_lock })
 }
 
-fn serve(
-    state: Arc<AppState>,
-    prom: actix_web_prom::PrometheusMetrics,
-    dir_lock: Option<DirLock>,
-) -> Result<Running, StartError> {
+fn serve(state: Arc<AppState>, http: Arc<HttpMetrics>, dir_lock: Option<DirLock>) -> Result<Running, StartError> {
     let settings = state.settings.clone();
     let service = web::Data::new(TileService::new(state.clone()));
 
     let app_service = service.clone();
     let upstream_settings = settings.upstream.clone();
     let origins = settings.cors_origins.clone();
+    let http_data = web::Data::from(http.clone());
     let server = HttpServer::new(move || {
         // One awc client per worker: awc is not Send, and its pool is per client.
         let client = web::Data::new(upstream::build_client(&upstream_settings));
         App::new()
             .app_data(app_service.clone())
             .app_data(client)
+            .app_data(http_data.clone())
             .wrap(proxy::TilesFirst)
             .wrap(cors(&origins))
-            .wrap(prom.clone())
-            .wrap(crate::access_log::AccessLogging)
+            .wrap(Observe(http.clone()))
             .route("/live", web::get().to(admin::live))
             .route("/ready", web::get().to(admin::ready))
             .route("/health", web::get().to(admin::health))
+            .route("/metrics", web::get().to(crate::http_metrics::endpoint))
             // One scope for the admin API: a tile request is checked against its static prefix
             // only (each top-level route costs every tile request a match, and a pattern such as
             // /admin/seed/{id} a regex match).
