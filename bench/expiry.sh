@@ -33,8 +33,6 @@ REPO_ROOT="$(cd "$BENCH_DIR/.." && pwd)"
 # shellcheck source=bench/lib.sh
 . "$BENCH_DIR/lib.sh"
 
-usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
-
 smoke_flag expiry.sh "$@"
 if [ "$SMOKE" = 1 ]; then
     DURATION="${DURATION:-4}" TTL="${TTL:-2}"
@@ -47,12 +45,7 @@ LATENCY_MS="${LATENCY_MS:-100}"
 BETA="${BETA:-1.0}"
 CONNECTIONS="${CONNECTIONS:-16}"
 THREADS="${THREADS:-1}"
-SERVER_CPU="${SERVER_CPU:-0}"
-LOAD_CPU="${LOAD_CPU:-1}"
-SKIP_BUILD="${SKIP_BUILD:-0}"
-KEEP_TMP="${KEEP_TMP:-0}"
-TARGET_DIR="${TARGET_DIR:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}}"
-KEY="bench-key-0123456789"
+common_defaults
 for v in DURATION ROUNDS TTL TILES LATENCY_MS CONNECTIONS THREADS SERVER_CPU LOAD_CPU; do
     [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
 done

@@ -332,9 +332,23 @@ jnum() { [ "$1" = n/a ] && echo null || echo "$1"; }
 # ---- the knobs both benchmarks share ---------------------------------------------------------
 # bench_args NAME ARGS...: --smoke / --help, the shared knobs' defaults, validation; sets SMOKE,
 # DURATION, ROUNDS, CONNECTIONS, THREADS, TILES, WARMUP, SERVER_CPU, LOAD_CPU, SKIP_BUILD,
-# KEEP_TMP, TARGET_DIR, KEY, MIN_SIZE, MAX_SIZE. The caller defines `usage` and REPO_ROOT.
+# KEEP_TMP, TARGET_DIR, KEY, MIN_SIZE, MAX_SIZE. The caller defines REPO_ROOT.
 # smoke_flag NAME ARGS...: the one argument every bench script takes: sets SMOKE (--smoke), or
 # prints `usage` (--help) and exits; anything else is an error naming the script.
+
+# The running script's header comment (from its second line to the first non-comment line).
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
+
+# Defaults every bench script shares: cores, build, temp dir, the test upstream's key.
+common_defaults() {
+    SERVER_CPU="${SERVER_CPU:-0}"
+    LOAD_CPU="${LOAD_CPU:-1}"
+    SKIP_BUILD="${SKIP_BUILD:-0}"
+    KEEP_TMP="${KEEP_TMP:-0}"
+    TARGET_DIR="${TARGET_DIR:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}}"
+    # shellcheck disable=SC2034 # for the caller
+    KEY="bench-key-0123456789"
+}
 smoke_flag() {
     local name="$1" arg
     shift
@@ -361,14 +375,8 @@ bench_args() {
     THREADS="${THREADS:-1}"
     TILES="${TILES:-2000}"
     WARMUP="${WARMUP:-2}"
-    SERVER_CPU="${SERVER_CPU:-0}"
-    LOAD_CPU="${LOAD_CPU:-1}"
-    SKIP_BUILD="${SKIP_BUILD:-0}"
-    KEEP_TMP="${KEEP_TMP:-0}"
-    TARGET_DIR="${TARGET_DIR:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}}"
+    common_defaults
     # shellcheck disable=SC2034 # for the caller
-    KEY="bench-key-0123456789"
-    # shellcheck disable=SC2034
     MIN_SIZE=5000 MAX_SIZE=60000
     for v in DURATION ROUNDS CONNECTIONS THREADS TILES WARMUP SERVER_CPU LOAD_CPU; do
         [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"

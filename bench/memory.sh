@@ -30,8 +30,6 @@ REPO_ROOT="$(cd "$BENCH_DIR/.." && pwd)"
 # shellcheck source=bench/lib.sh
 . "$BENCH_DIR/lib.sh"
 
-usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
-
 smoke_flag memory.sh "$@"
 if [ "$SMOKE" = 1 ]; then
     MEMORY_MIB=16 DISK_MIB=128 SETTLE=2 HIT_SECONDS=1
@@ -43,14 +41,9 @@ BOUND_MIB="${BOUND_MIB:-64}"
 SETTLE="${SETTLE:-10}"
 HIT_SECONDS="${HIT_SECONDS:-5}"
 WORKERS="${WORKERS:-2}"
-SERVER_CPU="${SERVER_CPU:-0}"
-LOAD_CPU="${LOAD_CPU:-1}"
-SKIP_BUILD="${SKIP_BUILD:-0}"
-KEEP_TMP="${KEEP_TMP:-0}"
-TARGET_DIR="${TARGET_DIR:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}}"
+common_defaults
 MODES="${MODES:-disk memory}"
 VARIANTS="${VARIANTS:-default:$TARGET_DIR}"
-KEY="bench-key-0123456789"
 MIN_SIZE=5000
 MAX_SIZE=60000
 THREADS=1

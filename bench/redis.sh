@@ -32,8 +32,6 @@ REPO_ROOT="$(cd "$BENCH_DIR/.." && pwd)"
 # shellcheck source=bench/lib.sh
 . "$BENCH_DIR/lib.sh"
 
-usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
-
 bench_args redis.sh "$@"
 RULES="${RULES:-100}"
 ADMIN_TOKEN="bench-admin-token-0123456789"

@@ -25,8 +25,6 @@ REPO_ROOT="$(cd "$BENCH_DIR/.." && pwd)"
 # shellcheck source=bench/lib.sh
 . "$BENCH_DIR/lib.sh"
 
-usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
-
 smoke_flag restart.sh "$@"
 if [ "$SMOKE" = 1 ]; then
     MEMORY_MIB=16 DISK_MIB=128 SAMPLE=40 RESTARTS=1
@@ -40,12 +38,7 @@ SAMPLE="${SAMPLE:-200}"
 TARGET_MS="${TARGET_MS:-2000}"
 RESTARTS="${RESTARTS:-3}"
 COLD="${COLD:-1}"
-SERVER_CPU="${SERVER_CPU:-0}"
-LOAD_CPU="${LOAD_CPU:-1}"
-SKIP_BUILD="${SKIP_BUILD:-0}"
-KEEP_TMP="${KEEP_TMP:-0}"
-TARGET_DIR="${TARGET_DIR:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}}"
-KEY="bench-key-0123456789"
+common_defaults
 for v in MEMORY_MIB DISK_MIB FILL_PERCENT MIN_SIZE MAX_SIZE SAMPLE TARGET_MS RESTARTS COLD SERVER_CPU LOAD_CPU; do
     [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
 done

@@ -39,8 +39,6 @@ REPO_ROOT="$(cd "$BENCH_DIR/.." && pwd)"
 # shellcheck source=bench/lib.sh
 . "$BENCH_DIR/lib.sh"
 
-usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
-
 ALL_SCENARIOS="mem-quiet mem-logged disk miss"
 CONNECTIONS="${CONNECTIONS:-64}"
 bench_args run.sh "$@"

@@ -156,8 +156,7 @@ where
         ObserveFuture {
             fut: self.service.call(req),
             started: Instant::now(),
-            method: Some(method),
-            metrics: Some(self.metrics.clone()),
+            for_metrics: Some((self.metrics.clone(), method)),
         }
     }
 }
@@ -167,8 +166,8 @@ pin_project_lite::pin_project! {
         #[pin]
         fut: F,
         started: Instant,
-        method: Option<Method>,
-        metrics: Option<Arc<HttpMetrics>>,
+        // Taken when the response is ready.
+        for_metrics: Option<(Arc<HttpMetrics>, Method)>,
     }
 }
 
@@ -184,9 +183,7 @@ where
         let out = std::task::ready!(this.fut.poll(cx));
         let started = *this.started;
         crate::access_log::log(&out, started);
-        let (Some(metrics), Some(method)) = (this.metrics.take(), this.method.take()) else {
-            panic!("ObserveFuture polled after completion");
-        };
+        let (metrics, method) = this.for_metrics.take().expect("ObserveFuture polled after completion");
         Poll::Ready(match out {
             Ok(res) => {
                 // Tiles never reach the router: no pattern to look for.
