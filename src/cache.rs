@@ -386,12 +386,13 @@ impl Tier for FoyerTier {
                 return Ok(None);
             }
             match self.cache.storage().load(key.as_str()).await {
-                Ok(Load::Entry { value, .. }) => {
+                Ok(Load::Entry { key: stored_key, value, .. }) => {
                     let entry = value.0.clone();
                     // Promoted into the memory tier only (under write-on-insertion nothing writes
-                    // memory evictions to disk, so it is not written again). Not marked
+                    // memory evictions to disk, so it is not written again), under the key foyer
+                    // has just decoded (equal to ours: foyer compares them). Not marked
                     // `Location::OnDisk`: foyer keeps such an entry as a phantom, not in memory.
-                    self.cache.memory().insert(key.as_str().to_string(), value);
+                    self.cache.memory().insert(stored_key, value);
                     Ok(Some((entry, HitSource::Disk)))
                 }
                 // Still in the write queue: served from there, not promoted (it is in memory).
