@@ -79,13 +79,17 @@ warm pass2 "$URL"
 [ "$(upstream_total)" -eq "$up" ] || die "the second pass went upstream: the disk tier dropped tiles"
 run_wrk warmup "$URL" 2 "$TMP/wrk-warmup.txt" "$PROXY_PID" >/dev/null
 
-disk_hits() { curl -sf --max-time 5 "$URL/metrics" >"$TMP/metrics.txt" && metric_sum "$TMP/metrics.txt" tile_proxy_cache_hits_total 'tier="disk"'; }
-mem_hits() { metric_sum "$TMP/metrics.txt" tile_proxy_cache_hits_total 'tier="memory"'; }
+# Hits so far by tier, from one scrape: "disk memory".
+tier_hits() {
+    curl -sf --max-time 5 "$URL/metrics" >"$TMP/metrics.txt" || die "cannot read $URL/metrics"
+    echo "$(metric_sum "$TMP/metrics.txt" tile_proxy_cache_hits_total 'tier="disk"')" \
+        "$(metric_sum "$TMP/metrics.txt" tile_proxy_cache_hits_total 'tier="memory"')"
+}
 
 log "measuring: wrk ${DURATION}s, no profiler"
-d0="$(disk_hits)"; m0="$(mem_hits)"
+read -r d0 m0 < <(tier_hits)
 read -r rps _ _ _ reqs errs _ _ _ _ _ cpu_ns _ < <(run_wrk measured "$URL" "$DURATION" "$TMP/wrk-measured.txt" "$PROXY_PID")
-d1="$(disk_hits)"; m1="$(mem_hits)"
+read -r d1 m1 < <(tier_hits)
 [ "$errs" -eq 0 ] || die "wrk counted $errs errors"
 US_PER_REQ="$(awk -v ns="$cpu_ns" -v r="$reqs" 'BEGIN { printf "%.1f", ns / 1000 / r }')"
 DISK_SHARE="$(awk -v d=$((d1 - d0)) -v m=$((m1 - m0)) 'BEGIN { if (d + m) printf "%.0f", 100 * d / (d + m); else print 0 }')"

@@ -1,13 +1,13 @@
 //! The access log: one line per request (JSON by default), cheap enough to leave on.
 //!
 //! What a line costs a worker: the outermost middleware (`http_metrics::Observe`) keeps the
-//! start `Instant` in its future (nothing in the request's extensions) and calls [`log`], the handler notes index, tile and cache result
-//! ([`note`]: one small value in the request's extensions, which actix reuses between
-//! requests), and at the response head the line is formatted by hand, with no allocation, into
-//! one buffer shared by the workers. A full buffer (`access_log_buffer`, 64 KiB like nginx's
-//! `access_log ... buffer=64k`) is handed to the `access-log` thread, which writes it to stdout
-//! in one `write`; that thread also writes whatever is pending every `access_log_flush`
-//! (1 s), and everything on shutdown. So a worker never makes a syscall for its log lines and
+//! start `Instant` in its future (nothing in the request's extensions) and calls [`log`]; the
+//! handler notes index, tile and cache result ([`note`]: one small value in the request's
+//! extensions, which actix reuses between requests); and at the response head the line is
+//! formatted by hand, with no allocation, into one buffer shared by the workers. A full buffer
+//! (`access_log_buffer`, 64 KiB like nginx's `access_log ... buffer=64k`) is handed to the
+//! `access-log` thread, which writes it to stdout in one `write`; that thread also writes
+//! whatever is pending every `access_log_flush` (1 s), and everything on shutdown. So a worker never makes a syscall for its log lines and
 //! never waits on stdout: if the writer falls behind by more than [`QUEUED_BUFFERS`] buffers
 //! (stdout blocked), buffers are dropped and counted (`tile_proxy_access_log_dropped_total`)
 //! instead of stalling the workers.

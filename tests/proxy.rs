@@ -91,8 +91,8 @@ async fn graceful_restart_on_the_same_folder_serves_hits_from_disk() {
     let m = p.metrics().await;
     assert_eq!(metric(&m, "tile_proxy_cache_hits_total", &["index=\"disk\"", "tier=\"disk\""]), 20.0);
     // A disk hit is promoted into the memory tier: the request right after it is served from
-    // there. (Not after all 20: the memory tier's small FIFO keeps only the newest few until
-    // they are asked for again.)
+    // there. (Checked in pairs, not after all 20: this is about the promotion, not about how
+    // long the test's memory tier keeps what it was given.)
     for (path, body) in paths.iter().zip(&bodies) {
         let first = p.get(path).await;
         let again = p.get(path).await;
