@@ -15,38 +15,14 @@
 //! and HERE's [`metadata`]. [`protect`] guards the bill (rate cap, budgets, client limits),
 //! [`stats`] reports per index, and [`compress`] sends vector tiles and JSON br or gzip.
 
-pub mod access_log;
-pub mod admin;
-pub mod breaker;
-pub mod cache;
-pub mod client_ip;
-pub mod clock;
-pub mod compress;
+pub mod app;
+pub mod base;
 pub mod config;
-pub mod entry;
-pub mod error;
-pub mod fetch;
-pub mod flight;
-pub mod freshness;
-pub mod health;
-pub mod healthcheck;
-pub mod http_metrics;
-pub mod key;
-pub mod map_page;
-pub mod metadata;
-pub mod metrics;
+pub mod domain;
+pub mod http;
+pub mod observe;
 pub mod protect;
-pub mod proxy;
-pub mod purge;
-pub mod purge_api;
-pub mod routes;
 pub mod seed;
-pub mod server;
 pub mod service;
-pub mod shared;
-pub mod site;
-pub mod state;
-pub mod stats;
-pub mod telemetry;
-pub mod tilejson;
+pub mod store;
 pub mod upstream;

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use tile_proxy::app::{server, telemetry};
 use tile_proxy::config::{Cli, Command, HealthcheckArgs, Settings};
-use tile_proxy::{server, telemetry};
 
 // The binary's allocator (only the binary: tests and the library use the system one). glibc
 // malloc gives each busy thread an arena and keeps what is freed there, so the cache's churn of
@@ -24,8 +24,8 @@ fn main() -> ExitCode {
         Some(Command::Serve(a)) => (a, false),
         Some(Command::CheckConfig(a)) => (a, true),
         Some(Command::Healthcheck(h)) => return healthcheck(&h),
-        Some(Command::Seed(a)) => return tile_proxy::seed::run_cli(a),
-        Some(Command::Stats(a)) => return tile_proxy::stats::run_cli(&a),
+        Some(Command::Seed(a)) => return tile_proxy::app::seed::run_cli(a),
+        Some(Command::Stats(a)) => return tile_proxy::http::admin::stats::run_cli(&a),
         None => (cli.serve, false),
     };
     let (settings, effective) = match Settings::load_effective(&args) {
@@ -66,8 +66,8 @@ fn healthcheck(h: &HealthcheckArgs) -> ExitCode {
         let file: toml::Value = std::fs::read_to_string(path).ok()?.parse().ok()?;
         file.get("listen")?.as_str().map(str::to_string)
     });
-    let result = tile_proxy::healthcheck::target(h.url.as_deref(), listen.as_deref())
-        .and_then(|(host, path)| tile_proxy::healthcheck::probe(&host, &path, h.timeout));
+    let result = tile_proxy::app::healthcheck::target(h.url.as_deref(), listen.as_deref())
+        .and_then(|(host, path)| tile_proxy::app::healthcheck::probe(&host, &path, h.timeout));
     match result {
         Ok(line) => {
             println!("healthy: {line}");

@@ -43,7 +43,7 @@ fn compressed(m: &str, encoding: &str, source: &str) -> f64 {
 /// background after the answer).
 fn variant_in_memory(p: &Proxy, path: &str, encoding: &str) -> bool {
     let (path, query) = path.split_once('?').unwrap_or((path, ""));
-    let tile = tile_proxy::routes::parse(path, query, Default::default()).unwrap().unwrap();
+    let tile = tile_proxy::domain::routes::parse(path, query, Default::default()).unwrap().unwrap();
     let key = p.state().upstream.cache_key(&tile);
     let Some((identity, _)) = p.state().cache.peek(&key) else { return false };
     p.state().cache.peek(&key.variant(encoding, identity.meta.version_ms)).is_some()

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::future::join_all;
-use tile_proxy::cache::{BoxFuture, HitSource, Tier, TierError};
 use tile_proxy::config::PolicyFileConfig;
-use tile_proxy::entry::Entry;
-use tile_proxy::key::CacheKey;
+use tile_proxy::domain::entry::Entry;
+use tile_proxy::domain::key::CacheKey;
+use tile_proxy::store::cache::{BoxFuture, HitSource, Tier, TierError};
 
 #[actix_rt::test]
 async fn twenty_indices_asking_one_tile_cost_one_upstream_call_and_keep_their_own_metrics() {
@@ -343,7 +343,7 @@ async fn a_second_process_on_the_cache_folder_is_refused() {
     let mut f = config(&up, p.dir.path());
     f.listen = "127.0.0.1:0".into();
     let settings = tile_proxy::config::Settings::from_file_config(f).unwrap();
-    let err = tile_proxy::server::start(settings).await.err().expect("refused");
+    let err = tile_proxy::app::server::start(settings).await.err().expect("refused");
     let msg = err.to_string();
     assert!(msg.contains("in use by another tile-proxy process"), "{msg}");
     assert!(msg.contains(&p.dir.path().display().to_string()), "{msg}");

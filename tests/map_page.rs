@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use tile_proxy::map_page::{self, CACHE_REVALIDATE, CACHE_UNVERSIONED, CACHE_VERSIONED};
+use tile_proxy::http::map_page::{self, CACHE_REVALIDATE, CACHE_UNVERSIONED, CACHE_VERSIONED};
 
 /// The `map/assets/NAME?v=VERSION` links of a page, as (name, version).
 fn asset_links(html: &str) -> Vec<(String, String)> {

@@ -31,7 +31,7 @@ fn policy(f: &mut FileConfig, index: &str, set: impl FnOnce(&mut tile_proxy::con
 /// Moves a proxy's clock to one minute past the next full hour (the budget windows are UTC
 /// hours and days of the injected clock).
 fn to_next_hour(p: &Proxy) {
-    use tile_proxy::clock::Clock;
+    use tile_proxy::base::clock::Clock;
     let now = p.clock.now_ms();
     p.clock.advance_ms((now / 3_600_000 + 1) * 3_600_000 + 60_000 - now);
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::redis_server::RedisServer;
 use common::*;
 use futures_util::future::join_all;
-use tile_proxy::clock::Clock;
+use tile_proxy::base::clock::Clock;
 use tile_proxy::config::FileConfig;
 
 const ADMIN: &str = "admin-token-0123456789abcdef";
@@ -41,7 +41,7 @@ async fn admin_post(p: &Proxy, path: &str, token: Option<&str>, body: &str) -> R
 
 /// Another pod holds the fetch lease of `path` for `ms` (and will never release it).
 fn hold_lease(p: &Proxy, redis: &RedisServer, path: &str, ms: u64) {
-    let tile = tile_proxy::routes::parse(path, "", Default::default()).unwrap().unwrap();
+    let tile = tile_proxy::domain::routes::parse(path, "", Default::default()).unwrap().unwrap();
     let tag = p.state().redis.as_ref().unwrap().keys.tag(&p.state().upstream.cache_key(&tile));
     let _: () = redis.cmd(&["SET", &format!("tile-proxy:{{{tag}}}:l"), "another-pod", "PX", &ms.to_string()]);
 }

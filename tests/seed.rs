@@ -331,7 +331,7 @@ async fn the_admin_api_checks_the_token_and_the_body_and_runs_a_job_to_done() {
 
 #[actix_rt::test]
 async fn a_seed_waits_out_the_rate_cap_and_stops_cleanly_when_the_budget_is_spent() {
-    use tile_proxy::clock::Clock;
+    use tile_proxy::base::clock::Clock;
     let up = upstream(300);
     let p = Proxy::start(&up, |f| {
         // A queue shorter than the seed's concurrency needs: some tiles are refused as busy.

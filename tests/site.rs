@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use futures_util::future::join_all;
 use serde_json::Value;
-use tile_proxy::routes::{LEGACY_FORMATS, LEGACY_RESOURCES, LEGACY_SCHEMES};
+use tile_proxy::domain::routes::{LEGACY_FORMATS, LEGACY_RESOURCES, LEGACY_SCHEMES};
 
 const CLIENT_KEY: &str = "CLIENTKEY-must-not-travel";
 

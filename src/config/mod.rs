@@ -91,7 +91,7 @@ pub enum Command {
     Healthcheck(HealthcheckArgs),
     /// Warm the cache: fetch every tile of a bbox over a zoom range, through a running proxy
     /// (default) or straight into the cache of a config file (`--direct`); resumable.
-    Seed(crate::seed::SeedArgs),
+    Seed(crate::app::seed::SeedArgs),
     /// Print a running proxy's per-index statistics (`GET /admin/stats`) as a table.
     Stats(StatsArgs),
 }
@@ -557,7 +557,7 @@ pub struct Policy {
     pub budget: Budget,
     /// Per-client token bucket; `None`: unlimited.
     pub rate_limit: Option<ClientRate>,
-    /// XFetch's `beta` ([`crate::freshness::early_refresh`]): 0 = no early refresh. Finite,
+    /// XFetch's `beta` ([`crate::domain::freshness::early_refresh`]): 0 = no early refresh. Finite,
     /// 0 to [`MAX_EARLY_REFRESH_BETA`].
     pub early_refresh_beta: f64,
 }
@@ -626,7 +626,7 @@ pub struct Settings {
     pub cors_origins: Vec<String>,
     pub log_json: bool,
     /// The access log; `None`: off.
-    pub access_log: Option<crate::access_log::Config>,
+    pub access_log: Option<crate::http::access_log::Config>,
     pub metrics_max_indices: usize,
     pub shutdown_timeout: Duration,
     pub drain_delay: Duration,
@@ -872,7 +872,7 @@ fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings, Vec<Probl
     let memory_cache = c.size(&["memory_cache"], file.memory_cache, ByteSize::b(1), MAX_SIZE);
     let max_entry_size = c.size(&["max_entry_size"], file.max_entry_size, ByteSize::b(1), MAX_BUFFERED);
     let disk_cache = c.size(&["disk_cache"], file.disk_cache, ByteSize::b(0), MAX_SIZE);
-    let block = crate::cache::block_size_for(max_entry_size);
+    let block = crate::store::cache::block_size_for(max_entry_size);
     if disk_cache != 0 && disk_cache < 4 * block {
         c.push(
             &["disk_cache"],
@@ -911,7 +911,7 @@ fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings, Vec<Probl
     if access_log_flush < Duration::from_millis(10) {
         c.push(&["access_log_flush"], "must be at least 10ms");
     }
-    let access_log = file.access_log.then_some(crate::access_log::Config {
+    let access_log = file.access_log.then_some(crate::http::access_log::Config {
         json: log_json,
         sample: file.access_log_sample.max(1),
         buffer: access_log_buffer,
@@ -1006,7 +1006,7 @@ fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings, Vec<Probl
     let mut policies = BTreeMap::new();
     let mut index_keys = BTreeMap::new();
     for (name, p) in &file.index {
-        if !crate::routes::is_valid_index(name) {
+        if !crate::domain::routes::is_valid_index(name) {
             c.push(&["index", name], "index names are 1-64 characters of A-Z a-z 0-9 _ . -");
         }
         let policy = resolve_policy(&["index", name], p, &default_policy, &mut c);

@@ -4,7 +4,7 @@
 //! spent budget refuses the fetch: the client gets 429 `budget_exhausted` with `Retry-After` to
 //! the window's end, or a stale copy where stale-if-error allows one; hits never get here.
 //!
-//! Budgets are kept per metrics label (see [`crate::metrics::Metrics::index_label`]): indices
+//! Budgets are kept per metrics label (see [`crate::observe::metrics::Metrics::index_label`]): indices
 //! past `metrics_max_indices` share `_other`'s, so client-chosen index names cannot multiply the
 //! budget without bound (`unknown_indices = "reject"` closes that door completely).
 //!
@@ -16,11 +16,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
-use crate::clock::SharedClock;
+use crate::base::clock::SharedClock;
 use crate::config::Budget;
-use crate::error::UpstreamFailure;
-use crate::metrics::Metrics;
-use crate::shared::{Deadline, Lua, Redis};
+use crate::http::error::UpstreamFailure;
+use crate::observe::metrics::Metrics;
+use crate::store::redis::{Deadline, Lua, Redis};
 
 const HOUR_MS: u64 = 3_600_000;
 const DAY_MS: u64 = 86_400_000;
@@ -222,7 +222,7 @@ impl Budgets {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::{Clock, ManualClock};
+    use crate::base::clock::{Clock, ManualClock};
 
     fn budgets(clock: Arc<ManualClock>) -> Budgets {
         let metrics = Arc::new(Metrics::new(&prometheus::Registry::new(), 10, []).unwrap());

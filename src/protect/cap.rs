@@ -10,10 +10,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::UpstreamFailure;
-use crate::metrics::Metrics;
-use crate::routes::Api;
-use crate::shared::{Deadline, Redis};
+use crate::domain::routes::Api;
+use crate::http::error::UpstreamFailure;
+use crate::observe::metrics::Metrics;
+use crate::store::redis::{Deadline, Redis};
 
 use super::{mono_us, Decision, Gcra, GCRA};
 

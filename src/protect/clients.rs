@@ -1,7 +1,7 @@
 //! Client rate limits: a token bucket per client address and index (`rate_limit` requests per
 //! second refilled, `rate_burst` at once), checked before the cache is looked at. Addresses in
 //! `rate_limit_exempt` are never limited. The address is the peer's, or the one
-//! `X-Forwarded-For` gives through `trusted_proxies` ([`crate::client_ip`]).
+//! `X-Forwarded-For` gives through `trusted_proxies` ([`crate::http::client_ip`]).
 //!
 //! Locally each bucket is a `governor` limiter kept in a `moka` cache bounded by
 //! `rate_limit_clients`, whose entries expire once idle for as long as a bucket takes to refill
@@ -27,8 +27,8 @@ use governor::{Quota, RateLimiter};
 use ipnet::IpNet;
 
 use crate::config::ClientRate;
-use crate::metrics::Metrics;
-use crate::shared::{Deadline, Redis};
+use crate::observe::metrics::Metrics;
+use crate::store::redis::{Deadline, Redis};
 
 use super::GCRA;
 

@@ -9,7 +9,7 @@
 //!   before anything else, with `RateLimit-*` headers.
 //!
 //! The shared parts run one Lua script per decision on the Redis connection and breaker of
-//! [`crate::shared`], with Redis's own clock (`TIME`), so pod clocks do not matter. When Redis
+//! [`crate::store::redis`], with Redis's own clock (`TIME`), so pod clocks do not matter. When Redis
 //! is unavailable each falls back to this pod's own state and never fails a request for it.
 
 pub mod budget;
@@ -19,10 +19,10 @@ pub mod clients;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use crate::clock::SharedClock;
+use crate::base::clock::SharedClock;
 use crate::config::Settings;
-use crate::metrics::Metrics;
-use crate::shared::{Lua, Redis};
+use crate::observe::metrics::Metrics;
+use crate::store::redis::{Lua, Redis};
 
 /// The three guards, built once per pod.
 pub struct Protect {

@@ -9,9 +9,9 @@ use futures_util::StreamExt;
 use super::run::{Fetched, Fetcher};
 use super::tiles::JobError;
 use crate::config::{Settings, UnknownIndices};
-use crate::error::UpstreamFailure;
-use crate::routes::{self, ParseOptions};
-use crate::service::{Body, TileService};
+use crate::domain::routes::{self, ParseOptions};
+use crate::http::error::UpstreamFailure;
+use crate::service::tiles::{Body, TileService};
 
 /// Largest tile body read through a proxy.
 const MAX_BODY: usize = 64 << 20;

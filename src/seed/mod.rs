@@ -4,15 +4,10 @@
 //!
 //! Shared by both: [`tiles`] (the job checked, its tiles enumerated in a fixed order, their
 //! URLs), [`run`] (the run loop: bounded concurrency, counters, retry and stop rules),
-//! [`fetchers`] (through HTTP or through the [`crate::service::TileService`]) and
+//! [`fetchers`] (through HTTP or through the [`crate::service::tiles::TileService`]) and
 //! [`state_file`] (which tiles are done, saved atomically).
 
-pub mod api;
-pub mod cli;
 pub mod fetchers;
 pub mod run;
 pub mod state_file;
 pub mod tiles;
-
-pub use api::{api_start, api_status, Jobs};
-pub use cli::{run_cli, SeedArgs};

@@ -48,7 +48,7 @@ pub enum Fetched {
 
 /// Asks for one tile: through a running proxy's HTTP, or straight through a [`TileService`].
 ///
-/// [`TileService`]: crate::service::TileService
+/// [`TileService`]: crate::service::tiles::TileService
 pub trait Fetcher {
     /// Fetches `url` (path and query, as a client sends it) and reads the whole answer.
     fn fetch(&self, url: &str) -> impl Future<Output = Fetched>;

@@ -11,7 +11,7 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
-use crate::routes::{self, Api, ParseOptions, RASTER_MAX_ZOOM, VECTOR_MAX_ZOOM};
+use crate::domain::routes::{self, Api, ParseOptions, RASTER_MAX_ZOOM, VECTOR_MAX_ZOOM};
 
 /// The Web-Mercator latitude limit: the world square ends there.
 pub const MAX_LAT: f64 = 85.051_128_779_8;

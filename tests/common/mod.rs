@@ -1,4 +1,4 @@
-//! Test harness: the real server (`tile_proxy::server::start`) on 127.0.0.1:0 with its cache in
+//! Test harness: the real server (`tile_proxy::app::server::start`) on 127.0.0.1:0 with its cache in
 //! a temporary folder, in front of the project's HERE-like test upstream; an awc client to talk
 //! to it. Each test uses its own tile addresses so tests never share state.
 #![allow(dead_code, unused_imports)]
@@ -12,10 +12,10 @@ use actix_web::http::StatusCode;
 use bytes::Bytes;
 use std::sync::Arc;
 
-use tile_proxy::cache::Tier;
-use tile_proxy::clock::ManualClock;
+use tile_proxy::app::server::{self, Running, StartOptions};
+use tile_proxy::base::clock::ManualClock;
 use tile_proxy::config::{ByteSize, FileConfig, Settings};
-use tile_proxy::server::{self, Running, StartOptions};
+use tile_proxy::store::cache::Tier;
 
 pub use test_upstream::{Fault, Options, Upstream};
 
@@ -115,7 +115,7 @@ impl Proxy {
     }
 
     /// The running server's shared state.
-    pub fn state(&self) -> &tile_proxy::state::AppState {
+    pub fn state(&self) -> &tile_proxy::http::state::AppState {
         self.running.as_ref().expect("running").state()
     }
 

@@ -1,0 +1,357 @@
+//! Builds and runs the server: opens the cache, registers metrics, wires routes and middleware,
+//! and shuts down in order (not ready -> drain HTTP -> close the cache so entries reach disk).
+//! Production (`main.rs`) and the integration tests both go through [`start`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix_cors::Cors;
+use actix_web::http::header;
+use actix_web::{web, App, HttpServer};
+
+use crate::base::clock::{SharedClock, SystemClock};
+use crate::config::Settings;
+use crate::domain::purge::PurgeRules;
+use crate::http::admin::health;
+use crate::http::admin::purge;
+use crate::http::http_metrics::{HttpMetrics, Observe};
+use crate::http::state::AppState;
+use crate::http::tile;
+use crate::observe::health::Health;
+use crate::observe::metrics::Metrics;
+use crate::service::tiles::TileService;
+use crate::store::cache::{lock_dir, DirLock, FoyerOptions, FoyerTier, LockError, Tier, TileCache};
+use crate::store::flight::{FillLock, Flights};
+use crate::store::redis::{self, lease::FleetFill, lease::Waiters, tier::RedisTier, Redis};
+use crate::upstream::{self, UpstreamConfig};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("metrics: {0}")]
+    Metrics(String),
+    #[error("{0}")]
+    Cache(#[from] crate::store::cache::TierError),
+    #[error("{0}")]
+    CacheInUse(LockError),
+    #[error("{0}")]
+    Redis(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A running server.
+pub struct Running {
+    addrs: Vec<SocketAddr>,
+    handle: actix_web::dev::ServerHandle,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    state: Arc<AppState>,
+    _dir_lock: Option<DirLock>,
+}
+
+/// What tests (and embedders) may swap in; production uses the defaults.
+#[derive(Default)]
+pub struct StartOptions {
+    /// The clock freshness follows; default the system clock.
+    pub clock: Option<SharedClock>,
+    /// Cache tiers to use instead of the built-in foyer tier.
+    pub tiers: Option<Vec<Box<dyn Tier>>>,
+    /// XFetch's uniform draw in (0, 1]; default `freshness::draw_unit`. Tests make early
+    /// refresh certain (`|| f64::MIN_POSITIVE`) or impossible (`|| 1.0`).
+    pub early_refresh_draw: Option<fn() -> f64>,
+}
+
+fn cors(origins: &[String]) -> Cors {
+    let mut cors = Cors::default()
+        .allowed_methods(["GET", "HEAD", "OPTIONS"])
+        .allowed_headers([header::IF_NONE_MATCH, header::ACCEPT, header::CACHE_CONTROL])
+        .expose_headers([
+            "X-Cache",
+            "X-Cache-Tier",
+            "X-Cache-Reason",
+            "ETag",
+            "Age",
+            "Cache-Control",
+            "Retry-After",
+            "RateLimit-Limit",
+            "RateLimit-Remaining",
+            "RateLimit-Reset",
+            "RateLimit-Policy",
+        ])
+        .max_age(86_400);
+    if origins.iter().any(|o| o == "*") {
+        // The same answer for every origin: no `Vary: Origin`, so a CDN keeps one copy a tile.
+        cors = cors.allow_any_origin().send_wildcard().disable_vary_header();
+    } else {
+        for o in origins {
+            cors = cors.allowed_origin(o);
+        }
+    }
+    cors
+}
+
+/// Opens the cache, binds and starts serving. Ready once this returns.
+pub async fn start(settings: Settings) -> Result<Running, StartError> {
+    start_with(settings, StartOptions::default()).await
+}
+
+/// Everything a server serves from, built but not yet serving: the state, and what must live
+/// as long as it (the cache folder's lock, the metrics middleware and its registry).
+pub struct Built {
+    pub state: Arc<AppState>,
+    pub http: Arc<HttpMetrics>,
+    dir_lock: Option<DirLock>,
+}
+
+/// [`start`] with a chosen clock or cache tiers.
+pub async fn start_with(settings: Settings, opts: StartOptions) -> Result<Running, StartError> {
+    let Built { state, http, dir_lock } = build(settings, opts).await?;
+    serve(state, http, dir_lock)
+}
+
+/// Opens the cache tiers, Redis and the purge rules, and builds the shared state; no socket.
+/// `tile-proxy seed --direct` fills the cache through this state without serving HTTP.
+pub async fn build(settings: Settings, opts: StartOptions) -> Result<Built, StartError> {
+    // awc builds rustls without a crypto provider; a second install is a harmless error.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let clock = opts.clock.unwrap_or_else(|| Arc::new(SystemClock));
+
+    // Tiles have no router pattern (see below): the HTTP metrics count them as
+    // `tiles_or_unknown`, by status; our own tile_proxy_requests_total has the per-index detail.
+    let http = HttpMetrics::new().map_err(|e| StartError::Metrics(e.to_string()))?;
+    let metrics = Arc::new(
+        Metrics::new(http.registry(), settings.metrics_max_indices, settings.policies.keys().cloned())
+            .map_err(|e| StartError::Metrics(e.to_string()))?,
+    );
+    let mut dir_lock = None;
+    let tiers = match opts.tiers {
+        Some(tiers) => tiers,
+        None => {
+            if settings.disk_cache > 0 {
+                // One process per folder: a second one would corrupt the first one's blocks.
+                match lock_dir(&settings.cache_dir) {
+                    Ok(l) => dir_lock = Some(l),
+                    Err(e @ LockError::InUse(_)) => return Err(StartError::CacheInUse(e)),
+                    // An unusable folder: the tier below degrades to memory only and says why.
+                    Err(e) => tracing::error!(error = %e, "cache folder unusable"),
+                }
+            }
+            let foyer = FoyerOptions {
+                dir: &settings.cache_dir,
+                memory: settings.memory_cache,
+                disk: if dir_lock.is_some() { settings.disk_cache } else { 0 },
+                max_entry: settings.max_entry_size,
+                write_buffer: settings.disk_write_buffer,
+            };
+            let tier = FoyerTier::open(foyer, http.registry()).await?;
+            if settings.disk_cache > 0 && dir_lock.is_none() {
+                tier.set_problem(format!("disk tier disabled: cache folder {} unusable", settings.cache_dir.display()));
+            }
+            if settings.disk_cache > 0 && !tier.disk_enabled() {
+                metrics.cache_errors.with_label_values(&["foyer", "open_disk"]).inc();
+            }
+            let tier: Box<dyn Tier> = Box::new(tier);
+            vec![tier]
+        }
+    };
+    let redis = match &settings.redis {
+        Some(r) => Some(Redis::new(r, clock.clone(), http.registry()).map_err(StartError::Redis)?),
+        None => None,
+    };
+    let mut tiers = tiers;
+    if let Some(redis) = &redis {
+        tiers.push(Box::new(RedisTier::new(redis.clone(), settings.max_entry_size)));
+    }
+    let cache = Arc::new(TileCache::new(tiers, metrics.clone()));
+    let purges = Arc::new(PurgeRules::new(settings.max_entry_life()));
+    // Without the disk tier nothing outlives the process, so neither need the rules.
+    let purge_file = dir_lock.as_ref().map(|_| settings.cache_dir.join("purges.json"));
+    if let Some(path) = &purge_file {
+        match purges.load(path, clock.now_ms()) {
+            Ok(n) if n > 0 => tracing::info!(rules = n, "purge rules loaded from the cache folder"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, path = %path.display(), "cannot read saved purge rules"),
+        }
+    }
+    if let Some(redis) = &redis {
+        // The fleet's rules before the first request (the subscriber keeps them current).
+        if let Err(e) = redis::pubsub::load_rules(redis, &purges, clock.now_ms()).await {
+            tracing::warn!(error = %e, "cannot read purge rules from redis at start; the subscriber retries");
+        }
+    }
+    metrics.purge_rules.set(purges.len() as i64);
+    let settings = Arc::new(settings);
+    let flights = Flights::new(settings.flight_buffer);
+    let fill: Arc<dyn FillLock> = match &redis {
+        Some(redis) => {
+            let waiters = Arc::new(Waiters::default());
+            let (rules, gauge, file) = (purges.clone(), metrics.purge_rules.clone(), purge_file.clone());
+            let on_change: redis::pubsub::OnChange = Arc::new(move || {
+                gauge.set(rules.len() as i64);
+                if let Some(path) = &file {
+                    if let Err(e) = rules.save(path) {
+                        tracing::warn!(error = %e, "cannot save purge rules");
+                    }
+                }
+            });
+            redis::pubsub::start(redis.clone(), waiters.clone(), purges.clone(), clock.clone(), on_change);
+            Arc::new(FleetFill::new(flights.clone(), redis.clone(), waiters))
+        }
+        None => flights.clone(),
+    };
+    let protect = crate::protect::Protect::new(&settings, redis.clone(), clock.clone(), metrics.clone());
+    // Configured indices' early refresh series exist from the start, at 0 (rate() in dashboards).
+    for (name, policy) in &settings.policies {
+        if policy.early_refresh_beta > 0.0 {
+            metrics.early_refresh.with_label_values(&[name]);
+        }
+    }
+    let compressor = crate::http::compress::Compressor::new(&settings, metrics.clone());
+    let state = Arc::new(AppState {
+        upstream: Arc::new(UpstreamConfig::from_settings(&settings)),
+        settings: settings.clone(),
+        cache,
+        fill,
+        flights,
+        metrics,
+        health: Arc::new(Health::new(clock.clone())),
+        breakers: Arc::new(crate::domain::breaker::Breakers::new(
+            settings.upstream.breaker_failures,
+            settings.upstream.breaker_cooldown,
+        )),
+        clock,
+        early_refresh_draw: opts.early_refresh_draw.unwrap_or(crate::domain::freshness::draw_unit),
+        purges,
+        purge_file,
+        redis,
+        protect,
+        pod_id: crate::http::admin::stats::new_pod_id(),
+        seeds: crate::http::admin::seed::Jobs::default(),
+        metadata: crate::http::metadata::MetadataCache::default(),
+        compressor,
+    });
+    Ok(Built { state, http, dir_lock })
+}
+
+fn serve(state: Arc<AppState>, http: Arc<HttpMetrics>, dir_lock: Option<DirLock>) -> Result<Running, StartError> {
+    let settings = state.settings.clone();
+    let service = web::Data::new(TileService::new(state.clone()));
+
+    let app_service = service.clone();
+    let upstream_settings = settings.upstream.clone();
+    let origins = settings.cors_origins.clone();
+    let http_data = web::Data::from(http.clone());
+    let server = HttpServer::new(move || {
+        // One awc client per worker: awc is not Send, and its pool is per client.
+        let client = web::Data::new(upstream::build_client(&upstream_settings));
+        App::new()
+            .app_data(app_service.clone())
+            .app_data(client)
+            .app_data(http_data.clone())
+            .wrap(tile::TilesFirst)
+            .wrap(cors(&origins))
+            .wrap(Observe(http.clone()))
+            .route("/live", web::get().to(health::live))
+            .route("/ready", web::get().to(health::ready))
+            .route("/health", web::get().to(health::health))
+            .route("/metrics", web::get().to(crate::http::http_metrics::endpoint))
+            // One scope for the admin API: a tile request is checked against its static prefix
+            // only (each top-level route costs every tile request a match, and a pattern such as
+            // /admin/seed/{id} a regex match).
+            .service(
+                web::scope("/admin")
+                    .route("/purge", web::post().to(purge::purge))
+                    .route("/purges", web::get().to(purge::purges))
+                    .route("/stats", web::get().to(crate::http::admin::stats::api))
+                    .route("/seed", web::post().to(crate::http::admin::seed::api_start))
+                    .route("/seed/{id}", web::get().to(crate::http::admin::seed::api_status)),
+            )
+            // Tiles are routed by `routes::parse` itself (one pass, no regex router on the hot
+            // path): everything that is not an admin route goes there; it answers 404 for
+            // non-tile paths and 405 for methods other than GET and HEAD.
+            .default_service(web::to(tile::tile))
+    })
+    .workers(settings.workers)
+    // A streamed miss ends with a small write; with Nagle's algorithm it waits for the client's
+    // delayed ACK (~40 ms on Linux). Tiles are whole answers: send every write at once.
+    .tcp_nodelay(true)
+    .disable_signals()
+    .shutdown_timeout(settings.shutdown_timeout.as_secs().max(1));
+    let server = server.bind(settings.listen).map_err(|source| StartError::Bind { addr: settings.listen, source })?;
+    let addrs = server.addrs();
+    let server = server.run();
+    let handle = server.handle();
+    let server = actix_web::rt::spawn(server);
+    crate::http::admin::stats::spawn_housekeeping(state.clone());
+    state.health.set_ready(true);
+    Ok(Running { addrs, handle, server, state, _dir_lock: dir_lock })
+}
+
+impl Running {
+    /// The bound address (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// Shared state (tests read metrics and the cache through it).
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Graceful stop: not ready, finish in-flight requests, then close the cache (its write
+    /// buffers reach disk, so entries come back on the next start).
+    pub async fn shutdown(self) {
+        self.state.health.set_ready(false);
+        let delay = self.state.settings.drain_delay;
+        if !delay.is_zero() {
+            tracing::info!(?delay, "not ready; serving on before draining");
+            tokio::time::sleep(delay).await;
+        }
+        self.handle.stop(true).await;
+        match self.server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "server stopped with an error"),
+            Err(e) => tracing::error!(error = %e, "server task failed"),
+        }
+        self.state.cache.close().await;
+        tracing::info!("cache closed; bye");
+    }
+
+    /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
+    pub async fn run_until_signal(self) {
+        wait_for_signal().await;
+        tracing::info!("signal received; draining");
+        self.shutdown().await;
+    }
+}
+
+async fn wait_for_signal() {
+    match StopSignals::new() {
+        Some(mut signals) => signals.recv().await,
+        None => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// SIGTERM and SIGINT, the signals that stop the server and a seed job.
+pub struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Listens for both; `None` when a handler cannot be installed.
+    pub fn new() -> Option<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Some(StopSignals { term: signal(SignalKind::terminate()).ok()?, int: signal(SignalKind::interrupt()).ok()? })
+    }
+
+    /// The next SIGTERM or SIGINT.
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}

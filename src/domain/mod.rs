@@ -1,0 +1,10 @@
+//! What a tile request and a stored tile mean, as pure rules: the URL grammar ([`routes`]), the
+//! cache key ([`key`]), the stored entry ([`entry`]), freshness ([`freshness`]), purge rules
+//! ([`purge`]) and the circuit breaker's state machine ([`breaker`]). No I/O, no actix.
+
+pub mod breaker;
+pub mod entry;
+pub mod freshness;
+pub mod key;
+pub mod purge;
+pub mod routes;

@@ -1,0 +1,78 @@
+//! Operational endpoints: `/live`, `/ready`, `/health`.
+//!
+//! * `/live`: 200 while the process serves HTTP at all.
+//! * `/ready`: 200 once the cache is open and the server bound; 503 while starting and draining.
+//! * `/health`: JSON with the cache tiers, what we last saw of each upstream, the circuit
+//!   breakers, version and uptime. `status` is `degraded` when the upstream rejected our key
+//!   recently, the last upstream call failed, a breaker is not closed, or a cache tier has a
+//!   problem (e.g. the disk tier could not be opened or reserved).
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use crate::domain::breaker::BreakerState;
+use crate::domain::routes::Api;
+use crate::service::tiles::TileService;
+
+/// `GET /live`.
+pub async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "alive"}))
+}
+
+/// `GET /ready`.
+pub async fn ready(service: web::Data<TileService>) -> HttpResponse {
+    if service.state().health.is_ready() {
+        HttpResponse::Ok().json(json!({"ready": true}))
+    } else {
+        HttpResponse::ServiceUnavailable().json(json!({"ready": false}))
+    }
+}
+
+/// `GET /health`.
+pub async fn health(service: web::Data<TileService>) -> HttpResponse {
+    let state = service.state();
+    let h = &state.health;
+    let (raster, raster_down) = h.upstream_json(Api::Raster, state.upstream.base(Api::Raster));
+    let (vector, vector_down) = h.upstream_json(Api::Vector, state.upstream.base(Api::Vector));
+    let auth = h.recent_auth_failure();
+    let mut problems = Vec::new();
+    if let Some((_, status)) = auth {
+        problems.push(format!("upstream answered {status} to our key (HERE_API_KEY invalid or expired?)"));
+    }
+    if raster_down {
+        problems.push("raster upstream: last call failed".to_string());
+    }
+    if vector_down {
+        problems.push("vector upstream: last call failed".to_string());
+    }
+    problems.extend(state.cache.problems());
+    let now = state.clock.now_ms();
+    let mut breakers = serde_json::Map::new();
+    for api in [Api::Raster, Api::Vector] {
+        let b = state.breakers.get(api);
+        let st = b.state(now);
+        if st != BreakerState::Closed {
+            problems.push(format!("{} upstream: circuit breaker {}", api.as_str(), st.as_str()));
+        }
+        breakers.insert(api.as_str().into(), json!({"state": st.as_str(), "consecutive_failures": b.failures()}));
+    }
+    let status = if !h.is_ready() {
+        "starting_or_draining"
+    } else if problems.is_empty() {
+        "ok"
+    } else {
+        "degraded"
+    };
+    HttpResponse::Ok().insert_header(("Cache-Control", "no-store")).json(json!({
+        "status": status,
+        "problems": problems,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": h.uptime_secs(),
+        "ready": h.is_ready(),
+        "cache": state.cache.status(),
+        "in_flight_fetches": state.flights.len(),
+        "upstream": {"raster": raster, "vector": vector},
+        "circuit_breakers": breakers,
+        "upstream_auth_failure_unix_ms": auth.map(|(at, _)| at),
+    }))
+}

@@ -1,0 +1,396 @@
+//! Our own Prometheus metrics, per index, registered into the registry of `http_metrics` (which also
+//! carries the HTTP metrics and foyer's own, so `/metrics` shows all three).
+//!
+//! Index names come from clients: to keep label cardinality bounded, the first
+//! `metrics_max_indices` distinct indices get their own label and the rest share `_other`.
+//! Indices named in the config file always get their own label.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+use crate::domain::purge::Fnv;
+use crate::store::cache::HitSource;
+
+/// Label used for indices past the cardinality limit.
+pub const OTHER_INDEX: &str = "_other";
+
+/// Every metric the proxy itself records.
+pub struct Metrics {
+    /// `tile_proxy_requests_total{index, cache}`: tile requests by cache result
+    /// (`hit`, `miss`, `coalesced`, `stale`, `negative_hit`, `error`, `invalid`).
+    pub requests: IntCounterVec,
+    /// `tile_proxy_upstream_requests_total{index, status}`: upstream attempts by HTTP status, or
+    /// `connect_error`, `timeout`, `body_error`.
+    pub upstream_requests: IntCounterVec,
+    /// `tile_proxy_upstream_duration_seconds{index}`: time to the upstream response head.
+    pub upstream_latency: HistogramVec,
+    /// `tile_proxy_upstream_retries_total{index}`.
+    pub upstream_retries: IntCounterVec,
+    /// `tile_proxy_bytes_served_total{index, cache}`: body bytes sent to clients.
+    pub bytes_served: IntCounterVec,
+    /// `tile_proxy_cache_hits_total{index, tier}`: where hits were found (`memory`, `disk`).
+    pub hits_by_tier: IntCounterVec,
+    /// `tile_proxy_cache_inserts_total{index}` and `tile_proxy_cache_not_stored_total{index, reason}`.
+    pub inserts: IntCounterVec,
+    pub not_stored: IntCounterVec,
+    /// `tile_proxy_cache_errors_total{tier, op}`: failing tiers (bypassed, fail-open).
+    pub cache_errors: IntCounterVec,
+    /// `tile_proxy_revalidations_total{index, result}`: `not_modified` (304) or `modified` (200).
+    pub revalidations: IntCounterVec,
+    /// `tile_proxy_early_refresh_total{index}`: background refreshes started for a still fresh
+    /// entry close to its expiry (XFetch, `early_refresh_beta`).
+    pub early_refresh: IntCounterVec,
+    /// `tile_proxy_upstream_auth_failures_total{status}`: 401/403 from HERE: our key is wrong.
+    pub auth_failures: IntCounterVec,
+    /// `tile_proxy_breaker_open{upstream}`: 1 while the circuit breaker is open.
+    pub breaker_open: IntGaugeVec,
+    /// `tile_proxy_purge_rules`: active purge rules.
+    pub purge_rules: prometheus::IntGauge,
+    /// `tile_proxy_purged_total{index}`: cached entries a purge rule turned into misses.
+    pub purged: IntCounterVec,
+    /// `tile_proxy_upstream_cap_wait_seconds{upstream}`: how long misses waited for their turn
+    /// under `upstream_rps`.
+    pub cap_wait: HistogramVec,
+    /// `tile_proxy_upstream_busy_total{upstream}`: misses refused with 503 `upstream_busy`.
+    pub cap_busy: IntCounterVec,
+    /// `tile_proxy_budget_used{index, window}` and `tile_proxy_budget_limit{index, window}`:
+    /// upstream fetches in the current UTC hour/day, and the budget (indices with one).
+    pub budget_used: IntGaugeVec,
+    pub budget_limit: IntGaugeVec,
+    /// `tile_proxy_budget_remaining{index, window}`: what is left of it.
+    pub budget_remaining: IntGaugeVec,
+    /// `tile_proxy_budget_exhausted_total{index, window}`: misses refused with 429 `budget_exhausted`.
+    pub budget_exhausted: IntCounterVec,
+    /// `tile_proxy_rate_limited_total{index}`: requests refused by a client rate limit.
+    pub rate_limited: IntCounterVec,
+    /// `tile_proxy_protect_fallback_total{what}`: decisions taken on this pod alone because Redis
+    /// was unavailable (`cap`, `budget`, `client`).
+    pub protect_fallback: IntCounterVec,
+    /// `tile_proxy_metadata_requests_total{endpoint, cache}`: HERE metadata requests (`/v3/info`,
+    /// copyright, ...) by result (`hit`, `miss`, `stale`, `error`, `invalid`).
+    pub metadata_requests: IntCounterVec,
+    /// `tile_proxy_compressed_total{encoding, source}`: answers sent compressed, the encoded
+    /// body `stored` (a tile's cached variant, a document's cached body) or `compressed` now.
+    pub compressed: IntCounterVec,
+    /// `tile_proxy_compression_bytes_total{encoding, body}`: body bytes of the answers sent
+    /// compressed, `identity` (before) and `encoded` (sent): the saving is their difference.
+    pub compression_bytes: IntCounterVec,
+    /// Each index label's handles, resolved once (the first `max_indices` indices and the
+    /// configured ones; the rest share `other`).
+    indices: RwLock<HashMap<Box<str>, Arc<IndexMetrics>, Fnv>>,
+    other: Arc<IndexMetrics>,
+    max_indices: usize,
+}
+
+/// Cache results a tile request is counted under (`tile_proxy_requests_total{cache}`) whose
+/// series [`IndexMetrics`] keeps resolved.
+const RESULTS: [&str; 7] = ["hit", "negative_hit", "stale", "miss", "coalesced", "error", "rate_limited"];
+
+/// One index label's metric handles, looked up once per request instead of one label lookup
+/// (hash of the label values, read lock, map lookup) per counter.
+pub struct IndexMetrics {
+    label: Box<str>,
+    requests_vec: IntCounterVec,
+    bytes_vec: IntCounterVec,
+    tiers_vec: IntCounterVec,
+    requests: [OnceLock<IntCounter>; RESULTS.len()],
+    bytes: [OnceLock<IntCounter>; RESULTS.len()],
+    tiers: [OnceLock<IntCounter>; 3],
+}
+
+impl IndexMetrics {
+    fn new(label: &str, m: &Metrics) -> IndexMetrics {
+        Self::with_vecs(label, &m.requests, &m.bytes_served, &m.hits_by_tier)
+    }
+
+    fn with_vecs(label: &str, requests: &IntCounterVec, bytes: &IntCounterVec, tiers: &IntCounterVec) -> Self {
+        IndexMetrics {
+            label: label.into(),
+            requests_vec: requests.clone(),
+            bytes_vec: bytes.clone(),
+            tiers_vec: tiers.clone(),
+            requests: Default::default(),
+            bytes: Default::default(),
+            tiers: Default::default(),
+        }
+    }
+
+    /// The label (the index, or `_other`).
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Counts a request in `tile_proxy_requests_total{index, cache}`.
+    pub fn count_request(&self, cache: &'static str) {
+        match RESULTS.iter().position(|r| *r == cache) {
+            Some(i) => {
+                self.requests[i].get_or_init(|| self.requests_vec.with_label_values(&[&self.label, cache])).inc()
+            }
+            None => self.requests_vec.with_label_values(&[&self.label, cache]).inc(),
+        }
+    }
+
+    /// `tile_proxy_bytes_served_total{index, cache}`.
+    pub fn bytes(&self, cache: &'static str) -> IntCounter {
+        match RESULTS.iter().position(|r| *r == cache) {
+            Some(i) => self.bytes[i].get_or_init(|| self.bytes_vec.with_label_values(&[&self.label, cache])).clone(),
+            None => self.bytes_vec.with_label_values(&[&self.label, cache]),
+        }
+    }
+
+    /// Counts a hit in `tile_proxy_cache_hits_total{index, tier}`.
+    pub fn count_hit(&self, tier: HitSource) {
+        let slot = match tier {
+            HitSource::Memory => 0,
+            HitSource::Disk => 1,
+            HitSource::Remote => 2,
+        };
+        self.tiers[slot].get_or_init(|| self.tiers_vec.with_label_values(&[&self.label, tier.as_str()])).inc();
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric. `configured` indices always keep their own label.
+    pub fn new(
+        registry: &Registry,
+        max_indices: usize,
+        configured: impl IntoIterator<Item = String>,
+    ) -> prometheus::Result<Metrics> {
+        fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            r.register(Box::new(c.clone()))?;
+            Ok(c)
+        }
+        let upstream_latency = HistogramVec::new(
+            HistogramOpts::new("tile_proxy_upstream_duration_seconds", "Time to the upstream response head")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["index"],
+        )?;
+        registry.register(Box::new(upstream_latency.clone()))?;
+        let breaker_open = IntGaugeVec::new(
+            Opts::new("tile_proxy_breaker_open", "1 while the upstream circuit breaker is open"),
+            &["upstream"],
+        )?;
+        registry.register(Box::new(breaker_open.clone()))?;
+        let cap_wait = HistogramVec::new(
+            HistogramOpts::new(
+                "tile_proxy_upstream_cap_wait_seconds",
+                "Time misses waited for their turn under upstream_rps",
+            )
+            .buckets(vec![0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["upstream"],
+        )?;
+        registry.register(Box::new(cap_wait.clone()))?;
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGaugeVec> {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["index", "window"])?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let budget_used = gauge("tile_proxy_budget_used", "Upstream fetches in the current UTC hour/day")?;
+        let budget_limit = gauge("tile_proxy_budget_limit", "Upstream fetch budget per UTC hour/day")?;
+        let budget_remaining = gauge("tile_proxy_budget_remaining", "Upstream fetches left this UTC hour/day")?;
+        let purge_rules = prometheus::IntGauge::new("tile_proxy_purge_rules", "Active purge rules")?;
+        registry.register(Box::new(purge_rules.clone()))?;
+        // Series dashboards and alerts read exist from the start, at 0.
+        for api in ["raster", "vector"] {
+            breaker_open.with_label_values(&[api]).set(0);
+        }
+        let requests =
+            counter(registry, "tile_proxy_requests_total", "Tile requests by cache result", &["index", "cache"])?;
+        let bytes_served =
+            counter(registry, "tile_proxy_bytes_served_total", "Body bytes served to clients", &["index", "cache"])?;
+        let hits_by_tier = counter(registry, "tile_proxy_cache_hits_total", "Cache hits by tier", &["index", "tier"])?;
+        // Registered in every registry made (tests make several): one process-wide count.
+        let _ = registry.register(Box::new(crate::http::access_log::dropped_counter().clone()));
+        let metrics = Metrics {
+            requests: requests.clone(),
+            upstream_requests: counter(
+                registry,
+                "tile_proxy_upstream_requests_total",
+                "Upstream requests by status",
+                &["index", "status"],
+            )?,
+            upstream_latency,
+            upstream_retries: counter(registry, "tile_proxy_upstream_retries_total", "Upstream retries", &["index"])?,
+            bytes_served: bytes_served.clone(),
+            hits_by_tier: hits_by_tier.clone(),
+            inserts: counter(registry, "tile_proxy_cache_inserts_total", "Entries stored", &["index"])?,
+            not_stored: counter(
+                registry,
+                "tile_proxy_cache_not_stored_total",
+                "Upstream answers not stored, by reason",
+                &["index", "reason"],
+            )?,
+            cache_errors: counter(
+                registry,
+                "tile_proxy_cache_errors_total",
+                "Cache tier failures (bypassed)",
+                &["tier", "op"],
+            )?,
+            revalidations: counter(
+                registry,
+                "tile_proxy_revalidations_total",
+                "Upstream revalidations by result",
+                &["index", "result"],
+            )?,
+            early_refresh: counter(
+                registry,
+                "tile_proxy_early_refresh_total",
+                "Background refreshes started for fresh entries close to their expiry (XFetch)",
+                &["index"],
+            )?,
+            auth_failures: counter(
+                registry,
+                "tile_proxy_upstream_auth_failures_total",
+                "401/403 answers from the upstream",
+                &["status"],
+            )?,
+            breaker_open,
+            purge_rules,
+            purged: counter(
+                registry,
+                "tile_proxy_purged_total",
+                "Cached entries treated as missing because of a purge rule",
+                &["index"],
+            )?,
+            cap_wait,
+            cap_busy: counter(
+                registry,
+                "tile_proxy_upstream_busy_total",
+                "Misses refused because the upstream rate cap queue was full",
+                &["upstream"],
+            )?,
+            budget_used,
+            budget_limit,
+            budget_remaining,
+            budget_exhausted: counter(
+                registry,
+                "tile_proxy_budget_exhausted_total",
+                "Misses refused because the index spent its upstream budget",
+                &["index", "window"],
+            )?,
+            rate_limited: counter(
+                registry,
+                "tile_proxy_rate_limited_total",
+                "Requests refused by a client rate limit",
+                &["index"],
+            )?,
+            protect_fallback: counter(
+                registry,
+                "tile_proxy_protect_fallback_total",
+                "Rate cap, budget and client limit decisions taken locally because Redis was unavailable",
+                &["what"],
+            )?,
+            metadata_requests: counter(
+                registry,
+                "tile_proxy_metadata_requests_total",
+                "HERE metadata requests by endpoint and cache result",
+                &["endpoint", "cache"],
+            )?,
+            compressed: counter(
+                registry,
+                "tile_proxy_compressed_total",
+                "Answers sent compressed, by encoding and where the encoded body came from",
+                &["encoding", "source"],
+            )?,
+            compression_bytes: counter(
+                registry,
+                "tile_proxy_compression_bytes_total",
+                "Body bytes of answers sent compressed, before (identity) and after (encoded)",
+                &["encoding", "body"],
+            )?,
+            indices: RwLock::default(),
+            other: Arc::new(IndexMetrics::with_vecs(OTHER_INDEX, &requests, &bytes_served, &hits_by_tier)),
+            max_indices,
+        };
+        if let Ok(mut indices) = metrics.indices.write() {
+            for index in configured {
+                let m = Arc::new(IndexMetrics::new(&index, &metrics));
+                indices.insert(index.into(), m);
+            }
+        }
+        for api in ["raster", "vector"] {
+            metrics.cap_busy.with_label_values(&[api]);
+        }
+        for what in ["cap", "budget", "client"] {
+            metrics.protect_fallback.with_label_values(&[what]);
+        }
+        for status in ["401", "403"] {
+            metrics.auth_failures.with_label_values(&[status]);
+        }
+        for encoding in ["br", "gzip"] {
+            for source in ["stored", "compressed"] {
+                metrics.compressed.with_label_values(&[encoding, source]);
+            }
+            for body in ["identity", "encoded"] {
+                metrics.compression_bytes.with_label_values(&[encoding, body]);
+            }
+        }
+        for (tier, op) in [("foyer", "get"), ("foyer", "insert"), ("foyer", "open_disk")] {
+            metrics.cache_errors.with_label_values(&[tier, op]);
+        }
+        Ok(metrics)
+    }
+
+    /// The label to use for `index`: itself while under the cardinality limit, else `_other`.
+    pub fn index_label<'a>(&self, index: &'a str) -> &'a str {
+        if Arc::ptr_eq(&self.index(index), &self.other) {
+            OTHER_INDEX
+        } else {
+            index
+        }
+    }
+
+    /// The metric handles of `index`'s label: its own while under the cardinality limit (or
+    /// configured), else `_other`'s.
+    pub fn index(&self, index: &str) -> Arc<IndexMetrics> {
+        if let Ok(indices) = self.indices.read() {
+            if let Some(m) = indices.get(index) {
+                return m.clone();
+            }
+            if indices.len() >= self.max_indices {
+                return self.other.clone();
+            }
+        }
+        match self.indices.write() {
+            Ok(mut indices) => {
+                if let Some(m) = indices.get(index) {
+                    return m.clone();
+                }
+                if indices.len() >= self.max_indices {
+                    return self.other.clone();
+                }
+                let m = Arc::new(IndexMetrics::new(index, self));
+                indices.insert(index.into(), m.clone());
+                m
+            }
+            Err(_) => self.other.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_labels_are_bounded() {
+        let m = Metrics::new(&Registry::new(), 2, ["configured".to_string()]).unwrap();
+        assert_eq!(m.index_label("configured"), "configured");
+        assert_eq!(m.index_label("a"), "a");
+        assert_eq!(m.index_label("b"), OTHER_INDEX);
+        assert_eq!(m.index_label("a"), "a");
+        assert_eq!(m.index("zzz").label(), OTHER_INDEX);
+        assert!(Arc::ptr_eq(&m.index("a"), &m.index("a")), "resolved once");
+        m.index("a").count_request("hit");
+        m.index("a").count_request("invalid");
+        m.index("a").bytes("hit").inc_by(7);
+        m.index("a").count_hit(HitSource::Disk);
+        assert_eq!(m.requests.with_label_values(&["a", "hit"]).get(), 1);
+        assert_eq!(m.requests.with_label_values(&["a", "invalid"]).get(), 1);
+        assert_eq!(m.bytes_served.with_label_values(&["a", "hit"]).get(), 7);
+        assert_eq!(m.hits_by_tier.with_label_values(&["a", "disk"]).get(), 1);
+    }
+}

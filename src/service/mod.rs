@@ -1,0 +1,5 @@
+//! Serving a tile without HTTP: look it up, let the index's policy decide, lead or join the one
+//! fetch for its key ([`tiles`]), and the fetch itself ([`fetch`]).
+
+pub mod fetch;
+pub mod tiles;

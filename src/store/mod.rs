@@ -1,0 +1,7 @@
+//! Where tiles are kept: the tiers behind one lookup ([`cache`]: memory and disk through foyer),
+//! the in-process flights that make one fetch per key ([`flight`]), and the optional Redis tier
+//! shared by the fleet ([`redis`]: entries, the fetch lease, purge rules over pub/sub).
+
+pub mod cache;
+pub mod flight;
+pub mod redis;

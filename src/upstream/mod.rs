@@ -1,0 +1,327 @@
+//! Calls to HERE: the upstream URL (built from configured bases and validated parts only), the
+//! per-worker awc client, and the retry loop.
+//!
+//! Transient failures before any byte reaches a client (connect errors, timeouts, 429, 502, 503,
+//! 504) are retried with exponential backoff and jitter (`backon`), bounded by attempts and total
+//! delay, honouring `Retry-After`. What comes back is the response head; its body is streamed by
+//! the caller and is never retried once relayed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use awc::error::{ConnectError, SendRequestError};
+use backon::{ExponentialBuilder, Retryable};
+
+use crate::config::{Settings, UpstreamSettings};
+use crate::domain::key::{CacheKey, Origin};
+use crate::domain::routes::{Api, TileRequest};
+use crate::http::error::UpstreamFailure;
+
+/// One credential: the key sent upstream and the origins (cache-key identities) it gives.
+struct Credential {
+    key: Option<String>,
+    raster: Origin,
+    vector: Origin,
+}
+
+impl Credential {
+    fn new(raster_base: &str, vector_base: &str, key: Option<String>) -> Credential {
+        Credential {
+            raster: Origin::new(raster_base, key.as_deref()),
+            vector: Origin::new(vector_base, key.as_deref()),
+            key,
+        }
+    }
+}
+
+/// Where and how to call the upstream, with which key for which index. Shared by all workers.
+pub struct UpstreamConfig {
+    raster_base: String,
+    vector_base: String,
+    /// The server's key, used by every index without one of its own.
+    default: Credential,
+    /// Indices with their own HERE key (multi-tenant): their tiles are separate entries.
+    by_index: HashMap<String, Credential>,
+    /// Every key, to scrub from anything relayed.
+    secrets: Vec<String>,
+    pub settings: UpstreamSettings,
+}
+
+impl UpstreamConfig {
+    pub fn from_settings(s: &Settings) -> Self {
+        let (r, v) = (s.raster_upstream.as_str(), s.vector_upstream.as_str());
+        let by_index: HashMap<String, Credential> =
+            s.index_keys.iter().map(|(i, k)| (i.clone(), Credential::new(r, v, Some(k.clone())))).collect();
+        let secrets = s.api_key.iter().chain(s.index_keys.values()).cloned().collect();
+        Self {
+            raster_base: r.to_string(),
+            vector_base: v.to_string(),
+            default: Credential::new(r, v, s.api_key.clone()),
+            by_index,
+            secrets,
+            settings: s.upstream.clone(),
+        }
+    }
+
+    /// Base URL for an API (for `/health`).
+    pub fn base(&self, api: Api) -> &str {
+        match api {
+            Api::Raster => &self.raster_base,
+            Api::Vector => &self.vector_base,
+        }
+    }
+
+    fn credential(&self, index: &str) -> &Credential {
+        self.by_index.get(index).unwrap_or(&self.default)
+    }
+
+    /// Who answers this request: the identity its cache key is built from.
+    pub fn origin(&self, t: &TileRequest) -> &Origin {
+        let c = self.credential(&t.index);
+        match t.api {
+            Api::Raster => &c.raster,
+            Api::Vector => &c.vector,
+        }
+    }
+
+    /// The cache key of a request.
+    pub fn cache_key(&self, t: &TileRequest) -> CacheKey {
+        CacheKey::of(t, self.origin(t))
+    }
+
+    /// Every configured key (to scrub from relayed bodies).
+    pub fn secrets(&self) -> &[String] {
+        &self.secrets
+    }
+
+    /// The upstream URL of a tile: configured base + HERE path + normalised query + the index's
+    /// key (or the server's). Never log it: it holds the key.
+    pub fn url(&self, t: &TileRequest) -> String {
+        self.url_of(t.api, &t.index, &t.upstream_path(), &t.query_string())
+    }
+
+    /// Who answers a metadata request of `index` on `api` (its cache identity).
+    pub fn metadata_origin(&self, api: Api, index: &str) -> &Origin {
+        let c = self.credential(index);
+        match api {
+            Api::Raster => &c.raster,
+            Api::Vector => &c.vector,
+        }
+    }
+
+    /// The upstream URL of a metadata request: configured base + one of the fixed metadata paths
+    /// + its validated query + the index's key (or the server's). Never log it.
+    pub fn metadata_url(&self, api: Api, index: &str, path: &'static str, query: &str) -> String {
+        self.url_of(api, index, path, query)
+    }
+
+    fn url_of(&self, api: Api, index: &str, path: &str, query: &str) -> String {
+        let mut url = format!("{}{}", self.base(api), path);
+        let mut sep = '?';
+        if !query.is_empty() {
+            url.push(sep);
+            url.push_str(query);
+            sep = '&';
+        }
+        if let Some(key) = &self.credential(index).key {
+            url.push(sep);
+            url.push_str(match api {
+                Api::Raster => "apiKey=",
+                Api::Vector => "apikey=",
+            });
+            url.push_str(key);
+        }
+        url
+    }
+}
+
+/// Builds a worker's awc client: no decompression (bodies are relayed as they come), bounded
+/// connection pool, connect and response-head timeouts, no redirects.
+pub fn build_client(s: &UpstreamSettings) -> awc::Client {
+    let connector = awc::Connector::new()
+        .timeout(s.connect_timeout)
+        .limit(s.max_connections)
+        .conn_keep_alive(Duration::from_secs(30));
+    awc::Client::builder()
+        .connector(connector)
+        .timeout(s.head_timeout)
+        .disable_redirects()
+        .no_default_headers()
+        .add_default_header(("User-Agent", concat!("tile-proxy/", env!("CARGO_PKG_VERSION"))))
+        .finish()
+}
+
+/// One attempt's result, as the retry loop sees it.
+pub enum Attempt {
+    /// Transport failure.
+    Failed(UpstreamFailure),
+    /// The upstream answered with a retryable status; the response is kept for the last attempt.
+    Retryable { response: awc::ClientResponse, retry_after: Option<Duration> },
+}
+
+/// What a finished fetch of the head reports, for metrics.
+pub struct AttemptLog {
+    pub status_label: String,
+    pub elapsed: Duration,
+}
+
+/// True for statuses worth another try.
+pub fn is_retryable_status(status: u16) -> bool {
+    matches!(status, 429 | 502 | 503 | 504)
+}
+
+/// Parses `Retry-After` in seconds (HTTP dates are ignored: HERE sends seconds if anything).
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    v.trim().parse::<u64>().ok().map(|s| Duration::from_secs(s.min(3600)))
+}
+
+fn classify(e: &SendRequestError) -> UpstreamFailure {
+    match e {
+        SendRequestError::Timeout | SendRequestError::Connect(ConnectError::Timeout) => UpstreamFailure::Timeout,
+        _ => UpstreamFailure::Connect,
+    }
+}
+
+/// Sends the request (with retries) and returns the final response head, or the failure.
+///
+/// Every attempt first passes `gate` (the rate cap: it may wait for the attempt's turn, or
+/// refuse it with `Busy`, which ends the fetch without retrying). A final retryable status
+/// (e.g. the third 503) is returned as `Ok(response)`: the caller decides what a client sees.
+/// `on_attempt` is called once per attempt sent, for metrics.
+pub async fn fetch_head<G: std::future::Future<Output = Result<(), UpstreamFailure>>>(
+    client: &awc::Client,
+    cfg: &Arc<UpstreamConfig>,
+    url: &str,
+    if_none_match: Option<&actix_web::http::header::HeaderValue>,
+    gate: impl Fn() -> G,
+    mut on_attempt: impl FnMut(AttemptLog),
+) -> Result<awc::ClientResponse, UpstreamFailure> {
+    let s = &cfg.settings;
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(s.retry_min_delay)
+        .with_max_delay(s.retry_max_delay)
+        .with_factor(2.0)
+        .with_jitter()
+        .with_max_times(s.retry_attempts.saturating_sub(1))
+        .with_total_delay(Some(s.retry_total));
+    let max_delay = s.retry_max_delay.max(s.retry_min_delay);
+    let attempt = || {
+        let turn = gate();
+        async move {
+            if let Err(f) = turn.await {
+                return Err((Attempt::Failed(f), Duration::ZERO));
+            }
+            // Built after the wait: awc's timeout starts when the request is built.
+            let mut req = client.get(url).no_decompress();
+            if let Some(etag) = if_none_match {
+                req = req.insert_header((actix_web::http::header::IF_NONE_MATCH, etag.clone()));
+            }
+            let started = Instant::now();
+            let result = req.send().await;
+            let elapsed = started.elapsed();
+            match result {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    if is_retryable_status(status) {
+                        let retry_after = response
+                            .headers()
+                            .get(actix_web::http::header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(parse_retry_after);
+                        Err((Attempt::Retryable { response, retry_after }, elapsed))
+                    } else {
+                        Ok((response, elapsed))
+                    }
+                }
+                Err(e) => Err((Attempt::Failed(classify(&e)), elapsed)),
+            }
+        }
+    };
+    let result = attempt
+        .retry(backoff)
+        .when(|(a, _): &(Attempt, Duration)| !matches!(a, Attempt::Failed(UpstreamFailure::Busy { .. })))
+        .notify(|(a, elapsed): &(Attempt, Duration), _| on_attempt_log(&mut on_attempt, a, *elapsed))
+        .adjust(|(a, _): &(Attempt, Duration), planned| match a {
+            // Honour Retry-After, but never wait longer than the configured bound.
+            Attempt::Retryable { retry_after: Some(ra), .. } => planned.map(|_| (*ra).min(max_delay)),
+            _ => planned,
+        })
+        .await;
+    match result {
+        Ok((response, elapsed)) => {
+            on_attempt(AttemptLog { status_label: response.status().as_u16().to_string(), elapsed });
+            Ok(response)
+        }
+        Err((a, elapsed)) => {
+            on_attempt_log(&mut on_attempt, &a, elapsed);
+            match a {
+                Attempt::Retryable { response, .. } => Ok(response),
+                Attempt::Failed(f) => Err(f),
+            }
+        }
+    }
+}
+
+fn on_attempt_log(on_attempt: &mut impl FnMut(AttemptLog), a: &Attempt, elapsed: Duration) {
+    let status_label = match a {
+        // Refused by the rate cap: nothing was sent.
+        Attempt::Failed(UpstreamFailure::Busy { .. }) => return,
+        Attempt::Failed(f) => f.label().to_string(),
+        Attempt::Retryable { response, .. } => response.status().as_u16().to_string(),
+    };
+    on_attempt(AttemptLog { status_label, elapsed });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FileConfig, Settings};
+    use crate::domain::routes::{parse, ParseOptions};
+
+    fn cfg(key: Option<&str>) -> UpstreamConfig {
+        let s = Settings::from_file_config(FileConfig {
+            here_api_key: key.map(String::from),
+            upstream_requires_key: key.is_some(),
+            raster_upstream: "https://maps.example.com/".into(),
+            vector_upstream: "http://127.0.0.1:9".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        UpstreamConfig::from_settings(&s)
+    }
+
+    #[test]
+    fn urls_come_from_config_and_validated_parts() {
+        let c = cfg(Some("SERVERKEY"));
+        let cases = [
+            (
+                "/here-proxy/mc/5/15/13/png",
+                "indice=1&apiKey=CLIENT&size=512&style=explore.day",
+                "https://maps.example.com/v3/base/mc/5/15/13/png?size=512&apiKey=SERVERKEY",
+            ),
+            ("/v3/label/mc/1/0/1/jpeg", "", "https://maps.example.com/v3/label/mc/1/0/1/jpeg?apiKey=SERVERKEY"),
+            (
+                "/v2/vectortiles/core/mc/2/1/1/omv",
+                "apikey=CLIENT&content=transit",
+                "http://127.0.0.1:9/v2/vectortiles/core/mc/2/1/1/omv?content=transit&apikey=SERVERKEY",
+            ),
+        ];
+        for (path, q, want) in cases {
+            let t = parse(path, q, ParseOptions::default()).unwrap().unwrap();
+            assert_eq!(c.url(&t), want);
+        }
+        let t = parse("/here-proxy/1/0/0/png", "", ParseOptions::default()).unwrap().unwrap();
+        assert_eq!(cfg(None).url(&t), "https://maps.example.com/v3/base/mc/1/0/0/png");
+    }
+
+    #[test]
+    fn retry_rules() {
+        for (s, want) in [(429, true), (502, true), (503, true), (504, true), (500, false), (404, false), (200, false)]
+        {
+            assert_eq!(is_retryable_status(s), want, "{s}");
+        }
+        assert_eq!(parse_retry_after(" 3 "), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+}
