@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use tile_proxy::app::cli::{Cli, Command, HealthcheckArgs};
 use tile_proxy::app::{server, telemetry};
-use tile_proxy::config::{Cli, Command, HealthcheckArgs, Settings};
+use tile_proxy::config::Settings;
 
 // The binary's allocator (only the binary: tests and the library use the system one). glibc
 // malloc gives each busy thread an arena and keeps what is freed there, so the cache's churn of
@@ -28,7 +29,7 @@ fn main() -> ExitCode {
         Some(Command::Stats(a)) => return tile_proxy::http::admin::stats::run_cli(&a),
         None => (cli.serve, false),
     };
-    let (settings, effective) = match Settings::load_effective(&args) {
+    let (settings, effective) = match Settings::load_effective(&args.flags()) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprint!("tile-proxy: {e}");

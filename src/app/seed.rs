@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::app::server::{self, StartError, StartOptions};
-use crate::config::{ServeArgs, Settings};
+use crate::config::{Flags, Settings};
 use crate::seed::fetchers::{self, Direct, ThroughProxy};
 use crate::seed::run::{self, Ending, Fetcher, Progress, Stop, StopReason};
 use crate::seed::state_file::{self, Done};
@@ -141,7 +141,7 @@ pub fn run_cli(args: SeedArgs) -> ExitCode {
 
 /// Opens the configured cache (as `serve` would, without HTTP) and seeds through its service.
 async fn seed_direct(args: &SeedArgs, job: Job, done: Done, state_path: &Path) -> ExitCode {
-    let serve_args = ServeArgs { config: args.config.clone(), ..ServeArgs::default() };
+    let serve_args = Flags { config: args.config.clone(), ..Flags::default() };
     let settings = match Settings::load(&serve_args) {
         Ok(s) => s,
         Err(e) => {

@@ -17,7 +17,7 @@ pub struct LogGuards {
 /// Events are written to stdout by a background thread (workers only queue them). The HTTP
 /// client and server libraries are held at `warn` whatever `RUST_LOG` says: their debug output
 /// can carry upstream URLs, and those hold the server's key.
-pub fn init(json: bool, access: Option<crate::http::access_log::Config>) -> LogGuards {
+pub fn init(json: bool, access: Option<crate::config::AccessLogSettings>) -> LogGuards {
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     for quiet in ["awc=warn", "actix_http=warn", "h2=warn", "rustls=warn"] {
         if let Ok(d) = quiet.parse() {
@@ -41,11 +41,4 @@ pub fn init(json: bool, access: Option<crate::http::access_log::Config>) -> LogG
         .filter(|_| tracing::enabled!(target: "tile_proxy::access", tracing::Level::INFO))
         .and_then(crate::http::access_log::start);
     LogGuards { _access: access, _events: guard }
-}
-
-/// The proxies whose forwarding headers are believed (`trusted_proxies`).
-pub(crate) fn trusted_proxies(req: &actix_web::HttpRequest) -> &[ipnet::IpNet] {
-    req.app_data::<actix_web::web::Data<crate::service::tiles::TileService>>()
-        .map(|s| s.state().settings.trusted_proxies.as_slice())
-        .unwrap_or(&[])
 }

@@ -2,3 +2,5 @@
 //! injected clock, stable hashing and the one index-name rule.
 
 pub mod clock;
+pub mod hashing;
+pub mod names;

@@ -14,7 +14,8 @@ use figment::error::Kind;
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 
-use super::{validate, ConfigErrors, FileConfig, ServeArgs, Settings};
+use super::validate::validate;
+use super::{ConfigErrors, FileConfig, Settings};
 
 /// Prefix of every setting's environment variable.
 pub(super) const ENV_PREFIX: &str = "TILE_PROXY_";
@@ -30,6 +31,47 @@ const LEGACY_ENV: [(&str, &str); 4] = [
 ];
 /// Read by clap (`--config`), not a setting.
 const CONFIG_ENV: &str = "TILE_PROXY_CONFIG";
+
+/// What the command line set: the config file's path and each flag given, with the key it sets
+/// (the CLI, `app::cli::ServeArgs`, builds it; config knows nothing of clap). Unset flags are
+/// absent: they leave the environment and the file alone.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    /// The TOML file (`--config` / `TILE_PROXY_CONFIG`).
+    pub config: Option<PathBuf>,
+    pub values: Vec<Flag>,
+}
+
+/// One flag given on the command line.
+#[derive(Debug, Clone)]
+pub struct Flag {
+    /// The top-level key it sets (`listen`).
+    pub key: &'static str,
+    /// How the user spelled it (`--listen`), for error messages.
+    pub name: &'static str,
+    pub value: FlagValue,
+}
+
+/// A flag's value, typed as the key wants it.
+#[derive(Debug, Clone)]
+pub enum FlagValue {
+    Text(String),
+    Path(PathBuf),
+    Number(u64),
+}
+
+impl Flags {
+    /// Only a config file.
+    pub fn file(path: impl Into<PathBuf>) -> Flags {
+        Flags { config: Some(path.into()), values: Vec::new() }
+    }
+
+    /// These flags and `key`, spelled `name`, set to `value`.
+    pub fn with(mut self, key: &'static str, name: &'static str, value: FlagValue) -> Flags {
+        self.values.push(Flag { key, name, value });
+        self
+    }
+}
 
 /// A key path: `["upstream", "head_timeout"]`.
 type KeyPath = Vec<String>;
@@ -110,7 +152,7 @@ impl Sources {
 
 /// Loads file -> environment (`vars`) -> flags, validates, and lists every problem.
 pub(super) fn load(
-    args: &ServeArgs,
+    args: &Flags,
     vars: impl IntoIterator<Item = (OsString, OsString)>,
 ) -> Result<(Settings, FileConfig), ConfigErrors> {
     let mut errors = Vec::new();
@@ -271,43 +313,22 @@ fn read_env(
     (dict, all)
 }
 
-fn read_flags(a: &ServeArgs, sources: &mut Sources, errors: &mut Vec<String>) -> Dict {
+fn read_flags(a: &Flags, sources: &mut Sources, errors: &mut Vec<String>) -> Dict {
     let mut dict = Dict::new();
-    let mut set = |key: &str, flag: &'static str, value: Value| {
-        insert(&mut dict, &[key.to_string()], value);
-        sources.flags.insert(vec![key.to_string()], flag);
-    };
-    let strings = [
-        ("listen", "--listen", &a.listen),
-        ("here_api_key", "--here-api-key", &a.here_api_key),
-        ("raster_upstream", "--raster-upstream", &a.raster_upstream),
-        ("vector_upstream", "--vector-upstream", &a.vector_upstream),
-        ("memory_cache", "--memory-cache", &a.memory_cache),
-        ("disk_cache", "--disk-cache", &a.disk_cache),
-        ("log_format", "--log-format", &a.log_format),
-        ("redis_url", "--redis-url", &a.redis_url),
-    ];
-    for (key, flag, value) in strings {
-        if let Some(v) = value {
-            set(key, flag, Value::from(v.as_str()));
-        }
-    }
-    let paths = [
-        ("here_api_key_file", "--here-api-key-file", &a.here_api_key_file),
-        ("cache_dir", "--cache-dir", &a.cache_dir),
-    ];
-    for (key, flag, value) in paths {
-        match value.as_deref().map(Path::to_str) {
-            Some(Some(v)) => set(key, flag, Value::from(v)),
-            Some(None) => errors.push(format!("flag {flag}: the path is not UTF-8")),
-            None => {}
-        }
-    }
-    if let Some(n) = a.workers {
-        set("workers", "--workers", Value::from(n));
-    }
-    if let Some(secs) = a.ttl_cap {
-        set("ttl_cap", "--ttl-cap", Value::from(secs));
+    for f in &a.values {
+        let value = match &f.value {
+            FlagValue::Text(v) => Value::from(v.as_str()),
+            FlagValue::Path(p) => match p.to_str() {
+                Some(v) => Value::from(v),
+                None => {
+                    errors.push(format!("flag {}: the path is not UTF-8", f.name));
+                    continue;
+                }
+            },
+            FlagValue::Number(n) => Value::from(*n),
+        };
+        insert(&mut dict, &[f.key.to_string()], value);
+        sources.flags.insert(vec![f.key.to_string()], f.name);
     }
     dict
 }
@@ -416,11 +437,11 @@ mod tests {
         (dir, path)
     }
 
-    fn load_ok(args: &ServeArgs, env: &[(&str, &str)]) -> (Settings, FileConfig) {
+    fn load_ok(args: &Flags, env: &[(&str, &str)]) -> (Settings, FileConfig) {
         load(args, vars(env)).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn load_err(args: &ServeArgs, env: &[(&str, &str)]) -> Vec<String> {
+    fn load_err(args: &Flags, env: &[(&str, &str)]) -> Vec<String> {
         load(args, vars(env)).map(|_| ()).expect_err("invalid").0
     }
 
@@ -450,7 +471,7 @@ mod tests {
             "listen = \"127.0.0.1:1001\"\nmemory_cache = \"64MiB\"\ndisk_cache = \"0\"\nupstream_requires_key = false\n\
              [upstream]\nhead_timeout = \"3s\"\nbody_timeout = \"9s\"\n[index.abc]\nttl = \"5m\"\n",
         );
-        let args = ServeArgs { config: Some(path), ..Default::default() };
+        let args = Flags::file(path);
         let env = [
             ("TILE_PROXY_LISTEN", "127.0.0.1:1002"),
             ("TILE_PROXY_UPSTREAM__HEAD_TIMEOUT", "4s"),
@@ -480,13 +501,12 @@ mod tests {
         assert_eq!(s.ttl_cap, Duration::from_secs(3600));
         assert_eq!(f.index["abc"].ttl, Some(Duration::from_secs(300)));
         // file < env < flags
-        let flags = ServeArgs {
-            listen: Some("127.0.0.1:1003".into()),
-            workers: Some(5),
-            ttl_cap: Some(60),
-            memory_cache: Some("32MiB".into()),
-            ..args.clone()
-        };
+        let flags = args
+            .clone()
+            .with("listen", "--listen", FlagValue::Text("127.0.0.1:1003".into()))
+            .with("workers", "--workers", FlagValue::Number(5))
+            .with("ttl_cap", "--ttl-cap", FlagValue::Number(60))
+            .with("memory_cache", "--memory-cache", FlagValue::Text("32MiB".into()));
         let (s, _) = load_ok(&flags, &env);
         assert_eq!(s.listen.port(), 1003);
         assert_eq!(s.workers, 5);
@@ -497,13 +517,13 @@ mod tests {
 
     #[test]
     fn the_tile_proxy_spelling_wins_over_the_legacy_one() {
-        let args = ServeArgs::default();
+        let args = Flags::default();
         let (s, _) = load_ok(&args, &[("HERE_API_KEY", "legacy"), ("TILE_PROXY_HERE_API_KEY", "new")]);
         assert_eq!(s.api_key.as_deref(), Some("new"));
         let (s, _) = load_ok(&args, &[("HERE_API_KEY", "k"), ("CACHE_TTL_CAP", "60"), ("TILE_PROXY_TTL_CAP", "2h")]);
         assert_eq!(s.ttl_cap, Duration::from_secs(7200));
         let (s, _) = load_ok(&args, &[("HERE_API_KEY", "k"), ("TILE_PROXY_LISTEN", "")]);
-        assert_eq!(s.listen.to_string(), super::super::DEFAULT_LISTEN, "empty = unset");
+        assert_eq!(s.listen.to_string(), crate::config::DEFAULT_LISTEN, "empty = unset");
     }
 
     #[test]
@@ -521,7 +541,7 @@ mod tests {
              stale_if_error = \"1h\"\n",
         );
         let args =
-            ServeArgs { config: Some(path.clone()), raster_upstream: Some("ftp://x".into()), ..Default::default() };
+            Flags::file(path.clone()).with("raster_upstream", "--raster-upstream", FlagValue::Text("ftp://x".into()));
         let errs = load_err(
             &args,
             &[
@@ -554,7 +574,7 @@ mod tests {
     #[test]
     fn a_key_of_the_wrong_type_is_not_quoted() {
         let (_dir, path) = file("here_api_key = 123456789\n");
-        let errs = load_err(&ServeArgs { config: Some(path.clone()), ..Default::default() }, &[]);
+        let errs = load_err(&Flags::file(path.clone()), &[]);
         assert_eq!(
             errs,
             [format!("{} line 1 (here_api_key): must be a string (the value is not shown)", path.display())]
@@ -564,13 +584,13 @@ mod tests {
     #[test]
     fn a_syntax_error_is_listed_with_the_others() {
         let (_dir, path) = file("listen = \"127.0.0.1:1\"\n[upstream\nhead_timeout = \"1s\"\n");
-        let args = ServeArgs { config: Some(path.clone()), ..Default::default() };
+        let args = Flags::file(path.clone());
         let errs = load_err(&args, &[("HERE_API_KEY", "k"), ("TILE_PROXY_MEMORY_CACHE", "0")]);
         assert!(errs[0].starts_with(&format!("{} line 2: TOML syntax error", path.display())), "{errs:#?}");
         assert!(errs.iter().any(|e| e.starts_with("env TILE_PROXY_MEMORY_CACHE (memory_cache): must be at least")));
         assert_eq!(errs.len(), 2, "{errs:#?}");
 
-        let args = ServeArgs { config: Some("/nonexistent/tile-proxy.toml".into()), ..Default::default() };
+        let args = Flags::file("/nonexistent/tile-proxy.toml");
         let errs = load_err(&args, &[("HERE_API_KEY", "k")]);
         assert!(errs[0].contains("/nonexistent/tile-proxy.toml: cannot read it"), "{errs:#?}");
     }
@@ -586,7 +606,7 @@ mod tests {
             key_file.display(),
             key_file.display()
         ));
-        let args = ServeArgs { config: Some(path.clone()), ..Default::default() };
+        let args = Flags::file(path.clone());
         let (s, f) = load_ok(&args, &[("HERE_API_KEY", "k"), ("A_KEY", "AKEY")]);
         assert_eq!(s.index_keys["a"], "AKEY");
         assert_eq!(s.index_keys["b"], "FILEKEY");
@@ -595,10 +615,8 @@ mod tests {
         let shown = f.effective_toml(&s);
         assert!(!shown.contains("AKEY") && !shown.contains("FILEKEY"), "{shown}");
 
-        let errs = load_err(
-            &ServeArgs { config: Some(path.clone()), ..Default::default() },
-            &[("HERE_API_KEY", "k"), ("A_KEY", " "), ("C_KEY", "bad key!")],
-        );
+        let errs =
+            load_err(&Flags::file(path.clone()), &[("HERE_API_KEY", "k"), ("A_KEY", " "), ("C_KEY", "bad key!")]);
         let p = path.display();
         assert!(
             errs.iter()
@@ -631,7 +649,7 @@ mod tests {
         let (_dir, path) = file(
             "here_api_key = \"SECRETKEY\"\ntrusted_proxies = [\"10.1.2.3/8\", \"::1\"]\n[index.abc]\nttl = \"90s\"\n",
         );
-        let args = ServeArgs { config: Some(path), ..Default::default() };
+        let args = Flags::file(path);
         let (s, f) = load_ok(&args, &[("TILE_PROXY_DEFAULTS__CLIENT_CACHE_CONTROL", "public, max-age={max_age}")]);
         let text = f.effective_toml(&s);
         assert!(!text.contains("SECRETKEY"), "{text}");
@@ -645,7 +663,7 @@ mod tests {
     #[test]
     fn redis_settings_from_env_and_flags_with_the_password_and_token_kept_out_of_sight() {
         let (s, f) = load_ok(
-            &ServeArgs::default(),
+            &Flags::default(),
             &[
                 ("HERE_API_KEY", "k"),
                 ("REDIS_URL", "redis://:hunter2-pass@redis:6379/1"),
@@ -665,13 +683,14 @@ mod tests {
         let shown = format!("{s:?}\n{}", f.effective_toml(&s));
         assert!(!shown.contains("hunter2-pass") && !shown.contains("0123456789abcdef-admin"), "{shown}");
         assert!(shown.contains("redis://:<redacted>@redis:6379/1"), "{shown}");
-        let args = ServeArgs { redis_url: Some("rediss://cache.internal:6380".into()), ..Default::default() };
+        let args =
+            Flags::default().with("redis_url", "--redis-url", FlagValue::Text("rediss://cache.internal:6380".into()));
         let (s, _) = load_ok(&args, &[("HERE_API_KEY", "k"), ("REDIS_URL", "redis://ignored:1")]);
         assert_eq!(s.redis.unwrap().url, "rediss://cache.internal:6380", "the flag wins");
-        let (s, _) = load_ok(&ServeArgs::default(), &[("HERE_API_KEY", "k")]);
+        let (s, _) = load_ok(&Flags::default(), &[("HERE_API_KEY", "k")]);
         assert!(s.redis.is_none() && s.admin_token.is_none(), "both off by default");
         let errs = load_err(
-            &ServeArgs::default(),
+            &Flags::default(),
             &[("HERE_API_KEY", "k"), ("REDIS_URL", "http://nope"), ("TILE_PROXY_ADMIN_TOKEN", "short")],
         );
         assert!(errs.iter().any(|e| e.contains("(redis_url)") && e.contains("not a Redis URL")), "{errs:#?}");
@@ -722,8 +741,8 @@ mod tests {
             ("TILE_PROXY_SERVICE_PORT", "8080"),
             ("TILE_PROXY_PORT_8080_TCP_ADDR", "10.96.0.7"),
         ];
-        load_ok(&ServeArgs::default(), &env);
-        let errs = load_err(&ServeArgs::default(), &[("HERE_API_KEY", "k"), ("TILE_PROXY_LISTEN_PORT", "8080")]);
+        load_ok(&Flags::default(), &env);
+        let errs = load_err(&Flags::default(), &[("HERE_API_KEY", "k"), ("TILE_PROXY_LISTEN_PORT", "8080")]);
         assert!(errs.iter().any(|e| e.contains("TILE_PROXY_LISTEN_PORT")), "a typo is still reported: {errs:#?}");
     }
 }

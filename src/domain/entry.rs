@@ -383,3 +383,22 @@ mod tests {
         assert_eq!(e.meta.client_etag(None), None);
     }
 }
+
+/// Where a hit was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HitSource {
+    Memory,
+    Disk,
+    /// A shared tier (Redis).
+    Remote,
+}
+
+impl HitSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HitSource::Memory => "memory",
+            HitSource::Disk => "disk",
+            HitSource::Remote => "redis",
+        }
+    }
+}

@@ -12,8 +12,7 @@
 //! never share a key. Hashes use SHA-256 ([`stable_hash`]), identical on every machine (the key
 //! is shared through Redis).
 
-use sha2::{Digest, Sha256};
-
+use crate::base::hashing::stable_hash;
 use crate::domain::routes::TileRequest;
 
 /// Bumped whenever the key layout or the entry encoding changes, so old entries are never read.
@@ -92,14 +91,6 @@ impl std::fmt::Display for CacheKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
-}
-
-/// Hex SHA-256 of `data`, truncated to `hex_len` characters (at most 64).
-pub fn stable_hash(data: &[u8], hex_len: usize) -> String {
-    let digest = Sha256::digest(data);
-    let mut s = hex::encode(digest);
-    s.truncate(hex_len.min(64));
-    s
 }
 
 #[cfg(test)]

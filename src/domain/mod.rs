@@ -4,6 +4,7 @@
 
 pub mod breaker;
 pub mod entry;
+pub mod failure;
 pub mod freshness;
 pub mod key;
 pub mod purge;

@@ -18,6 +18,8 @@
 //! [`surrogate_keys`] and [`block_keys_for_bbox`] name the same sets for a CDN in front of the
 //! proxy (Fastly `Surrogate-Key`, Cloudflare `Cache-Tag`).
 
+use crate::base::hashing::Fnv;
+use crate::base::names::{is_index_byte, is_valid_index};
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 use std::path::Path;
@@ -28,8 +30,7 @@ use std::time::Duration;
 /// Highest zoom a purge may name.
 pub const MAX_ZOOM: u8 = 22;
 
-/// Longest `index` a purge may name, in characters.
-pub const MAX_INDEX_LEN: usize = 64;
+pub use crate::base::names::MAX_INDEX_LEN;
 
 /// One purge rule, as shared between pods (JSON in Redis) and shown by the admin API.
 ///
@@ -179,12 +180,8 @@ impl Rule {
     }
 }
 
-fn is_index_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"_.-".contains(&b)
-}
-
 fn validate_index(index: &str) -> Result<(), RuleError> {
-    if index.is_empty() || index.len() > MAX_INDEX_LEN || !index.bytes().all(is_index_byte) {
+    if !is_valid_index(index) {
         return Err(RuleError::Index);
     }
     Ok(())
@@ -338,27 +335,6 @@ struct Inner {
     by_key: HashMap<String, Vec<Compiled>, Fnv>,
     /// Ids of all rules, for duplicates.
     ids: HashSet<String>,
-}
-
-/// FNV-1a: the maps above are keyed by short strings an operator made, hashed on the hot path;
-/// SipHash's flooding resistance buys nothing there and costs a few hundred instructions a hit.
-pub(crate) type Fnv = std::hash::BuildHasherDefault<FnvHasher>;
-
-#[derive(Debug, Default)]
-pub(crate) struct FnvHasher(u64);
-
-impl std::hash::Hasher for FnvHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
-        for &b in bytes {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
-    }
 }
 
 /// Cells per side of the [`Cells`] grid (a power of two, at most 64: one `u64` a row).

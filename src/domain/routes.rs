@@ -307,10 +307,7 @@ fn parse_int(s: &str) -> Option<u32> {
     s.parse().ok()
 }
 
-/// True for index names of 1-64 characters from `A-Z a-z 0-9 _ . -`.
-pub fn is_valid_index(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-}
+pub use crate::base::names::is_valid_index;
 
 /// `api`: the tile API whose parameters are known; `None` for metadata (none known).
 fn parse_query(

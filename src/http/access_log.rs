@@ -30,23 +30,11 @@ use actix_web::dev::ServiceResponse;
 use actix_web::http::header::CONTENT_LENGTH;
 use actix_web::{Error, HttpMessage, HttpRequest};
 
+use crate::config::AccessLogSettings;
 use crate::observe::metrics::IndexMetrics;
 
 /// Full buffers that may wait for the writer before new ones are dropped.
 pub const QUEUED_BUFFERS: usize = 32;
-
-/// How the access log is written.
-#[derive(Debug, Clone, Copy)]
-pub struct Config {
-    /// JSON lines (else text lines in the style of the other logs).
-    pub json: bool,
-    /// Log one request in `sample` (and every status >= 400); 1 logs all.
-    pub sample: u32,
-    /// Bytes gathered before a write.
-    pub buffer: usize,
-    /// Longest a line waits in the buffer.
-    pub flush: Duration,
-}
 
 /// What the handler learned about a request, for its line. Kept in the request's extensions.
 #[derive(Clone, Default)]
@@ -67,18 +55,6 @@ pub struct TileId {
 }
 
 static LOGGER: OnceLock<Logger> = OnceLock::new();
-
-/// `tile_proxy_access_log_dropped_total`: lines dropped because stdout could not keep up.
-pub fn dropped_counter() -> &'static prometheus::IntCounter {
-    static DROPPED: OnceLock<prometheus::IntCounter> = OnceLock::new();
-    DROPPED.get_or_init(|| {
-        prometheus::IntCounter::new(
-            "tile_proxy_access_log_dropped_total",
-            "Access log lines dropped because stdout could not keep up",
-        )
-        .expect("valid metric")
-    })
-}
 
 /// True when access lines are written (the log was started with [`start`]).
 #[inline]
@@ -103,7 +79,7 @@ pub fn note(req: &HttpRequest, f: impl FnOnce(&mut AccessNote)) {
 }
 
 struct Logger {
-    config: Config,
+    config: AccessLogSettings,
     pending: Mutex<Pending>,
     tx: SyncSender<Msg>,
 }
@@ -138,8 +114,8 @@ impl Drop for Guard {
 
 /// Starts the access log (once per process; `None` if it already runs or the thread cannot
 /// start).
-pub fn start(config: Config) -> Option<Guard> {
-    let config = Config { sample: config.sample.max(1), buffer: config.buffer.max(1), ..config };
+pub fn start(config: AccessLogSettings) -> Option<Guard> {
+    let config = AccessLogSettings { sample: config.sample.max(1), buffer: config.buffer.max(1), ..config };
     let (tx, rx) = sync_channel(QUEUED_BUFFERS);
     let logger = Logger {
         config,
@@ -271,7 +247,7 @@ pub(crate) fn log<B: MessageBody>(outcome: &Result<ServiceResponse<B>, Error>, s
         }
     }
     let req = res.request();
-    let trusted = crate::app::telemetry::trusted_proxies(req);
+    let trusted = crate::http::client_ip::trusted_proxies(req);
     let from_proxy = req
         .peer_addr()
         .filter(|peer| trusted.iter().any(|n| n.contains(&peer.ip())))
@@ -325,7 +301,7 @@ impl Logger {
         };
         let (bytes, lines) = full;
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(Msg::Chunk(bytes)) {
-            dropped_counter().inc_by(lines);
+            crate::observe::metrics::access_log_dropped().inc_by(lines);
         }
     }
 }

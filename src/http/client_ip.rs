@@ -17,6 +17,13 @@ pub fn of_request(req: &actix_web::HttpRequest, trusted: &[IpNet]) -> Option<IpA
     Some(client_ip(peer, &xff, trusted))
 }
 
+/// The proxies whose forwarding headers are believed (`trusted_proxies`).
+pub fn trusted_proxies(req: &actix_web::HttpRequest) -> &[ipnet::IpNet] {
+    req.app_data::<actix_web::web::Data<crate::service::tiles::TileService>>()
+        .map(|s| s.state().settings.trusted_proxies.as_slice())
+        .unwrap_or(&[])
+}
+
 /// The client address given the TCP peer, the `X-Forwarded-For` values (in order) and the
 /// trusted proxies.
 pub fn client_ip(peer: IpAddr, forwarded_for: &[&str], trusted: &[IpNet]) -> IpAddr {

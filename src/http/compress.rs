@@ -50,8 +50,8 @@ use futures_util::StreamExt;
 
 use crate::config::Settings;
 use crate::domain::entry::{Entry, Meta};
+use crate::domain::failure::UpstreamFailure;
 use crate::domain::routes::TileRequest;
-use crate::http::error::UpstreamFailure;
 use crate::http::state::AppState;
 use crate::observe::metrics::Metrics;
 use crate::service::tiles::Body;

@@ -19,7 +19,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
 
-use crate::domain::key::stable_hash;
+use crate::base::hashing::stable_hash;
 use crate::domain::routes;
 use crate::http::state::AppState;
 

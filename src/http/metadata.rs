@@ -31,8 +31,9 @@ use bytes::Bytes;
 use moka::ops::compute::{CompResult, Op};
 
 use crate::config::UnknownIndices;
+use crate::domain::failure::UpstreamFailure;
 use crate::domain::routes::{self, Api, ParseOptions};
-use crate::http::error::{ProxyError, UpstreamFailure};
+use crate::http::error::ProxyError;
 use crate::http::state::AppState;
 use crate::service::tiles::TileService;
 use crate::upstream;
@@ -89,7 +90,7 @@ pub struct Document {
 
 impl Document {
     pub fn new(body: Bytes, content_type: Option<HeaderValue>, stored_at_ms: u64) -> Document {
-        let etag = format!("\"m-{}\"", crate::domain::key::stable_hash(&body, 16));
+        let etag = format!("\"m-{}\"", crate::base::hashing::stable_hash(&body, 16));
         Document {
             etag: HeaderValue::from_str(&etag).unwrap_or_else(|_| HeaderValue::from_static("\"m\"")),
             content_type: content_type.unwrap_or_else(|| HeaderValue::from_static("application/json")),

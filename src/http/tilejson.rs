@@ -231,7 +231,7 @@ fn vector_layers(content: &str) -> Vec<Value> {
 
 fn respond(req: &HttpRequest, doc: &Value, from_request: bool) -> HttpResponse {
     let body = doc.to_string();
-    let etag = format!("\"tj-{}\"", crate::domain::key::stable_hash(body.as_bytes(), 16));
+    let etag = format!("\"tj-{}\"", crate::base::hashing::stable_hash(body.as_bytes(), 16));
     let mut b = HttpResponse::Ok();
     b.insert_header((header::CACHE_CONTROL, format!("public, max-age={MAX_AGE_SECS}")));
     b.insert_header((header::ETAG, etag.clone()));

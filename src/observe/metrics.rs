@@ -10,8 +10,8 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
-use crate::domain::purge::Fnv;
-use crate::store::cache::HitSource;
+use crate::base::hashing::Fnv;
+use crate::domain::entry::HitSource;
 
 /// Label used for indices past the cardinality limit.
 pub const OTHER_INDEX: &str = "_other";
@@ -203,7 +203,7 @@ impl Metrics {
             counter(registry, "tile_proxy_bytes_served_total", "Body bytes served to clients", &["index", "cache"])?;
         let hits_by_tier = counter(registry, "tile_proxy_cache_hits_total", "Cache hits by tier", &["index", "tier"])?;
         // Registered in every registry made (tests make several): one process-wide count.
-        let _ = registry.register(Box::new(crate::http::access_log::dropped_counter().clone()));
+        let _ = registry.register(Box::new(access_log_dropped().clone()));
         let metrics = Metrics {
             requests: requests.clone(),
             upstream_requests: counter(
@@ -369,6 +369,18 @@ impl Metrics {
             Err(_) => self.other.clone(),
         }
     }
+}
+
+/// `tile_proxy_access_log_dropped_total`: lines dropped because stdout could not keep up.
+pub fn access_log_dropped() -> &'static prometheus::IntCounter {
+    static DROPPED: OnceLock<prometheus::IntCounter> = OnceLock::new();
+    DROPPED.get_or_init(|| {
+        prometheus::IntCounter::new(
+            "tile_proxy_access_log_dropped_total",
+            "Access log lines dropped because stdout could not keep up",
+        )
+        .expect("valid metric")
+    })
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use crate::base::clock::SharedClock;
 use crate::config::Budget;
-use crate::http::error::UpstreamFailure;
+use crate::domain::failure::UpstreamFailure;
 use crate::observe::metrics::Metrics;
 use crate::store::redis::{Deadline, Lua, Redis};
 

@@ -10,8 +10,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::domain::failure::UpstreamFailure;
 use crate::domain::routes::Api;
-use crate::http::error::UpstreamFailure;
 use crate::observe::metrics::Metrics;
 use crate::store::redis::{Deadline, Redis};
 

@@ -9,8 +9,8 @@ use futures_util::StreamExt;
 use super::run::{Fetched, Fetcher};
 use super::tiles::JobError;
 use crate::config::{Settings, UnknownIndices};
+use crate::domain::failure::UpstreamFailure;
 use crate::domain::routes::{self, ParseOptions};
-use crate::http::error::UpstreamFailure;
 use crate::service::tiles::{Body, TileService};
 
 /// Largest tile body read through a proxy.

@@ -21,9 +21,9 @@ use futures_util::StreamExt;
 
 use crate::domain::breaker::BreakerState;
 use crate::domain::entry::{Entry, Freshness, Meta};
+use crate::domain::failure::UpstreamFailure;
 use crate::domain::freshness;
 use crate::domain::routes::TileRequest;
-use crate::http::error::UpstreamFailure;
 use crate::http::state::AppState;
 use crate::store::flight::{End, FlightHead, FlightWriter};
 use crate::upstream;

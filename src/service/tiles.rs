@@ -19,14 +19,14 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::config::Policy;
+use crate::domain::entry::HitSource;
 use crate::domain::entry::{Entry, Meta};
+use crate::domain::failure::UpstreamFailure;
 use crate::domain::freshness::{self, Decision};
 use crate::domain::key::CacheKey;
 use crate::domain::routes::TileRequest;
-use crate::http::error::UpstreamFailure;
 use crate::http::state::AppState;
 use crate::service::fetch::{self, FetchCtx};
-use crate::store::cache::HitSource;
 use crate::store::flight::{FlightHead, FlightReader, FlightWriter, Join};
 
 /// The body of an answer.

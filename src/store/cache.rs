@@ -27,31 +27,13 @@ use foyer::{
     PsyncIoEngineConfig, RecoverMode,
 };
 
-use crate::domain::entry::Entry;
+use crate::config::block_size_for;
+use crate::domain::entry::{Entry, HitSource};
 use crate::domain::key::CacheKey;
 use crate::observe::metrics::Metrics;
 
 /// Boxed future returned by [`Tier`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Where a hit was found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HitSource {
-    Memory,
-    Disk,
-    /// A shared tier (Redis).
-    Remote,
-}
-
-impl HitSource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HitSource::Memory => "memory",
-            HitSource::Disk => "disk",
-            HitSource::Remote => "redis",
-        }
-    }
-}
 
 /// A tier failure. Never fatal: the caller logs, counts and goes on as on a miss.
 #[derive(Debug, thiserror::Error)]
@@ -115,12 +97,6 @@ impl Code for Stored {
     fn estimated_size(&self) -> usize {
         self.0.encoded_len()
     }
-}
-
-/// The disk tier's block size for a largest entry: a power of two at least the entry plus
-/// 64 KiB of headroom, and at least 1 MiB. foyer silently drops entries that do not fit a block.
-pub fn block_size_for(max_entry: usize) -> usize {
-    (max_entry + (64 << 10)).next_power_of_two().max(1 << 20)
 }
 
 /// An exclusive lock on a cache folder, held for the life of the process (released on exit).

@@ -24,10 +24,11 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::{watch, Notify};
 
+use crate::domain::entry::HitSource;
 use crate::domain::entry::Meta;
+use crate::domain::failure::UpstreamFailure;
 use crate::domain::key::CacheKey;
-use crate::http::error::UpstreamFailure;
-use crate::store::cache::{BoxFuture, HitSource};
+use crate::store::cache::BoxFuture;
 
 /// What a flight publishes before its body.
 #[derive(Debug, Clone)]

@@ -14,9 +14,9 @@ use awc::error::{ConnectError, SendRequestError};
 use backon::{ExponentialBuilder, Retryable};
 
 use crate::config::{Settings, UpstreamSettings};
+use crate::domain::failure::UpstreamFailure;
 use crate::domain::key::{CacheKey, Origin};
 use crate::domain::routes::{Api, TileRequest};
-use crate::http::error::UpstreamFailure;
 
 /// One credential: the key sent upstream and the origins (cache-key identities) it gives.
 struct Credential {

@@ -18,7 +18,7 @@ use prometheus::core::Collector;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::config::StatsArgs;
+use crate::app::cli::StatsArgs;
 use crate::http::state::AppState;
 use crate::protect::budget::until_end;
 use crate::service::tiles::TileService;

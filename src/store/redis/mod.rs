@@ -36,9 +36,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, FromRedisValue};
 
 use crate::base::clock::SharedClock;
+use crate::base::hashing::stable_hash;
 use crate::config::RedisSettings;
 use crate::domain::breaker::{Breaker, BreakerState, Permit};
-use crate::domain::key::{stable_hash, CacheKey};
+use crate::domain::key::CacheKey;
 
 /// Why a Redis call gave no answer.
 #[derive(Debug, Clone, thiserror::Error)]

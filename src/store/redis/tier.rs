@@ -10,8 +10,9 @@ use redis::Cmd;
 
 use super::{Deadline, Redis};
 use crate::domain::entry::Entry;
+use crate::domain::entry::HitSource;
 use crate::domain::key::CacheKey;
-use crate::store::cache::{BoxFuture, HitSource, Tier, TierError};
+use crate::store::cache::{BoxFuture, Tier, TierError};
 
 /// The Redis tier.
 pub struct RedisTier {

@@ -1,0 +1,365 @@
+//! The configuration file's format ([`FileConfig`]: what a TOML file, the environment and the
+//! flags may set, serde with unknown keys rejected) and its effective form as TOML.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::units;
+use super::*;
+
+/// What to do with a request for an index that has no `[index.<name>]` section.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownIndices {
+    /// Serve it with the `[defaults]` policy (the default).
+    #[default]
+    Allow,
+    /// Refuse it: only configured indices are served.
+    Reject,
+}
+
+/// The whole configuration as the file spells it. Unknown keys are rejected.
+///
+/// Tests build one with struct update syntax:
+/// `FileConfig { memory_cache: ByteSize::mib(32), ..FileConfig::default() }`, then
+/// [`Settings::from_file_config`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub listen: String,
+    /// Default: the number of CPUs.
+    pub workers: Option<usize>,
+    /// Best given as `HERE_API_KEY` or `here_api_key_file`, not in the file.
+    pub here_api_key: Option<String>,
+    pub here_api_key_file: Option<PathBuf>,
+    /// When false the upstream is called without a key (test upstreams, internal mirrors).
+    pub upstream_requires_key: bool,
+    pub raster_upstream: String,
+    pub vector_upstream: String,
+    pub cache_dir: PathBuf,
+    #[serde(with = "units::size")]
+    pub memory_cache: ByteSize,
+    /// 0 turns the disk tier off.
+    #[serde(with = "units::size")]
+    pub disk_cache: ByteSize,
+    #[serde(with = "units::size")]
+    pub max_entry_size: ByteSize,
+    /// Each of the disk tier's two write buffers; entries queue for disk in them.
+    #[serde(with = "units::size")]
+    pub disk_write_buffer: ByteSize,
+    /// Bytes one in-flight fetch may buffer for requests that join it late.
+    #[serde(with = "units::size")]
+    pub flight_buffer: ByteSize,
+    /// Cap on every TTL (`CACHE_TTL_CAP`, seconds).
+    #[serde(with = "units::duration")]
+    pub ttl_cap: Duration,
+    #[serde(with = "units::duration")]
+    pub default_ttl: Duration,
+    /// Reject query parameters that are not in HERE's documented list (default true).
+    pub reject_unknown_params: bool,
+    /// What an index without its own section gets (default `allow`).
+    pub unknown_indices: UnknownIndices,
+    /// Allowed CORS origins; `["*"]` allows any.
+    #[serde(deserialize_with = "units::list")]
+    pub cors_origins: Vec<String>,
+    /// Peers (CIDRs or IPs) whose forwarding headers are believed. Default: none.
+    #[serde(deserialize_with = "units::list")]
+    pub trusted_proxies: Vec<String>,
+    pub log_format: String,
+    /// One access line per request (also off when `RUST_LOG` turns `tile_proxy::access` off).
+    pub access_log: bool,
+    /// Log one request in N (every answer with status >= 400 is logged whatever N is).
+    pub access_log_sample: u32,
+    /// Access lines gathered before one write to stdout.
+    #[serde(with = "units::size")]
+    pub access_log_buffer: ByteSize,
+    /// Longest an access line waits in that buffer.
+    #[serde(with = "units::duration")]
+    pub access_log_flush: Duration,
+    /// Distinct index labels kept in metrics before the rest are folded into `_other`.
+    pub metrics_max_indices: usize,
+    /// How long in-flight requests may take to finish on shutdown.
+    #[serde(with = "units::duration")]
+    pub shutdown_timeout: Duration,
+    /// After SIGTERM, keep serving with `/ready` failing this long before draining, so load
+    /// balancers (Kubernetes endpoints, NGINX health checks) stop sending traffic first.
+    #[serde(with = "units::duration")]
+    pub drain_delay: Duration,
+    pub upstream: UpstreamFileConfig,
+    /// Redis shared tier (`REDIS_URL`): `redis://[:password@]host:port[/db]` or `rediss://` (TLS).
+    /// Unset: every pod caches on its own.
+    pub redis_url: Option<String>,
+    /// Entries larger than this stay in the local tiers (and skip the fleet-wide lease).
+    #[serde(with = "units::size")]
+    pub redis_max_value: ByteSize,
+    /// Deadlines, connections, breaker and lease of the Redis tier.
+    pub redis: RedisFileConfig,
+    /// Bearer token for `/admin/*` (best given as `TILE_PROXY_ADMIN_TOKEN`); unset: no admin API.
+    pub admin_token: Option<String>,
+    /// File holding the admin token (whitespace trimmed).
+    pub admin_token_file: Option<PathBuf>,
+    /// Send `Surrogate-Key` and `Cache-Tag` headers (index, zoom, tile block) for CDN purging.
+    pub surrogate_keys: bool,
+    /// Serve the built-in map page at `/` and `/map` (turn off in production if unwanted).
+    pub map_page: bool,
+    /// This proxy's public base URL as clients reach it (behind NGINX or a CDN), for the tile
+    /// templates of TileJSON documents and the map page; unset: taken from each request's Host.
+    pub public_base_url: Option<String>,
+    /// Compress vector tiles and JSON for clients that accept br or gzip.
+    pub compression: bool,
+    /// Bodies smaller than this are sent as they are.
+    #[serde(with = "units::size")]
+    pub compress_min_size: ByteSize,
+    /// How long HERE's metadata answers (`/v3/info`, languages, features, political views) are
+    /// kept.
+    #[serde(with = "units::duration")]
+    pub metadata_ttl: Duration,
+    /// How long copyright answers are kept: at most 1 day (HERE's terms want it refreshed daily).
+    #[serde(with = "units::duration")]
+    pub copyright_ttl: Duration,
+    /// Most requests per second sent to each upstream API (raster, vector); shared by every pod
+    /// through Redis, else per pod. Unset: no cap.
+    pub upstream_rps: Option<f64>,
+    /// Longest a miss waits for its turn under `upstream_rps` before answering 503 `upstream_busy`.
+    #[serde(with = "units::duration")]
+    pub upstream_queue_wait: Duration,
+    /// Client addresses (IPs or CIDRs) never rate limited (internal callers, the seeder).
+    #[serde(deserialize_with = "units::list")]
+    pub rate_limit_exempt: Vec<String>,
+    /// Most clients whose rate-limit state is kept per pod (least recently seen dropped first).
+    pub rate_limit_clients: u64,
+    /// Share client rate limits between pods through Redis (when `redis_url` is set).
+    pub rate_limit_shared: bool,
+    /// Policy for indices without a section of their own.
+    pub defaults: PolicyFileConfig,
+    /// Per-index policies: `[index.<name>]`.
+    pub index: BTreeMap<String, PolicyFileConfig>,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.into(),
+            workers: None,
+            here_api_key: None,
+            here_api_key_file: None,
+            upstream_requires_key: true,
+            raster_upstream: DEFAULT_RASTER_UPSTREAM.into(),
+            vector_upstream: DEFAULT_VECTOR_UPSTREAM.into(),
+            cache_dir: DEFAULT_CACHE_DIR.into(),
+            memory_cache: DEFAULT_MEMORY_CACHE,
+            disk_cache: DEFAULT_DISK_CACHE,
+            max_entry_size: DEFAULT_MAX_ENTRY,
+            disk_write_buffer: DEFAULT_DISK_WRITE_BUFFER,
+            flight_buffer: DEFAULT_FLIGHT_BUFFER,
+            ttl_cap: DEFAULT_TTL_CAP,
+            default_ttl: DEFAULT_TTL,
+            reject_unknown_params: true,
+            unknown_indices: UnknownIndices::Allow,
+            cors_origins: vec!["*".into()],
+            trusted_proxies: Vec::new(),
+            log_format: "json".into(),
+            access_log: true,
+            access_log_sample: 1,
+            access_log_buffer: ByteSize::kib(64),
+            access_log_flush: Duration::from_secs(1),
+            metrics_max_indices: 500,
+            shutdown_timeout: Duration::from_secs(10),
+            drain_delay: Duration::ZERO,
+            upstream: UpstreamFileConfig::default(),
+            redis_url: None,
+            redis_max_value: DEFAULT_REDIS_MAX_VALUE,
+            redis: RedisFileConfig::default(),
+            admin_token: None,
+            admin_token_file: None,
+            surrogate_keys: false,
+            map_page: true,
+            public_base_url: None,
+            compression: true,
+            compress_min_size: ByteSize::kib(1),
+            metadata_ttl: Duration::from_secs(24 * 3600),
+            copyright_ttl: Duration::from_secs(24 * 3600),
+            upstream_rps: None,
+            upstream_queue_wait: Duration::from_secs(5),
+            rate_limit_exempt: Vec::new(),
+            rate_limit_clients: 200_000,
+            rate_limit_shared: true,
+            defaults: PolicyFileConfig::default(),
+            index: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[upstream]`: timeouts and retries for calls to HERE.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamFileConfig {
+    #[serde(with = "units::duration")]
+    pub connect_timeout: Duration,
+    /// Until the response head has arrived.
+    #[serde(with = "units::duration")]
+    pub head_timeout: Duration,
+    /// For the whole body after the head.
+    #[serde(with = "units::duration")]
+    pub body_timeout: Duration,
+    /// Attempts in all, first one included.
+    pub retry_attempts: usize,
+    #[serde(with = "units::duration")]
+    pub retry_min_delay: Duration,
+    #[serde(with = "units::duration")]
+    pub retry_max_delay: Duration,
+    /// Bound on the time spent waiting between attempts.
+    #[serde(with = "units::duration")]
+    pub retry_total: Duration,
+    /// Connections per worker to each upstream.
+    pub max_connections: usize,
+    /// Failed fetches in a row that open the circuit breaker; 0 disables it.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before one probe is let through.
+    #[serde(with = "units::duration")]
+    pub breaker_cooldown: Duration,
+}
+
+impl Default for UpstreamFileConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(2),
+            head_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            retry_attempts: 3,
+            retry_min_delay: Duration::from_millis(100),
+            retry_max_delay: Duration::from_secs(2),
+            retry_total: Duration::from_secs(5),
+            max_connections: 100,
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[redis]`: how the shared tier talks to Redis. Every call has a deadline and all of them
+/// share one circuit breaker, so a Redis that hangs costs a request at most one deadline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisFileConfig {
+    /// Deadline of a read (GET) and of the lease commands.
+    #[serde(with = "units::duration")]
+    pub timeout: Duration,
+    /// Deadline of a write (SET of an entry up to `redis_max_value`, PUBLISH).
+    #[serde(with = "units::duration")]
+    pub write_timeout: Duration,
+    /// Deadline of connecting (connections are made lazily and again after a failure).
+    #[serde(with = "units::duration")]
+    pub connect_timeout: Duration,
+    /// Connections used round-robin, so a small GET does not queue behind a large reply.
+    pub connections: usize,
+    /// Failed Redis calls in a row that open the Redis breaker (no calls until a probe succeeds).
+    pub breaker_failures: u32,
+    /// How long the Redis breaker stays open before one probe.
+    #[serde(with = "units::duration")]
+    pub breaker_cooldown: Duration,
+    /// Fleet-wide fetch lease; default: the upstream's head timeout x attempts + retry total + 1s.
+    #[serde(with = "units::opt_duration")]
+    pub lease: Option<Duration>,
+    /// Longest a pod waits for another pod's fetch before fetching itself; default: the lease.
+    #[serde(with = "units::opt_duration")]
+    pub lease_wait: Option<Duration>,
+    /// Prefix of every Redis key and channel (several deployments can share one Redis).
+    pub prefix: String,
+    /// PEM file of the CA that signed the server's certificate, for `rediss://` with a private
+    /// CA (otherwise the public web roots are trusted).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for RedisFileConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_millis(50),
+            write_timeout: Duration::from_millis(500),
+            connect_timeout: Duration::from_millis(500),
+            connections: 4,
+            breaker_failures: 3,
+            breaker_cooldown: Duration::from_secs(5),
+            lease: None,
+            lease_wait: None,
+            prefix: "tile-proxy".into(),
+            ca_file: None,
+        }
+    }
+}
+
+/// A cache policy as written in `[defaults]` or `[index.<name>]`. Unset fields fall back to
+/// `[defaults]`, then to the built-in default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyFileConfig {
+    /// Fixed TTL for this index; overrides the upstream's `max-age`. Still capped by `ttl_cap`.
+    #[serde(with = "units::opt_duration")]
+    pub ttl: Option<Duration>,
+    /// After expiry, serve the old copy while one background refresh runs.
+    #[serde(with = "units::opt_duration")]
+    pub stale_while_revalidate: Option<Duration>,
+    /// After expiry, serve the old copy when the upstream fails.
+    #[serde(with = "units::opt_duration")]
+    pub stale_if_error: Option<Duration>,
+    /// XFetch early refresh: how eagerly a fresh tile close to expiry is refreshed in the
+    /// background while hits keep serving it (0 = off, default 1.0, at most 10).
+    pub early_refresh_beta: Option<f64>,
+    /// How long upstream 404/204 answers are remembered.
+    #[serde(with = "units::opt_duration")]
+    pub negative_ttl: Option<Duration>,
+    /// `Cache-Control` sent to clients instead of `public, max-age=<lifetime>`; `{max_age}` is
+    /// replaced by the index's lifetime for the tile (sent with `Age`, so RFC 9111 caches keep
+    /// it for what is left), e.g. `"public, max-age={max_age}, s-maxage=60"`.
+    pub client_cache_control: Option<String>,
+    /// Upstream fetches this index may cause per UTC hour; past it, misses answer 429
+    /// `budget_exhausted` (hits and stale copies still serve).
+    pub budget_hour: Option<u64>,
+    /// Upstream fetches per UTC day.
+    pub budget_day: Option<u64>,
+    /// Requests per second one client (IP) may make for this index (token bucket refill).
+    pub rate_limit: Option<f64>,
+    /// Requests a client may make at once before `rate_limit` applies (bucket size; default:
+    /// one second of `rate_limit`, at least 1).
+    pub rate_burst: Option<u32>,
+    /// `[index.<name>]` only: environment variable holding this index's own HERE key.
+    pub api_key_env: Option<String>,
+    /// `[index.<name>]` only: file holding this index's own HERE key (used when `api_key_env`
+    /// is unset or empty).
+    pub api_key_file: Option<PathBuf>,
+}
+
+impl FileConfig {
+    /// This configuration as a TOML config file, with `workers` resolved from `settings` and the
+    /// key shown as `"<redacted>"`. It parses back into an equal `FileConfig` (but the key).
+    pub fn effective_toml(&self, settings: &Settings) -> String {
+        let mut shown = self.clone();
+        shown.workers = Some(settings.workers);
+        if shown.here_api_key.is_some() {
+            shown.here_api_key = Some("<redacted>".into());
+        }
+        if shown.admin_token.is_some() {
+            shown.admin_token = Some("<redacted>".into());
+        }
+        shown.redis_url = shown.redis_url.as_deref().map(redact_url);
+        let body = toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot be shown as TOML: {e}\n"));
+        format!("# tile-proxy effective configuration (defaults < file < environment < flags)\n{body}")
+    }
+}
+
+/// Every leaf key path of a serialized configuration (`upstream.head_timeout`, ...), each after
+/// `prefix`; maps empty in the value (like `index` in the defaults) are leaves too. The tests
+/// use it to prove every setting is documented and settable.
+pub fn key_paths(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) if !m.is_empty() => {
+            for (k, v) in m {
+                key_paths(&format!("{prefix}{k}."), v, out);
+            }
+        }
+        _ => out.push(prefix.trim_end_matches('.').to_string()),
+    }
+}

@@ -1,0 +1,317 @@
+//! The resolved configuration the server runs with ([`Settings`]: one struct), the named
+//! defaults and bounds every layer reads, and what one index's policy resolves to ([`Policy`]).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::validate::{validate, Problem};
+use super::*;
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Default raster (v3) upstream base URL.
+pub const DEFAULT_RASTER_UPSTREAM: &str = "https://maps.hereapi.com";
+/// Default vector (v2) upstream base URL.
+pub const DEFAULT_VECTOR_UPSTREAM: &str = "https://vector.hereapi.com";
+/// Default cache folder (the disk tier's block files live here).
+pub const DEFAULT_CACHE_DIR: &str = "./tile-cache";
+/// Default memory tier size.
+pub const DEFAULT_MEMORY_CACHE: ByteSize = ByteSize::mib(256);
+/// Default disk tier size.
+pub const DEFAULT_DISK_CACHE: ByteSize = ByteSize::gib(1);
+/// Default cap on any TTL (`CACHE_TTL_CAP`): 7 days.
+pub const DEFAULT_TTL_CAP: Duration = Duration::from_secs(7 * 24 * 3600);
+/// TTL used when neither the index nor the upstream says anything: 1 day.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Largest tile body that is stored; larger ones are streamed but not cached.
+pub const DEFAULT_MAX_ENTRY: ByteSize = ByteSize::mib(2);
+/// Bytes one in-flight fetch may buffer for requests that join it late.
+pub const DEFAULT_FLIGHT_BUFFER: ByteSize = ByteSize::mib(8);
+/// Each of the disk tier's two write buffers (foyer's flush buffer; both stay resident).
+pub const DEFAULT_DISK_WRITE_BUFFER: ByteSize = ByteSize::mib(8);
+/// Room `disk_write_buffer` must have beyond `max_entry_size` (the entry's header, page alignment).
+pub const DISK_WRITE_BUFFER_HEADROOM: ByteSize = ByteSize::kib(64);
+/// Default `redis_max_value`.
+pub const DEFAULT_REDIS_MAX_VALUE: ByteSize = ByteSize::mib(4);
+/// Smallest `flight_buffer`.
+pub const MIN_FLIGHT_BUFFER: ByteSize = ByteSize::kib(64);
+
+/// Longest duration any setting accepts (TTLs, stale windows): 365 days.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest timeout, delay or cooldown: 1 hour.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Largest size any setting accepts: 1 TiB.
+pub const MAX_SIZE: ByteSize = ByteSize::tib(1);
+/// Largest `max_entry_size` and `flight_buffer` (both are held in memory whole): 1 GiB.
+pub const MAX_BUFFERED: ByteSize = ByteSize::gib(1);
+/// Most worker threads.
+pub const MAX_WORKERS: usize = 1024;
+
+/// Redis shared tier, resolved.
+#[derive(Clone)]
+pub struct RedisSettings {
+    /// Holds the password, if any: never log it (`Debug` hides it).
+    pub url: String,
+    pub max_value: usize,
+    pub timeout: Duration,
+    pub write_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub connections: usize,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
+    pub lease: Duration,
+    pub lease_wait: Duration,
+    pub prefix: String,
+    /// PEM of an extra CA for `rediss://`.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redact_url(&self.url))
+            .field("max_value", &self.max_value)
+            .field("timeout", &self.timeout)
+            .field("write_timeout", &self.write_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("connections", &self.connections)
+            .field("breaker_failures", &self.breaker_failures)
+            .field("breaker_cooldown", &self.breaker_cooldown)
+            .field("lease", &self.lease)
+            .field("lease_wait", &self.lease_wait)
+            .field("prefix", &self.prefix)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|p| p.len()))
+            .finish()
+    }
+}
+
+/// A URL with any password replaced by `<redacted>` (for logs and `check-config`).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:<redacted>@{host}")
+            } else {
+                format!("{scheme}://<redacted>@{host}")
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Cache policy of one index, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub ttl: Option<Duration>,
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
+    pub negative_ttl: Duration,
+    pub client_cache_control: Option<String>,
+    pub budget: Budget,
+    /// Per-client token bucket; `None`: unlimited.
+    pub rate_limit: Option<ClientRate>,
+    /// XFetch's `beta` ([`crate::domain::freshness::early_refresh`]): 0 = no early refresh. Finite,
+    /// 0 to [`MAX_EARLY_REFRESH_BETA`].
+    pub early_refresh_beta: f64,
+}
+
+/// Default `early_refresh_beta`: XFetch's own recommendation.
+pub const DEFAULT_EARLY_REFRESH_BETA: f64 = 1.0;
+/// Largest `early_refresh_beta` accepted (10 refreshes about 10 fetch times before expiry).
+pub const MAX_EARLY_REFRESH_BETA: f64 = 10.0;
+
+/// An index's upstream budget: fetches per UTC hour and day (`None`: unlimited).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub hour: Option<u64>,
+    pub day: Option<u64>,
+}
+
+impl Budget {
+    pub fn is_limited(&self) -> bool {
+        self.hour.is_some() || self.day.is_some()
+    }
+}
+
+/// A client token bucket: `burst` requests at once, refilled one per `interval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientRate {
+    pub interval: Duration,
+    pub burst: u32,
+}
+
+/// Upstream timeouts and retries, resolved.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub connect_timeout: Duration,
+    pub head_timeout: Duration,
+    pub body_timeout: Duration,
+    pub retry_attempts: usize,
+    pub retry_min_delay: Duration,
+    pub retry_max_delay: Duration,
+    pub retry_total: Duration,
+    pub max_connections: usize,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
+}
+
+/// The validated configuration the server runs with. Every duration is at most
+/// [`MAX_DURATION`] (timeouts at most [`MAX_TIMEOUT`]) and every size at most [`MAX_SIZE`].
+#[derive(Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub workers: usize,
+    /// `None` only when `upstream_requires_key = false` and no key was given.
+    pub api_key: Option<String>,
+    pub raster_upstream: String,
+    pub vector_upstream: String,
+    pub cache_dir: PathBuf,
+    pub memory_cache: usize,
+    pub disk_cache: usize,
+    pub max_entry_size: usize,
+    /// Each of the disk tier's two write buffers (foyer's flush buffer; default 8 MiB, at least
+    /// `max_entry_size` + 64 KiB). Writes queue for disk up to twice this; beyond, new entries
+    /// are kept in memory only (counted by foyer's metrics).
+    pub disk_write_buffer: usize,
+    pub ttl_cap: Duration,
+    pub default_ttl: Duration,
+    pub reject_unknown_params: bool,
+    pub cors_origins: Vec<String>,
+    pub log_json: bool,
+    /// The access log; `None`: off.
+    pub access_log: Option<AccessLogSettings>,
+    pub metrics_max_indices: usize,
+    pub shutdown_timeout: Duration,
+    pub drain_delay: Duration,
+    pub upstream: UpstreamSettings,
+    pub default_policy: Policy,
+    pub policies: BTreeMap<String, Policy>,
+    /// Indices without a section: served with `[defaults]` or refused. Default: allow.
+    pub unknown_indices: UnknownIndices,
+    /// Peers whose forwarding headers are believed; a bare IP is a /32 or /128. Default: none.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Bytes one in-flight fetch may buffer for late joiners (64 KiB to 1 GiB; default 8 MiB).
+    pub flight_buffer: usize,
+    /// Per-index HERE keys (index name -> key), from `api_key_env` / `api_key_file`.
+    pub index_keys: BTreeMap<String, String>,
+    /// The shared tier, when `redis_url` is set.
+    pub redis: Option<RedisSettings>,
+    /// Bearer token of `/admin/*`; `None`: the admin API answers 404.
+    pub admin_token: Option<String>,
+    pub surrogate_keys: bool,
+    pub map_page: bool,
+    /// Without a trailing slash.
+    pub public_base_url: Option<String>,
+    pub compression: bool,
+    pub compress_min_size: usize,
+    pub metadata_ttl: Duration,
+    pub copyright_ttl: Duration,
+    /// Time between two upstream requests per API under `upstream_rps`; `None`: no cap.
+    pub upstream_interval: Option<Duration>,
+    pub upstream_queue_wait: Duration,
+    pub rate_limit_exempt: Vec<IpNet>,
+    pub rate_limit_clients: u64,
+    pub rate_limit_shared: bool,
+}
+
+impl std::fmt::Debug for Settings {
+    // Hand-written so no key can ever reach a log line through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let index_keys: BTreeMap<&str, &str> = self.index_keys.keys().map(|k| (k.as_str(), "<redacted>")).collect();
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("workers", &self.workers)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("raster_upstream", &self.raster_upstream)
+            .field("vector_upstream", &self.vector_upstream)
+            .field("cache_dir", &self.cache_dir)
+            .field("memory_cache", &self.memory_cache)
+            .field("disk_cache", &self.disk_cache)
+            .field("max_entry_size", &self.max_entry_size)
+            .field("disk_write_buffer", &self.disk_write_buffer)
+            .field("flight_buffer", &self.flight_buffer)
+            .field("ttl_cap", &self.ttl_cap)
+            .field("default_ttl", &self.default_ttl)
+            .field("reject_unknown_params", &self.reject_unknown_params)
+            .field("unknown_indices", &self.unknown_indices)
+            .field("cors_origins", &self.cors_origins)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("log_json", &self.log_json)
+            .field("access_log", &self.access_log)
+            .field("metrics_max_indices", &self.metrics_max_indices)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("drain_delay", &self.drain_delay)
+            .field("upstream", &self.upstream)
+            .field("default_policy", &self.default_policy)
+            .field("policies", &self.policies)
+            .field("index_keys", &index_keys)
+            .field("redis", &self.redis)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
+            .field("surrogate_keys", &self.surrogate_keys)
+            .field("map_page", &self.map_page)
+            .field("public_base_url", &self.public_base_url)
+            .field("compression", &self.compression)
+            .field("compress_min_size", &self.compress_min_size)
+            .field("metadata_ttl", &self.metadata_ttl)
+            .field("copyright_ttl", &self.copyright_ttl)
+            .field("upstream_interval", &self.upstream_interval)
+            .field("upstream_queue_wait", &self.upstream_queue_wait)
+            .field("rate_limit_exempt", &self.rate_limit_exempt)
+            .field("rate_limit_clients", &self.rate_limit_clients)
+            .field("rate_limit_shared", &self.rate_limit_shared)
+            .finish()
+    }
+}
+
+impl Settings {
+    /// The policy for `index`: its own section, else `[defaults]`.
+    pub fn policy(&self, index: &str) -> &Policy {
+        self.policies.get(index).unwrap_or(&self.default_policy)
+    }
+
+    /// Loads defaults -> file -> environment -> flags and validates. The error lists every
+    /// problem found, each naming its source.
+    pub fn load(args: &Flags) -> Result<Settings, ConfigErrors> {
+        Self::load_effective(args).map(|(settings, _)| settings)
+    }
+
+    /// Like [`Settings::load`], and also gives the merged [`FileConfig`] the settings were
+    /// validated from (see [`FileConfig::effective_toml`]).
+    pub fn load_effective(args: &Flags) -> Result<(Settings, FileConfig), ConfigErrors> {
+        layers::load(args, std::env::vars_os())
+    }
+
+    /// Validates a complete [`FileConfig`] into [`Settings`], collecting every problem.
+    /// `api_key_env` variables are read from the process environment.
+    pub fn from_file_config(file: FileConfig) -> Result<Settings, ConfigErrors> {
+        validate(&file, &|name| std::env::var(name).ok())
+            .map_err(|problems| ConfigErrors(problems.iter().map(Problem::to_string).collect()))
+    }
+}
+
+/// How the access log (`http::access_log`) is written.
+#[derive(Debug, Clone, Copy)]
+pub struct AccessLogSettings {
+    /// JSON lines (else text lines in the style of the other logs).
+    pub json: bool,
+    /// Log one request in `sample` (and every status >= 400); 1 logs all.
+    pub sample: u32,
+    /// Bytes gathered before a write.
+    pub buffer: usize,
+    /// Longest a line waits in the buffer.
+    pub flush: Duration,
+}
+
+/// The disk tier's block size for a largest entry: a power of two at least the entry plus
+/// 64 KiB of headroom, and at least 1 MiB. foyer silently drops entries that do not fit a block.
+pub fn block_size_for(max_entry: usize) -> usize {
+    (max_entry + (64 << 10)).next_power_of_two().max(1 << 20)
+}
