@@ -14,7 +14,8 @@ use futures_util::future::join_all;
 use tile_proxy::config::PolicyFileConfig;
 use tile_proxy::domain::entry::Entry;
 use tile_proxy::domain::key::CacheKey;
-use tile_proxy::store::cache::{BoxFuture, HitSource, Tier, TierError};
+use tile_proxy::domain::entry::HitSource;
+use tile_proxy::store::cache::{BoxFuture, Tier, TierError};
 
 #[actix_rt::test]
 async fn twenty_indices_asking_one_tile_cost_one_upstream_call_and_keep_their_own_metrics() {
