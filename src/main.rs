@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig(a)) => (a, true),
         Some(Command::Healthcheck(h)) => return healthcheck(&h),
         Some(Command::Seed(a)) => return tile_proxy::app::seed::run_cli(a),
-        Some(Command::Stats(a)) => return tile_proxy::http::admin::stats::run_cli(&a),
+        Some(Command::Stats(a)) => return tile_proxy::app::stats::run_cli(&a),
         None => (cli.serve, false),
     };
     let (settings, effective) = match Settings::load_effective(&args.flags()) {

@@ -13,8 +13,8 @@ use common::*;
 use futures_util::future::join_all;
 use tile_proxy::config::PolicyFileConfig;
 use tile_proxy::domain::entry::Entry;
-use tile_proxy::domain::key::CacheKey;
 use tile_proxy::domain::entry::HitSource;
+use tile_proxy::domain::key::CacheKey;
 use tile_proxy::store::cache::{BoxFuture, Tier, TierError};
 
 #[actix_rt::test]

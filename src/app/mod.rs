@@ -5,4 +5,5 @@ pub mod cli;
 pub mod healthcheck;
 pub mod seed;
 pub mod server;
+pub mod stats;
 pub mod telemetry;

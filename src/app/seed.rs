@@ -168,7 +168,7 @@ async fn seed_direct(args: &SeedArgs, job: Job, done: Done, state_path: &Path) -
         eprintln!("{}", announce(&job, &done, &format!("into {}", state.settings.cache_dir.display())));
     }
     let client = crate::upstream::build_client(&state.settings.upstream);
-    let fetcher = Direct { service: TileService::new(state.clone()), client };
+    let fetcher = Direct { service: TileService::new(state.core.clone()), client };
     let code = seed(args, &job, &fetcher, done, state_path).await;
     state.cache.close().await;
     drop(built);

@@ -19,6 +19,7 @@ use crate::http::state::AppState;
 use crate::http::tile;
 use crate::observe::health::Health;
 use crate::observe::metrics::Metrics;
+use crate::service::core::Core;
 use crate::service::tiles::TileService;
 use crate::store::cache::{lock_dir, DirLock, FoyerOptions, FoyerTier, LockError, Tier, TileCache};
 use crate::store::flight::{FillLock, Flights};
@@ -206,8 +207,8 @@ pub async fn build(settings: Settings, opts: StartOptions) -> Result<Built, Star
             metrics.early_refresh.with_label_values(&[name]);
         }
     }
-    let compressor = crate::http::compress::Compressor::new(&settings, metrics.clone());
-    let state = Arc::new(AppState {
+    let compressor = crate::http::negotiate::Compressor::new(&settings, metrics.clone());
+    let core = Arc::new(Core {
         upstream: Arc::new(UpstreamConfig::from_settings(&settings)),
         settings: settings.clone(),
         cache,
@@ -222,12 +223,16 @@ pub async fn build(settings: Settings, opts: StartOptions) -> Result<Built, Star
         clock,
         early_refresh_draw: opts.early_refresh_draw.unwrap_or(crate::domain::freshness::draw_unit),
         purges,
+        protect,
+    });
+    let state = Arc::new(AppState {
+        tiles: TileService::new(core.clone()),
+        core,
         purge_file,
         redis,
-        protect,
-        pod_id: crate::http::admin::stats::new_pod_id(),
-        seeds: crate::http::admin::seed::Jobs::default(),
-        metadata: crate::http::metadata::MetadataCache::default(),
+        pod_id: crate::service::stats::new_pod_id(),
+        seeds: crate::seed::jobs::Jobs::default(),
+        metadata: crate::service::metadata::MetadataCache::default(),
         compressor,
     });
     Ok(Built { state, http, dir_lock })
@@ -235,9 +240,7 @@ pub async fn build(settings: Settings, opts: StartOptions) -> Result<Built, Star
 
 fn serve(state: Arc<AppState>, http: Arc<HttpMetrics>, dir_lock: Option<DirLock>) -> Result<Running, StartError> {
     let settings = state.settings.clone();
-    let service = web::Data::new(TileService::new(state.clone()));
-
-    let app_service = service.clone();
+    let app_state = web::Data::from(state.clone());
     let upstream_settings = settings.upstream.clone();
     let origins = settings.cors_origins.clone();
     let http_data = web::Data::from(http.clone());
@@ -245,10 +248,10 @@ fn serve(state: Arc<AppState>, http: Arc<HttpMetrics>, dir_lock: Option<DirLock>
         // One awc client per worker: awc is not Send, and its pool is per client.
         let client = web::Data::new(upstream::build_client(&upstream_settings));
         App::new()
-            .app_data(app_service.clone())
+            .app_data(app_state.clone())
             .app_data(client)
             .app_data(http_data.clone())
-            .wrap(tile::TilesFirst)
+            .wrap(crate::http::bypass::TilesFirst)
             .wrap(cors(&origins))
             .wrap(Observe(http.clone()))
             .route("/live", web::get().to(health::live))
@@ -282,7 +285,7 @@ fn serve(state: Arc<AppState>, http: Arc<HttpMetrics>, dir_lock: Option<DirLock>
     let server = server.run();
     let handle = server.handle();
     let server = actix_web::rt::spawn(server);
-    crate::http::admin::stats::spawn_housekeeping(state.clone());
+    crate::service::stats::spawn_housekeeping(state.core.clone(), state.redis.clone(), state.pod_id.clone());
     state.health.set_ready(true);
     Ok(Running { addrs, handle, server, state, _dir_lock: dir_lock })
 }

@@ -78,7 +78,7 @@ impl CacheKey {
         &self.0
     }
 
-    /// The key of this tile's `encoding` form (a compressed variant, `crate::http::compress`) of the
+    /// The key of this tile's `encoding` form (a compressed variant, `crate::service::body`) of the
     /// body version `version_ms`: `<encoding>@<version>|<tile key>`. Tile keys start with
     /// [`KEY_VERSION`], so a variant key is never a tile's, and a new body version never finds
     /// an old variant.

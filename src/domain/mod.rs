@@ -3,6 +3,7 @@
 //! ([`purge`]) and the circuit breaker's state machine ([`breaker`]). No I/O, no actix.
 
 pub mod breaker;
+pub mod encoding;
 pub mod entry;
 pub mod failure;
 pub mod freshness;

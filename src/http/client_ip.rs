@@ -19,8 +19,8 @@ pub fn of_request(req: &actix_web::HttpRequest, trusted: &[IpNet]) -> Option<IpA
 
 /// The proxies whose forwarding headers are believed (`trusted_proxies`).
 pub fn trusted_proxies(req: &actix_web::HttpRequest) -> &[ipnet::IpNet] {
-    req.app_data::<actix_web::web::Data<crate::service::tiles::TileService>>()
-        .map(|s| s.state().settings.trusted_proxies.as_slice())
+    req.app_data::<actix_web::web::Data<crate::http::state::AppState>>()
+        .map(|s| s.settings.trusted_proxies.as_slice())
         .unwrap_or(&[])
 }
 

@@ -1,5 +1,7 @@
-//! The one place where failures become HTTP answers: a JSON body naming what went wrong, with
-//! the right status, and never a secret (no upstream URL, no key) in it.
+//! The one place where failures become HTTP answers, for tiles and the admin API alike: a JSON
+//! body naming what went wrong (`{"error": code, "message": ...}`, `field` when one is to blame),
+//! the right status, `Cache-Control: no-store`, and never a secret (no upstream URL, no key) in
+//! it. Tile answers also say `X-Cache: ERROR`.
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
@@ -25,6 +27,27 @@ pub enum ProxyError {
     /// A client rate limit refused the request.
     #[error("too many requests")]
     TooManyRequests { retry_after_secs: u64 },
+    /// `admin_token` is not set: the admin API does not exist here (404).
+    #[error("no admin API on this server (admin_token is not set)")]
+    NoAdminApi,
+    /// A missing or wrong admin token (401, with `WWW-Authenticate`).
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// An admin request body over [`crate::http::admin::auth::MAX_BODY`] (413).
+    #[error("the body is larger than 16 KiB")]
+    BodyTooLarge,
+    /// A bad admin request (400), naming the field to blame when one is.
+    #[error("{message}")]
+    Invalid { field: Option<&'static str>, message: String },
+    /// What an admin request names does not exist (404).
+    #[error("{0}")]
+    Missing(String),
+    /// Every kept seed job is still running (429).
+    #[error("{0} seed jobs are running")]
+    TooManyJobs(usize),
+    /// A purge rule applies on this pod but Redis could not take it to the others (503).
+    #[error("the rule applies on this pod but could not reach the others: {message}; retry")]
+    PurgeNotShared { message: String, rule: serde_json::Value },
 }
 
 impl ProxyError {
@@ -42,7 +65,27 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::NoAdminApi | ProxyError::Missing(_) => StatusCode::NOT_FOUND,
+            ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::TooManyJobs(_) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::PurgeNotShared { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
+    }
+
+    /// True for the admin API's errors (their answers carry no `X-Cache`).
+    fn is_admin(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::NoAdminApi
+                | ProxyError::Unauthorized(_)
+                | ProxyError::BodyTooLarge
+                | ProxyError::Invalid { .. }
+                | ProxyError::Missing(_)
+                | ProxyError::TooManyJobs(_)
+                | ProxyError::PurgeNotShared { .. }
+        )
     }
 
     /// The JSON answer.
@@ -72,10 +115,29 @@ impl ProxyError {
                 "retry_after_seconds": retry_after_secs,
             }),
             ProxyError::Upstream(f) => json!({"error": f.label(), "message": f.to_string()}),
+            ProxyError::NoAdminApi | ProxyError::Missing(_) => {
+                json!({"error": "not_found", "message": self.to_string()})
+            }
+            ProxyError::Unauthorized(_) => json!({"error": "unauthorized", "message": self.to_string()}),
+            ProxyError::BodyTooLarge | ProxyError::Invalid { field: None, .. } => {
+                json!({"error": "invalid_request", "message": self.to_string()})
+            }
+            ProxyError::Invalid { field: Some(field), message } => {
+                json!({"error": "invalid_request", "field": field, "message": message})
+            }
+            ProxyError::TooManyJobs(_) => json!({"error": "too_many_jobs", "message": self.to_string()}),
+            ProxyError::PurgeNotShared { rule, .. } => {
+                json!({"error": "redis_unavailable", "message": self.to_string(), "rule": rule})
+            }
         };
         let mut res = HttpResponse::build(self.status());
         res.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
-        res.insert_header(("X-Cache", "ERROR"));
+        if !self.is_admin() {
+            res.insert_header(("X-Cache", "ERROR"));
+        }
+        if matches!(self, ProxyError::Unauthorized(_)) {
+            res.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"tile-proxy admin\""));
+        }
         let retry = match self {
             ProxyError::Upstream(UpstreamFailure::RateLimited { retry_after_secs }) => {
                 Some(retry_after_secs.unwrap_or(1))

@@ -187,7 +187,7 @@ where
         Poll::Ready(match out {
             Ok(res) => {
                 // Tiles never reach the router: no pattern to look for.
-                let endpoint = if crate::http::tile::for_the_router(res.request().path()) {
+                let endpoint = if crate::http::bypass::for_the_router(res.request().path()) {
                     res.request().match_pattern().map(Endpoint::Pattern).unwrap_or(Endpoint::Unrouted)
                 } else {
                     Endpoint::Unrouted

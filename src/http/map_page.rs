@@ -188,8 +188,11 @@ fn respond(
     body: Vec<u8>,
 ) -> HttpResponse {
     let etag = HeaderValue::from_str(&etag).unwrap_or_else(|_| HeaderValue::from_static("\"\""));
-    let status =
-        if crate::http::tile::not_modified(req, Some(&etag)) { StatusCode::NOT_MODIFIED } else { StatusCode::OK };
+    let status = if crate::http::conditional::not_modified(req, Some(&etag)) {
+        StatusCode::NOT_MODIFIED
+    } else {
+        StatusCode::OK
+    };
     let mut b = HttpResponse::build(status);
     b.insert_header((header::ETAG, etag))
         .insert_header((header::CACHE_CONTROL, cache_control))

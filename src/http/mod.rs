@@ -2,12 +2,14 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod bypass;
 pub mod client_ip;
-pub mod compress;
+pub mod conditional;
 pub mod error;
 pub mod http_metrics;
 pub mod map_page;
 pub mod metadata;
+pub mod negotiate;
 pub mod site;
 pub mod state;
 pub mod tile;

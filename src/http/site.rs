@@ -5,20 +5,19 @@
 
 use actix_web::{HttpRequest, HttpResponse};
 
-use crate::service::tiles::TileService;
+use crate::http::state::AppState;
 
 /// The answer for a non-tile GET/HEAD path, if one of the site's routes takes it.
 ///
 /// Whole answers worth it (the page's HTML, JS and CSS, TileJSON, HERE's JSON) go out br or gzip
-/// to clients that accept it ([`crate::http::compress::Compressor::encode_response`]).
-pub async fn route(req: &HttpRequest, service: &TileService, client: &awc::Client) -> Option<HttpResponse> {
+/// to clients that accept it ([`crate::http::negotiate::Compressor::encode_response`]).
+pub async fn route(req: &HttpRequest, state: &AppState, client: &awc::Client) -> Option<HttpResponse> {
     let path = req.path();
-    let state = service.state();
     let res = match crate::http::map_page::serve(req, state, path) {
         Some(res) => res,
         None => match crate::http::tilejson::serve(req, state, path) {
             Some(res) => res,
-            None => crate::http::metadata::serve(req, service, client, path).await?,
+            None => crate::http::metadata::serve(req, state, client, path).await?,
         },
     };
     Some(state.compressor.encode_response(req, res))

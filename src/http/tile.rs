@@ -1,9 +1,9 @@
 //! The HTTP face of the tile service: parse the request, check the index, ask
-//! [`TileService`], and turn its answer into a response.
+//! the tile service (`AppState::tiles`), and turn its answer into a response.
 //!
 //! Every tile response head, hit or miss, is built by [`response_head`] from the answer's
 //! metadata, the index's lifetime for it and the client's representation
-//! ([`compress::tile_representation`]): `Cache-Control: max-age=<lifetime>` with
+//! ([`encoding::tile_representation`]): `Cache-Control: max-age=<lifetime>` with
 //! `Age: <elapsed>` (RFC 9111: downstream caches subtract the age themselves), the same ETag
 //! (per encoding), `Content-Type` only when there is a body, `Content-Encoding` and `Vary`.
 
@@ -15,94 +15,23 @@ use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use futures_util::StreamExt;
 
 use crate::config::UnknownIndices;
+use crate::domain::encoding::{self, Representation};
 use crate::domain::freshness;
 use crate::domain::routes::{self, ParseOptions};
 use crate::http::access_log::{self, TileId};
-use crate::http::compress::{self, Representation};
+use crate::http::conditional::not_modified;
 use crate::http::error::ProxyError;
+use crate::http::state::AppState;
 use crate::observe::metrics::IndexMetrics;
-use crate::service::tiles::{Answer, Body, TileService};
+use crate::service::tiles::{Answer, Body};
 
 /// Header names of every tile answer, made once.
 const X_CACHE: header::HeaderName = header::HeaderName::from_static("x-cache");
 const X_CACHE_TIER: header::HeaderName = header::HeaderName::from_static("x-cache-tier");
 const X_CACHE_REASON: header::HeaderName = header::HeaderName::from_static("x-cache-reason");
 
-/// Sends every request the router would give to [`tile`] (its default service) straight there:
-/// actix's router (a match per route, the path's segments captured and dropped) and the
-/// handler's extractors cost a tile hit about 1,500 instructions for nothing. `/live`,
-/// `/ready`, `/health`, everything under `/admin` and any path with a `%` (the router matches
-/// paths requoted) still go through the router, so what answers a request does not change.
-pub struct TilesFirst;
-
-/// True for the paths some route other than the default service may want.
-pub(crate) fn for_the_router(path: &str) -> bool {
-    matches!(path, "/live" | "/ready" | "/health" | "/metrics") || path.starts_with("/admin") || path.contains('%')
-}
-
-impl<S> actix_web::dev::Transform<S, actix_web::dev::ServiceRequest> for TilesFirst
-where
-    S: actix_web::dev::Service<
-            actix_web::dev::ServiceRequest,
-            Response = actix_web::dev::ServiceResponse,
-            Error = actix_web::Error,
-        > + 'static,
-{
-    type Response = actix_web::dev::ServiceResponse;
-    type Error = actix_web::Error;
-    type Transform = TilesFirstService<S>;
-    type InitError = ();
-    type Future = std::future::Ready<Result<Self::Transform, Self::InitError>>;
-
-    fn new_transform(&self, service: S) -> Self::Future {
-        std::future::ready(Ok(TilesFirstService { service }))
-    }
-}
-
-pub struct TilesFirstService<S> {
-    service: S,
-}
-
-impl<S> actix_web::dev::Service<actix_web::dev::ServiceRequest> for TilesFirstService<S>
-where
-    S: actix_web::dev::Service<
-            actix_web::dev::ServiceRequest,
-            Response = actix_web::dev::ServiceResponse,
-            Error = actix_web::Error,
-        > + 'static,
-{
-    type Response = actix_web::dev::ServiceResponse;
-    type Error = actix_web::Error;
-    type Future = futures_util::future::Either<
-        S::Future,
-        futures_util::future::LocalBoxFuture<'static, Result<actix_web::dev::ServiceResponse, actix_web::Error>>,
-    >;
-
-    actix_web::dev::forward_ready!(service);
-
-    fn call(&self, req: actix_web::dev::ServiceRequest) -> Self::Future {
-        use futures_util::future::Either;
-        let found = || {
-            let service = req.app_data::<web::Data<TileService>>()?.clone();
-            let client = req.app_data::<web::Data<awc::Client>>()?.clone();
-            Some((service, client))
-        };
-        match found() {
-            Some((service, client)) if !for_the_router(req.path()) => {
-                let (http, _payload) = req.into_parts();
-                Either::Right(Box::pin(async move {
-                    let res = tile(http.clone(), service, client).await;
-                    Ok(actix_web::dev::ServiceResponse::new(http, res))
-                }))
-            }
-            _ => Either::Left(self.service.call(req)),
-        }
-    }
-}
-
 /// GET/HEAD on every tile route.
-pub async fn tile(req: HttpRequest, service: web::Data<TileService>, client: web::Data<awc::Client>) -> HttpResponse {
-    let state = service.state();
+pub async fn tile(req: HttpRequest, state: web::Data<AppState>, client: web::Data<awc::Client>) -> HttpResponse {
     let opts = ParseOptions { reject_unknown_params: state.settings.reject_unknown_params };
     let parsed = routes::parse(req.path(), req.query_string(), opts);
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -115,7 +44,7 @@ pub async fn tile(req: HttpRequest, service: web::Data<TileService>, client: web
         Ok(Some(t)) => t,
         Ok(None) => {
             // Not a tile: the map page, TileJSON, HERE's metadata (cold path), else 404.
-            return match crate::http::site::route(&req, &service, &client).await {
+            return match crate::http::site::route(&req, &state, &client).await {
                 Some(res) => res,
                 None => ProxyError::NotFound.response(),
             };
@@ -150,7 +79,7 @@ pub async fn tile(req: HttpRequest, service: web::Data<TileService>, client: web
             }
         }
     }
-    let mut res = answer(&req, &service, &client, &t, &index, policy).await;
+    let mut res = answer(&req, &state, &client, &t, &index, policy).await;
     if let Some(v) = limited {
         v.headers(res.headers_mut());
     }
@@ -160,14 +89,13 @@ pub async fn tile(req: HttpRequest, service: web::Data<TileService>, client: web
 /// Serves a validated, admitted tile request.
 async fn answer(
     req: &HttpRequest,
-    service: &TileService,
+    state: &AppState,
     client: &awc::Client,
     t: &routes::TileRequest,
     index: &IndexMetrics,
     policy: &crate::config::Policy,
 ) -> HttpResponse {
-    let state = service.state();
-    match service.serve(client, t, index.label()).await {
+    match state.tiles.serve(client, t, index.label()).await {
         Ok(answer) => {
             access_log::note(req, |a| a.cache = answer.label);
             index.count_request(answer.label);
@@ -180,7 +108,7 @@ async fn answer(
             let tags =
                 state.settings.surrogate_keys.then(|| crate::domain::purge::surrogate_keys(&t.index, t.z, t.x, t.y));
             let rep =
-                compress::tile_representation(&state.settings, &answer.meta, answer.content_length, req.headers());
+                encoding::tile_representation(&state.settings, &answer.meta, answer.content_length, req.headers());
             let mut res = match rep {
                 // Boxed: the hit path's future stays small.
                 Representation::Encoded(encoding) => {
@@ -213,7 +141,7 @@ async fn answer(
 fn bodiless(req: &HttpRequest, answer: &Answer, rep: Representation) -> Option<StatusCode> {
     match answer.meta.status {
         200 => {
-            let etag = compress::client_etag(answer.meta.client_etag(answer.content_length), rep);
+            let etag = encoding::client_etag(answer.meta.client_etag(answer.content_length), rep);
             not_modified(req, etag.as_ref()).then_some(StatusCode::NOT_MODIFIED)
         }
         204 => Some(StatusCode::NO_CONTENT),
@@ -253,14 +181,14 @@ fn respond(
 }
 
 /// The response for an answer compressed with `encoding` for this client: the same head in that
-/// representation, the body from [`compress::tile_body`] (a miss read whole first: a failure
+/// representation, the body from [`crate::service::body::tile_body`] (a miss read whole first: a failure
 /// before its end is our JSON error, never a short body).
 async fn respond_encoded(
     req: &HttpRequest,
-    state: &std::sync::Arc<crate::http::state::AppState>,
+    state: &AppState,
     t: &routes::TileRequest,
     answer: Answer,
-    encoding: compress::Encoding,
+    encoding: encoding::Encoding,
     policy: &crate::config::Policy,
     bytes: prometheus::IntCounter,
 ) -> HttpResponse {
@@ -269,7 +197,7 @@ async fn respond_encoded(
         return b.status(status).finish();
     }
     let Answer { meta, content_length, body, .. } = answer;
-    match compress::tile_body(state, t, &meta, content_length, body, encoding).await {
+    match crate::service::body::tile_body(&state.core, t, &meta, content_length, body, encoding).await {
         Ok(body) => {
             bytes.inc_by(body.len() as u64);
             b.body(body)
@@ -294,7 +222,7 @@ pub fn response_head(
     }
     b.insert_header((header::AGE, number_value(meta.age_secs(now))));
     b.insert_header((header::CACHE_CONTROL, cache_control_value(policy, answer.lifetime)));
-    if let Some(etag) = compress::client_etag(meta.client_etag(answer.content_length), rep) {
+    if let Some(etag) = encoding::client_etag(meta.client_etag(answer.content_length), rep) {
         b.insert_header((header::ETAG, etag));
     }
     if let Some(ct) = &meta.content_type {
@@ -343,17 +271,4 @@ fn cache_control_value(policy: &crate::config::Policy, lifetime: Option<Duration
         *last = Some((template.map(str::to_string), secs, value.clone()));
         value
     })
-}
-
-/// True when the client's `If-None-Match` names `etag` (or is `*`).
-pub fn not_modified(req: &HttpRequest, etag: Option<&HeaderValue>) -> bool {
-    let (Some(inm), Some(etag)) = (req.headers().get(header::IF_NONE_MATCH), etag) else {
-        return false;
-    };
-    let (Ok(inm), Ok(etag)) = (inm.to_str(), etag.to_str()) else {
-        return false;
-    };
-    let strip = |s: &str| s.trim().trim_start_matches("W/").to_string();
-    let etag = strip(etag);
-    inm.split(',').any(|c| c.trim() == "*" || strip(c) == etag)
 }

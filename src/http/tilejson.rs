@@ -239,7 +239,7 @@ fn respond(req: &HttpRequest, doc: &Value, from_request: bool) -> HttpResponse {
         b.insert_header((header::VARY, "Host, X-Forwarded-Host, X-Forwarded-Proto"));
     }
     let etag = header::HeaderValue::from_str(&etag).ok();
-    if crate::http::tile::not_modified(req, etag.as_ref()) {
+    if crate::http::conditional::not_modified(req, etag.as_ref()) {
         return b.status(StatusCode::NOT_MODIFIED).finish();
     }
     b.insert_header((header::CONTENT_TYPE, "application/json"));

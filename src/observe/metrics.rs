@@ -343,6 +343,13 @@ impl Metrics {
         }
     }
 
+    /// Counts an answer sent in `encoding`: its `identity` and `encoded` body bytes.
+    pub fn count_compressed_bytes(&self, encoding: &str, identity: usize, encoded: usize) {
+        let m = &self.compression_bytes;
+        m.with_label_values(&[encoding, "identity"]).inc_by(identity as u64);
+        m.with_label_values(&[encoding, "encoded"]).inc_by(encoded as u64);
+    }
+
     /// The metric handles of `index`'s label: its own while under the cardinality limit (or
     /// configured), else `_other`'s.
     pub fn index(&self, index: &str) -> Arc<IndexMetrics> {

@@ -93,7 +93,7 @@ impl Fetcher for Direct {
             Ok(None) => return Fetched::Refused(format!("`{path}` is not a tile route")),
             Err(e) => return Fetched::Refused(e.to_string()),
         };
-        let label = self.service.state().metrics.index_label(&tile.index);
+        let label = self.service.core().metrics.index_label(&tile.index);
         match self.service.serve(&self.client, &tile, label).await {
             Ok(answer) if matches!(answer.x_cache, "HIT" | "STALE") => Fetched::Cached,
             Ok(answer) => drain(answer.body).await,

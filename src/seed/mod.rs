@@ -8,6 +8,7 @@
 //! [`state_file`] (which tiles are done, saved atomically).
 
 pub mod fetchers;
+pub mod jobs;
 pub mod run;
 pub mod state_file;
 pub mod tiles;

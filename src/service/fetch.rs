@@ -24,7 +24,7 @@ use crate::domain::entry::{Entry, Freshness, Meta};
 use crate::domain::failure::UpstreamFailure;
 use crate::domain::freshness;
 use crate::domain::routes::TileRequest;
-use crate::http::state::AppState;
+use crate::service::core::Core;
 use crate::store::flight::{End, FlightHead, FlightWriter};
 use crate::upstream;
 
@@ -160,7 +160,7 @@ pub fn scrub(body: Bytes, secrets: &[String]) -> Bytes {
 
 /// Everything a fetch task needs, owned (the task outlives the request).
 pub struct FetchCtx {
-    pub state: Arc<AppState>,
+    pub core: Arc<Core>,
     pub client: awc::Client,
     pub tile: TileRequest,
     /// The old copy being refreshed: its ETag is sent as `If-None-Match`.
@@ -172,7 +172,7 @@ pub struct FetchCtx {
 /// Runs one upstream fetch for a flight, through the circuit breaker. The breaker permit is a
 /// guard: if this task is dropped mid-way, a probe permit is given back.
 pub async fn run(writer: FlightWriter, ctx: FetchCtx) {
-    let st = &ctx.state;
+    let st = &ctx.core;
     let api = ctx.tile.api;
     let permit = match st.breakers.acquire(api, st.clock.now_ms()) {
         Ok(p) => p,
@@ -196,7 +196,7 @@ pub async fn run(writer: FlightWriter, ctx: FetchCtx) {
 }
 
 /// Publishes a breaker's new state (metric, log), when a recorded outcome changed it.
-pub fn note_breaker(st: &AppState, api: crate::domain::routes::Api, new_state: Option<BreakerState>) {
+pub fn note_breaker(st: &Core, api: crate::domain::routes::Api, new_state: Option<BreakerState>) {
     let Some(new_state) = new_state else { return };
     let open = matches!(new_state, BreakerState::Open);
     st.metrics.breaker_open.with_label_values(&[api.as_str()]).set(i64::from(open));
@@ -209,7 +209,7 @@ pub fn note_breaker(st: &AppState, api: crate::domain::routes::Api, new_state: O
 
 /// Asks the upstream, plans, relays, stores. Returns whether the upstream behaved.
 async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
-    let st = &ctx.state;
+    let st = &ctx.core;
     let m = &st.metrics;
     let index = ctx.index.as_str();
     let etag = ctx.stale.as_ref().and_then(|e| e.meta.etag.as_ref());
@@ -344,7 +344,7 @@ async fn relay(
     content_length: Option<u64>,
     storable: bool,
 ) -> Result<Option<Bytes>, UpstreamFailure> {
-    let st = &ctx.state;
+    let st = &ctx.core;
     let max_entry = st.settings.max_entry_size;
     let body_timeout = st.upstream.settings.body_timeout;
     // `body_timeout` bounds the time spent waiting for the upstream, not the time spent waiting
@@ -407,7 +407,7 @@ async fn deliver(writer: FlightWriter, ctx: &FetchCtx, entry: Entry) {
 /// Stores an answer for as long as any index can use it (`freshness::retention`); an answer no
 /// index can reuse (a 400, `no-store` with no index TTL, negative caching off) is not stored.
 async fn store(writer: &FlightWriter, ctx: &FetchCtx, entry: Entry) {
-    let st = &ctx.state;
+    let st = &ctx.core;
     let Some(keep) = st.settings.retention(&entry.meta) else {
         if entry.meta.status == 200 {
             st.metrics.not_stored.with_label_values(&[&ctx.index, "no_store"]).inc();

@@ -25,7 +25,7 @@ use crate::domain::failure::UpstreamFailure;
 use crate::domain::freshness::{self, Decision};
 use crate::domain::key::CacheKey;
 use crate::domain::routes::TileRequest;
-use crate::http::state::AppState;
+use crate::service::core::Core;
 use crate::service::fetch::{self, FetchCtx};
 use crate::store::flight::{FlightHead, FlightReader, FlightWriter, Join};
 
@@ -67,16 +67,16 @@ struct Ctx<'a> {
 /// The tile service. Cheap to clone.
 #[derive(Clone)]
 pub struct TileService {
-    state: Arc<AppState>,
+    core: Arc<Core>,
 }
 
 impl TileService {
-    pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
     }
 
-    pub fn state(&self) -> &Arc<AppState> {
-        &self.state
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
     }
 
     fn entry_answer(
@@ -111,7 +111,7 @@ impl TileService {
         tile: &TileRequest,
         index_label: &str,
     ) -> Result<Answer, UpstreamFailure> {
-        let st = &self.state;
+        let st = &self.core;
         let key = st.upstream.cache_key(tile);
         let policy = st.settings.policy(&tile.index);
         let found = self.lookup(&key, tile).await;
@@ -160,7 +160,7 @@ impl TileService {
         key: CacheKey,
         entry: &Entry,
     ) {
-        if self.state.flights.is_running(&key) {
+        if self.core.flights.is_running(&key) {
             return;
         }
         let service = self.clone();
@@ -183,7 +183,7 @@ impl TileService {
         old: Entry,
         early: bool,
     ) {
-        let Some(writer) = self.state.fill.acquire_refresh(&key).await else {
+        let Some(writer) = self.core.fill.acquire_refresh(&key).await else {
             return;
         };
         // Refreshed by a flight (here or on another pod) that just ended: nothing to fetch.
@@ -192,7 +192,7 @@ impl TileService {
             return;
         }
         if early {
-            self.state.metrics.early_refresh.with_label_values(&[index_label]).inc();
+            self.core.metrics.early_refresh.with_label_values(&[index_label]).inc();
         }
         self.spawn_fetch(writer, client, tile.clone(), Some(old), index_label);
     }
@@ -202,15 +202,15 @@ impl TileService {
     /// are passed over (with Redis, another pod's refresh is found there and promoted).
     async fn newer_than(&self, key: &CacheKey, tile: &TileRequest, stored_at_ms: u64) -> Option<Answer> {
         let (entry, source) = self.lookup_where(key, tile, |e| e.meta.stored_at_ms > stored_at_ms).await?;
-        let policy = self.state.settings.policy(&tile.index);
-        let lifetime = freshness::lifetime(&entry.meta, policy, self.state.settings.limits());
+        let policy = self.core.settings.policy(&tile.index);
+        let lifetime = freshness::lifetime(&entry.meta, policy, self.core.settings.limits());
         Some(self.entry_answer(entry, lifetime, Some(source), None))
     }
 
     /// A miss (or an expired copy, kept in `expired` to revalidate with and, if usable, to stand
     /// in for a failing upstream): lead or join the fill, and answer from its flight.
     async fn fill(&self, ctx: Ctx<'_>, mut expired: Option<(Entry, bool)>) -> Result<Answer, UpstreamFailure> {
-        let st = &self.state;
+        let st = &self.core;
         let Ctx { client, tile, index_label, key, policy } = ctx;
         let limits = st.settings.limits();
         let (mut reader, label) = match st.fill.acquire(&key).await {
@@ -271,7 +271,7 @@ impl TileService {
         policy: &Policy,
         expired: &mut Option<(Entry, bool)>,
     ) -> Option<Answer> {
-        let st = &self.state;
+        let st = &self.core;
         let (entry, source) = self.lookup(key, tile).await?;
         let now = st.clock.now_ms();
         let lifetime = freshness::lifetime(&entry.meta, policy, st.settings.limits());
@@ -301,7 +301,7 @@ impl TileService {
         tile: &TileRequest,
         wanted: impl Fn(&Entry) -> bool,
     ) -> Option<(Entry, HitSource)> {
-        let st = &self.state;
+        let st = &self.core;
         let valid = |e: &Entry| {
             if !wanted(e) {
                 return false;
@@ -326,7 +326,7 @@ impl TileService {
         // Only an entry with the upstream's ETag can be revalidated.
         let stale = stale.filter(|e| e.meta.status == 200 && e.meta.etag.is_some());
         let ctx =
-            FetchCtx { state: self.state.clone(), client: client.clone(), tile, stale, index: index_label.to_string() };
+            FetchCtx { core: self.core.clone(), client: client.clone(), tile, stale, index: index_label.to_string() };
         // awc futures are not Send: the fetch runs on this worker's local runtime.
         actix_web::rt::spawn(fetch::run(writer, ctx));
     }

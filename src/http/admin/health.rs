@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::domain::breaker::BreakerState;
 use crate::domain::routes::Api;
-use crate::service::tiles::TileService;
+use crate::http::state::AppState;
 
 /// `GET /live`.
 pub async fn live() -> HttpResponse {
@@ -20,8 +20,9 @@ pub async fn live() -> HttpResponse {
 }
 
 /// `GET /ready`.
-pub async fn ready(service: web::Data<TileService>) -> HttpResponse {
-    if service.state().health.is_ready() {
+pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let state = state.get_ref();
+    if state.health.is_ready() {
         HttpResponse::Ok().json(json!({"ready": true}))
     } else {
         HttpResponse::ServiceUnavailable().json(json!({"ready": false}))
@@ -29,8 +30,8 @@ pub async fn ready(service: web::Data<TileService>) -> HttpResponse {
 }
 
 /// `GET /health`.
-pub async fn health(service: web::Data<TileService>) -> HttpResponse {
-    let state = service.state();
+pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let state = state.get_ref();
     let h = &state.health;
     let (raster, raster_down) = h.upstream_json(Api::Raster, state.upstream.base(Api::Raster));
     let (vector, vector_down) = h.upstream_json(Api::Vector, state.upstream.base(Api::Vector));

@@ -1,77 +1,38 @@
 //! `POST /admin/seed` and `GET /admin/seed/{id}`: seed jobs inside a running pod, through its
-//! own [`TileService`] and the worker's upstream client (the same run loop as the CLI; no
+//! own tile service and the worker's upstream client (the same run loop as the CLI; no
 //! resume state: a job lives as long as the pod). The pod keeps at most [`MAX_JOBS`] jobs,
 //! dropping the oldest finished one for a new one.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value};
 
-use crate::http::admin::purge::{deny, error};
+use crate::http::admin::auth::admit;
+use crate::http::error::ProxyError;
+use crate::http::state::AppState;
 use crate::seed::fetchers::{self, Direct};
+use crate::seed::jobs::{ApiJob, MAX_JOBS};
 use crate::seed::run::{self, Ending, Progress, Stop, StopReason};
 use crate::seed::state_file::Done;
 use crate::seed::tiles::{Job, JobError, JobParams, Kind, DEFAULT_MAX_TILES};
-use crate::service::tiles::TileService;
 
-/// Jobs kept in memory.
-pub const MAX_JOBS: usize = 100;
-/// Largest accepted request body.
-const MAX_BODY: usize = 16 << 10;
 /// Default and highest tiles fetched at a time by one job.
 const DEFAULT_CONCURRENCY: u64 = 8;
 const MAX_CONCURRENCY: u64 = 64;
-
-/// One job started through the API.
-struct ApiJob {
-    id: String,
-    index: String,
-    progress: Arc<Progress>,
-}
-
-/// The seed jobs a pod runs (`POST /admin/seed`), oldest first.
-#[derive(Default)]
-pub struct Jobs {
-    jobs: Mutex<VecDeque<Arc<ApiJob>>>,
-}
-
-impl Jobs {
-    /// Adds a job, dropping the oldest finished one when full; false when every kept job is
-    /// still running.
-    fn add(&self, job: Arc<ApiJob>) -> bool {
-        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        if jobs.len() >= MAX_JOBS {
-            match jobs.iter().position(|j| j.progress.ended().is_some()) {
-                Some(i) => drop(jobs.remove(i)),
-                None => return false,
-            }
-        }
-        jobs.push_back(job);
-        true
-    }
-
-    fn get(&self, id: &str) -> Option<Arc<ApiJob>> {
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|j| j.id == id).cloned()
-    }
-}
 
 /// `POST /admin/seed`: checks the job, starts it on this worker, answers 202 with its id.
 pub async fn api_start(
     req: HttpRequest,
     body: web::Bytes,
-    service: web::Data<TileService>,
+    state: web::Data<AppState>,
     client: web::Data<awc::Client>,
 ) -> HttpResponse {
-    let state = service.state();
-    if let Some(denied) = deny(&req, state) {
-        return denied;
-    }
-    if body.len() > MAX_BODY {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", "the body is larger than 16 KiB");
+    let state = state.get_ref();
+    if let Err(e) = admit(&req, state, Some(&body)) {
+        return e.response();
     }
     let checked = parse_body(&body)
         .and_then(|(params, concurrency)| Ok((Job::new(params, DEFAULT_MAX_TILES)?, concurrency)))
@@ -84,10 +45,10 @@ pub async fn api_start(
     let progress = Arc::new(Progress::new(job.total, 0, indicatif::ProgressBar::hidden()));
     let entry = Arc::new(ApiJob { id: id.clone(), index: job.params.index.clone(), progress: progress.clone() });
     if !state.seeds.add(entry) {
-        return error(StatusCode::TOO_MANY_REQUESTS, "too_many_jobs", format!("{MAX_JOBS} seed jobs are running"));
+        return ProxyError::TooManyJobs(MAX_JOBS).response();
     }
     tracing::info!(%id, index = %job.params.index, tiles = job.total, "seed job started");
-    let fetcher = Direct { service: service.get_ref().clone(), client: client.get_ref().clone() };
+    let fetcher = Direct { service: state.tiles.clone(), client: client.get_ref().clone() };
     let answer = json!({"id": id, "total": job.total, "status_url": format!("/admin/seed/{id}")});
     // awc is not `Send`: the job runs on this worker.
     actix_web::rt::spawn(async move {
@@ -100,14 +61,14 @@ pub async fn api_start(
 }
 
 /// `GET /admin/seed/{id}`: the job's progress.
-pub async fn api_status(req: HttpRequest, id: web::Path<String>, service: web::Data<TileService>) -> HttpResponse {
-    let state = service.state();
-    if let Some(denied) = deny(&req, state) {
-        return denied;
+pub async fn api_status(req: HttpRequest, id: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+    let state = state.get_ref();
+    if let Err(e) = admit(&req, state, None) {
+        return e.response();
     }
     match state.seeds.get(&id) {
         Some(job) => HttpResponse::Ok().insert_header(("Cache-Control", "no-store")).json(status(&job)),
-        None => error(StatusCode::NOT_FOUND, "not_found", format!("no seed job `{id}` on this pod")),
+        None => ProxyError::Missing(format!("no seed job `{id}` on this pod")).response(),
     }
 }
 
@@ -153,9 +114,7 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 fn invalid(e: &JobError) -> HttpResponse {
-    HttpResponse::BadRequest()
-        .insert_header(("Cache-Control", "no-store"))
-        .json(json!({"error": "invalid_request", "field": e.field, "message": e.message}))
+    ProxyError::Invalid { field: Some(e.field), message: e.message.clone() }.response()
 }
 
 /// The job a request body describes, and its concurrency; every problem names its field.
