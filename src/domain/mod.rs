@@ -7,6 +7,7 @@ pub mod encoding;
 pub mod entry;
 pub mod failure;
 pub mod freshness;
+pub mod geo;
 pub mod key;
 pub mod purge;
 pub mod routes;

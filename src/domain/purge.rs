@@ -20,6 +20,7 @@
 
 use crate::base::hashing::Fnv;
 use crate::base::names::{is_index_byte, is_valid_index};
+use crate::domain::geo::{self, lon_to_u, span};
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 use std::path::Path;
@@ -262,13 +263,9 @@ fn tile_size(z: u8) -> f64 {
     1.0 / 2f64.powi(i32::from(z))
 }
 
-fn lon_to_u(lon: f64) -> f64 {
-    (lon + 180.0) / 360.0
-}
-
+/// [`geo::lat_to_v`] kept off the poles' exact edges.
 fn lat_to_v(lat: f64) -> f64 {
-    let v = (1.0 - lat.to_radians().tan().asinh() / std::f64::consts::PI) / 2.0;
-    v.clamp(POLE_INSET, 1.0 - POLE_INSET)
+    geo::lat_to_v(lat).clamp(POLE_INSET, 1.0 - POLE_INSET)
 }
 
 /// A rule with its bbox projected once, and turned into tile ranges for every zoom.
@@ -682,15 +679,6 @@ fn block_spans(area: &Area, z: u8) -> ([Span; 2], Span) {
         (west, east) => [west, east],
     };
     (xs, ys)
-}
-
-/// The tiles `t` of a zoom with `n` tiles a side whose extent `[t, t+1] / n` overlaps `(lo, hi)`
-/// (not just touching it), inclusive; `None` if none do. `lo` and `hi` are finite.
-fn span(lo: f64, hi: f64, n: f64) -> Span {
-    let first = (lo * n).floor().max(0.0);
-    let last = ((hi * n).ceil() - 1.0).min(n - 1.0);
-    // Both are integers in 0..n <= 2^22: the casts are exact.
-    (first <= last).then_some((first as u32, last as u32))
 }
 
 #[cfg(test)]

@@ -11,10 +11,10 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
+use crate::domain::geo::{self, lat_to_v, lon_to_u};
 use crate::domain::routes::{self, Api, ParseOptions, RASTER_MAX_ZOOM, VECTOR_MAX_ZOOM};
 
-/// The Web-Mercator latitude limit: the world square ends there.
-pub const MAX_LAT: f64 = 85.051_128_779_8;
+pub use crate::domain::geo::MAX_LAT;
 
 /// Largest job accepted unless raised (`--max-tiles`).
 pub const DEFAULT_MAX_TILES: u64 = 10_000_000;
@@ -102,26 +102,11 @@ impl ZoomSpan {
 /// The tile indices `[first, last]` at scale `n` whose interval overlaps `(lo, hi)` with a
 /// positive length; `None` when none does.
 fn span(lo: f64, hi: f64, n: f64) -> Option<(u32, u32)> {
-    let first = (lo * n).floor().max(0.0);
-    let last = ((hi * n).ceil() - 1.0).min(n - 1.0);
-    (hi > lo && first <= last).then_some((first as u32, last as u32))
-}
-
-/// Longitude to `u`, 0 (west, -180°) to 1 (east, 180°).
-fn lon_to_u(lon: f64) -> f64 {
-    (lon + 180.0) / 360.0
-}
-
-/// Latitude to `v`, 0 (north, the Mercator limit) to 1 (south), clamped.
-fn lat_to_v(lat: f64) -> f64 {
-    if lat >= MAX_LAT {
-        return 0.0;
+    if hi > lo {
+        geo::span(lo, hi, n)
+    } else {
+        None
     }
-    if lat <= -MAX_LAT {
-        return 1.0;
-    }
-    let v = (1.0 - lat.to_radians().tan().asinh() / std::f64::consts::PI) / 2.0;
-    v.clamp(0.0, 1.0)
 }
 
 /// A checked job: its parameters, its tiles per zoom and a sample of its URLs parsed by the
