@@ -9,5 +9,7 @@ pub mod failure;
 pub mod freshness;
 pub mod geo;
 pub mod key;
+pub mod plan;
 pub mod purge;
 pub mod routes;
+pub mod scrub;

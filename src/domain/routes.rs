@@ -307,7 +307,7 @@ fn parse_int(s: &str) -> Option<u32> {
     s.parse().ok()
 }
 
-pub use crate::base::names::is_valid_index;
+use crate::base::names::is_valid_index;
 
 /// `api`: the tile API whose parameters are known; `None` for metadata (none known).
 fn parse_query(

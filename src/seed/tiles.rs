@@ -134,7 +134,7 @@ impl Job {
         if zmax > max_zoom {
             return Err(JobError::new("zoom", format!("zoom {zmax} is above this API's highest zoom ({max_zoom})")));
         }
-        if !routes::is_valid_index(&params.index) {
+        if !crate::base::names::is_valid_index(&params.index) {
             return Err(JobError::new("index", "must be 1-64 characters of A-Z a-z 0-9 _ . -"));
         }
         let zooms: Vec<ZoomSpan> = (zmin..=zmax).map(|z| ZoomSpan::of(params.bbox, z)).collect();

@@ -1,11 +1,5 @@
-//! One upstream fetch for a flight: ask (with retries), [`plan`] what the answer means, relay it
-//! to the flight's readers, and store it.
-//!
-//! [`plan`] is pure and table-tested: from the upstream status and headers it decides what a
-//! client may see. Only 200, 204, 304 (to our own revalidation), 404 and HERE's JSON 400 pass
-//! through; every other status becomes our JSON error, with no upstream body and no `Location`
-//! (a redirect or an error page can echo the request URL, which holds the server's key). The
-//! small bodies that do pass whole (404, 400) are read completely and scrubbed of the key.
+//! One upstream fetch for a flight: ask (with retries), [`plan`] what the answer means (a pure
+//! rule of `domain::plan`), relay it to the flight's readers, and store it.
 //!
 //! [`run`] executes a plan: it streams a 200's body chunk by chunk to every reader (within the
 //! flight's byte budget), keeps a copy only while it may still be stored, and stores it after a
@@ -15,148 +9,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
 use crate::domain::breaker::BreakerState;
 use crate::domain::entry::{Entry, Freshness, Meta};
 use crate::domain::failure::UpstreamFailure;
-use crate::domain::freshness;
-use crate::domain::routes::TileRequest;
+use crate::domain::plan::{plan, Plan, UpstreamHead, MAX_SMALL_BODY};
+use crate::domain::routes::{Api, TileRequest};
+use crate::domain::scrub::scrub;
 use crate::service::core::Core;
 use crate::store::flight::{End, FlightHead, FlightWriter};
 use crate::upstream;
-
-/// Largest 404/400 body relayed (HERE's are a few hundred bytes of JSON).
-pub const MAX_SMALL_BODY: usize = 64 << 10;
-
-/// The upstream headers a plan looks at.
-#[derive(Debug, Default, Clone)]
-pub struct UpstreamHead {
-    pub content_type: Option<HeaderValue>,
-    pub content_encoding: Option<HeaderValue>,
-    pub etag: Option<HeaderValue>,
-    pub content_length: Option<u64>,
-    pub cache_control: Option<String>,
-    pub expires: Option<String>,
-    pub date: Option<String>,
-    pub age: Option<String>,
-    pub retry_after: Option<String>,
-}
-
-impl UpstreamHead {
-    pub fn from_headers(h: &HeaderMap) -> UpstreamHead {
-        let v = |n: header::HeaderName| h.get(n).cloned();
-        let s = |n: header::HeaderName| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
-        UpstreamHead {
-            content_type: v(header::CONTENT_TYPE),
-            content_encoding: v(header::CONTENT_ENCODING).filter(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity")),
-            etag: v(header::ETAG).filter(|e| !e.is_empty()),
-            content_length: s(header::CONTENT_LENGTH).and_then(|l| l.trim().parse().ok()),
-            cache_control: s(header::CACHE_CONTROL),
-            expires: s(header::EXPIRES),
-            date: s(header::DATE),
-            age: s(header::AGE),
-            retry_after: s(header::RETRY_AFTER),
-        }
-    }
-}
-
-/// What an upstream answer means for clients and the cache.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Plan {
-    /// Relay the body as it streams (a 200, or a 204 with none). `storable`: its length is
-    /// known and within `max_entry_size`.
-    Stream { meta: Meta, content_length: Option<u64>, storable: bool },
-    /// Read the whole small body (at most [`MAX_SMALL_BODY`]), scrub it, then relay it: a 404
-    /// (remembered like a tile) or HERE's JSON 400 (never stored: no index reuses a 400).
-    Whole { meta: Meta },
-    /// Our `If-None-Match` came back 304: the old copy is good, with these new facts.
-    NotModified { freshness: Freshness },
-    /// Answer with our JSON error. `upstream_ok`: the upstream itself works (for the breaker).
-    Fail { failure: UpstreamFailure, upstream_ok: bool },
-}
-
-/// Decides what an upstream answer means. Pure.
-pub fn plan(
-    status: u16,
-    h: &UpstreamHead,
-    tile: &TileRequest,
-    revalidating: bool,
-    max_entry: usize,
-    now_ms: u64,
-) -> Plan {
-    let facts = freshness::upstream_freshness(
-        h.cache_control.as_deref(),
-        h.expires.as_deref(),
-        h.date.as_deref(),
-        h.age.as_deref(),
-        now_ms,
-    );
-    let meta = || Meta {
-        status,
-        content_type: match status {
-            204 => None,
-            _ => Some(h.content_type.clone().unwrap_or_else(|| HeaderValue::from_static(tile.content_type()))),
-        },
-        content_encoding: if status == 204 { None } else { h.content_encoding.clone() },
-        etag: h.etag.clone(),
-        stored_at_ms: now_ms,
-        version_ms: now_ms,
-        freshness: facts,
-        // Known once the body is in (`run`).
-        fetch_ms: 0,
-    };
-    let fail = |failure, upstream_ok| Plan::Fail { failure, upstream_ok };
-    match status {
-        200 => Plan::Stream {
-            meta: meta(),
-            content_length: h.content_length,
-            storable: h.content_length.is_some_and(|l| l <= max_entry as u64),
-        },
-        204 => Plan::Stream { meta: meta(), content_length: None, storable: true },
-        304 if revalidating => Plan::NotModified { freshness: facts },
-        404 => Plan::Whole { meta: meta() },
-        400 if h.content_type.as_ref().is_some_and(|c| c.to_str().unwrap_or("").contains("json")) => {
-            Plan::Whole { meta: meta() }
-        }
-        401 | 403 => fail(UpstreamFailure::Auth, true),
-        429 => fail(
-            UpstreamFailure::RateLimited {
-                retry_after_secs: h.retry_after.as_deref().and_then(upstream::parse_retry_after).map(|d| d.as_secs()),
-            },
-            false,
-        ),
-        s if s >= 500 => fail(UpstreamFailure::Status(s), false),
-        // 1xx, 3xx (a redirect would leak the URL it echoes), unexpected 2xx/4xx, an unasked 304.
-        s => fail(UpstreamFailure::Status(s), true),
-    }
-}
-
-/// Replaces every occurrence of a secret in `body` with `<redacted>`.
-pub fn scrub(body: Bytes, secrets: &[String]) -> Bytes {
-    let mut out: Option<Vec<u8>> = None;
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        let cur = out.as_deref().unwrap_or(&body);
-        if !cur.windows(secret.len()).any(|w| w == secret.as_bytes()) {
-            continue;
-        }
-        let mut next = Vec::with_capacity(cur.len());
-        let mut i = 0;
-        while i < cur.len() {
-            if cur[i..].starts_with(secret.as_bytes()) {
-                next.extend_from_slice(b"<redacted>");
-                i += secret.len();
-            } else {
-                next.push(cur[i]);
-                i += 1;
-            }
-        }
-        out = Some(next);
-    }
-    out.map(Bytes::from).unwrap_or(body)
-}
 
 /// Everything a fetch task needs, owned (the task outlives the request).
 pub struct FetchCtx {
@@ -196,7 +60,7 @@ pub async fn run(writer: FlightWriter, ctx: FetchCtx) {
 }
 
 /// Publishes a breaker's new state (metric, log), when a recorded outcome changed it.
-pub fn note_breaker(st: &Core, api: crate::domain::routes::Api, new_state: Option<BreakerState>) {
+pub fn note_breaker(st: &Core, api: Api, new_state: Option<BreakerState>) {
     let Some(new_state) = new_state else { return };
     let open = matches!(new_state, BreakerState::Open);
     st.metrics.breaker_open.with_label_values(&[api.as_str()]).set(i64::from(open));
@@ -204,6 +68,21 @@ pub fn note_breaker(st: &Core, api: crate::domain::routes::Api, new_state: Optio
         tracing::error!(upstream = api.as_str(), "circuit breaker opened: upstream calls paused");
     } else {
         tracing::warn!(upstream = api.as_str(), state = new_state.as_str(), "circuit breaker changed");
+    }
+}
+
+/// Records an upstream answer that is not relayed (`status`, as [`plan`] or the metadata fetch
+/// judged it): a refused key is loud (metric, `/health`, an error line); otherwise `/health`
+/// learns whether the upstream itself works.
+pub fn note_refused(st: &Core, api: Api, status: u16, failure: &UpstreamFailure, upstream_ok: bool) {
+    match failure {
+        UpstreamFailure::Auth => {
+            st.metrics.auth_failures.with_label_values(&[&status.to_string()]).inc();
+            st.health.auth_failed(status);
+            tracing::error!(status, "the upstream rejected the HERE API key: check HERE_API_KEY");
+        }
+        f if !upstream_ok => st.health.upstream_failed(api, f.label()),
+        _ => st.health.upstream_ok(api),
     }
 }
 
@@ -256,17 +135,9 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
     let revalidating = ctx.stale.is_some();
     match plan(status, &head, &ctx.tile, revalidating, st.settings.max_entry_size, now) {
         Plan::Fail { failure, upstream_ok } => {
-            match &failure {
-                UpstreamFailure::Auth => {
-                    m.auth_failures.with_label_values(&[&status.to_string()]).inc();
-                    st.health.auth_failed(status);
-                    tracing::error!(status, "the upstream rejected the HERE API key: check HERE_API_KEY");
-                }
-                f if !upstream_ok => st.health.upstream_failed(ctx.tile.api, f.label()),
-                f => {
-                    st.health.upstream_ok(ctx.tile.api);
-                    tracing::warn!(index, status, failure = f.label(), "unexpected upstream status; not relayed");
-                }
+            note_refused(st, ctx.tile.api, status, &failure, upstream_ok);
+            if upstream_ok && failure != UpstreamFailure::Auth {
+                tracing::warn!(index, status, failure = failure.label(), "unexpected upstream status; not relayed");
             }
             writer.finish(End::Failed(failure));
             upstream_ok
@@ -417,93 +288,4 @@ async fn store(writer: &FlightWriter, ctx: &FetchCtx, entry: Entry) {
     let expires = entry.meta.stored_at_ms.saturating_add(keep.as_millis() as u64);
     st.cache.insert(writer.key(), entry, expires).await;
     st.metrics.inserts.with_label_values(&[&ctx.index]).inc();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::routes::{parse, ParseOptions};
-
-    fn tile() -> TileRequest {
-        parse("/here-proxy/1/0/0/png", "", ParseOptions::default()).unwrap().unwrap()
-    }
-
-    fn head(ct: Option<&'static str>, len: Option<u64>, cc: Option<&str>) -> UpstreamHead {
-        UpstreamHead {
-            content_type: ct.map(HeaderValue::from_static),
-            content_length: len,
-            cache_control: cc.map(str::to_string),
-            ..Default::default()
-        }
-    }
-
-    fn kind(p: &Plan) -> String {
-        match p {
-            Plan::Stream { storable, .. } => format!("stream storable={storable}"),
-            Plan::Whole { .. } => "whole".into(),
-            Plan::NotModified { .. } => "not_modified".into(),
-            Plan::Fail { failure, upstream_ok } => format!("fail {} ok={upstream_ok}", failure.label()),
-        }
-    }
-
-    #[test]
-    fn what_passes_and_what_becomes_our_error() {
-        let json = Some("application/json");
-        let cases: &[(u16, UpstreamHead, bool, &str)] = &[
-            (200, head(Some("image/png"), Some(100), None), false, "stream storable=true"),
-            (200, head(Some("image/png"), Some(5000), None), false, "stream storable=false"), // > max_entry
-            (200, head(Some("image/png"), None, None), false, "stream storable=false"),       // no length
-            (204, head(None, None, None), false, "stream storable=true"),
-            (304, head(None, None, None), true, "not_modified"),
-            (304, head(None, None, None), false, "fail upstream_error ok=true"),
-            (404, head(json, Some(80), None), false, "whole"),
-            (400, head(json, Some(80), None), false, "whole"),
-            (400, head(Some("text/html"), Some(80), None), false, "fail upstream_error ok=true"),
-            (401, head(json, None, None), false, "fail upstream_auth ok=true"),
-            (403, head(json, None, None), false, "fail upstream_auth ok=true"),
-            (429, head(None, None, None), false, "fail rate_limited ok=false"),
-            (500, head(Some("text/html"), None, None), false, "fail upstream_error ok=false"),
-            (503, head(None, None, None), false, "fail upstream_error ok=false"),
-            (301, head(None, None, None), false, "fail upstream_error ok=true"),
-            (302, head(Some("text/html"), Some(10), None), false, "fail upstream_error ok=true"),
-            (307, head(None, None, None), false, "fail upstream_error ok=true"),
-            (206, head(Some("image/png"), Some(10), None), false, "fail upstream_error ok=true"),
-            (418, head(Some("text/html"), Some(10), None), false, "fail upstream_error ok=true"),
-            (100, head(None, None, None), false, "fail upstream_error ok=true"),
-        ];
-        for (status, h, revalidating, want) in cases {
-            assert_eq!(kind(&plan(*status, h, &tile(), *revalidating, 1000, 0)), *want, "{status}");
-        }
-    }
-
-    #[test]
-    fn metadata_is_what_the_upstream_said() {
-        let mut h = head(None, Some(3), Some("max-age=60"));
-        h.age = Some("10".into());
-        h.etag = Some(HeaderValue::from_static("\"v1\""));
-        h.content_encoding = Some(HeaderValue::from_static("gzip"));
-        let Plan::Stream { meta, .. } = plan(200, &h, &tile(), false, 1000, 7) else { panic!() };
-        assert_eq!(meta.content_type.unwrap(), "image/png", "the format's type when the upstream sends none");
-        assert_eq!(meta.freshness.ttl_secs, Some(50));
-        assert_eq!(meta.etag.unwrap(), "\"v1\"");
-        assert_eq!(meta.content_encoding.unwrap(), "gzip");
-        assert_eq!((meta.stored_at_ms, meta.version_ms), (7, 7));
-        let Plan::Stream { meta, content_length, .. } = plan(204, &h, &tile(), false, 1000, 7) else { panic!() };
-        assert_eq!((meta.content_type, meta.content_encoding, content_length), (None, None, None));
-        let Plan::Fail { failure, .. } =
-            plan(429, &UpstreamHead { retry_after: Some("7".into()), ..h }, &tile(), false, 1000, 0)
-        else {
-            panic!()
-        };
-        assert_eq!(failure, UpstreamFailure::RateLimited { retry_after_secs: Some(7) });
-    }
-
-    #[test]
-    fn secrets_are_scrubbed() {
-        let body = Bytes::from_static(b"{\"cause\":\"bad /v3/x?apiKey=SECRET1&y=SECRET1 K2\"}");
-        let out = scrub(body, &["SECRET1".into(), "K2".into(), String::new()]);
-        assert_eq!(&out[..], b"{\"cause\":\"bad /v3/x?apiKey=<redacted>&y=<redacted> <redacted>\"}");
-        let clean = Bytes::from_static(b"nothing here");
-        assert_eq!(scrub(clean.clone(), &["SECRET1".into()]), clean);
-    }
 }

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use moka::ops::compute::{CompResult, Op};
 
 use crate::domain::failure::UpstreamFailure;
+use crate::domain::plan::failure_of;
 use crate::domain::routes::Api;
 use crate::service::core::Core;
 use crate::upstream;
@@ -237,15 +238,7 @@ async fn fetch_document(
     let text = |n: header::HeaderName| headers.get(n).and_then(|v| v.to_str().ok());
     let encoded = text(header::CONTENT_ENCODING).is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
     if let Err((failure, upstream_ok)) = classify(status, text(header::RETRY_AFTER), encoded) {
-        match &failure {
-            UpstreamFailure::Auth => {
-                m.auth_failures.with_label_values(&[&status.to_string()]).inc();
-                st.health.auth_failed(status);
-                tracing::error!(status, "the upstream rejected the HERE API key: check HERE_API_KEY");
-            }
-            f if !upstream_ok => st.health.upstream_failed(ep.api, f.label()),
-            _ => st.health.upstream_ok(ep.api),
-        }
+        crate::service::fetch::note_refused(st, ep.api, status, &failure, upstream_ok);
         return (Err(failure), upstream_ok);
     }
     let content_type = headers.get(header::CONTENT_TYPE).cloned();
@@ -253,7 +246,7 @@ async fn fetch_document(
     match body {
         Ok(Ok(body)) => {
             st.health.upstream_ok(ep.api);
-            let body = crate::service::fetch::scrub(body, st.upstream.secrets());
+            let body = crate::domain::scrub::scrub(body, st.upstream.secrets());
             (Ok(Document::new(body, content_type, st.clock.now_ms())), true)
         }
         Ok(Err(_)) => (Err(UpstreamFailure::Body), false),
@@ -268,16 +261,8 @@ pub fn classify(status: u16, retry_after: Option<&str>, encoded: bool) -> Result
     match status {
         200 if encoded => Err((UpstreamFailure::Status(200), true)),
         200 => Ok(()),
-        401 | 403 => Err((UpstreamFailure::Auth, true)),
-        429 => Err((
-            UpstreamFailure::RateLimited {
-                retry_after_secs: retry_after.and_then(upstream::parse_retry_after).map(|d| d.as_secs()),
-            },
-            false,
-        )),
-        s if s >= 500 => Err((UpstreamFailure::Status(s), false)),
         // 404, 3xx (a redirect echoes the URL and its key), anything else: never relayed.
-        s => Err((UpstreamFailure::Status(s), true)),
+        s => Err(failure_of(s, retry_after)),
     }
 }
 

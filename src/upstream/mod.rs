@@ -16,6 +16,7 @@ use backon::{ExponentialBuilder, Retryable};
 use crate::config::{Settings, UpstreamSettings};
 use crate::domain::failure::UpstreamFailure;
 use crate::domain::key::{CacheKey, Origin};
+use crate::domain::plan::parse_retry_after;
 use crate::domain::routes::{Api, TileRequest};
 
 /// One credential: the key sent upstream and the origins (cache-key identities) it gives.
@@ -169,11 +170,6 @@ pub struct AttemptLog {
 /// True for statuses worth another try.
 pub fn is_retryable_status(status: u16) -> bool {
     matches!(status, 429 | 502 | 503 | 504)
-}
-
-/// Parses `Retry-After` in seconds (HTTP dates are ignored: HERE sends seconds if anything).
-pub fn parse_retry_after(v: &str) -> Option<Duration> {
-    v.trim().parse::<u64>().ok().map(|s| Duration::from_secs(s.min(3600)))
 }
 
 fn classify(e: &SendRequestError) -> UpstreamFailure {
