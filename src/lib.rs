@@ -1,19 +1,21 @@
 //! tile-proxy: a caching proxy for HERE map tiles.
 //!
-//! The request path, module by module (see `docs/architecture.md`):
-//! [`proxy`] (HTTP) -> [`routes`] parses and validates -> [`service`] keys the tile by its
-//! upstream identity ([`key`], [`upstream`]), looks it up in the [`cache`] tiers, lets the
-//! index's policy decide ([`freshness`]), and answers from the [`entry`] or leads/joins the one
-//! [`flight`] for the key (through the [`flight::FillLock`] seam), whose [`fetch`] asks the
-//! upstream with retries, plans what the answer means, streams it to every reader and stores
-//! it. [`metrics`], [`telemetry`], [`access_log`] (a line per request), [`health`] and [`admin`]
-//! observe; [`error`] maps failures to JSON; [`config`] loads settings; [`clock`] is injected
-//! time; [`state`] holds what workers share; [`server`] wires it all. [`shared`] is the optional
-//! Redis tier (entries, fleet-wide fetch lease, purge rules for every pod); [`purge`] the ban-list
-//! rules, [`purge_api`] the admin API that makes them. [`seed`] warms the cache through the same
-//! [`service`]. Paths that are not tiles go to [`site`]: the [`map_page`], [`tilejson`] documents
-//! and HERE's [`metadata`]. [`protect`] guards the bill (rate cap, budgets, client limits),
-//! [`stats`] reports per index, and [`compress`] sends vector tiles and JSON br or gzip.
+//! One crate in layers, a folder each, bottom first (`docs/architecture.md` has the table and a
+//! request's path through them; `tests/layering.rs` checks that every import goes down):
+//!
+//! - [`base`]: the injected clock, stable hashing, the index-name rule;
+//! - [`config`]: settings as data (file, environment, flags; validation);
+//! - [`domain`]: pure rules: the URL grammar, the cache key, entries, freshness, purge rules,
+//!   Web-Mercator maths, the breaker, what an upstream answer means, scrubbing, encodings;
+//! - [`observe`]: metrics and health;
+//! - [`upstream`]: the HERE client with retries;
+//! - [`store`]: the cache tiers (foyer memory+disk, Redis), flights and the fleet lease;
+//! - [`protect`]: the bill's guards (rate cap, budgets, client limits);
+//! - [`service`]: serving a tile without HTTP (`Core`, `TileService`, the fetch, encoded bodies,
+//!   metadata, statistics);
+//! - [`seed`]: warming the cache;
+//! - [`http`]: actix handlers, `AppState`, the one error mapping, the admin API;
+//! - [`app`]: wiring (server, CLI, telemetry, probes, the `seed` and `stats` commands).
 
 pub mod app;
 pub mod base;
