@@ -168,7 +168,7 @@ pub async fn build(settings: Settings, opts: StartOptions) -> Result<Built, Star
     // Without the disk tier nothing outlives the process, so neither need the rules.
     let purge_file = dir_lock.as_ref().map(|_| settings.cache_dir.join("purges.json"));
     if let Some(path) = &purge_file {
-        match purges.load(path, clock.now_ms()) {
+        match crate::store::purge_file::load(&purges, path, clock.now_ms()) {
             Ok(n) if n > 0 => tracing::info!(rules = n, "purge rules loaded from the cache folder"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, path = %path.display(), "cannot read saved purge rules"),
@@ -190,7 +190,7 @@ pub async fn build(settings: Settings, opts: StartOptions) -> Result<Built, Star
             let on_change: redis::pubsub::OnChange = Arc::new(move || {
                 gauge.set(rules.len() as i64);
                 if let Some(path) = &file {
-                    if let Err(e) = rules.save(path) {
+                    if let Err(e) = crate::store::purge_file::save(&rules, path) {
                         tracing::warn!(error = %e, "cannot save purge rules");
                     }
                 }

@@ -22,8 +22,6 @@ use crate::base::hashing::Fnv;
 use crate::base::names::{is_index_byte, is_valid_index};
 use crate::domain::geo::{self, lon_to_u, span};
 use std::collections::{HashMap, HashSet};
-use std::io::{self, Write};
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
@@ -511,7 +509,8 @@ impl PurgeRules {
     }
 
     /// [`PurgeRules::merge`], returning how many rules were added.
-    fn merge_counted(&self, rules: Vec<Rule>, now_ms: u64) -> usize {
+    /// [`PurgeRules::merge`], and how many rules it added.
+    pub fn merge_counted(&self, rules: Vec<Rule>, now_ms: u64) -> usize {
         let mut inner = self.write();
         let added = rules.into_iter().filter(|r| inner.insert(r.clone(), now_ms, self.max_life_ms)).count();
         self.newest_at_ms.store(inner.newest(), Ordering::Release);
@@ -566,38 +565,6 @@ impl PurgeRules {
             || (!inner.by_key.is_empty() && inner.by_key.get(key).is_some_and(newer))
     }
 
-    /// Writes the active rules to `path` as a JSON array, atomically (a temporary file in the
-    /// same directory, synced, then renamed over `path`).
-    pub fn save(&self, path: &Path) -> io::Result<()> {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let json = serde_json::to_vec_pretty(&self.list()).map_err(io::Error::other)?;
-        let name = path.file_name().ok_or_else(|| io::Error::other("purge file path has no file name"))?;
-        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".{}.{seq}.tmp", std::process::id()));
-        let tmp = path.with_file_name(tmp_name);
-        let written = write_synced(&tmp, &json).and_then(|()| std::fs::rename(&tmp, path));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written
-    }
-
-    /// Adds the live, valid rules saved at `path` by [`PurgeRules::save`] (merging with those
-    /// present) and returns how many were added. A missing file adds nothing; an unreadable or
-    /// corrupt one is an error (`InvalidData` when not a JSON array of rules).
-    pub fn load(&self, path: &Path, now_ms: u64) -> io::Result<usize> {
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(e),
-        };
-        let rules: Vec<Rule> = serde_json::from_slice(&bytes)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("purge file {}: {e}", path.display())))?;
-        Ok(self.merge_counted(rules, now_ms))
-    }
-
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
         self.inner.read().unwrap_or_else(PoisonError::into_inner)
     }
@@ -605,12 +572,6 @@ impl PurgeRules {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
         self.inner.write().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = std::fs::File::create(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
 }
 
 /// Surrogate keys for a tile, for a CDN in front of the proxy: `tp-i-<index>`, `tp-z<z>` and
@@ -1005,34 +966,6 @@ mod tests {
         assert_eq!((ok.index.as_deref(), ok.zoom), (Some("a"), Some(vec![1, 2])));
         let err = serde_json::from_str::<PurgeRequest>(r#"{"index":"a","zooms":[1,2]}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field `zooms`"), "{err}");
-    }
-
-    #[test]
-    fn save_and_load_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("purges.json");
-        let set = || PurgeRules::new(Duration::from_millis(100));
-        let rules = set();
-        assert_eq!(rules.load(&path, 0).unwrap(), 0, "missing file");
-        let a = Rule { bbox: Some(BERLIN), zoom: Some([3, 9]), ..rule("a", 10) };
-        let b = Rule { key: Some("k".into()), url: Some("/u".into()), ..rule("b", 20) };
-        rules.add(a.clone(), 0);
-        rules.add(b.clone(), 0);
-        rules.save(&path).unwrap();
-        rules.save(&path).unwrap();
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names, ["purges.json"], "no temporary file left");
-
-        let restored = set();
-        assert_eq!(restored.load(&path, 0).unwrap(), 2);
-        assert_eq!(restored.list(), [a.clone(), b]);
-        assert!(restored.is_purged("i", 0, 0, 0, "k", 19), "b purges by key");
-        assert!(restored.is_purged("i", 9, 275, 167, "x", 9), "a purges Berlin at z9");
-        assert_eq!(set().load(&path, 115).unwrap(), 1, "a no longer live");
-
-        std::fs::write(&path, b"{not json").unwrap();
-        let err = set().load(&path, 0).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 
     #[test]

@@ -4,4 +4,5 @@
 
 pub mod cache;
 pub mod flight;
+pub mod purge_file;
 pub mod redis;

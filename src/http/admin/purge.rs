@@ -103,7 +103,7 @@ async fn share(state: &AppState, rule: &Rule) -> Result<(), String> {
 /// Keeps this pod's rules in the cache folder (best effort).
 pub fn save_local(state: &AppState) {
     if let Some(path) = &state.purge_file {
-        if let Err(e) = state.purges.save(path) {
+        if let Err(e) = crate::store::purge_file::save(&state.purges, path) {
             tracing::warn!(error = %e, path = %path.display(), "cannot save purge rules");
         }
     }
