@@ -201,6 +201,39 @@ async fn redis_killed_under_load_fails_no_request_and_sharing_comes_back_after_a
 }
 
 #[actix_rt::test]
+async fn after_a_redis_restart_one_breaker_cool_down_brings_every_connection_back() {
+    let mut redis = RedisServer::start();
+    let up = upstream(3_000);
+    let p = Proxy::start(&up, |f: &mut FileConfig| {
+        shared(&redis)(f);
+        // Far more connections than the failures that open the breaker: when it opens, most of
+        // the connections made before the restart have not been used since.
+        f.redis.connections = 16;
+    })
+    .await;
+    // Every connection made: each miss costs a GET, a lease, a SET and the lease's release.
+    for x in 0..8 {
+        assert_eq!(p.get(&format!("/v3/base/mc/12/{x}/9/png")).await.status, 200);
+    }
+    eventually("every fill ended and released its lease", || {
+        p.state().flights.is_empty() && !redis.dump().iter().any(|(k, _)| k.ends_with(":l"))
+    })
+    .await;
+    redis.restart();
+    // The connections made before the restart are dead: the first calls on them fail.
+    assert_eq!(p.get("/v3/base/mc/12/0/10/png").await.status, 200);
+    assert_eq!(metric(&p.metrics().await, "tile_proxy_redis_up", &[]), 0.0, "the breaker opened");
+    // One cool-down: the probe, and every call after it, must not land on a dead connection.
+    p.clock.advance_secs(6);
+    assert_eq!(p.get("/v3/base/mc/12/1/10/png").await.status, 200);
+    eventually("the fill ended", || p.state().flights.is_empty()).await;
+    assert_eq!(entries(&redis), 1, "one cool-down after the restart the tile is shared again");
+    let m = p.metrics().await;
+    assert_eq!(metric(&m, "tile_proxy_redis_up", &[]), 1.0, "the probe closed the breaker");
+    p.stop().await;
+}
+
+#[actix_rt::test]
 async fn a_paused_redis_costs_a_request_at_most_one_deadline_then_nothing() {
     let redis = RedisServer::start();
     let up = upstream(4_000);
