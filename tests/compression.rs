@@ -68,7 +68,7 @@ async fn br_and_gzip_round_trip_to_the_upstream_bytes_on_misses_and_hits() {
                 upstream_bytes,
                 "{accept} {x_cache}: decodes to the upstream bytes"
             );
-            eventually("the variant is stored", || variant_in_memory(&p, &path, want)).await;
+            eventually("the variant is stored", async || variant_in_memory(&p, &path, want)).await;
         }
         // The identity form of the same tile, from the same entry.
         let plain = p.get(&path).await;
@@ -249,7 +249,7 @@ async fn a_purge_drops_the_variant_too() {
     let p = Proxy::start(&up, |f: &mut FileConfig| f.admin_token = Some(ADMIN.into())).await;
     let path = "/v2/vectortiles/base/mc/11/6/1/omv";
     assert_eq!(get_ae(&p, path, "br").await.x_cache(), "MISS");
-    eventually("the variant is stored", || variant_in_memory(&p, path, "br")).await;
+    eventually("the variant is stored", async || variant_in_memory(&p, path, "br")).await;
     assert_eq!(get_ae(&p, path, "br").await.x_cache(), "HIT");
     assert_eq!(compressed(&p.metrics().await, "br", "stored"), 1.0);
     p.clock.advance_secs(1);

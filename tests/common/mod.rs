@@ -160,13 +160,28 @@ impl Proxy {
     }
 }
 
-/// Waits (bounded: 10 s) until `done` holds: for events such as a background refresh having
-/// reached the upstream, never for time to pass (tests move the clock for that).
-pub async fn eventually(what: &str, done: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !done() {
+/// The bound of every wait for something that should happen (a signal, a condition, a process
+/// to exit): generous, because the machine running the tests may be busy. Only a failing test
+/// waits this long.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Waits for a push signal, `signal` (a future that completes when the event happened),
+/// bounded by [`PATIENCE`]. Prefer this to [`eventually`] whenever the event has a signal.
+pub async fn signalled<T>(what: &str, signal: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(PATIENCE, signal).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting for: {what}"),
+    }
+}
+
+/// Polls `done` until it holds, bounded by [`PATIENCE`]: for a condition that has no push
+/// signal, such as a background refresh having reached the upstream or a metric having moved.
+/// Never for time to pass: tests move the injected clock for that.
+pub async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !done().await {
         assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
