@@ -278,14 +278,7 @@ async fn a_purge_drops_the_variant_too() {
 async fn a_variant_compressed_on_one_pod_is_served_by_another_from_redis() {
     let redis = RedisServer::start();
     let up = upstream(20_000);
-    let shared = |f: &mut FileConfig| {
-        f.redis_url = Some(redis.url());
-        // Generous deadlines: on a loaded test machine a timed-out write would open the Redis
-        // breaker and drop the writes this test waits for.
-        f.redis.timeout = dur("3s");
-        f.redis.write_timeout = dur("3s");
-        f.redis.connect_timeout = dur("3s");
-    };
+    let shared = |f: &mut FileConfig| redis.share(f);
     let a = Proxy::start(&up, shared).await;
     let b = Proxy::start(&up, shared).await;
     let path = "/v2/vectortiles/base/mc/12/7/1/omv";

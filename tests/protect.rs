@@ -56,13 +56,6 @@ fn assert_at_most(at: &[Instant], rps: usize, jitter: Duration) {
     assert!(rate <= rps as f64 * 1.01, "average {rate:.2} req/s over {span:.2} s");
 }
 
-/// Shares `redis`. A busy 2-core machine can miss the 50 ms default deadline; a timeout would
-/// (rightly) fall back to per-pod decisions, which is not what these tests look at.
-fn on_redis(f: &mut FileConfig, redis: &RedisServer) {
-    f.redis_url = Some(redis.url());
-    f.redis.timeout = dur("500ms");
-}
-
 async fn admin_get(p: &Proxy, path: &str, token: Option<&str>) -> Resp {
     match token {
         Some(t) => p.get_with(path, &[("Authorization", &format!("Bearer {t}"))]).await,
@@ -139,7 +132,7 @@ async fn two_proxies_on_one_redis_share_the_cap() {
     let redis = RedisServer::start();
     let up = upstream(2_000);
     let cfg = |f: &mut FileConfig| {
-        on_redis(f, &redis);
+        redis.share(f);
         f.upstream_rps = Some(20.0);
         f.upstream_queue_wait = dur("15s");
     };
@@ -229,7 +222,7 @@ async fn pods_share_one_budget_through_redis_and_an_outage_does_not_refill_it() 
     let mut redis = RedisServer::start();
     let up = upstream(2_000);
     let cfg = |f: &mut FileConfig| {
-        on_redis(f, &redis);
+        redis.share(f);
         policy(f, "b", |p| p.budget_hour = Some(5));
     };
     let a = Proxy::start(&up, cfg).await;
@@ -301,7 +294,7 @@ async fn two_proxies_share_client_limits_through_redis_and_fall_back_to_local_on
     let mut redis = RedisServer::start();
     let up = upstream(2_000);
     let cfg = |f: &mut FileConfig| {
-        on_redis(f, &redis);
+        redis.share(f);
         f.trusted_proxies = vec!["127.0.0.1".into()];
         policy(f, "lim", |p| {
             p.rate_limit = Some(0.01);
@@ -337,7 +330,7 @@ async fn admin_stats_wants_the_token_and_adds_up_the_fleet() {
 
     let redis = RedisServer::start();
     let cfg = |f: &mut FileConfig| {
-        on_redis(f, &redis);
+        redis.share(f);
         f.admin_token = Some(ADMIN.into());
     };
     let a = Proxy::start(&up, cfg).await;

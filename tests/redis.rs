@@ -17,7 +17,7 @@ const ADMIN: &str = "admin-token-0123456789abcdef";
 
 fn shared(redis: &RedisServer) -> impl FnOnce(&mut FileConfig) + '_ {
     move |f: &mut FileConfig| {
-        f.redis_url = Some(redis.url());
+        redis.share(f);
         f.admin_token = Some(ADMIN.into());
     }
 }

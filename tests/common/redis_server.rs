@@ -77,6 +77,17 @@ impl RedisServer {
         }
     }
 
+    /// Points a proxy's config at this server. Its deadlines are generous: a busy 2-core
+    /// machine misses the 50 ms default now and then, and a timed-out call (rightly) opens the
+    /// Redis breaker and leaves the fleet to per-pod decisions, which is not what a test of
+    /// sharing looks at. The tests of deadlines (a paused Redis) set their own after this.
+    pub fn share(&self, f: &mut tile_proxy::config::FileConfig) {
+        f.redis_url = Some(self.url());
+        f.redis.timeout = super::dur("3s");
+        f.redis.write_timeout = super::dur("3s");
+        f.redis.connect_timeout = super::dur("3s");
+    }
+
     /// The URL a proxy is configured with.
     pub fn url(&self) -> String {
         let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
