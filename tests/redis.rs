@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::redis_server::RedisServer;
 use common::*;
 use futures_util::future::join_all;
+use futures_util::StreamExt;
 use tile_proxy::clock::Clock;
 use tile_proxy::config::FileConfig;
 
@@ -181,10 +182,8 @@ async fn redis_killed_under_load_fails_no_request_and_sharing_comes_back_after_a
         b.clock.advance_secs(6);
         let path = format!("/v3/base/mc/11/{}/7/png", 500 + attempt);
         assert_eq!(a.get(&path).await.status, 200);
-        let stored = Instant::now();
-        while entries(&redis) == 0 && stored.elapsed() < Duration::from_millis(500) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        // A's fill stores into every tier before it ends: then its copy is in Redis or never.
+        eventually("A's fill ended", async || a.state().flights.is_empty()).await;
         if entries(&redis) > 0 {
             let r = b.get(&path).await;
             assert_eq!(r.status, 200);
@@ -295,8 +294,8 @@ async fn purges_by_index_tile_and_bbox_reach_every_pod_and_every_tier() {
         format!("{by_index}?indice=ic"),
     ] {
         assert_eq!(a.get(&path).await.status, 200);
-        eventually("stored in redis", async || entries(&redis) >= 1).await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // A's fill stores into every tier before it ends.
+        eventually("stored in redis", async || a.state().flights.is_empty() && entries(&redis) >= 1).await;
         assert_eq!(b.get(&path).await.x_cache(), "HIT", "{path}: shared");
     }
     let calls = up.total();
@@ -562,7 +561,12 @@ async fn an_early_refresh_runs_once_for_the_fleet_and_the_other_pods_take_its_co
     let b = Proxy::start_drawing(&up, || 1e-3, pod).await;
     let path = "/v3/base/mc/7/30/30/png";
     let stored = a.clock.now_ms();
+    let mut filled = redis.subscribe("tile-proxy:filled").await;
     assert_eq!(a.get(path).await.x_cache(), "MISS");
+    // Pod a's fill is over when it has released its lease (and told the fleet on `filled`).
+    // Its answer may arrive before that: an early refresh started in between would find the
+    // fill's lease and leave the refresh to "another pod".
+    signalled("pod a's fill released its lease", filled.next()).await;
     assert_eq!(b.get(path).await.header("x-cache-tier"), Some("redis"));
     // Both pods' clocks to 100 ms before the entry expires.
     for p in [&a, &b] {
@@ -577,17 +581,12 @@ async fn an_early_refresh_runs_once_for_the_fleet_and_the_other_pods_take_its_co
     }
     eventually("pod a's refresh stored", async || a.state().flights.is_empty() && up.count(path) == 2).await;
     // Pod b still has the old copy in memory: its next early refresh finds a's in Redis.
-    let mut renewed = None;
-    for _ in 0..200 {
+    eventually("pod b took pod a's refreshed copy", async || {
         let r = b.get(path).await;
         assert_eq!(r.x_cache(), "HIT");
-        if r.header("age") == Some("0") {
-            renewed = Some(r);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(renewed.is_some(), "pod b took pod a's refreshed copy");
+        r.header("age") == Some("0")
+    })
+    .await;
     eventually("pod b's refresh ended", async || b.state().flights.is_empty()).await;
     assert_eq!(up.count(path), 2, "one fetch and one early refresh for the whole fleet");
     let (ma, mb) = (a.metrics().await, b.metrics().await);

@@ -113,6 +113,14 @@ impl RedisServer {
         c.get_connection_with_timeout(Duration::from_secs(2))
     }
 
+    /// The messages published on `channel` from now on (a test's own subscriber).
+    pub async fn subscribe(&self, channel: &str) -> redis::aio::PubSubStream {
+        let client = redis::Client::open(self.url()).expect("redis url");
+        let mut pubsub = client.get_async_pubsub().await.expect("a subscriber connects to the test redis");
+        pubsub.subscribe(channel).await.expect("subscribed");
+        pubsub.into_on_message()
+    }
+
     /// Runs a command; panics on failure.
     pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
         let mut c = self.connection().expect("connected to the test redis");
