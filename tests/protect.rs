@@ -8,6 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use std::process::Command;
+
+use common::process::{run, BIN};
 use common::redis_server::RedisServer;
 use common::*;
 use futures_util::future::join_all;
@@ -362,27 +365,18 @@ async fn admin_stats_wants_the_token_and_adds_up_the_fleet() {
     assert_eq!(s["bytes"], 9 * 2_000);
 
     // The CLI prints the same as a table.
-    let base = a.base.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_tile-proxy"))
-            .args(["stats", "--url", &base])
-            .env("TILE_PROXY_ADMIN_TOKEN", ADMIN)
-            .output()
-            .expect("tile-proxy stats runs")
-    })
-    .await
-    .unwrap();
-    let table = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{table} {}", String::from_utf8_lossy(&out.stderr));
+    let mut stats = Command::new(BIN);
+    stats.args(["stats", "--url", &a.base]).env("TILE_PROXY_ADMIN_TOKEN", ADMIN);
+    let out = run(stats).await;
+    let table = &out.stdout;
+    assert!(out.status.success(), "{table} {}", out.stderr);
     assert!(table.starts_with("scope: fleet (2 pods)"), "{table}");
     let row: Vec<&str> =
         table.lines().find(|l| l.starts_with("s ")).expect("a row for index s").split_whitespace().collect();
     assert_eq!(&row[..6], ["s", "6", "0", "3", "66.7", "3"], "{table}");
-    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_tile-proxy"))
-        .args(["stats", "--url", &a.base])
-        .env_remove("TILE_PROXY_ADMIN_TOKEN")
-        .output()
-        .unwrap();
+    let mut stats = Command::new(BIN);
+    stats.args(["stats", "--url", &a.base]).env_remove("TILE_PROXY_ADMIN_TOKEN");
+    let refused = run(stats).await;
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
+    assert!(refused.stderr.contains("401"));
 }

@@ -3,6 +3,7 @@
 //! to it. Each test uses its own tile addresses so tests never share state.
 #![allow(dead_code, unused_imports)]
 
+pub mod process;
 pub mod redis_server;
 
 use std::time::Duration;
@@ -224,20 +225,21 @@ pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
 /// read until the server closed the connection (to see truncation exactly as a browser would).
 /// An empty head means the connection was closed before a whole head arrived.
 pub async fn raw_get(p: &Proxy, path: &str) -> (String, Vec<u8>) {
-    use std::io::{Read, Write};
     let addr = p.base.trim_start_matches("http://").to_string();
     let path = path.to_string();
-    tokio::task::spawn_blocking(move || {
-        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
-        let mut all = Vec::new();
-        let _ = s.read_to_end(&mut all);
-        match all.windows(4).position(|w| w == b"\r\n\r\n") {
-            Some(i) => (String::from_utf8_lossy(&all[..i + 4]).to_string(), all[i + 4..].to_vec()),
-            None => (String::new(), all),
-        }
-    })
-    .await
-    .expect("raw client")
+    tokio::task::spawn_blocking(move || raw_get_at(&addr, &path)).await.expect("raw client")
+}
+
+/// [`raw_get`] to `addr` (`host:port`), blocking.
+pub fn raw_get_at(addr: &str, path: &str) -> (String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    match all.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => (String::from_utf8_lossy(&all[..i + 4]).to_string(), all[i + 4..].to_vec()),
+        None => (String::new(), all),
+    }
 }
