@@ -285,12 +285,7 @@ async fn a_variant_compressed_on_one_pod_is_served_by_another_from_redis() {
     let first = get_ae(&a, path, "br").await;
     assert_eq!((first.x_cache(), first.header("content-encoding")), ("MISS", Some("br")));
     let entries = || redis.dump().iter().filter(|(k, _)| k.ends_with(":e")).count();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while entries() != 2 {
-        let keys: Vec<String> = redis.dump().into_iter().map(|(k, _)| k).collect();
-        assert!(std::time::Instant::now() < deadline, "the tile and its br variant reached redis: {keys:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    eventually("the tile and its br variant reached redis", async || entries() == 2).await;
     let on_b = get_ae(&b, path, "br").await;
     assert_eq!((on_b.x_cache(), on_b.header("x-cache-tier")), ("HIT", Some("redis")));
     assert_eq!(on_b.header("content-encoding"), Some("br"));

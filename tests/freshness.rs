@@ -426,15 +426,10 @@ async fn an_early_refresh_with_the_budget_spent_is_skipped_and_hits_go_on() {
         assert_eq!(r.bytes(), first.bytes());
     }
     // The refresh runs in the background: wait (bounded) until the budget has refused it.
-    let mut refused = 0.0;
-    for _ in 0..400 {
-        refused = metric(&p.metrics().await, "tile_proxy_budget_exhausted_total", &["index=\"tight\""]);
-        if refused >= 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert!(refused >= 1.0, "the early refresh was charged to the budget and refused");
+    eventually("the early refresh was charged to the budget and refused", async || {
+        metric(&p.metrics().await, "tile_proxy_budget_exhausted_total", &["index=\"tight\""]) >= 1.0
+    })
+    .await;
     eventually("the refused refresh ended", async || p.state().flights.is_empty()).await;
     assert_eq!(up.count(path), 1, "the spent budget stopped it before the upstream");
     let r = p.get(&url).await;

@@ -106,8 +106,15 @@ async fn a_full_queue_answers_upstream_busy_and_hits_are_never_delayed() {
     assert_eq!(p.get(&warm).await.status, 200);
     let cold = join_all((0..10).map(|n| p.get_owned(tile("busy", n))));
     let hit = async {
-        // While the queue is full, a cached tile answers at once.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // While the queue is full, a cached tile answers at once: once the cap has decided on
+        // every cold request (a turn in the queue, or busy), the warm one's included.
+        eventually("the cap decided on every cold request", async || {
+            let m = p.metrics().await;
+            metric(&m, "tile_proxy_upstream_cap_wait_seconds_count", &[])
+                + metric(&m, "tile_proxy_upstream_busy_total", &[])
+                >= 11.0
+        })
+        .await;
         let t = Instant::now();
         let r = p.get(&warm).await;
         (r, t.elapsed())
@@ -348,15 +355,13 @@ async fn admin_stats_wants_the_token_and_adds_up_the_fleet() {
         assert_eq!(b.get(&tile("s", n)).await.x_cache(), "HIT");
         assert_eq!(b.get(&tile("s", n)).await.x_cache(), "HIT");
     }
+    // Each pod publishes its counts every couple of seconds.
     let mut doc = serde_json::Value::Null;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
+    eventually("the fleet's stats add up B's hits", async || {
         doc = admin_get(&a, "/admin/stats", Some(ADMIN)).await.json();
-        if doc["indices"]["s"]["hits"] == 6 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        doc["indices"]["s"]["hits"] == 6
+    })
+    .await;
     assert_eq!(doc["scope"], "fleet");
     assert_eq!(doc["pods"], 2);
     let s = &doc["indices"]["s"];
