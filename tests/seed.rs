@@ -29,14 +29,12 @@ fn expected(bbox: [f64; 4], zooms: std::ops::RangeInclusive<u8>) -> BTreeSet<(u8
     let mut set = BTreeSet::new();
     for z in zooms {
         let size = 1u32 << z;
-        for y in 0..size {
-            for x in 0..size {
-                let lon_overlap = tile_lon(x, size) < e && w < tile_lon(x + 1, size);
-                let lat_overlap = tile_lat(y + 1, size) < n && s < tile_lat(y, size);
-                if lon_overlap && lat_overlap {
-                    set.insert((z, x, y));
-                }
-            }
+        // A tile overlaps when its column overlaps in longitude and its row in latitude: the
+        // columns and the rows are found apart (2 x 8192 tests at zoom 13, not 8192 x 8192).
+        let columns: Vec<u32> = (0..size).filter(|&x| tile_lon(x, size) < e && w < tile_lon(x + 1, size)).collect();
+        let rows = (0..size).filter(|&y| tile_lat(y + 1, size) < n && s < tile_lat(y, size));
+        for y in rows {
+            set.extend(columns.iter().map(|&x| (z, x, y)));
         }
     }
     set
