@@ -87,12 +87,21 @@ async fn sixty_cold_requests_over_three_pods_cost_one_upstream_call() {
     let redis = RedisServer::start();
     let up = upstream(30_000);
     let path = "/v3/base/mc/9/260/170/png";
-    up.fail_always(path, Fault::Delay(Duration::from_millis(400)));
+    // The waiting pods also poll, every 250 ms (a twentieth of lease_wait, at most 250 ms).
+    // A fetch of 600 ms ends about halfway between their second and third poll, so the
+    // holder's `filled` message reaches them before a poll could find its copy (with 400 ms a
+    // busy machine often let the second poll win).
+    up.fail_always(path, Fault::Delay(Duration::from_millis(600)));
     let pods = [
         Proxy::start(&up, shared(&redis)).await,
         Proxy::start(&up, shared(&redis)).await,
         Proxy::start(&up, shared(&redis)).await,
     ];
+    // Every pod listens before the first request (a message sent before is not seen).
+    eventually("every pod subscribed to tile-proxy:filled", async || {
+        redis.cmd::<(String, u64)>(&["PUBSUB", "NUMSUB", "tile-proxy:filled"]).1 == 3
+    })
+    .await;
     let requests = (0..60).map(|i| pods[i % 3].get(path));
     let answers = join_all(requests).await;
     for (i, r) in answers.iter().enumerate() {
