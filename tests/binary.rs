@@ -421,7 +421,7 @@ async fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it
     for secret in ["ENVKEY123", "FILEKEY1", "IDXENVKEY", "IDXFILEKEY", "REDISPASS99", "ADMIN-TOKEN-0123456789"] {
         assert!(!stdout.contains(secret), "{secret} shown:\n{stdout}");
     }
-    let shown: toml::Value = toml::from_str(&stdout).unwrap_or_else(|e| panic!("{e}\n{stdout}"));
+    let shown: toml::Value = toml::from_str(stdout).unwrap_or_else(|e| panic!("{e}\n{stdout}"));
     for (key, (_, want)) in &values {
         let got = key.split('.').try_fold(&shown, |v, part| v.get(part));
         assert_eq!(got, Some(want), "{key} (set as {}) in\n{stdout}", env_name(key));
