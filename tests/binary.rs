@@ -1,16 +1,18 @@
 //! The real `tile-proxy` binary as operators run it: environment configuration, JSON logs,
 //! SIGTERM drain and restart on the same cache folder, configuration errors.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::process::{run, Process, BIN};
+use common::{raw_get_at, signalled};
 use test_upstream::{Options, Upstream};
 
 const KEY: &str = "BINARYSERVERKEY42";
-const BIN: &str = env!("CARGO_BIN_EXE_tile-proxy");
 
 /// A test upstream that wants [`KEY`] and serves 12,000-byte tiles.
 fn upstream_12k() -> Upstream {
@@ -18,19 +20,19 @@ fn upstream_12k() -> Upstream {
         .unwrap()
 }
 
+/// A `tile-proxy` serving, and the address it listens on.
 struct Proc {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
+    process: Process,
     addr: String,
 }
 
-fn spawn(up: &Upstream, dir: &std::path::Path) -> Proc {
-    spawn_with(up, dir, &[])
+async fn spawn(up: &Upstream, dir: &std::path::Path) -> Proc {
+    spawn_with(up, dir, &[]).await
 }
 
-fn spawn_with(up: &Upstream, dir: &std::path::Path, extra_env: &[(&str, &str)]) -> Proc {
-    let mut child = Command::new(BIN)
-        .env_clear()
+async fn spawn_with(up: &Upstream, dir: &std::path::Path, extra_env: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
         .env("HERE_API_KEY", KEY)
         .env("TILE_PROXY_LISTEN", "127.0.0.1:0")
         .env("TILE_PROXY_RASTER_UPSTREAM", up.base_url())
@@ -41,81 +43,30 @@ fn spawn_with(up: &Upstream, dir: &std::path::Path, extra_env: &[(&str, &str)]) 
         .env("TILE_PROXY_WORKERS", "2")
         // Even at debug level the key must not leak.
         .env("RUST_LOG", "debug")
-        .envs(extra_env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tile-proxy starts");
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    for pipe in [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())]
-    {
-        let lines = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let addr = loop {
-        let found = lines.lock().unwrap().iter().find_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            (v["message"] == "tile-proxy listening").then(|| v["addr"].as_str().unwrap().to_string())
-        });
-        if let Some(a) = found {
-            break a;
-        }
-        assert!(Instant::now() < deadline, "no listening line: {:?}", lines.lock().unwrap());
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Proc { child, lines, addr }
-}
-
-impl Drop for Proc {
-    // A failing test must not leave a server running.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        .envs(extra_env.iter().copied());
+    let process = Process::spawn(cmd);
+    let addr = process.listening().await;
+    Proc { process, addr }
 }
 
 impl Proc {
     fn get(&self, path: &str) -> (u16, String, Vec<u8>) {
-        let mut s = TcpStream::connect(&self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
-        let mut all = Vec::new();
-        s.read_to_end(&mut all).unwrap();
-        let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-        let head = String::from_utf8_lossy(&all[..split]).to_string();
+        let (head, body) = raw_get_at(&self.addr, path);
         let status = head[9..12].parse().unwrap();
-        (status, head.to_ascii_lowercase(), all[split..].to_vec())
+        (status, head.to_ascii_lowercase(), body)
     }
 
-    /// SIGTERM, then wait for a clean exit.
-    fn terminate(mut self) -> Vec<String> {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "exit status {status}");
-                break;
-            }
-            assert!(Instant::now() < deadline, "did not stop after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        let lines = self.lines.lock().unwrap().clone();
-        lines
+    /// SIGTERM, then a clean exit; every line it printed.
+    async fn terminate(self) -> Vec<String> {
+        self.process.terminate().await.lines
     }
 }
 
-#[test]
-fn sigterm_drains_closes_the_cache_and_a_restart_serves_from_disk_without_leaking_the_key() {
+#[actix_rt::test]
+async fn sigterm_drains_closes_the_cache_and_a_restart_serves_from_disk_without_leaking_the_key() {
     let up = upstream_12k();
     let dir = tempfile::tempdir().unwrap();
-    let p = spawn(&up, dir.path());
+    let p = spawn(&up, dir.path()).await;
     let (status, head, body) =
         p.get("/here-proxy/mc/5/15/13/png?indice=123&style=explore.day&size=512&apiKey=CLIENTKEY9");
     assert_eq!(status, 200);
@@ -124,15 +75,15 @@ fn sigterm_drains_closes_the_cache_and_a_restart_serves_from_disk_without_leakin
     let (status, _, _) = p.get("/here-proxy/mc/5/15/99/png?indice=123&apiKey=CLIENTKEY9");
     assert_eq!(status, 400);
     let (_, _, metrics) = p.get("/metrics");
-    let mut logs = p.terminate();
+    let mut logs = p.terminate().await;
 
-    let p = spawn(&up, dir.path());
+    let p = spawn(&up, dir.path()).await;
     let (status, head, body2) = p.get("/here-proxy/mc/5/15/13/png?indice=123&size=512");
     assert_eq!(status, 200);
     assert!(head.contains("x-cache: hit"), "served from disk after restart: {head}");
     assert_eq!(body2, body);
     assert_eq!(up.total(), 1);
-    logs.extend(p.terminate());
+    logs.extend(p.terminate().await);
 
     // One JSON line per request with the fields operators need.
     let request_lines = access_lines(&logs);
@@ -167,77 +118,81 @@ fn access_lines(lines: &[String]) -> Vec<serde_json::Value> {
         .collect()
 }
 
-#[test]
-fn access_lines_are_flushed_while_running_sampled_on_request_and_can_be_turned_off() {
+#[actix_rt::test]
+async fn access_lines_are_flushed_while_running_sampled_on_request_and_can_be_turned_off() {
     let up = upstream_12k();
     let tile = "/v3/base/mc/4/1/1/png";
 
     // Buffered, but a line waits at most access_log_flush: it shows up while the proxy runs.
     let dir = tempfile::tempdir().unwrap();
-    let p = spawn_with(&up, dir.path(), &[("TILE_PROXY_ACCESS_LOG_FLUSH", "100ms")]);
+    let p = spawn_with(&up, dir.path(), &[("TILE_PROXY_ACCESS_LOG_FLUSH", "100ms")]).await;
     assert_eq!(p.get(tile).0, 200);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let seen = access_lines(&p.lines.lock().unwrap());
-        if seen.iter().any(|v| v["path"] == tile && v["cache"] == "miss") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the line was never flushed: {seen:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    p.process
+        .line("the access line, flushed while the proxy runs", |l| {
+            access_lines(&[l.to_string()]).iter().any(|v| v["path"] == tile && v["cache"] == "miss")
+        })
+        .await;
     let (_, _, metrics) = p.get("/metrics");
     assert!(String::from_utf8_lossy(&metrics).contains("tile_proxy_access_log_dropped_total 0"));
-    p.terminate();
+    p.terminate().await;
 
     // One request in 4 (per worker: one worker here), and every answer of 400 or more.
     let dir = tempfile::tempdir().unwrap();
-    let p = spawn_with(&up, dir.path(), &[("TILE_PROXY_ACCESS_LOG_SAMPLE", "4"), ("TILE_PROXY_WORKERS", "1")]);
+    let p = spawn_with(&up, dir.path(), &[("TILE_PROXY_ACCESS_LOG_SAMPLE", "4"), ("TILE_PROXY_WORKERS", "1")]).await;
     for _ in 0..8 {
         assert_eq!(p.get(tile).0, 200);
     }
     for _ in 0..3 {
         assert_eq!(p.get("/v3/base/mc/4/1/99/png").0, 400);
     }
-    let seen = access_lines(&p.terminate());
+    let seen = access_lines(&p.terminate().await);
     let ok = seen.iter().filter(|v| v["path"] == tile && v["status"] == 200).count();
     let bad = seen.iter().filter(|v| v["status"] == 400).count();
     assert_eq!((ok, bad), (2, 3), "{seen:#?}");
 
     // Off: no access line, the other logs still there.
     let dir = tempfile::tempdir().unwrap();
-    let p = spawn_with(&up, dir.path(), &[("TILE_PROXY_ACCESS_LOG", "false")]);
+    let p = spawn_with(&up, dir.path(), &[("TILE_PROXY_ACCESS_LOG", "false")]).await;
     assert_eq!(p.get(tile).0, 200);
-    let lines = p.terminate();
+    let lines = p.terminate().await;
     assert_eq!(access_lines(&lines).len(), 0, "{lines:#?}");
     assert!(lines.iter().any(|l| l.contains("cache closed")));
 }
 
-#[test]
-fn sigterm_during_a_slow_streamed_miss_drains_it_whole_and_the_restart_serves_it_from_disk() {
+#[actix_rt::test]
+async fn sigterm_during_a_slow_streamed_miss_drains_it_whole_and_the_restart_serves_it_from_disk() {
     let up = upstream_12k();
     let path = "/v3/base/mc/6/33/22/png";
     // About 1.2 s of body: the miss is still streaming when SIGTERM arrives.
     up.fail_always(path, test_upstream::Fault::SlowBody { chunk: 1_000, interval: Duration::from_millis(100) });
     let dir = tempfile::tempdir().unwrap();
     let env = [("TILE_PROXY_DRAIN_DELAY", "1s"), ("TILE_PROXY_SHUTDOWN_TIMEOUT", "10s")];
-    let p = spawn_with(&up, dir.path(), &env);
+    let p = spawn_with(&up, dir.path(), &env).await;
     let addr = p.addr.clone();
+    let (streaming, body_started) = tokio::sync::oneshot::channel();
     let client = std::thread::spawn(move || {
         let mut s = TcpStream::connect(&addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
         let mut all = Vec::new();
-        s.read_to_end(&mut all).unwrap();
+        let mut streaming = Some(streaming);
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+            let head = all.windows(4).position(|w| w == b"\r\n\r\n");
+            if head.is_some_and(|h| all.len() > h + 4) {
+                // The head and the first body bytes are through: the miss is streaming.
+                streaming.take().map(|s| s.send(()));
+            }
+        }
         all
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while up.count(path) == 0 {
-        assert!(Instant::now() < deadline, "the miss never reached the upstream");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::thread::sleep(Duration::from_millis(200)); // a few body chunks are through
-    let pid = p.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    signalled("the first body bytes of the miss", body_started).await.expect("the client saw the body start");
+    p.process.signal(libc::SIGTERM);
     let signalled = Instant::now();
     let (status, _, _) = p.get("/ready");
     assert_eq!(status, 503, "/ready fails at once, while the drain delay keeps serving");
@@ -246,58 +201,61 @@ fn sigterm_during_a_slow_streamed_miss_drains_it_whole_and_the_restart_serves_it
     let split = all.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
     assert!(all.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&all[..split]));
     assert_eq!(&all[split..], &up.tile_bytes(path)[..], "the client got the whole tile");
-    let logs = p.terminate();
+    let logs = p.terminate().await;
     assert!(logs.iter().any(|l| l.contains("cache closed")), "{logs:#?}");
 
     up.clear_faults();
-    let p = spawn(&up, dir.path());
+    let p = spawn(&up, dir.path()).await;
     let (status, head, body) = p.get(path);
     assert_eq!(status, 200);
     assert!(head.contains("x-cache: hit") && head.contains("x-cache-tier: disk"), "{head}");
     assert_eq!(body, &up.tile_bytes(path)[..]);
     assert_eq!(up.count(path), 1, "stored before the drain ended: no second upstream call");
-    p.terminate();
+    p.terminate().await;
 }
 
-#[test]
-fn healthcheck_probes_the_listen_port_from_the_environment_or_the_config_file() {
+#[actix_rt::test]
+async fn healthcheck_probes_the_listen_port_from_the_environment_or_the_config_file() {
     let up = Upstream::start(Options { api_key: Some(KEY.into()), ..Options::default() }).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let p = spawn(&up, dir.path());
-    let check = |env: &[(&str, &str)]| {
-        let out = Command::new(BIN).env_clear().envs(env.iter().copied()).arg("healthcheck").output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+    let p = spawn(&up, dir.path()).await;
+    let check = async |env: &[(&str, &str)]| {
+        let mut cmd = Command::new(BIN);
+        cmd.env_clear().envs(env.iter().copied()).arg("healthcheck");
+        let out = run(cmd).await;
+        (out.code(), out.stdout + &out.stderr)
     };
-    let (code, said) = check(&[("TILE_PROXY_LISTEN", &p.addr)]);
+    let (code, said) = check(&[("TILE_PROXY_LISTEN", &p.addr)]).await;
     assert_eq!(code, Some(0), "{said}");
     assert!(said.contains("200"), "{said}");
     let cfg = dir.path().join("tile-proxy.toml");
     std::fs::write(&cfg, format!("listen = \"{}\"\n", p.addr)).unwrap();
-    let (code, said) = check(&[("TILE_PROXY_CONFIG", cfg.to_str().unwrap())]);
+    let (code, said) = check(&[("TILE_PROXY_CONFIG", cfg.to_str().unwrap())]).await;
     assert_eq!(code, Some(0), "the port from the config file: {said}");
     let addr = p.addr.clone();
-    p.terminate();
-    let (code, said) = check(&[("TILE_PROXY_LISTEN", &addr)]);
+    p.terminate().await;
+    let (code, said) = check(&[("TILE_PROXY_LISTEN", &addr)]).await;
     assert_eq!(code, Some(1), "a stopped proxy is unhealthy: {said}");
 }
 
-#[test]
-fn configuration_errors_are_all_listed_and_exit_non_zero() {
-    let out = Command::new(BIN).env_clear().env("TILE_PROXY_LISTEN", "127.0.0.1:0").output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+#[actix_rt::test]
+async fn configuration_errors_are_all_listed_and_exit_non_zero() {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear().env("TILE_PROXY_LISTEN", "127.0.0.1:0");
+    let out = run(cmd).await;
+    assert_eq!(out.code(), Some(2));
+    let err = &out.stderr;
     assert!(err.contains("HERE_API_KEY"), "{err}");
 
-    let out = Command::new(BIN)
-        .env_clear()
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
         .env("HERE_API_KEY", "k")
         .env("TILE_PROXY_MEMORY_CACHE", "lots")
         .env("TILE_PROXY_LISTEN", "nowhere")
-        .env("TILE_PROXY_RASTER_UPSTREAM", "ftp://x")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+        .env("TILE_PROXY_RASTER_UPSTREAM", "ftp://x");
+    let out = run(cmd).await;
+    assert_eq!(out.code(), Some(2));
+    let err = &out.stderr;
     for needle in ["memory_cache", "listen", "raster_upstream", "3 problem"] {
         assert!(err.contains(needle), "{needle} not in {err}");
     }
@@ -306,9 +264,11 @@ fn configuration_errors_are_all_listed_and_exit_non_zero() {
     let cfg = dir.path().join("c.toml");
     std::fs::write(&cfg, "upstream_requires_key = false\n[index.abc]\nttl = \"5m\"\nstale_if_error = \"1h\"\n")
         .unwrap();
-    let out = Command::new(BIN).env_clear().args(["check-config", "--config"]).arg(&cfg).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let shown: toml::Value = toml::from_str(&String::from_utf8_lossy(&out.stdout)).expect("check-config prints TOML");
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear().args(["check-config", "--config"]).arg(&cfg);
+    let out = run(cmd).await;
+    assert!(out.status.success(), "{}", out.stderr);
+    let shown: toml::Value = toml::from_str(&out.stdout).expect("check-config prints TOML");
     assert_eq!(shown["index"]["abc"]["ttl"].as_str(), Some("5m"), "{shown}");
     assert_eq!(shown["index"]["abc"]["stale_if_error"].as_str(), Some("1h"), "{shown}");
 }
@@ -324,8 +284,8 @@ fn env_name(key: &str) -> String {
     format!("TILE_PROXY_{}", upper.join("__"))
 }
 
-#[test]
-fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it() {
+#[actix_rt::test]
+async fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it() {
     use tile_proxy::config::{key_paths, FileConfig, PolicyFileConfig};
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("here.key");
@@ -455,13 +415,13 @@ fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it() {
             .unwrap_or_else(|| panic!("setting {key} has no test value: add one to this test"));
         cmd.env(env_name(key), value);
     }
-    let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(cmd).await;
+    let stdout = &out.stdout;
+    assert!(out.status.success(), "{}", out.stderr);
     for secret in ["ENVKEY123", "FILEKEY1", "IDXENVKEY", "IDXFILEKEY", "REDISPASS99", "ADMIN-TOKEN-0123456789"] {
         assert!(!stdout.contains(secret), "{secret} shown:\n{stdout}");
     }
-    let shown: toml::Value = toml::from_str(&stdout).unwrap_or_else(|e| panic!("{e}\n{stdout}"));
+    let shown: toml::Value = toml::from_str(stdout).unwrap_or_else(|e| panic!("{e}\n{stdout}"));
     for (key, (_, want)) in &values {
         let got = key.split('.').try_fold(&shown, |v, part| v.get(part));
         assert_eq!(got, Some(want), "{key} (set as {}) in\n{stdout}", env_name(key));
@@ -469,25 +429,25 @@ fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it() {
     assert_eq!(values.len(), keys.len(), "every test value is a setting");
 }
 
-#[test]
-fn bad_file_values_env_values_and_toml_syntax_errors_are_listed_with_their_source() {
+#[actix_rt::test]
+async fn bad_file_values_env_values_and_toml_syntax_errors_are_listed_with_their_source() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("tile-proxy.toml");
     std::fs::write(&cfg, "here_api_key = \"k\"\n[upstream]\nhead_timeout = \"soon\"\n[index.a]\nttl = \"999d\"\n")
         .unwrap();
-    let run = |extra_env: &[(&str, &str)]| {
+    let check = async |extra_env: &[(&str, &str)]| {
         let mut cmd = Command::new(BIN);
         cmd.env_clear().args(["check-config", "--config"]).arg(&cfg);
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        let out = cmd.output().unwrap();
-        assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
-        String::from_utf8_lossy(&out.stderr).to_string()
+        let out = run(cmd).await;
+        assert_eq!(out.code(), Some(2), "{}", out.stdout);
+        out.stderr
     };
     let p = cfg.display();
     let env = [("TILE_PROXY_MEMORY_CACHE", "lots"), ("TILE_PROXY_LISTN", "127.0.0.1:1")];
-    let err = run(&env);
+    let err = check(&env).await;
     for needle in [
         format!("{p} line 3 (upstream.head_timeout): `soon` is not a duration"),
         format!("{p} line 5 (index.a.ttl): 999d is too long"),
@@ -499,7 +459,7 @@ fn bad_file_values_env_values_and_toml_syntax_errors_are_listed_with_their_sourc
     }
 
     std::fs::write(&cfg, "here_api_key = \"k\"\nttl_cap = \"1d\"\nlisten = \"127.0.0.1:1\n").unwrap();
-    let err = run(&env);
+    let err = check(&env).await;
     for needle in [
         format!("{p} line 3: TOML syntax error"),
         "env TILE_PROXY_MEMORY_CACHE (memory_cache): `lots` is not a size".into(),
@@ -509,10 +469,11 @@ fn bad_file_values_env_values_and_toml_syntax_errors_are_listed_with_their_sourc
     }
 }
 
-#[test]
-fn help_documents_every_setting_with_its_environment_name() {
-    let out = Command::new(BIN).args(["serve", "--help"]).output().unwrap();
-    let help = String::from_utf8_lossy(&out.stdout);
+#[actix_rt::test]
+async fn help_documents_every_setting_with_its_environment_name() {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--help"]);
+    let help = run(cmd).await.stdout;
     for env in [
         "HERE_API_KEY",
         "HERE_API_KEY_FILE",
@@ -540,14 +501,14 @@ fn rss(pid: u32) -> u64 {
     kb * 1024
 }
 
-#[test]
-fn relaying_64_mib_to_a_slow_client_holds_a_flight_budget_not_the_body() {
+#[actix_rt::test]
+async fn relaying_64_mib_to_a_slow_client_holds_a_flight_budget_not_the_body() {
     let up = Upstream::start(Options { api_key: Some(KEY.into()), ..Options::default() }).expect("upstream");
     let path = "/v3/base/mc/3/3/3/png";
     up.fail_always(path, test_upstream::Fault::BigBody { size: 64 << 20 });
     let dir = tempfile::tempdir().unwrap();
-    let p = spawn(&up, dir.path());
-    let pid = p.child.id();
+    let p = spawn(&up, dir.path()).await;
+    let pid = p.process.pid();
     // Warm up the process (allocator arenas, first request) before the baseline.
     assert_eq!(p.get("/v3/base/mc/1/0/0/png").0, 200);
     let before = rss(pid);
@@ -595,11 +556,11 @@ fn relaying_64_mib_to_a_slow_client_holds_a_flight_budget_not_the_body() {
     assert_eq!(body, 64 << 20, "the whole body arrived");
     assert!(growth < 32 << 20, "RSS grew by {} MiB while relaying 64 MiB to a slow client", growth >> 20);
     drop(s);
-    p.terminate();
+    p.terminate().await;
 }
 
-#[test]
-fn the_client_address_comes_from_x_forwarded_for_only_through_trusted_proxies() {
+#[actix_rt::test]
+async fn the_client_address_comes_from_x_forwarded_for_only_through_trusted_proxies() {
     let up = Upstream::start(Options { api_key: Some(KEY.into()), ..Options::default() }).expect("upstream");
     let request = |p: &Proc| {
         let mut s = TcpStream::connect(&p.addr).unwrap();
@@ -626,9 +587,9 @@ fn the_client_address_comes_from_x_forwarded_for_only_through_trusted_proxies() 
     for (trusted, want) in [(None, "127.0.0.1"), (Some("127.0.0.0/8"), "203.0.113.7")] {
         let dir = tempfile::tempdir().unwrap();
         let env: Vec<(&str, &str)> = trusted.map(|t| ("TILE_PROXY_TRUSTED_PROXIES", t)).into_iter().collect();
-        let p = spawn_with(&up, dir.path(), &env);
+        let p = spawn_with(&up, dir.path(), &env).await;
         request(&p);
-        let seen = client_of(p.terminate());
+        let seen = client_of(p.terminate().await);
         assert_eq!(seen.len(), 1, "{seen:?}");
         assert_eq!(seen[0].0, want, "trusted_proxies {trusted:?}");
         // The proxy's request id is kept from a trusted proxy only (one id through every log).

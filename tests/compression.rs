@@ -68,7 +68,7 @@ async fn br_and_gzip_round_trip_to_the_upstream_bytes_on_misses_and_hits() {
                 upstream_bytes,
                 "{accept} {x_cache}: decodes to the upstream bytes"
             );
-            eventually("the variant is stored", || variant_in_memory(&p, &path, want)).await;
+            eventually("the variant is stored", async || variant_in_memory(&p, &path, want)).await;
         }
         // The identity form of the same tile, from the same entry.
         let plain = p.get(&path).await;
@@ -249,7 +249,7 @@ async fn a_purge_drops_the_variant_too() {
     let p = Proxy::start(&up, |f: &mut FileConfig| f.admin_token = Some(ADMIN.into())).await;
     let path = "/v2/vectortiles/base/mc/11/6/1/omv";
     assert_eq!(get_ae(&p, path, "br").await.x_cache(), "MISS");
-    eventually("the variant is stored", || variant_in_memory(&p, path, "br")).await;
+    eventually("the variant is stored", async || variant_in_memory(&p, path, "br")).await;
     assert_eq!(get_ae(&p, path, "br").await.x_cache(), "HIT");
     assert_eq!(compressed(&p.metrics().await, "br", "stored"), 1.0);
     p.clock.advance_secs(1);
@@ -278,26 +278,14 @@ async fn a_purge_drops_the_variant_too() {
 async fn a_variant_compressed_on_one_pod_is_served_by_another_from_redis() {
     let redis = RedisServer::start();
     let up = upstream(20_000);
-    let shared = |f: &mut FileConfig| {
-        f.redis_url = Some(redis.url());
-        // Generous deadlines: on a loaded test machine a timed-out write would open the Redis
-        // breaker and drop the writes this test waits for.
-        f.redis.timeout = dur("3s");
-        f.redis.write_timeout = dur("3s");
-        f.redis.connect_timeout = dur("3s");
-    };
+    let shared = |f: &mut FileConfig| redis.share(f);
     let a = Proxy::start(&up, shared).await;
     let b = Proxy::start(&up, shared).await;
     let path = "/v2/vectortiles/base/mc/12/7/1/omv";
     let first = get_ae(&a, path, "br").await;
     assert_eq!((first.x_cache(), first.header("content-encoding")), ("MISS", Some("br")));
     let entries = || redis.dump().iter().filter(|(k, _)| k.ends_with(":e")).count();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while entries() != 2 {
-        let keys: Vec<String> = redis.dump().into_iter().map(|(k, _)| k).collect();
-        assert!(std::time::Instant::now() < deadline, "the tile and its br variant reached redis: {keys:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    eventually("the tile and its br variant reached redis", async || entries() == 2).await;
     let on_b = get_ae(&b, path, "br").await;
     assert_eq!((on_b.x_cache(), on_b.header("x-cache-tier")), ("HIT", Some("redis")));
     assert_eq!(on_b.header("content-encoding"), Some("br"));

@@ -180,15 +180,15 @@ async fn a_new_leader_looks_in_the_cache_again_before_fetching() {
     // A leads and fetches (slowly).
     let pa = p.clone();
     let a = actix_rt::spawn(async move { pa.get(path).await });
-    eventually("A's fetch reached the upstream", || up.count(path) == 1).await;
+    eventually("A's fetch reached the upstream", async || up.count(path) == 1).await;
     // B looks up while A's flight runs; its lookup answers only after the flight is over.
     gate.armed.store(true, Ordering::SeqCst);
     let pb = p.clone();
     let b = actix_rt::spawn(async move { pb.get(path).await });
-    eventually("B's lookup is in the tier", || gate.waiting.load(Ordering::SeqCst) == 1).await;
+    eventually("B's lookup is in the tier", async || gate.waiting.load(Ordering::SeqCst) == 1).await;
     let a = a.await.unwrap();
     assert_eq!(a.x_cache(), "MISS");
-    eventually("A's flight is over", || p.state().flights.is_empty()).await;
+    eventually("A's flight is over", async || p.state().flights.is_empty()).await;
     gate.release.notify_one();
     // B missed, found no flight and became a leader: its second look finds A's entry.
     let b = b.await.unwrap();

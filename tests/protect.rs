@@ -8,6 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use std::process::Command;
+
+use common::process::{run, BIN};
 use common::redis_server::RedisServer;
 use common::*;
 use futures_util::future::join_all;
@@ -54,13 +57,6 @@ fn assert_at_most(at: &[Instant], rps: usize, jitter: Duration) {
     let span = (*at.last().unwrap() - at[0]).as_secs_f64();
     let rate = (at.len() - 1) as f64 / span;
     assert!(rate <= rps as f64 * 1.01, "average {rate:.2} req/s over {span:.2} s");
-}
-
-/// Shares `redis`. A busy 2-core machine can miss the 50 ms default deadline; a timeout would
-/// (rightly) fall back to per-pod decisions, which is not what these tests look at.
-fn on_redis(f: &mut FileConfig, redis: &RedisServer) {
-    f.redis_url = Some(redis.url());
-    f.redis.timeout = dur("500ms");
 }
 
 async fn admin_get(p: &Proxy, path: &str, token: Option<&str>) -> Resp {
@@ -110,8 +106,15 @@ async fn a_full_queue_answers_upstream_busy_and_hits_are_never_delayed() {
     assert_eq!(p.get(&warm).await.status, 200);
     let cold = join_all((0..10).map(|n| p.get_owned(tile("busy", n))));
     let hit = async {
-        // While the queue is full, a cached tile answers at once.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // While the queue is full, a cached tile answers at once: once the cap has decided on
+        // every cold request (a turn in the queue, or busy), the warm one's included.
+        eventually("the cap decided on every cold request", async || {
+            let m = p.metrics().await;
+            metric(&m, "tile_proxy_upstream_cap_wait_seconds_count", &[])
+                + metric(&m, "tile_proxy_upstream_busy_total", &[])
+                >= 11.0
+        })
+        .await;
         let t = Instant::now();
         let r = p.get(&warm).await;
         (r, t.elapsed())
@@ -139,7 +142,7 @@ async fn two_proxies_on_one_redis_share_the_cap() {
     let redis = RedisServer::start();
     let up = upstream(2_000);
     let cfg = |f: &mut FileConfig| {
-        on_redis(f, &redis);
+        redis.share(f);
         f.upstream_rps = Some(20.0);
         f.upstream_queue_wait = dur("15s");
     };
@@ -229,7 +232,7 @@ async fn pods_share_one_budget_through_redis_and_an_outage_does_not_refill_it() 
     let mut redis = RedisServer::start();
     let up = upstream(2_000);
     let cfg = |f: &mut FileConfig| {
-        on_redis(f, &redis);
+        redis.share(f);
         policy(f, "b", |p| p.budget_hour = Some(5));
     };
     let a = Proxy::start(&up, cfg).await;
@@ -301,7 +304,7 @@ async fn two_proxies_share_client_limits_through_redis_and_fall_back_to_local_on
     let mut redis = RedisServer::start();
     let up = upstream(2_000);
     let cfg = |f: &mut FileConfig| {
-        on_redis(f, &redis);
+        redis.share(f);
         f.trusted_proxies = vec!["127.0.0.1".into()];
         policy(f, "lim", |p| {
             p.rate_limit = Some(0.01);
@@ -337,7 +340,7 @@ async fn admin_stats_wants_the_token_and_adds_up_the_fleet() {
 
     let redis = RedisServer::start();
     let cfg = |f: &mut FileConfig| {
-        on_redis(f, &redis);
+        redis.share(f);
         f.admin_token = Some(ADMIN.into());
     };
     let a = Proxy::start(&up, cfg).await;
@@ -352,15 +355,13 @@ async fn admin_stats_wants_the_token_and_adds_up_the_fleet() {
         assert_eq!(b.get(&tile("s", n)).await.x_cache(), "HIT");
         assert_eq!(b.get(&tile("s", n)).await.x_cache(), "HIT");
     }
+    // Each pod publishes its counts every couple of seconds.
     let mut doc = serde_json::Value::Null;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
+    eventually("the fleet's stats add up B's hits", async || {
         doc = admin_get(&a, "/admin/stats", Some(ADMIN)).await.json();
-        if doc["indices"]["s"]["hits"] == 6 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        doc["indices"]["s"]["hits"] == 6
+    })
+    .await;
     assert_eq!(doc["scope"], "fleet");
     assert_eq!(doc["pods"], 2);
     let s = &doc["indices"]["s"];
@@ -369,27 +370,18 @@ async fn admin_stats_wants_the_token_and_adds_up_the_fleet() {
     assert_eq!(s["bytes"], 9 * 2_000);
 
     // The CLI prints the same as a table.
-    let base = a.base.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_tile-proxy"))
-            .args(["stats", "--url", &base])
-            .env("TILE_PROXY_ADMIN_TOKEN", ADMIN)
-            .output()
-            .expect("tile-proxy stats runs")
-    })
-    .await
-    .unwrap();
-    let table = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{table} {}", String::from_utf8_lossy(&out.stderr));
+    let mut stats = Command::new(BIN);
+    stats.args(["stats", "--url", &a.base]).env("TILE_PROXY_ADMIN_TOKEN", ADMIN);
+    let out = run(stats).await;
+    let table = &out.stdout;
+    assert!(out.status.success(), "{table} {}", out.stderr);
     assert!(table.starts_with("scope: fleet (2 pods)"), "{table}");
     let row: Vec<&str> =
         table.lines().find(|l| l.starts_with("s ")).expect("a row for index s").split_whitespace().collect();
     assert_eq!(&row[..6], ["s", "6", "0", "3", "66.7", "3"], "{table}");
-    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_tile-proxy"))
-        .args(["stats", "--url", &a.base])
-        .env_remove("TILE_PROXY_ADMIN_TOKEN")
-        .output()
-        .unwrap();
+    let mut stats = Command::new(BIN);
+    stats.args(["stats", "--url", &a.base]).env_remove("TILE_PROXY_ADMIN_TOKEN");
+    let refused = run(stats).await;
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
+    assert!(refused.stderr.contains("401"));
 }

@@ -458,8 +458,9 @@ async fn on_shutdown_ready_fails_while_tiles_are_still_served_then_the_port_clos
     let mut p = Proxy::start(&up, |f| f.drain_delay = dur("600ms")).await;
     assert_eq!(p.get("/ready").await.status, 200);
     let running = p.running.take().unwrap();
+    let health = running.state().health.clone();
     let stopping = actix_rt::spawn(running.shutdown());
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    eventually("the shutdown began", async || !health.is_ready()).await;
     let r = p.get("/ready").await;
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["ready"], false);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::redis_server::RedisServer;
 use common::*;
 use futures_util::future::join_all;
+use futures_util::StreamExt;
 use tile_proxy::base::clock::Clock;
 use tile_proxy::config::FileConfig;
 
@@ -17,7 +18,7 @@ const ADMIN: &str = "admin-token-0123456789abcdef";
 
 fn shared(redis: &RedisServer) -> impl FnOnce(&mut FileConfig) + '_ {
     move |f: &mut FileConfig| {
-        f.redis_url = Some(redis.url());
+        redis.share(f);
         f.admin_token = Some(ADMIN.into());
     }
 }
@@ -61,7 +62,7 @@ async fn a_tile_fetched_through_one_pod_is_a_redis_hit_on_another() {
     let path = "/here-proxy/mc/12/2048/1361/png?indice=123&style=explore.day&size=512";
     let first = a.get(path).await;
     assert_eq!((first.status.as_u16(), first.x_cache()), (200, "MISS"));
-    eventually("the entry reached redis", || entries(&redis) == 1).await;
+    eventually("the entry reached redis", async || entries(&redis) == 1).await;
     let on_b = b.get(path).await;
     assert_eq!(on_b.x_cache(), "HIT");
     assert_eq!(on_b.header("x-cache-tier"), Some("redis"));
@@ -86,12 +87,21 @@ async fn sixty_cold_requests_over_three_pods_cost_one_upstream_call() {
     let redis = RedisServer::start();
     let up = upstream(30_000);
     let path = "/v3/base/mc/9/260/170/png";
-    up.fail_always(path, Fault::Delay(Duration::from_millis(400)));
+    // The waiting pods also poll, every 250 ms (a twentieth of lease_wait, at most 250 ms).
+    // A fetch of 600 ms ends about halfway between their second and third poll, so the
+    // holder's `filled` message reaches them before a poll could find its copy (with 400 ms a
+    // busy machine often let the second poll win).
+    up.fail_always(path, Fault::Delay(Duration::from_millis(600)));
     let pods = [
         Proxy::start(&up, shared(&redis)).await,
         Proxy::start(&up, shared(&redis)).await,
         Proxy::start(&up, shared(&redis)).await,
     ];
+    // Every pod listens before the first request (a message sent before is not seen).
+    eventually("every pod subscribed to tile-proxy:filled", async || {
+        redis.cmd::<(String, u64)>(&["PUBSUB", "NUMSUB", "tile-proxy:filled"]).1 == 3
+    })
+    .await;
     let requests = (0..60).map(|i| pods[i % 3].get(path));
     let answers = join_all(requests).await;
     for (i, r) in answers.iter().enumerate() {
@@ -181,10 +191,8 @@ async fn redis_killed_under_load_fails_no_request_and_sharing_comes_back_after_a
         b.clock.advance_secs(6);
         let path = format!("/v3/base/mc/11/{}/7/png", 500 + attempt);
         assert_eq!(a.get(&path).await.status, 200);
-        let stored = Instant::now();
-        while entries(&redis) == 0 && stored.elapsed() < Duration::from_millis(500) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        // A's fill stores into every tier before it ends: then its copy is in Redis or never.
+        eventually("A's fill ended", async || a.state().flights.is_empty()).await;
         if entries(&redis) > 0 {
             let r = b.get(&path).await;
             assert_eq!(r.status, 200);
@@ -201,6 +209,39 @@ async fn redis_killed_under_load_fails_no_request_and_sharing_comes_back_after_a
 }
 
 #[actix_rt::test]
+async fn after_a_redis_restart_one_breaker_cool_down_brings_every_connection_back() {
+    let mut redis = RedisServer::start();
+    let up = upstream(3_000);
+    let p = Proxy::start(&up, |f: &mut FileConfig| {
+        shared(&redis)(f);
+        // Far more connections than the failures that open the breaker: when it opens, most of
+        // the connections made before the restart have not been used since.
+        f.redis.connections = 16;
+    })
+    .await;
+    // Every connection made: each miss costs a GET, a lease, a SET and the lease's release.
+    for x in 0..8 {
+        assert_eq!(p.get(&format!("/v3/base/mc/12/{x}/9/png")).await.status, 200);
+    }
+    eventually("every fill ended and released its lease", async || {
+        p.state().flights.is_empty() && !redis.dump().iter().any(|(k, _)| k.ends_with(":l"))
+    })
+    .await;
+    redis.restart();
+    // The connections made before the restart are dead: the first calls on them fail.
+    assert_eq!(p.get("/v3/base/mc/12/0/10/png").await.status, 200);
+    assert_eq!(metric(&p.metrics().await, "tile_proxy_redis_up", &[]), 0.0, "the breaker opened");
+    // One cool-down: the probe, and every call after it, must not land on a dead connection.
+    p.clock.advance_secs(6);
+    assert_eq!(p.get("/v3/base/mc/12/1/10/png").await.status, 200);
+    eventually("the fill ended", async || p.state().flights.is_empty()).await;
+    assert_eq!(entries(&redis), 1, "one cool-down after the restart the tile is shared again");
+    let m = p.metrics().await;
+    assert_eq!(metric(&m, "tile_proxy_redis_up", &[]), 1.0, "the probe closed the breaker");
+    p.stop().await;
+}
+
+#[actix_rt::test]
 async fn a_paused_redis_costs_a_request_at_most_one_deadline_then_nothing() {
     let redis = RedisServer::start();
     let up = upstream(4_000);
@@ -211,7 +252,7 @@ async fn a_paused_redis_costs_a_request_at_most_one_deadline_then_nothing() {
     })
     .await;
     assert_eq!(p.get("/v3/base/mc/10/1/1/png").await.status, 200, "warm: connections made");
-    eventually("stored", || entries(&redis) == 1).await;
+    eventually("stored", async || entries(&redis) == 1).await;
     redis.pause();
     let started = Instant::now();
     let r = p.get("/v3/base/mc/10/1/2/png").await;
@@ -236,7 +277,7 @@ async fn a_paused_redis_costs_a_request_at_most_one_deadline_then_nothing() {
     assert_eq!(r.x_cache(), "HIT");
     let r = p.get("/v3/base/mc/10/3/3/png").await;
     assert_eq!(r.status, 200);
-    eventually("the probe closed the breaker and stores resumed", || entries(&redis) == 2).await;
+    eventually("the probe closed the breaker and stores resumed", async || entries(&redis) == 2).await;
     assert_eq!(metric(&p.metrics().await, "tile_proxy_redis_up", &[]), 1.0);
     p.stop().await;
 }
@@ -262,8 +303,8 @@ async fn purges_by_index_tile_and_bbox_reach_every_pod_and_every_tier() {
         format!("{by_index}?indice=ic"),
     ] {
         assert_eq!(a.get(&path).await.status, 200);
-        eventually("stored in redis", || entries(&redis) >= 1).await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // A's fill stores into every tier before it ends.
+        eventually("stored in redis", async || a.state().flights.is_empty() && entries(&redis) >= 1).await;
         assert_eq!(b.get(&path).await.x_cache(), "HIT", "{path}: shared");
     }
     let calls = up.total();
@@ -274,13 +315,13 @@ async fn purges_by_index_tile_and_bbox_reach_every_pod_and_every_tier() {
     let rule = purge(&a, r#"{"index": "ib"}"#).await;
     assert_eq!(rule["rule"]["index"], "ib");
     assert_eq!(rule["shared"]["redis"], true);
-    eventually("the rule reached B", || b.state().purges.len() == 1).await;
+    eventually("the rule reached B", async || b.state().purges.len() == 1).await;
     tick(1);
     assert_eq!(b.get(&format!("{by_index}?indice=ic")).await.x_cache(), "HIT", "another index is not purged");
     let r = b.get(&format!("{by_index}?indice=ib")).await;
     assert_eq!(r.x_cache(), "MISS", "purged on B (memory tier)");
     assert_eq!(up.total(), calls + 1);
-    eventually("the new copy reached redis", || b.state().flights.is_empty()).await;
+    eventually("the new copy reached redis", async || b.state().flights.is_empty()).await;
     let r = a.get(&format!("{by_index}?indice=ib")).await;
     assert_eq!(
         (r.x_cache(), r.header("x-cache-tier")),
@@ -293,7 +334,7 @@ async fn purges_by_index_tile_and_bbox_reach_every_pod_and_every_tier() {
     tick(1);
     let rule = purge(&a, &format!(r#"{{"url": "{berlin}&indice=ia"}}"#)).await;
     assert!(rule["rule"]["key"].as_str().unwrap().contains("12/2200/1343"));
-    eventually("the rule reached B", || b.state().purges.len() == 2).await;
+    eventually("the rule reached B", async || b.state().purges.len() == 2).await;
     tick(1);
     assert_eq!(b.get(&format!("{berlin}&indice=ia")).await.x_cache(), "MISS");
     assert_eq!(b.get(&format!("{paris}&indice=ia")).await.x_cache(), "HIT", "only that tile");
@@ -302,7 +343,7 @@ async fn purges_by_index_tile_and_bbox_reach_every_pod_and_every_tier() {
     // By bbox and zoom: Berlin's area at z10-14, on every index.
     tick(1);
     purge(&a, r#"{"bbox": [13.0, 52.3, 13.8, 52.7], "zoom": [10, 14]}"#).await;
-    eventually("the rule reached B", || b.state().purges.len() == 3).await;
+    eventually("the rule reached B", async || b.state().purges.len() == 3).await;
     tick(1);
     assert_eq!(b.get(&format!("{berlin}&indice=ia")).await.x_cache(), "MISS", "inside the bbox");
     assert_eq!(b.get(&format!("{paris}&indice=ia")).await.x_cache(), "HIT", "outside the bbox");
@@ -312,7 +353,7 @@ async fn purges_by_index_tile_and_bbox_reach_every_pod_and_every_tier() {
     // purged disk copy is not served.
     tick(1);
     purge(&a, &format!(r#"{{"url": "{paris}&indice=ia"}}"#)).await;
-    eventually("the rule reached B", || b.state().purges.len() == 4).await;
+    eventually("the rule reached B", async || b.state().purges.len() == 4).await;
     let dir = b.stop().await;
     let b = Proxy::start_in(&up, dir, shared(&redis)).await;
     b.clock.advance_secs(10);
@@ -416,7 +457,7 @@ async fn the_here_key_is_nowhere_in_redis_and_a_password_protected_redis_works()
     }
     assert_eq!(a.get("/v2/vectortiles/base/mc/7/1/1/omv?apiKey=CLIENTKEY123").await.status, 200);
     purge(&a, r#"{"url": "/v3/base/mc/7/0/1/png?indice=k"}"#).await;
-    eventually("stored", || entries(&redis) == 6).await;
+    eventually("stored", async || entries(&redis) == 6).await;
     let r = b.get("/v3/base/mc/7/3/1/png?indice=k").await;
     assert_eq!(r.header("x-cache-tier"), Some("redis"), "sharing works through a password");
     let dump = redis.dump();
@@ -460,7 +501,7 @@ async fn rediss_with_a_private_ca_shares_tiles() {
     let b = Proxy::start(&up, tls).await;
     let path = "/v3/base/mc/5/3/3/png";
     assert_eq!(a.get(path).await.x_cache(), "MISS");
-    eventually("stored over TLS", || entries(&redis) == 1).await;
+    eventually("stored over TLS", async || entries(&redis) == 1).await;
     assert_eq!(b.get(path).await.header("x-cache-tier"), Some("redis"));
     a.stop().await;
     b.stop().await;
@@ -478,7 +519,7 @@ async fn tiles_above_redis_max_value_stay_local_and_skip_the_lease() {
     let b = Proxy::start(&up, small).await;
     let path = "/v3/base/mc/5/4/4/png";
     assert_eq!(a.get(path).await.x_cache(), "MISS");
-    eventually("the too-large marker", || redis.dump().iter().any(|(k, _)| k.ends_with(":x"))).await;
+    eventually("the too-large marker", async || redis.dump().iter().any(|(k, _)| k.ends_with(":x"))).await;
     assert_eq!(entries(&redis), 0, "a 40 KB tile is not shared above a 16 KiB redis_max_value");
     let started = Instant::now();
     assert_eq!(b.get(path).await.x_cache(), "MISS", "B fetches it itself");
@@ -529,7 +570,12 @@ async fn an_early_refresh_runs_once_for_the_fleet_and_the_other_pods_take_its_co
     let b = Proxy::start_drawing(&up, || 1e-3, pod).await;
     let path = "/v3/base/mc/7/30/30/png";
     let stored = a.clock.now_ms();
+    let mut filled = redis.subscribe("tile-proxy:filled").await;
     assert_eq!(a.get(path).await.x_cache(), "MISS");
+    // Pod a's fill is over when it has released its lease (and told the fleet on `filled`).
+    // Its answer may arrive before that: an early refresh started in between would find the
+    // fill's lease and leave the refresh to "another pod".
+    signalled("pod a's fill released its lease", filled.next()).await;
     assert_eq!(b.get(path).await.header("x-cache-tier"), Some("redis"));
     // Both pods' clocks to 100 ms before the entry expires.
     for p in [&a, &b] {
@@ -538,24 +584,19 @@ async fn an_early_refresh_runs_once_for_the_fleet_and_the_other_pods_take_its_co
     // Pod a refreshes early (slowly) and holds the refresh lease meanwhile.
     up.fail(path, Fault::Delay(Duration::from_millis(1_500)), 1);
     assert_eq!(a.get(path).await.x_cache(), "HIT");
-    eventually("pod a holds the refresh lease", || redis.dump().iter().any(|(k, _)| k.ends_with(":l"))).await;
+    eventually("pod a holds the refresh lease", async || redis.dump().iter().any(|(k, _)| k.ends_with(":l"))).await;
     for r in join_all((0..10).map(|_| b.get(path))).await {
         assert_eq!((r.x_cache(), r.header("age")), ("HIT", Some("59")), "pod b serves its copy meanwhile");
     }
-    eventually("pod a's refresh stored", || a.state().flights.is_empty() && up.count(path) == 2).await;
+    eventually("pod a's refresh stored", async || a.state().flights.is_empty() && up.count(path) == 2).await;
     // Pod b still has the old copy in memory: its next early refresh finds a's in Redis.
-    let mut renewed = None;
-    for _ in 0..200 {
+    eventually("pod b took pod a's refreshed copy", async || {
         let r = b.get(path).await;
         assert_eq!(r.x_cache(), "HIT");
-        if r.header("age") == Some("0") {
-            renewed = Some(r);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(renewed.is_some(), "pod b took pod a's refreshed copy");
-    eventually("pod b's refresh ended", || b.state().flights.is_empty()).await;
+        r.header("age") == Some("0")
+    })
+    .await;
+    eventually("pod b's refresh ended", async || b.state().flights.is_empty()).await;
     assert_eq!(up.count(path), 2, "one fetch and one early refresh for the whole fleet");
     let (ma, mb) = (a.metrics().await, b.metrics().await);
     assert_eq!(metric(&ma, "tile_proxy_early_refresh_total", &[]), 1.0);

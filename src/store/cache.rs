@@ -99,10 +99,19 @@ impl Code for Stored {
     }
 }
 
-/// An exclusive lock on a cache folder, held for the life of the process (released on exit).
+/// An exclusive lock on a cache folder, held until dropped (at the latest, on exit).
 #[derive(Debug)]
 pub struct DirLock {
-    _file: File,
+    file: File,
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        // Unlocked, not only closed: a child process forked meanwhile shares the open file until
+        // its exec, and would keep the folder locked after a graceful stop (a restart in the same
+        // process was refused as `InUse`).
+        let _ = self.file.unlock();
+    }
 }
 
 /// Why a cache folder cannot be locked.
@@ -125,7 +134,7 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, LockError> {
         .open(dir.join(".tile-proxy.lock"))
         .map_err(io)?;
     match file.try_lock() {
-        Ok(()) => Ok(DirLock { _file: file }),
+        Ok(()) => Ok(DirLock { file }),
         Err(std::fs::TryLockError::WouldBlock) => Err(LockError::InUse(dir.to_path_buf())),
         Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
     }
@@ -538,6 +547,32 @@ mod tests {
         assert!(matches!(lock_dir(dir.path()), Err(LockError::InUse(_))));
         drop(first);
         assert!(lock_dir(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn a_dropped_lock_is_free_at_once_even_while_a_forked_child_still_has_the_file_open() {
+        // A process that starts other processes (a test starting redis-server, an embedder)
+        // shares every open file with each child from its fork to its exec. Closing the lock
+        // file alone leaves the folder locked until then; a restart on it is refused.
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock_dir(dir.path()).unwrap();
+        // SAFETY: the child only sleeps and exits, both async-signal-safe.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            unsafe {
+                libc::sleep(30);
+                libc::_exit(0);
+            }
+        }
+        assert!(child > 0, "fork failed");
+        drop(first);
+        let again = lock_dir(dir.path());
+        // SAFETY: `child` is our own child process.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+        assert!(again.is_ok(), "the folder is still locked: {again:?}");
     }
 
     /// Threads of this process named `name`, with their scheduling policy (`/proc`, field 41).

@@ -3,6 +3,7 @@
 //! to it. Each test uses its own tile addresses so tests never share state.
 #![allow(dead_code, unused_imports)]
 
+pub mod process;
 pub mod redis_server;
 
 use std::time::Duration;
@@ -160,13 +161,28 @@ impl Proxy {
     }
 }
 
-/// Waits (bounded: 10 s) until `done` holds: for events such as a background refresh having
-/// reached the upstream, never for time to pass (tests move the clock for that).
-pub async fn eventually(what: &str, done: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !done() {
+/// The bound of every wait for something that should happen (a signal, a condition, a process
+/// to exit): generous, because the machine running the tests may be busy. Only a failing test
+/// waits this long.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Waits for a push signal, `signal` (a future that completes when the event happened),
+/// bounded by [`PATIENCE`]. Prefer this to [`eventually`] whenever the event has a signal.
+pub async fn signalled<T>(what: &str, signal: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(PATIENCE, signal).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting for: {what}"),
+    }
+}
+
+/// Polls `done` until it holds, bounded by [`PATIENCE`]: for a condition that has no push
+/// signal, such as a background refresh having reached the upstream or a metric having moved.
+/// Never for time to pass: tests move the injected clock for that.
+pub async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !done().await {
         assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -209,20 +225,21 @@ pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
 /// read until the server closed the connection (to see truncation exactly as a browser would).
 /// An empty head means the connection was closed before a whole head arrived.
 pub async fn raw_get(p: &Proxy, path: &str) -> (String, Vec<u8>) {
-    use std::io::{Read, Write};
     let addr = p.base.trim_start_matches("http://").to_string();
     let path = path.to_string();
-    tokio::task::spawn_blocking(move || {
-        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
-        let mut all = Vec::new();
-        let _ = s.read_to_end(&mut all);
-        match all.windows(4).position(|w| w == b"\r\n\r\n") {
-            Some(i) => (String::from_utf8_lossy(&all[..i + 4]).to_string(), all[i + 4..].to_vec()),
-            None => (String::new(), all),
-        }
-    })
-    .await
-    .expect("raw client")
+    tokio::task::spawn_blocking(move || raw_get_at(&addr, &path)).await.expect("raw client")
+}
+
+/// [`raw_get`] to `addr` (`host:port`), blocking.
+pub fn raw_get_at(addr: &str, path: &str) -> (String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    match all.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => (String::from_utf8_lossy(&all[..i + 4]).to_string(), all[i + 4..].to_vec()),
+        None => (String::new(), all),
+    }
 }

@@ -1,15 +1,18 @@
 //! A private `redis-server` for one test: started on a free port of 127.0.0.1 with nothing kept
-//! on disk, killed when dropped. Tests stop, pause (SIGSTOP) and restart it to test faults.
+//! on disk, ready once it says so, killed when dropped. Tests stop, pause (SIGSTOP) and restart
+//! it to test faults.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use super::process::Process;
 
 pub struct RedisServer {
     pub port: u16,
     password: Option<String>,
     /// TLS only (`rediss://`): the folder holding `ca.pem`, `server.pem`, `server.key`.
     tls: Option<std::path::PathBuf>,
-    child: Option<Child>,
+    process: Option<Process>,
 }
 
 fn free_port() -> u16 {
@@ -30,13 +33,13 @@ impl RedisServer {
     /// TLS only, with a certificate for 127.0.0.1 signed by a CA made in `dir` (`dir/ca.pem`).
     pub fn with_tls(dir: &std::path::Path) -> RedisServer {
         make_certs(dir);
-        let mut s = RedisServer { port: free_port(), password: None, tls: Some(dir.to_path_buf()), child: None };
+        let mut s = RedisServer { port: free_port(), password: None, tls: Some(dir.to_path_buf()), process: None };
         s.spawn();
         s
     }
 
     fn start_on(port: u16, password: Option<String>) -> RedisServer {
-        let mut s = RedisServer { port, password, tls: None, child: None };
+        let mut s = RedisServer { port, password, tls: None, process: None };
         s.spawn();
         s
     }
@@ -55,26 +58,27 @@ impl RedisServer {
             }
         }
         cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
-        cmd.args(["--daemonize", "no", "--loglevel", "warning", "--dir", &std::env::temp_dir().to_string_lossy()]);
+        // `notice`: the level of its "Ready to accept connections".
+        cmd.args(["--daemonize", "no", "--loglevel", "notice", "--dir", &std::env::temp_dir().to_string_lossy()]);
         if let Some(p) = &self.password {
             cmd.args(["--requirepass", p]);
         }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (apt-get install redis-server)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut c) = self.connection() {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server on port {} did not start", self.port);
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let process = Process::spawn(cmd);
+        process.line_blocking("redis-server ready (apt-get install redis-server)", |l| {
+            l.contains("Ready to accept connections")
+        });
+        self.process = Some(process);
+    }
+
+    /// Points a proxy's config at this server. Its deadlines are generous: a busy 2-core
+    /// machine misses the 50 ms default now and then, and a timed-out call (rightly) opens the
+    /// Redis breaker and leaves the fleet to per-pod decisions, which is not what a test of
+    /// sharing looks at. The tests of deadlines (a paused Redis) set their own after this.
+    pub fn share(&self, f: &mut tile_proxy::config::FileConfig) {
+        f.redis_url = Some(self.url());
+        f.redis.timeout = super::dur("3s");
+        f.redis.write_timeout = super::dur("3s");
+        f.redis.connect_timeout = super::dur("3s");
     }
 
     /// The URL a proxy is configured with.
@@ -100,6 +104,14 @@ impl RedisServer {
             }
         };
         c.get_connection_with_timeout(Duration::from_secs(2))
+    }
+
+    /// The messages published on `channel` from now on (a test's own subscriber).
+    pub async fn subscribe(&self, channel: &str) -> redis::aio::PubSubStream {
+        let client = redis::Client::open(self.url()).expect("redis url");
+        let mut pubsub = client.get_async_pubsub().await.expect("a subscriber connects to the test redis");
+        pubsub.subscribe(channel).await.expect("subscribed");
+        pubsub.into_on_message()
     }
 
     /// Runs a command; panics on failure.
@@ -134,9 +146,8 @@ impl RedisServer {
 
     /// Kills the server (SIGKILL): connections drop at once.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(mut p) = self.process.take() {
+            p.kill();
         }
     }
 
@@ -146,28 +157,18 @@ impl RedisServer {
         self.spawn();
     }
 
-    fn signal(&self, sig: &str) {
-        if let Some(c) = &self.child {
-            let ok = Command::new("kill").args([sig, &c.id().to_string()]).status().map(|s| s.success());
-            assert_eq!(ok.ok(), Some(true), "kill {sig}");
-        }
-    }
-
     /// SIGSTOP: the server hangs, connections stay open, nothing answers.
     pub fn pause(&self) {
-        self.signal("-STOP");
+        if let Some(p) = &self.process {
+            p.signal(libc::SIGSTOP);
+        }
     }
 
     /// SIGCONT.
     pub fn resume(&self) {
-        self.signal("-CONT");
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.resume();
-        self.kill();
+        if let Some(p) = &self.process {
+            p.signal(libc::SIGCONT);
+        }
     }
 }
 

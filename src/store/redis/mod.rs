@@ -265,28 +265,40 @@ impl Redis {
             }
         };
         let guard = ProbeGuard { breaker: &self.breaker, permit: Some(permit) };
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        let mut conn = self.conns[i].clone();
         let limit = match deadline {
             Deadline::Read => self.settings.timeout,
             Deadline::Write => self.settings.write_timeout,
         };
+        let deadline = tokio::time::Instant::now() + limit;
+        let conn = match permit {
+            Permit::Probe => self.answering(deadline).await,
+            Permit::Normal => Ok(self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len()),
+        };
         // An error Redis answered with (NOSCRIPT, WRONGTYPE) shows it is up: only failures to
         // reach it count against the breaker.
         let mut reachable = true;
-        let result = match tokio::time::timeout(limit, cmd.query_async::<T>(&mut conn)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                reachable = !(e.is_io_error()
-                    || e.is_connection_refusal()
-                    || e.is_timeout()
-                    || e.is_connection_dropped()
-                    || e.is_unrecoverable_error());
-                Err(RedisError::Failed(e.to_string()))
-            }
-            Err(_) => {
+        let result = match conn {
+            Err(e) => {
                 reachable = false;
-                Err(RedisError::Timeout)
+                Err(e)
+            }
+            Ok(i) => {
+                let mut conn = self.conns[i].clone();
+                match tokio::time::timeout_at(deadline, cmd.query_async::<T>(&mut conn)).await {
+                    Ok(Ok(v)) => Ok(v),
+                    Ok(Err(e)) => {
+                        reachable = !(e.is_io_error()
+                            || e.is_connection_refusal()
+                            || e.is_timeout()
+                            || e.is_connection_dropped()
+                            || e.is_unrecoverable_error());
+                        Err(RedisError::Failed(e.to_string()))
+                    }
+                    Err(_) => {
+                        reachable = false;
+                        Err(RedisError::Timeout)
+                    }
+                }
             }
         };
         let ok = reachable;
@@ -316,6 +328,34 @@ impl Redis {
             }
         }
         result
+    }
+
+    /// For a breaker probe: the first connection to answer a PING sent on every connection at
+    /// once (by `deadline`). After Redis went away and came back, each connection made before
+    /// still holds its dead socket and fails its next command, which makes it reconnect. A probe
+    /// sent on one of those re-opened the breaker for another cool-down, and the calls after a
+    /// good probe failed on the others (three failures re-open it): recovering took up to
+    /// `connections` cool-downs. The PINGs, run to their end on the Redis runtime, make every
+    /// dead connection reconnect now; the probe itself goes to one that answered.
+    async fn answering(&self, deadline: tokio::time::Instant) -> Result<usize, RedisError> {
+        let (tx, mut answers) = tokio::sync::mpsc::channel(self.conns.len());
+        for (i, conn) in self.conns.iter().enumerate() {
+            let (mut conn, tx) = (conn.clone(), tx.clone());
+            self.spawn(async move {
+                let ping = redis::cmd("PING").query_async::<redis::Value>(&mut conn).await;
+                let _ = tx.send((i, ping.map(drop).map_err(|e| e.to_string()))).await;
+            });
+        }
+        drop(tx);
+        let mut last = String::from("no connection");
+        loop {
+            match tokio::time::timeout_at(deadline, answers.recv()).await {
+                Err(_) => return Err(RedisError::Timeout),
+                Ok(None) => return Err(RedisError::Failed(last)),
+                Ok(Some((i, Ok(())))) => return Ok(i),
+                Ok(Some((_, Err(e)))) => last = e,
+            }
+        }
     }
 
     /// Runs a Lua script (`EVALSHA`, falling back to `EVAL` when Redis does not know it yet).
