@@ -436,7 +436,7 @@ async fn head_cors_and_admin_endpoints() {
     assert_eq!(h["status"], "ok");
     assert_eq!(h["cache"][0]["disk"]["enabled"], true);
     assert!(h["uptime_seconds"].is_u64());
-    // Tiles skip actix's router (proxy::TilesFirst); everything else answers as routed.
+    // Tiles skip actix's router (http::bypass::TilesFirst); everything else answers as routed.
     for path in ["/nope", "/livex", "/live/", "/admin", "/admin/purges", "/v3/base/mc/1/1/1/gif"] {
         let r = p.get(path).await;
         let want = if path.ends_with(".gif") || path.ends_with("/gif") { 400 } else { 404 };

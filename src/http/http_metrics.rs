@@ -1,11 +1,11 @@
 //! HTTP metrics, `/metrics`, and the one middleware every request passes first ([`Observe`]):
-//! the access line (access_log.rs) at the response head, the HTTP metrics when the body is done.
+//! the access line (`http::access_log`) at the response head, the HTTP metrics when the body is done.
 //!
 //! `tile_proxy_http_requests_total{endpoint, method, status}` (the HorizontalPodAutoscaler's
 //! requests per second) and `tile_proxy_http_requests_duration_seconds{...}` keep the names,
 //! labels, help and buckets that actix-web-prom gave them, so dashboards, alerts and the HPA's
 //! adapter rule read them as before. `endpoint` is the route pattern (`/live`,
-//! `/admin/seed/{id}`, `/metrics`); tiles have none (proxy::TilesFirst skips the router) and are
+//! `/admin/seed/{id}`, `/metrics`); tiles have none (`http::bypass::TilesFirst` skips the router) and are
 //! counted as `tiles_or_unknown`, with every other unrouted path. The duration runs from the
 //! request to the end of its body (a streamed miss: its last byte), as before.
 //!

@@ -38,7 +38,7 @@ pub enum Body {
 }
 
 /// What a client gets for a tile. Its response head is built by one function
-/// (`proxy::response_head`) from `meta` and the index's `lifetime`, for hits and misses alike.
+/// (`http::tile::response_head`) from `meta` and the index's `lifetime`, for hits and misses alike.
 pub struct Answer {
     pub meta: Meta,
     pub content_length: Option<u64>,
