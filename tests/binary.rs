@@ -194,6 +194,9 @@ async fn sigterm_during_a_slow_streamed_miss_drains_it_whole_and_the_restart_ser
     signalled("the first body bytes of the miss", body_started).await.expect("the client saw the body start");
     p.process.signal(libc::SIGTERM);
     let signalled = Instant::now();
+    // The signal is handled on the server's own task: wait for it to have turned /ready off
+    // (the line comes right after), not for the first request to win the race against it.
+    p.process.line("not ready after SIGTERM", |l| l.contains("not ready; serving on before draining")).await;
     let (status, _, _) = p.get("/ready");
     assert_eq!(status, 503, "/ready fails at once, while the drain delay keeps serving");
     assert!(signalled.elapsed() < Duration::from_millis(900), "{:?}", signalled.elapsed());
