@@ -1,7 +1,7 @@
 //! The clock every freshness decision reads, injected so tests move time instead of sleeping.
 //!
 //! Production uses [`SystemClock`] (Unix milliseconds). Tests hand the server a [`ManualClock`]
-//! and call [`ManualClock::advance`]: an entry's expiry, stale windows, `Age` and the circuit
+//! and call [`ManualClock::advance_ms`]: an entry's expiry, stale windows, `Age` and the circuit
 //! breaker's cool-down all follow it, with no sleeping and no dependence on machine load.
 
 use std::sync::atomic::{AtomicU64, Ordering};

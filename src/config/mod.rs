@@ -1,7 +1,7 @@
 //! Configuration: one serde struct ([`FileConfig`]), layered defaults -> TOML file ->
 //! environment -> command line, validated into [`Settings`].
 //!
-//! [`layers`] merges the sources with figment: the file (`--config` / `TILE_PROXY_CONFIG`),
+//! `layers` merges the sources with figment: the file (`--config` / `TILE_PROXY_CONFIG`),
 //! every setting as `TILE_PROXY_<KEY>` with `__` between nested keys
 //! (`TILE_PROXY_UPSTREAM__HEAD_TIMEOUT=5s`, `TILE_PROXY_INDEX__123__TTL=10m`), the legacy
 //! `HERE_API_KEY`, `HERE_API_KEY_FILE` and `CACHE_TTL_CAP`, then the command line's [`Flags`].

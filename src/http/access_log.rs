@@ -1,7 +1,7 @@
 //! The access log: one line per request (JSON by default), cheap enough to leave on.
 //!
 //! What a line costs a worker: the outermost middleware (`http_metrics::Observe`) keeps the
-//! start `Instant` in its future (nothing in the request's extensions) and calls [`log`]; the
+//! start `Instant` in its future (nothing in the request's extensions) and calls `log`; the
 //! handler notes index, tile and cache result ([`note`]: one small value in the request's
 //! extensions, which actix reuses between requests); and at the response head the line is
 //! formatted by hand, with no allocation, into one buffer shared by the workers. A full buffer

@@ -2,7 +2,7 @@
 //! `/v3/features`, `/v3/politicalViews` (Raster Tile API v3) and `/v2/vectortiles/copyright`,
 //! `/v2/vectortiles/politicalViews` (Vector Tile API v2).
 //!
-//! Same rules as tiles, in a smaller cache of their own ([`MetadataCache`]):
+//! Same rules as tiles, in a smaller cache of their own ([`crate::service::metadata::MetadataCache`]):
 //! - the query is validated ([`routes::parse_metadata_query`]): the client's `apiKey` dropped,
 //!   `indice` read (its HERE key is used, as for its tiles), anything else unknown (HERE's
 //!   OpenAPI declares no query parameter for these endpoints): 400 with `reject_unknown_params`;

@@ -1,6 +1,7 @@
 //! Seeding (warming the cache): every tile of a bbox over a zoom range, fetched once so clients
-//! find it cached. `tile-proxy seed` ([`cli`]) runs it through a running proxy or straight into
-//! a config's cache, resumably; `POST /admin/seed` ([`api`]) runs it inside a pod.
+//! find it cached. `tile-proxy seed` ([`crate::app::seed`]) runs it through a running proxy or
+//! straight into a config's cache, resumably; `POST /admin/seed` ([`crate::http::admin::seed`],
+//! its jobs kept in [`jobs`]) runs it inside a pod.
 //!
 //! Shared by both: [`tiles`] (the job checked, its tiles enumerated in a fixed order, their
 //! URLs), [`run`] (the run loop: bounded concurrency, counters, retry and stop rules),
