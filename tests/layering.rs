@@ -121,9 +121,69 @@ fn blank(text: &str) -> String {
     String::from_utf8(b).expect("utf8 stays utf8")
 }
 
-/// The longest prefix of `path` that is a module of the crate.
+/// The module `path` names: the longest prefix of it that is a module of the crate, or, when
+/// that is a folder whose `mod.rs` re-exports the next name (`pub use child::Item;`,
+/// `pub use child::{Item, ..};` or `pub use child::*;` with `Item` defined in `child`), the
+/// child that defines it. So `crate::config::Settings` is an import of `config/settings.rs`,
+/// and a circle hidden behind a folder's re-exports is still a circle.
 fn resolve(path: &[String], modules: &BTreeMap<Module, Source>) -> Option<Module> {
-    (1..=path.len()).rev().map(|n| path[..n].to_vec()).find(|m| modules.contains_key(m))
+    let m = (1..=path.len()).rev().map(|n| path[..n].to_vec()).find(|m| modules.contains_key(m))?;
+    let Some(item) = path.get(m.len()) else { return Some(m) };
+    Some(reexporter(&m, item, modules).unwrap_or(m))
+}
+
+/// The child of folder module `m` whose item `item` `m`'s `mod.rs` re-exports, if any.
+fn reexporter(m: &Module, item: &str, modules: &BTreeMap<Module, Source>) -> Option<Module> {
+    let code = &modules.get(m).filter(|s| s.file.ends_with("mod.rs"))?.code;
+    let mut globs = Vec::new();
+    for stmt in code.split(';') {
+        let Some(at) = stmt.find("pub use ") else { continue };
+        let path = stmt[at + "pub use ".len()..].trim().trim_start_matches("self::");
+        let Some((first, rest)) = path.split_once("::") else { continue };
+        let child: Module = m.iter().cloned().chain([first.to_string()]).collect();
+        if !modules.contains_key(&child) {
+            continue; // a re-export of another crate's item
+        }
+        let rest = rest.trim();
+        if rest == "*" {
+            globs.push(child);
+        } else {
+            let items = rest.trim_start_matches('{').trim_end_matches('}');
+            let named = items.split(',').map(|i| i.split(" as ").last().unwrap_or("").trim());
+            if named.into_iter().any(|i| i == item) {
+                return Some(child);
+            }
+        }
+    }
+    globs.into_iter().find(|g| defines(&modules[g].code, item))
+}
+
+/// Every child of folder module `m` that its `mod.rs` re-exports (`pub use child::...`).
+fn reexported(m: &Module, modules: &BTreeMap<Module, Source>) -> Vec<Module> {
+    let Some(code) = modules.get(m).filter(|s| s.file.ends_with("mod.rs")).map(|s| &s.code) else {
+        return Vec::new();
+    };
+    code.split(';')
+        .filter_map(|stmt| {
+            let at = stmt.find("pub use ")?;
+            let first = stmt[at + "pub use ".len()..].trim().trim_start_matches("self::").split("::").next()?;
+            let child: Module = m.iter().cloned().chain([first.to_string()]).collect();
+            modules.contains_key(&child).then_some(child)
+        })
+        .collect()
+}
+
+/// True when `code` defines `item` at some level (a struct, enum, fn, const, static, type,
+/// trait or module of that name).
+fn defines(code: &str, item: &str) -> bool {
+    ["struct ", "enum ", "fn ", "const ", "static ", "type ", "trait ", "mod "].iter().any(|kw| {
+        let pattern = format!("{kw}{item}");
+        code.match_indices(&pattern).any(|(i, _)| {
+            let before = code[..i].bytes().last();
+            let after = code[i + pattern.len()..].bytes().next();
+            !before.is_some_and(is_ident) && !after.is_some_and(is_ident)
+        })
+    })
 }
 
 fn is_ident(c: u8) -> bool {
@@ -168,6 +228,17 @@ fn imports(module: &Module, code: &str, modules: &BTreeMap<Module, Source>) -> V
                 }
             }
             let mut targets = vec![segs.clone()];
+            let top_level = code[..start].rsplit('\n').next().is_some_and(|l| l == "use ");
+            if code[j..].starts_with('*') && top_level {
+                // `use super::*;` of a folder: every file the folder re-exports is imported (a
+                // glob hides which; import from the file itself to say less).
+                let folder: Module = base.iter().cloned().chain(segs.iter().cloned()).collect();
+                for child in reexported(&folder, modules) {
+                    if &child != module {
+                        out.push((child, line));
+                    }
+                }
+            }
             if code[j..].starts_with('{') {
                 let end = code[j..].find('}').map_or(code.len(), |e| j + e);
                 targets = code[j + 1..end]
@@ -347,7 +418,7 @@ fn the_check_finds_an_upward_import_a_circle_and_actix_below_http() {
         std::fs::create_dir_all(p.parent().expect("a folder")).expect("mkdir");
         std::fs::write(p, text).expect("write");
     };
-    write("lib.rs", "pub mod base;\npub mod domain;\npub mod http;\n");
+    write("lib.rs", "pub mod base;\npub mod config;\npub mod domain;\npub mod store;\npub mod http;\n");
     write("base/mod.rs", "pub mod a;\npub mod b;\n");
     write("base/a.rs", "use crate::base::b::B;\n\n// use crate::http::x; (a comment: ignored)\n");
     write("base/b.rs", "//! doc\n\nuse super::a;\npub struct B;\n");
@@ -357,6 +428,14 @@ fn the_check_finds_an_upward_import_a_circle_and_actix_below_http() {
         "use crate::{base::b::B, http::handler};\nfn f(_: HttpRequest) {}\n#[cfg(test)]\nmod tests {\n    use crate::http::handler;\n}\n",
     );
     write("http/mod.rs", "pub mod handler;\n");
+    // A circle behind a folder's re-exports: x and y each name the other's item through `config`.
+    write("config/mod.rs", "mod x;\nmod y;\npub use bytesize::ByteSize;\npub use x::*;\npub use y::{Y};\n");
+    write("config/x.rs", "use crate::config::Y;\npub struct X;\n");
+    write("config/y.rs", "use crate::config::X;\npub struct Y;\n");
+    // And one behind a glob of the folder: `use super::*;` imports every file the folder re-exports.
+    write("store/mod.rs", "mod p;\nmod q;\npub use p::*;\npub use q::*;\n");
+    write("store/p.rs", "use super::*;\npub struct P(Q);\n");
+    write("store/q.rs", "use super::p::P;\npub struct Q;\nmod inner {\n    use super::*;\n}\n");
     write("http/handler.rs", "use crate::domain::rule;\nfn g(_: HttpRequest) {}\n");
     let found = problems(src);
     let text = found.join("\n");
@@ -377,5 +456,17 @@ fn the_check_finds_an_upward_import_a_circle_and_actix_below_http() {
             .any(|p| p.contains("import circle of 2 files") && p.contains("src/http/handler.rs:1 imports domain/rule")),
         "{text}"
     );
-    assert_eq!(found.len(), 4, "the test module's import, the comment and http/'s own HttpRequest are fine:\n{text}");
+    assert!(
+        found.iter().any(|p| p.contains("import circle of 2 files")
+            && p.contains("src/config/x.rs:1 imports config/y")
+            && p.contains("src/config/y.rs:1 imports config/x")),
+        "{text}"
+    );
+    assert!(
+        found.iter().any(|p| p.contains("import circle of 2 files")
+            && p.contains("src/store/p.rs:1 imports store/q")
+            && p.contains("src/store/q.rs:1 imports store/p")),
+        "{text}"
+    );
+    assert_eq!(found.len(), 6, "the test module's import, the comment and http/'s own HttpRequest are fine:\n{text}");
 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::defaults::*;
 use super::units;
-use super::*;
+use bytesize::ByteSize;
 
 /// What to do with a request for an index that has no `[index.<name>]` section.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,7 +26,7 @@ pub enum UnknownIndices {
 ///
 /// Tests build one with struct update syntax:
 /// `FileConfig { memory_cache: ByteSize::mib(32), ..FileConfig::default() }`, then
-/// [`Settings::from_file_config`].
+/// [`crate::config::Settings::from_file_config`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
@@ -332,24 +333,6 @@ pub struct PolicyFileConfig {
     pub api_key_file: Option<PathBuf>,
 }
 
-impl FileConfig {
-    /// This configuration as a TOML config file, with `workers` resolved from `settings` and the
-    /// key shown as `"<redacted>"`. It parses back into an equal `FileConfig` (but the key).
-    pub fn effective_toml(&self, settings: &Settings) -> String {
-        let mut shown = self.clone();
-        shown.workers = Some(settings.workers);
-        if shown.here_api_key.is_some() {
-            shown.here_api_key = Some("<redacted>".into());
-        }
-        if shown.admin_token.is_some() {
-            shown.admin_token = Some("<redacted>".into());
-        }
-        shown.redis_url = shown.redis_url.as_deref().map(redact_url);
-        let body = toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot be shown as TOML: {e}\n"));
-        format!("# tile-proxy effective configuration (defaults < file < environment < flags)\n{body}")
-    }
-}
-
 /// Every leaf key path of a serialized configuration (`upstream.head_timeout`, ...), each after
 /// `prefix`; maps empty in the value (like `index` in the defaults) are leaves too. The tests
 /// use it to prove every setting is documented and settable.
@@ -361,5 +344,23 @@ pub fn key_paths(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
             }
         }
         _ => out.push(prefix.trim_end_matches('.').to_string()),
+    }
+}
+
+/// A URL with any password replaced by `<redacted>` (for logs and `check-config`).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:<redacted>@{host}")
+            } else {
+                format!("{scheme}://<redacted>@{host}")
+            }
+        }
+        None => url.to_string(),
     }
 }

@@ -14,8 +14,9 @@ use figment::error::Kind;
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 
-use super::validate::validate;
-use super::{ConfigErrors, FileConfig, Settings};
+use super::file::{redact_url, FileConfig};
+use super::settings::Settings;
+use super::validate::{validate, ConfigErrors};
 
 /// Prefix of every setting's environment variable.
 pub(super) const ENV_PREFIX: &str = "TILE_PROXY_";
@@ -417,6 +418,38 @@ fn describe_error(e: &figment::Error) -> String {
         Kind::UnknownVariant(v, known) => format!("`{v}` is not one of: {}", known.join(", ")),
         Kind::InvalidType(found, expected) => format!("expected {expected}, found {found}"),
         other => other.to_string(),
+    }
+}
+
+impl Settings {
+    /// Loads defaults -> file -> environment -> flags and validates. The error lists every
+    /// problem found, each naming its source.
+    pub fn load(args: &Flags) -> Result<Settings, ConfigErrors> {
+        Self::load_effective(args).map(|(settings, _)| settings)
+    }
+
+    /// Like [`Settings::load`], and also gives the merged [`FileConfig`] the settings were
+    /// validated from (see [`FileConfig::effective_toml`]).
+    pub fn load_effective(args: &Flags) -> Result<(Settings, FileConfig), ConfigErrors> {
+        load(args, std::env::vars_os())
+    }
+}
+
+impl FileConfig {
+    /// This configuration as a TOML config file, with `workers` resolved from `settings` and the
+    /// key shown as `"<redacted>"`. It parses back into an equal `FileConfig` (but the key).
+    pub fn effective_toml(&self, settings: &Settings) -> String {
+        let mut shown = self.clone();
+        shown.workers = Some(settings.workers);
+        if shown.here_api_key.is_some() {
+            shown.here_api_key = Some("<redacted>".into());
+        }
+        if shown.admin_token.is_some() {
+            shown.admin_token = Some("<redacted>".into());
+        }
+        shown.redis_url = shown.redis_url.as_deref().map(redact_url);
+        let body = toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot be shown as TOML: {e}\n"));
+        format!("# tile-proxy effective configuration (defaults < file < environment < flags)\n{body}")
     }
 }
 

@@ -13,6 +13,7 @@
 //! [`MAX_TIMEOUT`], [`MAX_SIZE`]), so no later arithmetic on them can overflow.
 //! Defaults are the named constants below; `--help` shows the same values.
 
+mod defaults;
 mod file;
 mod layers;
 mod settings;
@@ -20,6 +21,7 @@ pub mod units;
 mod validate;
 
 pub use bytesize::ByteSize;
+pub use defaults::*;
 pub use file::*;
 pub use layers::{Flag, FlagValue, Flags};
 pub use settings::*;

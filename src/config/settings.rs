@@ -8,48 +8,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::validate::{validate, Problem};
-use super::*;
-
-/// Default listen address.
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
-/// Default raster (v3) upstream base URL.
-pub const DEFAULT_RASTER_UPSTREAM: &str = "https://maps.hereapi.com";
-/// Default vector (v2) upstream base URL.
-pub const DEFAULT_VECTOR_UPSTREAM: &str = "https://vector.hereapi.com";
-/// Default cache folder (the disk tier's block files live here).
-pub const DEFAULT_CACHE_DIR: &str = "./tile-cache";
-/// Default memory tier size.
-pub const DEFAULT_MEMORY_CACHE: ByteSize = ByteSize::mib(256);
-/// Default disk tier size.
-pub const DEFAULT_DISK_CACHE: ByteSize = ByteSize::gib(1);
-/// Default cap on any TTL (`CACHE_TTL_CAP`): 7 days.
-pub const DEFAULT_TTL_CAP: Duration = Duration::from_secs(7 * 24 * 3600);
-/// TTL used when neither the index nor the upstream says anything: 1 day.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
-/// Largest tile body that is stored; larger ones are streamed but not cached.
-pub const DEFAULT_MAX_ENTRY: ByteSize = ByteSize::mib(2);
-/// Bytes one in-flight fetch may buffer for requests that join it late.
-pub const DEFAULT_FLIGHT_BUFFER: ByteSize = ByteSize::mib(8);
-/// Each of the disk tier's two write buffers (foyer's flush buffer; both stay resident).
-pub const DEFAULT_DISK_WRITE_BUFFER: ByteSize = ByteSize::mib(8);
-/// Room `disk_write_buffer` must have beyond `max_entry_size` (the entry's header, page alignment).
-pub const DISK_WRITE_BUFFER_HEADROOM: ByteSize = ByteSize::kib(64);
-/// Default `redis_max_value`.
-pub const DEFAULT_REDIS_MAX_VALUE: ByteSize = ByteSize::mib(4);
-/// Smallest `flight_buffer`.
-pub const MIN_FLIGHT_BUFFER: ByteSize = ByteSize::kib(64);
-
-/// Longest duration any setting accepts (TTLs, stale windows): 365 days.
-pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
-/// Longest timeout, delay or cooldown: 1 hour.
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
-/// Largest size any setting accepts: 1 TiB.
-pub const MAX_SIZE: ByteSize = ByteSize::tib(1);
-/// Largest `max_entry_size` and `flight_buffer` (both are held in memory whole): 1 GiB.
-pub const MAX_BUFFERED: ByteSize = ByteSize::gib(1);
-/// Most worker threads.
-pub const MAX_WORKERS: usize = 1024;
+use super::file::{redact_url, UnknownIndices};
 
 /// Redis shared tier, resolved.
 #[derive(Clone)]
@@ -89,24 +48,6 @@ impl std::fmt::Debug for RedisSettings {
     }
 }
 
-/// A URL with any password replaced by `<redacted>` (for logs and `check-config`).
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
-            if userinfo.contains(':') {
-                format!("{scheme}://{user}:<redacted>@{host}")
-            } else {
-                format!("{scheme}://<redacted>@{host}")
-            }
-        }
-        None => url.to_string(),
-    }
-}
-
 /// Cache policy of one index, resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
@@ -119,14 +60,9 @@ pub struct Policy {
     /// Per-client token bucket; `None`: unlimited.
     pub rate_limit: Option<ClientRate>,
     /// XFetch's `beta` ([`crate::domain::freshness::early_refresh`]): 0 = no early refresh. Finite,
-    /// 0 to [`MAX_EARLY_REFRESH_BETA`].
+    /// 0 to [`crate::config::MAX_EARLY_REFRESH_BETA`].
     pub early_refresh_beta: f64,
 }
-
-/// Default `early_refresh_beta`: XFetch's own recommendation.
-pub const DEFAULT_EARLY_REFRESH_BETA: f64 = 1.0;
-/// Largest `early_refresh_beta` accepted (10 refreshes about 10 fetch times before expiry).
-pub const MAX_EARLY_REFRESH_BETA: f64 = 10.0;
 
 /// An index's upstream budget: fetches per UTC hour and day (`None`: unlimited).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -164,7 +100,8 @@ pub struct UpstreamSettings {
 }
 
 /// The validated configuration the server runs with. Every duration is at most
-/// [`MAX_DURATION`] (timeouts at most [`MAX_TIMEOUT`]) and every size at most [`MAX_SIZE`].
+/// [`crate::config::MAX_DURATION`] (timeouts at most [`crate::config::MAX_TIMEOUT`]) and every
+/// size at most [`crate::config::MAX_SIZE`].
 #[derive(Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
@@ -276,25 +213,6 @@ impl Settings {
     pub fn policy(&self, index: &str) -> &Policy {
         self.policies.get(index).unwrap_or(&self.default_policy)
     }
-
-    /// Loads defaults -> file -> environment -> flags and validates. The error lists every
-    /// problem found, each naming its source.
-    pub fn load(args: &Flags) -> Result<Settings, ConfigErrors> {
-        Self::load_effective(args).map(|(settings, _)| settings)
-    }
-
-    /// Like [`Settings::load`], and also gives the merged [`FileConfig`] the settings were
-    /// validated from (see [`FileConfig::effective_toml`]).
-    pub fn load_effective(args: &Flags) -> Result<(Settings, FileConfig), ConfigErrors> {
-        layers::load(args, std::env::vars_os())
-    }
-
-    /// Validates a complete [`FileConfig`] into [`Settings`], collecting every problem.
-    /// `api_key_env` variables are read from the process environment.
-    pub fn from_file_config(file: FileConfig) -> Result<Settings, ConfigErrors> {
-        validate(&file, &|name| std::env::var(name).ok())
-            .map_err(|problems| ConfigErrors(problems.iter().map(Problem::to_string).collect()))
-    }
 }
 
 /// How the access log (`http::access_log`) is written.
@@ -308,10 +226,4 @@ pub struct AccessLogSettings {
     pub buffer: usize,
     /// Longest a line waits in the buffer.
     pub flush: Duration,
-}
-
-/// The disk tier's block size for a largest entry: a power of two at least the entry plus
-/// 64 KiB of headroom, and at least 1 MiB. foyer silently drops entries that do not fit a block.
-pub fn block_size_for(max_entry: usize) -> usize {
-    (max_entry + (64 << 10)).next_power_of_two().max(1 << 20)
 }

@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use super::defaults::*;
+use super::file::*;
+use super::settings::*;
 use super::units;
-use super::*;
+use bytesize::ByteSize;
 
 /// Every problem found in the configuration, one line each.
 #[derive(Debug)]
@@ -589,5 +592,14 @@ fn resolve_rate(section: &[&str], p: &PolicyFileConfig, base: &Policy, c: &mut C
             None
         }
         None => base.rate_limit.map(|r| ClientRate { burst: p.rate_burst.unwrap_or(r.burst).clamp(1, 1_000_000), ..r }),
+    }
+}
+
+impl Settings {
+    /// Validates a complete [`FileConfig`] into [`Settings`], collecting every problem.
+    /// `api_key_env` variables are read from the process environment.
+    pub fn from_file_config(file: FileConfig) -> Result<Settings, ConfigErrors> {
+        validate(&file, &|name| std::env::var(name).ok())
+            .map_err(|problems| ConfigErrors(problems.iter().map(Problem::to_string).collect()))
     }
 }

@@ -1,0 +1,57 @@
+//! The built-in defaults and the bounds of every setting, as named constants (`--help` shows
+//! the same values), and the disk tier's block size they imply.
+
+use std::time::Duration;
+
+use bytesize::ByteSize;
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Default raster (v3) upstream base URL.
+pub const DEFAULT_RASTER_UPSTREAM: &str = "https://maps.hereapi.com";
+/// Default vector (v2) upstream base URL.
+pub const DEFAULT_VECTOR_UPSTREAM: &str = "https://vector.hereapi.com";
+/// Default cache folder (the disk tier's block files live here).
+pub const DEFAULT_CACHE_DIR: &str = "./tile-cache";
+/// Default memory tier size.
+pub const DEFAULT_MEMORY_CACHE: ByteSize = ByteSize::mib(256);
+/// Default disk tier size.
+pub const DEFAULT_DISK_CACHE: ByteSize = ByteSize::gib(1);
+/// Default cap on any TTL (`CACHE_TTL_CAP`): 7 days.
+pub const DEFAULT_TTL_CAP: Duration = Duration::from_secs(7 * 24 * 3600);
+/// TTL used when neither the index nor the upstream says anything: 1 day.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Largest tile body that is stored; larger ones are streamed but not cached.
+pub const DEFAULT_MAX_ENTRY: ByteSize = ByteSize::mib(2);
+/// Bytes one in-flight fetch may buffer for requests that join it late.
+pub const DEFAULT_FLIGHT_BUFFER: ByteSize = ByteSize::mib(8);
+/// Each of the disk tier's two write buffers (foyer's flush buffer; both stay resident).
+pub const DEFAULT_DISK_WRITE_BUFFER: ByteSize = ByteSize::mib(8);
+/// Room `disk_write_buffer` must have beyond `max_entry_size` (the entry's header, page alignment).
+pub const DISK_WRITE_BUFFER_HEADROOM: ByteSize = ByteSize::kib(64);
+/// Default `redis_max_value`.
+pub const DEFAULT_REDIS_MAX_VALUE: ByteSize = ByteSize::mib(4);
+/// Smallest `flight_buffer`.
+pub const MIN_FLIGHT_BUFFER: ByteSize = ByteSize::kib(64);
+
+/// Longest duration any setting accepts (TTLs, stale windows): 365 days.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest timeout, delay or cooldown: 1 hour.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Largest size any setting accepts: 1 TiB.
+pub const MAX_SIZE: ByteSize = ByteSize::tib(1);
+/// Largest `max_entry_size` and `flight_buffer` (both are held in memory whole): 1 GiB.
+pub const MAX_BUFFERED: ByteSize = ByteSize::gib(1);
+/// Most worker threads.
+pub const MAX_WORKERS: usize = 1024;
+
+/// Default `early_refresh_beta`: XFetch's own recommendation.
+pub const DEFAULT_EARLY_REFRESH_BETA: f64 = 1.0;
+/// Largest `early_refresh_beta` accepted (10 refreshes about 10 fetch times before expiry).
+pub const MAX_EARLY_REFRESH_BETA: f64 = 10.0;
+
+/// The disk tier's block size for a largest entry: a power of two at least the entry plus
+/// 64 KiB of headroom, and at least 1 MiB. foyer silently drops entries that do not fit a block.
+pub fn block_size_for(max_entry: usize) -> usize {
+    (max_entry + (64 << 10)).next_power_of_two().max(1 << 20)
+}
