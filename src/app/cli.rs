@@ -10,7 +10,8 @@ use crate::config::units;
 use crate::config::Settings;
 use crate::config::{
     FlagValue, Flags, DEFAULT_CACHE_DIR, DEFAULT_DISK_CACHE, DEFAULT_LISTEN, DEFAULT_MEMORY_CACHE,
-    DEFAULT_RASTER_UPSTREAM, DEFAULT_TTL_CAP, DEFAULT_VECTOR_UPSTREAM,
+    DEFAULT_RASTER_UPSTREAM, DEFAULT_TRAFFIC_RASTER_UPSTREAM, DEFAULT_TRAFFIC_VECTOR_UPSTREAM, DEFAULT_TTL_CAP,
+    DEFAULT_VECTOR_UPSTREAM,
 };
 
 /// `tile-proxy`: a caching proxy for HERE map tiles.
@@ -99,6 +100,10 @@ pub struct ServeArgs {
     pub raster_upstream: Option<String>,
     #[arg(long, value_name = "URL", help = help("Vector tile upstream base URL", "TILE_PROXY_VECTOR_UPSTREAM", DEFAULT_VECTOR_UPSTREAM))]
     pub vector_upstream: Option<String>,
+    #[arg(long, value_name = "URL", help = help("Traffic raster tile upstream base URL", "TILE_PROXY_TRAFFIC_RASTER_UPSTREAM", DEFAULT_TRAFFIC_RASTER_UPSTREAM))]
+    pub traffic_raster_upstream: Option<String>,
+    #[arg(long, value_name = "URL", help = help("Traffic vector tile upstream base URL", "TILE_PROXY_TRAFFIC_VECTOR_UPSTREAM", DEFAULT_TRAFFIC_VECTOR_UPSTREAM))]
+    pub traffic_vector_upstream: Option<String>,
     #[arg(long, value_name = "DIR", help = help("Cache folder for the disk tier", "TILE_PROXY_CACHE_DIR", DEFAULT_CACHE_DIR))]
     pub cache_dir: Option<PathBuf>,
     #[arg(long, value_name = "SIZE", help = help("Memory tier size, e.g. 256MiB", "TILE_PROXY_MEMORY_CACHE", units::format_size(DEFAULT_MEMORY_CACHE)))]
@@ -125,6 +130,8 @@ impl ServeArgs {
             ("here_api_key", "--here-api-key", &self.here_api_key),
             ("raster_upstream", "--raster-upstream", &self.raster_upstream),
             ("vector_upstream", "--vector-upstream", &self.vector_upstream),
+            ("traffic_raster_upstream", "--traffic-raster-upstream", &self.traffic_raster_upstream),
+            ("traffic_vector_upstream", "--traffic-vector-upstream", &self.traffic_vector_upstream),
             ("memory_cache", "--memory-cache", &self.memory_cache),
             ("disk_cache", "--disk-cache", &self.disk_cache),
             ("log_format", "--log-format", &self.log_format),

@@ -11,6 +11,15 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_RASTER_UPSTREAM: &str = "https://maps.hereapi.com";
 /// Default vector (v2) upstream base URL.
 pub const DEFAULT_VECTOR_UPSTREAM: &str = "https://vector.hereapi.com";
+/// Default Traffic Raster Tile API v3 upstream base URL.
+pub const DEFAULT_TRAFFIC_RASTER_UPSTREAM: &str = "https://traffic.maps.hereapi.com";
+/// Default Traffic Vector Tile API v2 upstream base URL.
+pub const DEFAULT_TRAFFIC_VECTOR_UPSTREAM: &str = "https://traffic.vector.hereapi.com";
+/// How long a traffic tile is fresh for an index that sets nothing: HERE's flow changes about
+/// once a minute, so half of that.
+pub const DEFAULT_TRAFFIC_TTL: Duration = Duration::from_secs(30);
+/// How long, past its freshness, the last known traffic may stand in for a failing upstream.
+pub const DEFAULT_TRAFFIC_STALE_IF_ERROR: Duration = Duration::from_secs(300);
 /// Default cache folder (the disk tier's block files live here).
 pub const DEFAULT_CACHE_DIR: &str = "./tile-cache";
 /// Default memory tier size.

@@ -40,6 +40,10 @@ pub struct FileConfig {
     pub upstream_requires_key: bool,
     pub raster_upstream: String,
     pub vector_upstream: String,
+    /// Traffic Raster Tile API v3 (`/v3/flow/...`).
+    pub traffic_raster_upstream: String,
+    /// Traffic Vector Tile API v2 (`/v2/traffictiles/...`).
+    pub traffic_vector_upstream: String,
     pub cache_dir: PathBuf,
     #[serde(with = "units::size")]
     pub memory_cache: ByteSize,
@@ -150,6 +154,8 @@ impl Default for FileConfig {
             upstream_requires_key: true,
             raster_upstream: DEFAULT_RASTER_UPSTREAM.into(),
             vector_upstream: DEFAULT_VECTOR_UPSTREAM.into(),
+            traffic_raster_upstream: DEFAULT_TRAFFIC_RASTER_UPSTREAM.into(),
+            traffic_vector_upstream: DEFAULT_TRAFFIC_VECTOR_UPSTREAM.into(),
             cache_dir: DEFAULT_CACHE_DIR.into(),
             memory_cache: DEFAULT_MEMORY_CACHE,
             disk_cache: DEFAULT_DISK_CACHE,
@@ -321,6 +327,18 @@ pub struct PolicyFileConfig {
     pub budget_hour: Option<u64>,
     /// Upstream fetches per UTC day.
     pub budget_day: Option<u64>,
+    /// How long a traffic tile (flow, incidents) is fresh for this index (default 30s); it
+    /// overrides `ttl` and the upstream's `max-age` for traffic, and is how long a 204 "no
+    /// traffic here" is remembered.
+    #[serde(with = "units::opt_duration")]
+    pub traffic_ttl: Option<Duration>,
+    /// How long past `traffic_ttl` the last known traffic is served when HERE fails (default 5m).
+    #[serde(with = "units::opt_duration")]
+    pub traffic_stale_if_error: Option<Duration>,
+    /// Traffic tile fetches this index may cause per UTC hour (HERE bills traffic apart).
+    pub traffic_budget_hour: Option<u64>,
+    /// Traffic tile fetches per UTC day.
+    pub traffic_budget_day: Option<u64>,
     /// Requests per second one client (IP) may make for this index (token bucket refill).
     pub rate_limit: Option<f64>,
     /// Requests a client may make at once before `rate_limit` applies (bucket size; default:

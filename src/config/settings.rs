@@ -62,6 +62,34 @@ pub struct Policy {
     /// XFetch's `beta` ([`crate::domain::freshness::early_refresh`]): 0 = no early refresh. Finite,
     /// 0 to [`crate::config::MAX_EARLY_REFRESH_BETA`].
     pub early_refresh_beta: f64,
+    /// How the same index treats traffic tiles ([`Policy::traffic_view`]).
+    pub traffic: TrafficPolicy,
+}
+
+/// An index's traffic settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrafficPolicy {
+    pub ttl: Duration,
+    pub stale_if_error: Duration,
+    pub budget: Budget,
+}
+
+impl Policy {
+    /// The policy this index applies to traffic tiles: `traffic.ttl` as its TTL (over the
+    /// upstream's `max-age`) and as the lifetime of a 204 "no traffic" answer, its own
+    /// stale-if-error and budget, a stale-while-revalidate window of at most one TTL; the rest
+    /// (client `Cache-Control` template, rate limit, early refresh) as for its other tiles.
+    pub fn traffic_view(&self) -> Policy {
+        let t = self.traffic;
+        Policy {
+            ttl: Some(t.ttl),
+            stale_while_revalidate: self.stale_while_revalidate.min(t.ttl),
+            stale_if_error: t.stale_if_error,
+            negative_ttl: t.ttl,
+            budget: t.budget,
+            ..self.clone()
+        }
+    }
 }
 
 /// An index's upstream budget: fetches per UTC hour and day (`None`: unlimited).
@@ -110,6 +138,8 @@ pub struct Settings {
     pub api_key: Option<String>,
     pub raster_upstream: String,
     pub vector_upstream: String,
+    pub traffic_raster_upstream: String,
+    pub traffic_vector_upstream: String,
     pub cache_dir: PathBuf,
     pub memory_cache: usize,
     pub disk_cache: usize,
@@ -131,6 +161,9 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     pub default_policy: Policy,
     pub policies: BTreeMap<String, Policy>,
+    /// [`Policy::traffic_view`] of `default_policy` and of each of `policies`.
+    pub traffic_default_policy: Policy,
+    pub traffic_policies: BTreeMap<String, Policy>,
     /// Indices without a section: served with `[defaults]` or refused. Default: allow.
     pub unknown_indices: UnknownIndices,
     /// Peers whose forwarding headers are believed; a bare IP is a /32 or /128. Default: none.
@@ -169,6 +202,8 @@ impl std::fmt::Debug for Settings {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("raster_upstream", &self.raster_upstream)
             .field("vector_upstream", &self.vector_upstream)
+            .field("traffic_raster_upstream", &self.traffic_raster_upstream)
+            .field("traffic_vector_upstream", &self.traffic_vector_upstream)
             .field("cache_dir", &self.cache_dir)
             .field("memory_cache", &self.memory_cache)
             .field("disk_cache", &self.disk_cache)
@@ -212,6 +247,16 @@ impl Settings {
     /// The policy for `index`: its own section, else `[defaults]`.
     pub fn policy(&self, index: &str) -> &Policy {
         self.policies.get(index).unwrap_or(&self.default_policy)
+    }
+
+    /// The policy `index` applies to its tiles: [`Settings::policy`], or for `traffic` tiles
+    /// (`Api::is_traffic`) its traffic view.
+    pub fn policy_for(&self, index: &str, traffic: bool) -> &Policy {
+        if traffic {
+            self.traffic_policies.get(index).unwrap_or(&self.traffic_default_policy)
+        } else {
+            self.policy(index)
+        }
     }
 }
 

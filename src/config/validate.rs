@@ -114,6 +114,8 @@ pub(super) fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings
     let api_key = resolve_key(file, &mut c);
     let raster_upstream = check_base_url("raster_upstream", &file.raster_upstream, &mut c);
     let vector_upstream = check_base_url("vector_upstream", &file.vector_upstream, &mut c);
+    let traffic_raster_upstream = check_base_url("traffic_raster_upstream", &file.traffic_raster_upstream, &mut c);
+    let traffic_vector_upstream = check_base_url("traffic_vector_upstream", &file.traffic_vector_upstream, &mut c);
     let memory_cache = c.size(&["memory_cache"], file.memory_cache, ByteSize::b(1), MAX_SIZE);
     let max_entry_size = c.size(&["max_entry_size"], file.max_entry_size, ByteSize::b(1), MAX_BUFFERED);
     let disk_cache = c.size(&["disk_cache"], file.disk_cache, ByteSize::b(0), MAX_SIZE);
@@ -239,6 +241,11 @@ pub(super) fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings
         budget: Budget::default(),
         rate_limit: None,
         early_refresh_beta: DEFAULT_EARLY_REFRESH_BETA,
+        traffic: TrafficPolicy {
+            ttl: DEFAULT_TRAFFIC_TTL,
+            stale_if_error: DEFAULT_TRAFFIC_STALE_IF_ERROR,
+            budget: Budget::default(),
+        },
     };
     let default_policy = resolve_policy(&["defaults"], &file.defaults, &builtin, &mut c);
     let own_key_only = "only an [index.<name>] section can have its own key";
@@ -271,6 +278,8 @@ pub(super) fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings
         api_key,
         raster_upstream,
         vector_upstream,
+        traffic_raster_upstream,
+        traffic_vector_upstream,
         cache_dir: file.cache_dir.clone(),
         memory_cache,
         disk_cache,
@@ -286,6 +295,8 @@ pub(super) fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings
         shutdown_timeout,
         drain_delay,
         upstream,
+        traffic_default_policy: default_policy.traffic_view(),
+        traffic_policies: policies.iter().map(|(k, p)| (k.clone(), p.traffic_view())).collect(),
         default_policy,
         policies,
         unknown_indices: file.unknown_indices,
@@ -571,6 +582,22 @@ fn resolve_policy(section: &[&str], p: &PolicyFileConfig, base: &Policy, c: &mut
                 base.early_refresh_beta
             }
             None => base.early_refresh_beta,
+        },
+        traffic: TrafficPolicy {
+            ttl: match dur(c, "traffic_ttl", p.traffic_ttl) {
+                Some(d) if d.is_zero() => {
+                    c.push(&path("traffic_ttl"), "must be longer than 0");
+                    base.traffic.ttl
+                }
+                Some(d) => d,
+                None => base.traffic.ttl,
+            },
+            stale_if_error: dur(c, "traffic_stale_if_error", p.traffic_stale_if_error)
+                .unwrap_or(base.traffic.stale_if_error),
+            budget: Budget {
+                hour: p.traffic_budget_hour.or(base.traffic.budget.hour),
+                day: p.traffic_budget_day.or(base.traffic.budget.day),
+            },
         },
     }
 }

@@ -148,20 +148,17 @@ impl Breaker {
 
 /// One breaker per upstream API.
 pub struct Breakers {
-    pub raster: Breaker,
-    pub vector: Breaker,
+    /// [`Api::index`] order.
+    by_api: [Breaker; 4],
 }
 
 impl Breakers {
     pub fn new(threshold: u32, cooldown: Duration) -> Self {
-        Self { raster: Breaker::new(threshold, cooldown), vector: Breaker::new(threshold, cooldown) }
+        Self { by_api: Api::ALL.map(|_| Breaker::new(threshold, cooldown)) }
     }
 
     pub fn get(&self, api: Api) -> &Breaker {
-        match api {
-            Api::Raster => &self.raster,
-            Api::Vector => &self.vector,
-        }
+        &self.by_api[api.index()]
     }
 
     /// Asks `api`'s breaker for a permit, as a guard that gives a probe back if dropped

@@ -383,6 +383,7 @@ pub(crate) mod tests {
             version_ms: 0,
             freshness: Default::default(),
             fetch_ms: 0,
+            last_modified: None,
         }
     }
 

@@ -47,6 +47,9 @@ pub struct Meta {
     /// XFetch early refresh (`freshness::early_refresh`). 0: unknown (an entry written before
     /// this was recorded), which means no early refresh for it.
     pub fetch_ms: u32,
+    /// The upstream's `Last-Modified`, in Unix seconds (sent back as `If-Modified-Since` when
+    /// revalidating an entry without an ETag). `None`: it sent none.
+    pub last_modified: Option<u64>,
 }
 
 impl Meta {
@@ -60,6 +63,12 @@ impl Meta {
         }
         let len = body_len?;
         HeaderValue::from_str(&format!("\"tp-{:x}-{:x}\"", self.version_ms, len)).ok()
+    }
+
+    /// The `Last-Modified` clients see, in Unix seconds: the upstream's, else when these bytes
+    /// were first fetched (a 304 renewal does not change it).
+    pub fn client_last_modified(&self) -> u64 {
+        self.last_modified.unwrap_or(self.version_ms / 1000)
     }
 
     /// Seconds since stored (the `Age` header).
@@ -79,7 +88,7 @@ impl Entry {
     /// Bytes this entry weighs in the memory tier.
     pub fn weight(&self) -> usize {
         let hv = |v: &Option<HeaderValue>| v.as_ref().map_or(0, |v| v.len());
-        self.body.len() + hv(&self.meta.content_type) + hv(&self.meta.content_encoding) + hv(&self.meta.etag) + 96
+        self.body.len() + hv(&self.meta.content_type) + hv(&self.meta.content_encoding) + hv(&self.meta.etag) + 104
     }
 }
 
@@ -88,8 +97,10 @@ impl Entry {
 #[error("corrupt cache entry: {0}")]
 pub struct DecodeError(pub &'static str);
 
-/// The current layout. `TPE2` (the same without `fetch_ms`) is still read, as `fetch_ms = 0`.
-const MAGIC: &[u8; 4] = b"TPE3";
+/// The current layout. `TPE3` (the same without `last_modified`) is still read, as `None`, and
+/// `TPE2` (also without `fetch_ms`) as `fetch_ms = 0`.
+const MAGIC: &[u8; 4] = b"TPE4";
+const MAGIC_V3: &[u8; 4] = b"TPE3";
 const MAGIC_V2: &[u8; 4] = b"TPE2";
 /// Longest header value we store (content type, encoding, ETag).
 const MAX_HEADER: usize = 1024;
@@ -105,8 +116,8 @@ fn put_opt(w: &mut Vec<u8>, v: &Option<HeaderValue>) {
 }
 
 impl Entry {
-    /// Encodes: magic, status, times, freshness, fetch duration, three optional header values,
-    /// body, CRC-32 of all that precedes it.
+    /// Encodes: magic, status, times, freshness, fetch duration, `Last-Modified` (`u64::MAX`:
+    /// none), three optional header values, body, CRC-32 of all that precedes it.
     pub fn encode(&self, w: &mut impl Write) -> std::io::Result<()> {
         let m = &self.meta;
         let mut head = Vec::with_capacity(64 + self.weight() - self.body.len());
@@ -117,6 +128,7 @@ impl Entry {
         head.extend_from_slice(&m.freshness.ttl_secs.unwrap_or(u32::MAX).to_le_bytes());
         head.push(u8::from(m.freshness.no_store));
         head.extend_from_slice(&m.fetch_ms.to_le_bytes());
+        head.extend_from_slice(&m.last_modified.unwrap_or(u64::MAX).to_le_bytes());
         put_opt(&mut head, &m.content_type);
         put_opt(&mut head, &m.content_encoding);
         put_opt(&mut head, &m.etag);
@@ -138,6 +150,7 @@ impl Entry {
             + 4
             + 1
             + 4
+            + 8
             + hv(&self.meta.content_type)
             + hv(&self.meta.content_encoding)
             + hv(&self.meta.etag)
@@ -146,7 +159,7 @@ impl Entry {
             + 4
     }
 
-    /// Decodes a record (the current layout or `TPE2`), refusing bodies longer than `max_body`.
+    /// Decodes a record (the current layout, `TPE3` or `TPE2`), refusing bodies longer than `max_body`.
     /// Never allocates more than the reader actually yields.
     pub fn decode(r: &mut impl Read, max_body: usize) -> Result<Entry, DecodeError> {
         Self::decode_with(r, max_body, true)
@@ -164,12 +177,18 @@ impl Entry {
         let mut crc = crc32fast::Hasher::new();
         let mut fixed = [0u8; 4 + 2 + 8 + 8 + 4 + 1];
         read_exact(r, &mut fixed, &mut crc)?;
-        let fetch_ms = if &fixed[..4] == MAGIC {
+        let (fetch_ms, last_modified) = if &fixed[..4] == MAGIC || &fixed[..4] == MAGIC_V3 {
             let mut ms = [0u8; 4];
             read_exact(r, &mut ms, &mut crc)?;
-            u32::from_le_bytes(ms)
+            let mut lm = None;
+            if &fixed[..4] == MAGIC {
+                let mut at = [0u8; 8];
+                read_exact(r, &mut at, &mut crc)?;
+                lm = Some(u64::from_le_bytes(at)).filter(|v| *v != u64::MAX);
+            }
+            (u32::from_le_bytes(ms), lm)
         } else if &fixed[..4] == MAGIC_V2 {
-            0
+            (0, None)
         } else {
             return Err(DecodeError("not a tile-proxy entry (or an older layout)"));
         };
@@ -214,6 +233,7 @@ impl Entry {
                 version_ms,
                 freshness: Freshness { ttl_secs: (ttl != u32::MAX).then_some(ttl), no_store },
                 fetch_ms,
+                last_modified,
             },
             body: Bytes::from(body),
         })
@@ -267,6 +287,7 @@ mod tests {
                 version_ms: 1_699_000_000_000,
                 freshness: Freshness { ttl_secs: Some(60), no_store: false },
                 fetch_ms: 120,
+                last_modified: Some(1_698_000_000),
             },
             body: Bytes::from_static(body),
         }
@@ -284,6 +305,7 @@ mod tests {
         negative.meta.status = 404;
         negative.meta.etag = None;
         negative.meta.freshness = Freshness { ttl_secs: None, no_store: true };
+        negative.meta.last_modified = None;
         let mut empty = entry(b"");
         empty.meta.status = 204;
         empty.meta.content_type = None;
@@ -295,16 +317,20 @@ mod tests {
         }
     }
 
-    /// A `TPE2` record (written before `fetch_ms` existed), byte for byte as that layout was.
-    fn encoded_v2(e: &Entry) -> Vec<u8> {
+    /// A `TPE2` record (written before `fetch_ms` existed) or a `TPE3` one (before
+    /// `last_modified`), byte for byte as those layouts were.
+    fn encoded_old(e: &Entry, magic: &[u8; 4]) -> Vec<u8> {
         let m = &e.meta;
         let mut head = Vec::new();
-        head.extend_from_slice(b"TPE2");
+        head.extend_from_slice(magic);
         head.extend_from_slice(&m.status.to_le_bytes());
         head.extend_from_slice(&m.stored_at_ms.to_le_bytes());
         head.extend_from_slice(&m.version_ms.to_le_bytes());
         head.extend_from_slice(&m.freshness.ttl_secs.unwrap_or(u32::MAX).to_le_bytes());
         head.push(u8::from(m.freshness.no_store));
+        if magic == b"TPE3" {
+            head.extend_from_slice(&m.fetch_ms.to_le_bytes());
+        }
         put_opt(&mut head, &m.content_type);
         put_opt(&mut head, &m.content_encoding);
         put_opt(&mut head, &m.etag);
@@ -318,14 +344,18 @@ mod tests {
     #[test]
     fn an_older_record_still_decodes_with_an_unknown_fetch_time() {
         let e = entry(b"\x89PNG old layout");
-        let old = encoded_v2(&e);
-        assert_eq!(old.len() + 4, e.encoded_len(), "the new layout adds the 4-byte fetch time only");
+        let old = encoded_old(&e, b"TPE2");
+        assert_eq!(old.len() + 12, e.encoded_len(), "the fetch time and Last-Modified came since");
         let got = Entry::decode(&mut old.as_slice(), 1 << 20).unwrap();
-        assert_eq!(got, Entry { meta: Meta { fetch_ms: 0, ..e.meta.clone() }, ..e.clone() });
-        assert_eq!(&encoded(&e)[..4], b"TPE3");
+        assert_eq!(got, Entry { meta: Meta { fetch_ms: 0, last_modified: None, ..e.meta.clone() }, ..e.clone() });
+        assert_eq!(&encoded(&e)[..4], b"TPE4");
         for cut in 0..old.len() {
             assert!(Entry::decode(&mut &old[..cut], 1 << 20).is_err(), "cut at {cut}");
         }
+        let v3 = encoded_old(&e, b"TPE3");
+        assert_eq!(v3.len() + 8, e.encoded_len(), "TPE4 adds the 8-byte Last-Modified only");
+        let got = Entry::decode(&mut v3.as_slice(), 1 << 20).unwrap();
+        assert_eq!(got, Entry { meta: Meta { last_modified: None, ..e.meta.clone() }, ..e.clone() });
     }
 
     #[test]

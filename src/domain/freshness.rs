@@ -160,16 +160,24 @@ impl crate::config::Settings {
     }
 
     /// How long a shared entry must be kept for the longest view of any configured index (and
-    /// of unconfigured ones, which use `[defaults]`). `None`: no index can use it.
-    pub fn retention(&self, meta: &Meta) -> Option<Duration> {
-        retention(meta, std::iter::once(&self.default_policy).chain(self.policies.values()), self.limits())
+    /// of unconfigured ones, which use `[defaults]`); a `traffic` tile for their traffic views.
+    /// `None`: no index can use it.
+    pub fn retention(&self, meta: &Meta, traffic: bool) -> Option<Duration> {
+        let (default, policies) = if traffic {
+            (&self.traffic_default_policy, &self.traffic_policies)
+        } else {
+            (&self.default_policy, &self.policies)
+        };
+        retention(meta, std::iter::once(default).chain(policies.values()), self.limits())
     }
 
     /// The longest any entry can be of use to any index: `ttl_cap` plus the longest stale
     /// window. A purge rule older than this can match nothing still cached.
     pub fn max_entry_life(&self) -> Duration {
-        let stale = std::iter::once(&self.default_policy)
+        let stale = [&self.default_policy, &self.traffic_default_policy]
+            .into_iter()
             .chain(self.policies.values())
+            .chain(self.traffic_policies.values())
             .map(|p| p.stale_while_revalidate.max(p.stale_if_error))
             .max()
             .unwrap_or_default();
@@ -265,6 +273,11 @@ mod tests {
             budget: Default::default(),
             rate_limit: None,
             early_refresh_beta: 1.0,
+            traffic: crate::config::TrafficPolicy {
+                ttl: Duration::from_secs(30),
+                stale_if_error: Duration::from_secs(300),
+                budget: Default::default(),
+            },
         }
     }
 
@@ -278,6 +291,7 @@ mod tests {
             version_ms: 1_000_000,
             freshness: Freshness { ttl_secs, no_store },
             fetch_ms: 0,
+            last_modified: None,
         }
     }
 

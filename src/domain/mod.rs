@@ -1,8 +1,10 @@
 //! What a tile request and a stored tile mean, as pure rules: the URL grammar ([`routes`]), the
 //! cache key ([`key`]), the stored entry ([`entry`]), freshness ([`freshness`]), purge rules
-//! ([`purge`]) and the circuit breaker's state machine ([`breaker`]). No I/O, no actix.
+//! ([`purge`]), the circuit breaker's state machine ([`breaker`]) and conditional requests
+//! ([`conditional`]). No I/O, no actix.
 
 pub mod breaker;
+pub mod conditional;
 pub mod encoding;
 pub mod entry;
 pub mod failure;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
 
+use crate::domain::conditional::http_date_secs;
 use crate::domain::entry::{Freshness, Meta};
 use crate::domain::failure::UpstreamFailure;
 use crate::domain::freshness;
@@ -30,6 +31,7 @@ pub struct UpstreamHead {
     pub date: Option<String>,
     pub age: Option<String>,
     pub retry_after: Option<String>,
+    pub last_modified: Option<String>,
 }
 
 impl UpstreamHead {
@@ -46,6 +48,7 @@ impl UpstreamHead {
             date: s(header::DATE),
             age: s(header::AGE),
             retry_after: s(header::RETRY_AFTER),
+            last_modified: s(header::LAST_MODIFIED),
         }
     }
 }
@@ -59,8 +62,9 @@ pub enum Plan {
     /// Read the whole small body (at most [`MAX_SMALL_BODY`]), scrub it, then relay it: a 404
     /// (remembered like a tile) or HERE's JSON 400 (never stored: no index reuses a 400).
     Whole { meta: Meta },
-    /// Our `If-None-Match` came back 304: the old copy is good, with these new facts.
-    NotModified { freshness: Freshness },
+    /// Our `If-None-Match` or `If-Modified-Since` came back 304: the old copy is good, with
+    /// these new facts (`last_modified`: a new `Last-Modified` on the 304, if any).
+    NotModified { freshness: Freshness, last_modified: Option<u64> },
     /// Answer with our JSON error. `upstream_ok`: the upstream itself works (for the breaker).
     Fail { failure: UpstreamFailure, upstream_ok: bool },
 }
@@ -81,6 +85,7 @@ pub fn plan(
         h.age.as_deref(),
         now_ms,
     );
+    let last_modified = h.last_modified.as_deref().and_then(http_date_secs);
     let meta = || Meta {
         status,
         content_type: match status {
@@ -94,6 +99,7 @@ pub fn plan(
         freshness: facts,
         // Known once the body is in (`run`).
         fetch_ms: 0,
+        last_modified,
     };
     let fail = |failure, upstream_ok| Plan::Fail { failure, upstream_ok };
     match status {
@@ -103,7 +109,7 @@ pub fn plan(
             storable: h.content_length.is_some_and(|l| l <= max_entry as u64),
         },
         204 => Plan::Stream { meta: meta(), content_length: None, storable: true },
-        304 if revalidating => Plan::NotModified { freshness: facts },
+        304 if revalidating => Plan::NotModified { freshness: facts, last_modified },
         404 => Plan::Whole { meta: meta() },
         400 if h.content_type.as_ref().is_some_and(|c| c.to_str().unwrap_or("").contains("json")) => {
             Plan::Whole { meta: meta() }
@@ -208,6 +214,16 @@ mod tests {
         assert_eq!(meta.etag.unwrap(), "\"v1\"");
         assert_eq!(meta.content_encoding.unwrap(), "gzip");
         assert_eq!((meta.stored_at_ms, meta.version_ms), (7, 7));
+        assert_eq!(meta.last_modified, None);
+        h.last_modified = Some("Sat, 11 Dec 2021 19:43:31 GMT".into());
+        let Plan::Stream { meta, .. } = plan(200, &h, &tile(), false, 1000, 7) else { panic!() };
+        assert_eq!(meta.last_modified, Some(1_639_251_811), "the upstream's Last-Modified is kept");
+        let Plan::NotModified { last_modified, .. } = plan(304, &h, &tile(), true, 1000, 7) else { panic!() };
+        assert_eq!(last_modified, Some(1_639_251_811));
+        h.last_modified = Some("yesterday".into());
+        let Plan::Stream { meta, .. } = plan(200, &h, &tile(), false, 1000, 7) else { panic!() };
+        assert_eq!(meta.last_modified, None, "an unparseable date is no date");
+        h.last_modified = None;
         let Plan::Stream { meta, content_length, .. } = plan(204, &h, &tile(), false, 1000, 7) else { panic!() };
         assert_eq!((meta.content_type, meta.content_encoding, content_length), (None, None, None));
         let Plan::Fail { failure, .. } =

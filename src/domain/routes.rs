@@ -9,20 +9,49 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-/// Which HERE API a tile belongs to.
+/// Which HERE API a tile belongs to. Each is its own upstream (base URL, credential origin),
+/// rate cap, breaker, health entry and metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Api {
     /// Raster Tile API v3: `/v3/{resource}/mc/{z}/{x}/{y}/{format}`.
     Raster,
     /// Vector Tile API v2: `/v2/vectortiles/{layer}/mc/{z}/{x}/{y}/omv`.
     Vector,
+    /// Traffic Raster Tile API v3: `/v3/flow/mc/{z}/{x}/{y}/{format}` (traffic.maps.hereapi.com).
+    TrafficRaster,
+    /// Traffic Vector Tile API v2: `/v2/traffictiles/{layer}/mc/{z}/{x}/{y}/omv`
+    /// (traffic.vector.hereapi.com).
+    TrafficVector,
 }
 
 impl Api {
+    /// Every API, in [`Api::index`] order.
+    pub const ALL: [Api; 4] = [Api::Raster, Api::Vector, Api::TrafficRaster, Api::TrafficVector];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Api::Raster => "raster",
             Api::Vector => "vector",
+            Api::TrafficRaster => "traffic_raster",
+            Api::TrafficVector => "traffic_vector",
+        }
+    }
+
+    /// Position in [`Api::ALL`]: for per-API arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Live traffic (flow and incidents): its own freshness (`traffic_ttl`) and budget.
+    pub fn is_traffic(self) -> bool {
+        matches!(self, Api::TrafficRaster | Api::TrafficVector)
+    }
+
+    /// The query parameter HERE reads the key from on this API.
+    pub fn key_param(self) -> &'static str {
+        match self {
+            Api::Raster | Api::TrafficRaster => "apiKey",
+            Api::Vector | Api::TrafficVector => "apikey",
         }
     }
 }
@@ -57,6 +86,29 @@ pub const VECTOR_CONTENT: &[&str] = &["default", "advanced_pois", "advanced_road
 pub const RASTER_MAX_ZOOM: u8 = 20;
 /// Highest vector zoom.
 pub const VECTOR_MAX_ZOOM: u8 = 17;
+/// Traffic raster resources (HERE's Traffic Raster Tile API v3 `ResourceSchema`).
+pub const TRAFFIC_RASTER_RESOURCES: &[&str] = &["flow"];
+/// Traffic vector layers (Traffic Vector Tile API v2 `LayerParameter`): flow and incidents,
+/// flow only, incidents only.
+pub const TRAFFIC_VECTOR_LAYERS: &[&str] = &["traffic", "flow", "incident"];
+/// `minTrafficCongestion` values (default `free`).
+pub const TRAFFIC_CONGESTION: &[&str] = &["free", "heavy", "queuing", "blocked"];
+/// `incidentType` values (Traffic Vector Tile API v2 `IncidentType`).
+pub const INCIDENT_TYPES: &[&str] = &[
+    "accident",
+    "congestion",
+    "construction",
+    "disabled_vehicle",
+    "lane_restriction",
+    "mass_transit",
+    "planned_event",
+    "road_hazard",
+    "road_closure",
+    "weather",
+    "other",
+];
+/// Traffic vector zooms (`ZParameter`: 1 to 17).
+pub const TRAFFIC_VECTOR_ZOOMS: (u8, u8) = (1, 17);
 
 /// A validated tile request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +158,12 @@ impl TileRequest {
         match self.api {
             Api::Raster => format!("/v3/{}/mc/{}/{}/{}/{}", self.resource, self.z, self.x, self.y, self.format),
             Api::Vector => format!("/v2/vectortiles/{}/mc/{}/{}/{}/omv", self.resource, self.z, self.x, self.y),
+            Api::TrafficRaster => {
+                format!("/v3/{}/mc/{}/{}/{}/{}", self.resource, self.z, self.x, self.y, self.format)
+            }
+            Api::TrafficVector => {
+                format!("/v2/traffictiles/{}/mc/{}/{}/{}/omv", self.resource, self.z, self.x, self.y)
+            }
         }
     }
 
@@ -169,10 +227,15 @@ pub fn parse(path: &str, query: &str, opts: ParseOptions) -> Result<Option<TileR
     }
     let (api, resource, rest): (Api, &str, &[&str]) = match &buf[..n] {
         // The service we replace: /here-proxy/[mc/]{z}/{x}/{y}/{format}, raster `base`.
+        // Its traffic equivalent: /here-proxy/flow/[mc/]{z}/{x}/{y}/{format}, traffic raster `flow`.
+        ["here-proxy", "flow", "mc", rest @ ..] => (Api::TrafficRaster, "flow", rest),
+        ["here-proxy", "flow", rest @ ..] => (Api::TrafficRaster, "flow", rest),
         ["here-proxy", "mc", rest @ ..] => (Api::Raster, "base", rest),
         ["here-proxy", rest @ ..] => (Api::Raster, "base", rest),
+        ["v3", "flow", "mc", rest @ ..] => (Api::TrafficRaster, "flow", rest),
         ["v3", resource, "mc", rest @ ..] => (Api::Raster, resource, rest),
         ["v2", "vectortiles", layer, "mc", rest @ ..] => (Api::Vector, layer, rest),
+        ["v2", "traffictiles", layer, "mc", rest @ ..] => (Api::TrafficVector, layer, rest),
         ["maptile", "2.1", resource, map_id, scheme, rest @ ..] => {
             return legacy(resource, map_id, scheme, rest, query, opts).map(Some);
         }
@@ -181,15 +244,20 @@ pub fn parse(path: &str, query: &str, opts: ParseOptions) -> Result<Option<TileR
     let [z, x, y, format] = rest else {
         return Err(RouteError::new("path", "expected {z}/{x}/{y}/{format}"));
     };
-    let (resources, formats, max_zoom) = match api {
-        Api::Raster => (RASTER_RESOURCES, RASTER_FORMATS, RASTER_MAX_ZOOM),
-        Api::Vector => (VECTOR_LAYERS, &["omv"][..], VECTOR_MAX_ZOOM),
+    let (resources, formats, (min_zoom, max_zoom)) = match api {
+        Api::Raster => (RASTER_RESOURCES, RASTER_FORMATS, (0, RASTER_MAX_ZOOM)),
+        Api::Vector => (VECTOR_LAYERS, &["omv"][..], (0, VECTOR_MAX_ZOOM)),
+        Api::TrafficRaster => (TRAFFIC_RASTER_RESOURCES, RASTER_FORMATS, (0, RASTER_MAX_ZOOM)),
+        Api::TrafficVector => (TRAFFIC_VECTOR_LAYERS, &["omv"][..], TRAFFIC_VECTOR_ZOOMS),
     };
-    let resource_field = if api == Api::Raster { "resource" } else { "layer" };
+    let resource_field = if matches!(api, Api::Raster | Api::TrafficRaster) { "resource" } else { "layer" };
     let Some(resource) = resources.iter().copied().find(|r| *r == resource) else {
         return Err(RouteError::new(resource_field, format!("must be one of {}", resources.join(", "))));
     };
     let (z, x, y) = parse_zxy(z, x, y, max_zoom)?;
+    if z < min_zoom {
+        return Err(RouteError::new("z", format!("zoom must be an integer from {min_zoom} to {max_zoom}")));
+    }
     let Some(format) = formats.iter().copied().find(|f| f == format) else {
         return Err(RouteError::new("format", format!("must be one of {}", formats.join(", "))));
     };
@@ -344,7 +412,7 @@ fn parse_query(
         seen.insert(k.clone());
         match check_param(api, &k, &v) {
             Check::Ok => {
-                let v = normalise(&k, v.into_owned()).map_err(|msg| RouteError::new(k.to_string(), msg))?;
+                let v = normalise(api, &k, v.into_owned()).map_err(|msg| RouteError::new(k.to_string(), msg))?;
                 if !is_default(api, &k, &v) {
                     params.insert(k.into_owned(), v);
                 }
@@ -390,6 +458,20 @@ fn check_param(api: Option<Api>, k: &str, v: &str) -> Check {
             !v.is_empty() && v.split(',').all(|c| VECTOR_CONTENT.contains(&c)),
             "must be a comma list of default, advanced_pois, advanced_roads, contours, hillshade, transit",
         ),
+        // Traffic Raster Tile API v3: style, minTrafficCongestion, ppi, size (default 512).
+        (Api::TrafficRaster, "style") => ok(STYLES.contains(&v), "unknown style"),
+        (Api::TrafficRaster, "size") => ok(matches!(v, "256" | "512"), "must be 256 or 512"),
+        (Api::TrafficRaster, "ppi") => ok(matches!(v, "100" | "200" | "400"), "must be 100, 200 or 400"),
+        (Api::TrafficRaster, "minTrafficCongestion") => {
+            ok(TRAFFIC_CONGESTION.contains(&v), "must be one of free, heavy, queuing, blocked")
+        }
+        // Traffic Vector Tile API v2: features (premium), incidentType (a comma list).
+        (Api::TrafficVector, "features") => ok(v == "premium", "must be premium"),
+        (Api::TrafficVector, "incidentType") => ok(
+            !v.is_empty() && v.split(',').all(|c| INCIDENT_TYPES.contains(&c)),
+            "must be a comma list of accident, congestion, construction, disabled_vehicle, lane_restriction, \
+             mass_transit, planned_event, road_hazard, road_closure, weather, other",
+        ),
         _ => Check::Unknown,
     }
 }
@@ -401,13 +483,16 @@ fn is_default(api: Option<Api>, k: &str, v: &str) -> bool {
         (Some(Api::Raster), "style", "explore.day")
             | (Some(Api::Raster), "size", "256")
             | (Some(Api::Vector), "content", "default")
+            | (Some(Api::TrafficRaster), "size", "512")
+            | (Some(Api::TrafficRaster), "ppi", "100")
+            | (Some(Api::TrafficRaster), "minTrafficCongestion", "free")
     )
 }
 
 /// Puts comma lists in one canonical order so equal requests share a key: `content` sorted and
 /// deduplicated; `features` sorted by name, an exact repeat dropped, two modes for one feature
 /// refused.
-fn normalise(k: &str, v: String) -> Result<String, String> {
+fn normalise(api: Option<Api>, k: &str, v: String) -> Result<String, String> {
     match k {
         "content" => {
             let mut items: Vec<&str> = v.split(',').collect();
@@ -415,7 +500,14 @@ fn normalise(k: &str, v: String) -> Result<String, String> {
             items.dedup();
             Ok(items.join(","))
         }
-        "features" => {
+        // A filter: its order means nothing.
+        "incidentType" => {
+            let mut items: Vec<&str> = v.split(',').collect();
+            items.sort_unstable();
+            items.dedup();
+            Ok(items.join(","))
+        }
+        "features" if api == Some(Api::Raster) => {
             let mut items: Vec<(&str, &str)> = v.split(',').filter_map(|f| f.split_once(':')).collect();
             items.sort_unstable();
             items.dedup();
@@ -757,6 +849,75 @@ mod tests {
         assert_eq!(parse_metadata_query("indice=a/b", opts).unwrap_err().field, "indice");
         let lax = ParseOptions { reject_unknown_params: false };
         assert_eq!(parse_metadata_query("lang=en", lax).unwrap().1.get("lang").map(String::as_str), Some("en"));
+    }
+
+    #[test]
+    fn traffic_routes() {
+        let cases = [
+            ("/v3/flow/mc/12/2200/1343/png", "", Api::TrafficRaster, "flow", "", "/v3/flow/mc/12/2200/1343/png"),
+            (
+                "/v3/flow/mc/3/1/2/png8",
+                "size=512&ppi=100&minTrafficCongestion=free&style=lite.night",
+                Api::TrafficRaster,
+                "flow",
+                "style=lite.night",
+                "/v3/flow/mc/3/1/2/png8",
+            ),
+            // size defaults to 512 here: 256 is the one kept.
+            ("/v3/flow/mc/3/1/2/png", "size=256", Api::TrafficRaster, "flow", "size=256", "/v3/flow/mc/3/1/2/png"),
+            ("/here-proxy/flow/mc/3/1/2/png", "indice=x", Api::TrafficRaster, "flow", "", "/v3/flow/mc/3/1/2/png"),
+            ("/here-proxy/flow/3/1/2/png", "", Api::TrafficRaster, "flow", "", "/v3/flow/mc/3/1/2/png"),
+            (
+                "/v2/traffictiles/flow/mc/11/1100/671/omv",
+                "apikey=CLIENT",
+                Api::TrafficVector,
+                "flow",
+                "",
+                "/v2/traffictiles/flow/mc/11/1100/671/omv",
+            ),
+            (
+                "/v2/traffictiles/incident/mc/17/0/131071/omv",
+                "incidentType=road_closure,accident,accident&features=premium",
+                Api::TrafficVector,
+                "incident",
+                "features=premium&incidentType=accident,road_closure",
+                "/v2/traffictiles/incident/mc/17/0/131071/omv",
+            ),
+            ("/v2/traffictiles/traffic/mc/1/1/1/omv", "", Api::TrafficVector, "traffic", "", ""),
+        ];
+        for (path, q, api, resource, query, upstream) in cases {
+            let t = p(path, q).unwrap().unwrap_or_else(|| panic!("{path} is a tile"));
+            assert_eq!((t.api, t.resource, t.query_string().as_str()), (api, resource, query), "{path}?{q}");
+            if !upstream.is_empty() {
+                assert_eq!(t.upstream_path(), upstream);
+            }
+        }
+        assert_eq!(
+            p("/v2/traffictiles/flow/mc/1/0/0/omv", "").unwrap().unwrap().content_type(),
+            "application/x-protobuf"
+        );
+        let rejected = [
+            ("/v2/traffictiles/flow/mc/0/0/0/omv", "", "z"), // traffic vector zooms are 1 to 17
+            ("/v2/traffictiles/flow/mc/18/0/0/omv", "", "z"),
+            ("/v2/traffictiles/roads/mc/1/0/0/omv", "", "layer"),
+            ("/v2/traffictiles/flow/mc/1/0/0/png", "", "format"),
+            ("/v2/traffictiles/flow/mc/1/0/0/omv", "features=basic", "features"),
+            ("/v2/traffictiles/flow/mc/1/0/0/omv", "incidentType=alien", "incidentType"),
+            ("/v2/traffictiles/flow/mc/1/0/0/omv", "content=default", "content"),
+            ("/v3/flow/mc/21/0/0/png", "", "z"),
+            ("/v3/flow/mc/1/0/0/gif", "", "format"),
+            ("/v3/flow/mc/1/0/0/png", "minTrafficCongestion=jammed", "minTrafficCongestion"),
+            ("/v3/flow/mc/1/0/0/png", "ppi=300", "ppi"),
+            ("/v3/flow/mc/1/0/0/png", "size=1024", "size"),
+            ("/v3/flow/mc/1/0/0/png", "lang=en", "lang"),
+        ];
+        for (path, q, field) in rejected {
+            let err = p(path, q).unwrap_err();
+            assert_eq!(err.field, field, "{path}?{q}: {err}");
+        }
+        // One cache key whatever the order of a filter list.
+        let q = |query: &str| p("/v2/traffictiles/incident/mc/3/1/1/omv", query).unwrap().unwrap().query_string();
+        assert_eq!(q("incidentType=weather,accident"), q("incidentType=accident,weather"));
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! metadata, the index's lifetime for it and the client's representation
 //! ([`encoding::tile_representation`]): `Cache-Control: max-age=<lifetime>` with
 //! `Age: <elapsed>` (RFC 9111: downstream caches subtract the age themselves), the same ETag
-//! (per encoding), `Content-Type` only when there is a body, `Content-Encoding` and `Vary`.
+//! (per encoding), `Last-Modified` (the upstream's, else when the bytes were fetched),
+//! `Content-Type` only when there is a body, `Content-Encoding` and `Vary`. A client's
+//! `If-None-Match` or `If-Modified-Since` that matches gets 304 (If-None-Match first).
 
 use std::time::Duration;
 
@@ -19,7 +21,7 @@ use crate::domain::encoding::{self, Representation};
 use crate::domain::freshness;
 use crate::domain::routes::{self, ParseOptions};
 use crate::http::access_log::{self, TileId};
-use crate::http::conditional::not_modified;
+use crate::http::conditional::not_modified_since;
 use crate::http::error::ProxyError;
 use crate::http::state::AppState;
 use crate::observe::metrics::IndexMetrics;
@@ -65,7 +67,7 @@ pub async fn tile(req: HttpRequest, state: web::Data<AppState>, client: web::Dat
         a.index = Some(index.clone());
         a.tile = Some(TileId { api: t.api.as_str(), resource: t.resource, z: t.z, x: t.x, y: t.y });
     });
-    let policy = state.settings.policy(&t.index);
+    let policy = state.settings.policy_for(&t.index, t.api.is_traffic());
     let mut limited = None;
     if let Some(rate) = policy.rate_limit {
         if let Some(ip) = crate::http::client_ip::of_request(&req, &state.settings.trusted_proxies) {
@@ -137,12 +139,14 @@ async fn answer(
 }
 
 /// The status of an answer without a body for this request: 304 to a matching
-/// `If-None-Match` (on the ETag of the representation `rep`), or 204.
+/// `If-None-Match` (on the ETag of the representation `rep`) or, without one, to an
+/// `If-Modified-Since` no earlier than its `Last-Modified`; or 204.
 fn bodiless(req: &HttpRequest, answer: &Answer, rep: Representation) -> Option<StatusCode> {
     match answer.meta.status {
         200 => {
             let etag = encoding::client_etag(answer.meta.client_etag(answer.content_length), rep);
-            not_modified(req, etag.as_ref()).then_some(StatusCode::NOT_MODIFIED)
+            let modified = Some(answer.meta.client_last_modified());
+            not_modified_since(req, etag.as_ref(), modified).then_some(StatusCode::NOT_MODIFIED)
         }
         204 => Some(StatusCode::NO_CONTENT),
         _ => None,
@@ -225,6 +229,7 @@ pub fn response_head(
     if let Some(etag) = encoding::client_etag(meta.client_etag(answer.content_length), rep) {
         b.insert_header((header::ETAG, etag));
     }
+    b.insert_header((header::LAST_MODIFIED, http_date_value(meta.client_last_modified())));
     if let Some(ct) = &meta.content_type {
         b.insert_header((header::CONTENT_TYPE, ct.clone()));
     }
@@ -248,6 +253,26 @@ pub fn response_head(
 fn number_value(n: u64) -> HeaderValue {
     let mut buf = itoa::Buffer::new();
     HeaderValue::from_str(buf.format(n)).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// `secs` as an HTTP date header value: the last one made on this worker is reused (tiles
+/// fetched in the same second share it), else it is made.
+fn http_date_value(secs: u64) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((s, v)) = last.as_ref() {
+            if *s == secs {
+                return v.clone();
+            }
+        }
+        let value = HeaderValue::try_from(crate::domain::conditional::http_date(secs))
+            .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
+        *last = Some((secs, value.clone()));
+        value
+    })
 }
 
 /// The `Cache-Control` value for `lifetime` under `policy`: the last one made on this worker is

@@ -3,6 +3,9 @@
 //!
 //! - `/v3/{resource}/tilejson.json?style=..&size=..&format=..&indice=..&(any tile parameter)`
 //! - `/v2/vectortiles/{layer}/tilejson.json?content=..&indice=..`
+//! - traffic: `/v3/flow/tilejson.json?minTrafficCongestion=..&style=..&size=..&format=..` and
+//!   `/v2/traffictiles/{layer}/tilejson.json?incidentType=..` (layers `traffic`, `flow`,
+//!   `incident`), overlays to draw over a base map
 //!
 //! The query is validated by the tile rules themselves: the tile `0/0/0` the document describes
 //! is parsed with [`routes::parse`] (so a style, size or layer the tiles would refuse is a 400
@@ -51,8 +54,12 @@ pub const HERE_VECTOR_LAYERS: &[(&str, &str)] = &[
 fn target(path: &str) -> Option<(Api, &str)> {
     let mut segs = path.strip_prefix('/')?.split('/');
     match (segs.next(), segs.next(), segs.next(), segs.next(), segs.next()) {
+        (Some("v3"), Some("flow"), Some("tilejson.json"), None, None) => Some((Api::TrafficRaster, "flow")),
         (Some("v3"), Some(resource), Some("tilejson.json"), None, None) => Some((Api::Raster, resource)),
         (Some("v2"), Some("vectortiles"), Some(layer), Some("tilejson.json"), None) => Some((Api::Vector, layer)),
+        (Some("v2"), Some("traffictiles"), Some(layer), Some("tilejson.json"), None) => {
+            Some((Api::TrafficVector, layer))
+        }
         _ => None,
     }
 }
@@ -86,7 +93,7 @@ pub fn tile_request(
     let mut rest = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
-            Some(("format", v)) if api == Api::Raster => {
+            Some(("format", v)) if matches!(api, Api::Raster | Api::TrafficRaster) => {
                 let found = routes::RASTER_FORMATS.iter().copied().find(|f| *f == v);
                 let f = found.ok_or_else(|| {
                     RouteError::new("format", format!("must be one of {}", routes::RASTER_FORMATS.join(", ")))
@@ -99,13 +106,18 @@ pub fn tile_request(
         }
     }
     let format = format.unwrap_or(DEFAULT_RASTER_FORMAT);
+    // The lowest tile of the source (traffic vector tiles start at zoom 1).
     let path = match api {
-        Api::Raster => format!("/v3/{resource}/mc/0/0/0/{format}"),
+        Api::Raster | Api::TrafficRaster => format!("/v3/{resource}/mc/0/0/0/{format}"),
         Api::Vector => format!("/v2/vectortiles/{resource}/mc/0/0/0/omv"),
+        Api::TrafficVector => format!("/v2/traffictiles/{resource}/mc/1/0/0/omv"),
     };
     match routes::parse(&path, &rest.join("&"), opts)? {
-        Some(t) => Ok((t, format)),
-        None => Err(RouteError::new(if api == Api::Raster { "resource" } else { "layer" }, "not a tile source")),
+        Some(t) if t.api == api => Ok((t, format)),
+        _ => Err(RouteError::new(
+            if matches!(api, Api::Raster | Api::TrafficRaster) { "resource" } else { "layer" },
+            "not a tile source",
+        )),
     }
 }
 
@@ -163,11 +175,13 @@ pub fn document(tile: &TileRequest, format: &str, base: &str, year: i64) -> Valu
         query.push_str(&tile.index);
     }
     let path = match tile.api {
-        Api::Raster => format!("/v3/{}/mc/{{z}}/{{x}}/{{y}}/{format}", tile.resource),
+        Api::Raster | Api::TrafficRaster => format!("/v3/{}/mc/{{z}}/{{x}}/{{y}}/{format}", tile.resource),
         Api::Vector => format!("/v2/vectortiles/{}/mc/{{z}}/{{x}}/{{y}}/omv", tile.resource),
+        Api::TrafficVector => format!("/v2/traffictiles/{}/mc/{{z}}/{{x}}/{{y}}/omv", tile.resource),
     };
     let template = if query.is_empty() { format!("{base}{path}") } else { format!("{base}{path}?{query}") };
     let param = |k: &str, default: &str| tile.params.get(k).cloned().unwrap_or_else(|| default.to_string());
+    let min_zoom = if tile.api == Api::TrafficVector { routes::TRAFFIC_VECTOR_ZOOMS.0 } else { 0 };
     let (name, description, max_zoom, format_name, layers) = match tile.api {
         Api::Raster => {
             let (style, size) = (param("style", "explore.day"), param("size", "256"));
@@ -192,6 +206,30 @@ pub fn document(tile: &TileRequest, format: &str, base: &str, year: i64) -> Valu
                 vector_layers(&content),
             )
         }
+        Api::TrafficRaster => {
+            let (congestion, size) = (param("minTrafficCongestion", "free"), param("size", "512"));
+            (
+                "HERE traffic flow".to_string(),
+                format!(
+                    "HERE Traffic Raster Tile API v3: flow lines on transparent {size} px {format} tiles, from \
+                     congestion {congestion}; an overlay, refreshed about every minute"
+                ),
+                routes::RASTER_MAX_ZOOM,
+                if format == "jpeg" { "jpg" } else { "png" },
+                Vec::new(),
+            )
+        }
+        Api::TrafficVector => (
+            format!("HERE traffic {}", tile.resource),
+            format!(
+                "HERE Traffic Vector Tile API v2: layer {}, OMV (Mapbox Vector Tile); an overlay, refreshed \
+                 about every minute",
+                tile.resource
+            ),
+            routes::TRAFFIC_VECTOR_ZOOMS.1,
+            "pbf",
+            traffic_layers(tile.resource, min_zoom),
+        ),
     };
     json!({
         "tilejson": "3.0.0",
@@ -199,7 +237,7 @@ pub fn document(tile: &TileRequest, format: &str, base: &str, year: i64) -> Valu
         "description": description,
         "attribution": format!("© HERE {year}"),
         "tiles": [template],
-        "minzoom": 0,
+        "minzoom": min_zoom,
         "maxzoom": max_zoom,
         "bounds": BOUNDS,
         "center": [0.0, 0.0, 2],
@@ -224,6 +262,30 @@ fn vector_layers(content: &str) -> Vec<Value> {
                 "minzoom": 0,
                 "maxzoom": routes::VECTOR_MAX_ZOOM,
                 "fields": {"kind": "String: what the feature is (Tilezen kind)", "min_zoom": "Number: lowest zoom it is drawn at"},
+            })
+        })
+        .collect()
+}
+
+/// `vector_layers` of a traffic vector layer: HERE's traffic tiles follow Tilezen's
+/// `traffic_flow` and `traffic_incidents` layers (`traffic` holds both).
+fn traffic_layers(layer: &str, min_zoom: u8) -> Vec<Value> {
+    let flow = ("traffic_flow", "Traffic flow: speed and congestion along roads");
+    let incidents = ("traffic_incidents", "Traffic incidents (accidents, closures, construction, ...)");
+    let layers = match layer {
+        "flow" => vec![flow],
+        "incident" => vec![incidents],
+        _ => vec![flow, incidents],
+    };
+    layers
+        .into_iter()
+        .map(|(id, description)| {
+            json!({
+                "id": id,
+                "description": description,
+                "minzoom": min_zoom,
+                "maxzoom": routes::TRAFFIC_VECTOR_ZOOMS.1,
+                "fields": {"kind": "String: what the feature is (Tilezen kind)"},
             })
         })
         .collect()
@@ -259,6 +321,8 @@ mod tests {
     fn paths() {
         assert_eq!(target("/v3/base/tilejson.json"), Some((Api::Raster, "base")));
         assert_eq!(target("/v2/vectortiles/core/tilejson.json"), Some((Api::Vector, "core")));
+        assert_eq!(target("/v3/flow/tilejson.json"), Some((Api::TrafficRaster, "flow")));
+        assert_eq!(target("/v2/traffictiles/incident/tilejson.json"), Some((Api::TrafficVector, "incident")));
         for p in ["/v3/tilejson.json", "/v3/base/tilejson.json/x", "/v2/vectortiles/tilejson.json", "/"] {
             assert_eq!(target(p), None, "{p}");
         }
@@ -292,6 +356,38 @@ mod tests {
         let r = doc(Api::Raster, "base", "format=jpeg");
         assert_eq!((r["maxzoom"].as_u64(), r["format"].as_str()), (Some(20), Some("jpg")));
         assert_eq!(r["attribution"], "© HERE 2026");
+    }
+
+    #[test]
+    fn traffic_documents() {
+        let f = doc(Api::TrafficRaster, "flow", "minTrafficCongestion=heavy&size=512&indice=web");
+        assert_eq!(
+            f["tiles"],
+            json!(["https://tiles.example.com/v3/flow/mc/{z}/{x}/{y}/png?minTrafficCongestion=heavy&indice=web"])
+        );
+        assert_eq!(
+            (f["minzoom"].as_u64(), f["maxzoom"].as_u64(), f["format"].as_str()),
+            (Some(0), Some(20), Some("png"))
+        );
+        assert!(f["description"].as_str().unwrap().contains("512 px"), "size defaults to 512: {f}");
+        let v = doc(Api::TrafficVector, "traffic", "incidentType=road_closure,accident");
+        assert_eq!(
+            v["tiles"],
+            json!(["https://tiles.example.com/v2/traffictiles/traffic/mc/{z}/{x}/{y}/omv?incidentType=accident,road_closure"])
+        );
+        assert_eq!((v["minzoom"].as_u64(), v["maxzoom"].as_u64()), (Some(1), Some(17)));
+        let ids: Vec<&str> = v["vector_layers"].as_array().unwrap().iter().filter_map(|l| l["id"].as_str()).collect();
+        assert_eq!(ids, ["traffic_flow", "traffic_incidents"]);
+        let flow = doc(Api::TrafficVector, "flow", "");
+        assert_eq!(flow["vector_layers"].as_array().map(Vec::len), Some(1));
+        for (api, resource, q, field) in [
+            (Api::TrafficVector, "roads", "", "layer"),
+            (Api::TrafficVector, "flow", "content=default", "content"),
+            (Api::TrafficRaster, "flow", "minTrafficCongestion=jammed", "minTrafficCongestion"),
+        ] {
+            let err = tile_request(api, resource, q, ParseOptions::default()).unwrap_err();
+            assert_eq!(err.field, field, "{resource}?{q}: {err}");
+        }
     }
 
     #[test]

@@ -27,8 +27,8 @@ pub struct Health {
     ready: AtomicBool,
     started: Instant,
     clock: SharedClock,
-    raster: Observed,
-    vector: Observed,
+    /// [`Api::index`] order.
+    observed: [Observed; 4],
     auth_failure_ms: AtomicU64,
     auth_failure_status: AtomicU16,
 }
@@ -39,8 +39,7 @@ impl Health {
             ready: AtomicBool::new(false),
             started: Instant::now(),
             clock,
-            raster: Observed::default(),
-            vector: Observed::default(),
+            observed: Default::default(),
             auth_failure_ms: AtomicU64::new(0),
             auth_failure_status: AtomicU16::new(0),
         }
@@ -59,10 +58,7 @@ impl Health {
     }
 
     fn observed(&self, api: Api) -> &Observed {
-        match api {
-            Api::Raster => &self.raster,
-            Api::Vector => &self.vector,
-        }
+        &self.observed[api.index()]
     }
 
     pub fn upstream_ok(&self, api: Api) {

@@ -46,6 +46,41 @@ end
 return {1, 0, h, d}
 ";
 
+/// Which of an index's two budgets a fetch is charged to: its map tiles, or its traffic tiles
+/// (`traffic_budget_hour`/`_day`: HERE bills traffic apart). Each has its own counters, Redis
+/// keys and `window` label values (`hour`/`day`, `traffic_hour`/`traffic_day`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Account {
+    Tiles,
+    Traffic,
+}
+
+impl Account {
+    pub fn of(traffic: bool) -> Account {
+        if traffic {
+            Account::Traffic
+        } else {
+            Account::Tiles
+        }
+    }
+
+    /// The hour's and the day's names (metric labels, the 429's `window`).
+    pub fn windows(self) -> (&'static str, &'static str) {
+        match self {
+            Account::Tiles => ("hour", "day"),
+            Account::Traffic => ("traffic_hour", "traffic_day"),
+        }
+    }
+
+    /// The hour's and the day's names in Redis keys.
+    fn key_windows(self) -> (&'static str, &'static str) {
+        match self {
+            Account::Tiles => ("h", "d"),
+            Account::Traffic => ("th", "td"),
+        }
+    }
+}
+
 /// Fetches counted in the current windows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Spent {
@@ -75,7 +110,7 @@ pub fn until_end(now_ms: u64, window_ms: u64) -> u64 {
 
 /// The budgets of every index.
 pub struct Budgets {
-    local: Mutex<HashMap<String, Spent>>,
+    local: Mutex<HashMap<(String, Account), Spent>>,
     redis: Option<Arc<Redis>>,
     clock: SharedClock,
     metrics: Arc<Metrics>,
@@ -88,22 +123,23 @@ impl Budgets {
 
     /// Charges one upstream fetch to `index` (its metrics label), or refuses it when a window's
     /// budget is spent. Free for an index without a budget.
-    pub async fn charge(&self, index: &str, budget: Budget) -> Result<(), UpstreamFailure> {
+    pub async fn charge(&self, index: &str, account: Account, budget: Budget) -> Result<(), UpstreamFailure> {
         if !budget.is_limited() {
             return Ok(());
         }
         let now = self.clock.now_ms();
-        let refused = match self.shared(index, budget, now, 1).await {
+        let refused = match self.shared(index, account, budget, now, 1).await {
             Some((ok, window, spent)) => {
-                self.remember(index, spent, budget);
+                self.remember(index, account, spent, budget);
                 (!ok).then_some(window)
             }
-            None => self.charge_local(index, budget, now),
+            None => self.charge_local(index, account, budget, now),
         };
         match refused {
             None => Ok(()),
             Some(window) => {
-                let (name, len) = if window == 2 { ("day", DAY_MS) } else { ("hour", HOUR_MS) };
+                let (hour, day) = account.windows();
+                let (name, len) = if window == 2 { (day, DAY_MS) } else { (hour, HOUR_MS) };
                 self.metrics.budget_exhausted.with_label_values(&[index, name]).inc();
                 Err(UpstreamFailure::BudgetExhausted { window: name, retry_after_secs: until_end(now, len) })
             }
@@ -111,9 +147,10 @@ impl Budgets {
     }
 
     /// Makes a configured index's budget series exist before its first fetch (nothing spent).
-    pub fn register(&self, index: &str, budget: Budget) {
-        self.publish(index, Spent::default(), budget);
-        for (window, limit) in [("hour", budget.hour), ("day", budget.day)] {
+    pub fn register(&self, index: &str, account: Account, budget: Budget) {
+        self.publish(index, account, Spent::default(), budget);
+        let (hour, day) = account.windows();
+        for (window, limit) in [(hour, budget.hour), (day, budget.day)] {
             if limit.is_some() {
                 self.metrics.budget_exhausted.with_label_values(&[index, window]);
             }
@@ -121,51 +158,60 @@ impl Budgets {
     }
 
     /// Gives back a charge whose fetch was never made (the rate cap refused it).
-    pub async fn refund(&self, index: &str, budget: Budget) {
+    pub async fn refund(&self, index: &str, account: Account, budget: Budget) {
         if !budget.is_limited() {
             return;
         }
         let now = self.clock.now_ms();
-        match self.shared(index, budget, now, -1).await {
-            Some((_, _, spent)) => self.remember(index, spent, budget),
+        match self.shared(index, account, budget, now, -1).await {
+            Some((_, _, spent)) => self.remember(index, account, spent, budget),
             None => {
                 let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
-                let s = local.entry(index.to_string()).or_default();
+                let s = local.entry((index.to_string(), account)).or_default();
                 *s = s.at(now);
                 s.hour = s.hour.saturating_sub(1);
                 s.day = s.day.saturating_sub(1);
-                self.publish(index, *s, budget);
+                self.publish(index, account, *s, budget);
             }
         }
     }
 
     /// What `index` has spent in the current windows: the fleet's count from Redis when it
     /// answers, else this pod's view.
-    pub async fn spent(&self, index: &str, budget: Budget) -> Spent {
+    pub async fn spent(&self, index: &str, account: Account, budget: Budget) -> Spent {
         let now = self.clock.now_ms();
         if budget.is_limited() {
-            if let Some((_, _, spent)) = self.shared(index, budget, now, 0).await {
-                self.remember(index, spent, budget);
+            if let Some((_, _, spent)) = self.shared(index, account, budget, now, 0).await {
+                self.remember(index, account, spent, budget);
                 return spent;
             }
         }
-        self.local.lock().unwrap_or_else(|p| p.into_inner()).get(index).copied().unwrap_or_default().at(now)
+        let local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        local.get(&(index.to_string(), account)).copied().unwrap_or_default().at(now)
     }
 
     /// Rolls every index's gauges over to the current windows (a window can end with no fetch).
-    pub fn tick(&self, budget_of: impl Fn(&str) -> Budget) {
+    pub fn tick(&self, budget_of: impl Fn(&str, Account) -> Budget) {
         let now = self.clock.now_ms();
         let local = self.local.lock().unwrap_or_else(|p| p.into_inner());
-        for (index, spent) in local.iter() {
-            self.publish(index, spent.at(now), budget_of(index));
+        for ((index, account), spent) in local.iter() {
+            self.publish(index, *account, spent.at(now), budget_of(index, *account));
         }
     }
 
     /// The script's answer, or `None` without Redis or when it is unavailable.
-    async fn shared(&self, index: &str, budget: Budget, now: u64, n: i64) -> Option<(bool, u8, Spent)> {
+    async fn shared(
+        &self,
+        index: &str,
+        account: Account,
+        budget: Budget,
+        now: u64,
+        n: i64,
+    ) -> Option<(bool, u8, Spent)> {
         let redis = self.redis.as_ref()?;
         let (hour_id, day_id) = (now / HOUR_MS, now / DAY_MS);
-        let keys = [redis.keys.budget(index, "h", hour_id), redis.keys.budget(index, "d", day_id)];
+        let (h, d) = account.key_windows();
+        let keys = [redis.keys.budget(index, h, hour_id), redis.keys.budget(index, d, day_id)];
         let limit = |l: Option<u64>| l.map_or("-1".to_string(), |l| l.to_string());
         // Kept a minute past the window's end, for late readers.
         let life = |len: u64| (len - now % len + 60_000).to_string();
@@ -185,9 +231,9 @@ impl Budgets {
     }
 
     /// Charges this pod's own count; `Some(window)` when refused.
-    fn charge_local(&self, index: &str, budget: Budget, now: u64) -> Option<u8> {
+    fn charge_local(&self, index: &str, account: Account, budget: Budget, now: u64) -> Option<u8> {
         let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
-        let s = local.entry(index.to_string()).or_default();
+        let s = local.entry((index.to_string(), account)).or_default();
         *s = s.at(now);
         let refused = if budget.hour.is_some_and(|l| s.hour >= l) {
             Some(1)
@@ -198,18 +244,19 @@ impl Budgets {
             s.day += 1;
             None
         };
-        self.publish(index, *s, budget);
+        self.publish(index, account, *s, budget);
         refused
     }
 
-    fn remember(&self, index: &str, spent: Spent, budget: Budget) {
-        self.local.lock().unwrap_or_else(|p| p.into_inner()).insert(index.to_string(), spent);
-        self.publish(index, spent, budget);
+    fn remember(&self, index: &str, account: Account, spent: Spent, budget: Budget) {
+        self.local.lock().unwrap_or_else(|p| p.into_inner()).insert((index.to_string(), account), spent);
+        self.publish(index, account, spent, budget);
     }
 
-    fn publish(&self, index: &str, spent: Spent, budget: Budget) {
+    fn publish(&self, index: &str, account: Account, spent: Spent, budget: Budget) {
         let m = &self.metrics;
-        for (window, used, limit) in [("hour", spent.hour, budget.hour), ("day", spent.day, budget.day)] {
+        let (hour, day) = account.windows();
+        for (window, used, limit) in [(hour, spent.hour, budget.hour), (day, spent.day, budget.day)] {
             if let Some(limit) = limit {
                 m.budget_used.with_label_values(&[index, window]).set(used as i64);
                 m.budget_limit.with_label_values(&[index, window]).set(limit as i64);
@@ -236,22 +283,32 @@ mod tests {
         clock.advance_ms((now / DAY_MS + 1) * DAY_MS + 10 * HOUR_MS + 59 * 60_000 - now); // 10:59 UTC tomorrow
         let b = budgets(clock.clone());
         let budget = Budget { hour: Some(2), day: Some(3) };
-        assert!(b.charge("a", budget).await.is_ok());
-        assert!(b.charge("a", budget).await.is_ok());
+        assert!(b.charge("a", Account::Tiles, budget).await.is_ok());
+        assert!(b.charge("a", Account::Tiles, budget).await.is_ok());
         assert_eq!(
-            b.charge("a", budget).await,
+            b.charge("a", Account::Tiles, budget).await,
             Err(UpstreamFailure::BudgetExhausted { window: "hour", retry_after_secs: 60 })
         );
-        assert!(b.charge("other", budget).await.is_ok(), "budgets are per index");
+        assert!(b.charge("other", Account::Tiles, budget).await.is_ok(), "budgets are per index");
         clock.advance_ms(60_000); // 11:00: a new hour, the same day
-        assert!(b.charge("a", budget).await.is_ok());
-        let Err(UpstreamFailure::BudgetExhausted { window, retry_after_secs }) = b.charge("a", budget).await else {
+        assert!(b.charge("a", Account::Tiles, budget).await.is_ok());
+        let Err(UpstreamFailure::BudgetExhausted { window, retry_after_secs }) =
+            b.charge("a", Account::Tiles, budget).await
+        else {
             panic!("the day's budget is spent")
         };
         assert_eq!((window, retry_after_secs), ("day", 13 * 3600));
-        b.refund("a", budget).await;
-        assert_eq!(b.spent("a", budget).await.day, 2);
-        assert!(b.charge("free", Budget::default()).await.is_ok());
+        b.refund("a", Account::Tiles, budget).await;
+        assert_eq!(b.spent("a", Account::Tiles, budget).await.day, 2);
+        assert!(b.charge("free", Account::Tiles, Budget::default()).await.is_ok());
+        // The same index's traffic budget is counted apart, and says which window it spent.
+        assert!(b.charge("a", Account::Traffic, budget).await.is_ok());
+        assert!(b.charge("a", Account::Traffic, budget).await.is_ok());
+        let Err(UpstreamFailure::BudgetExhausted { window, .. }) = b.charge("a", Account::Traffic, budget).await else {
+            panic!("the traffic hour is spent")
+        };
+        assert_eq!(window, "traffic_hour");
+        assert_eq!(b.spent("a", Account::Traffic, budget).await.hour, 2);
     }
 
     #[test]

@@ -21,7 +21,8 @@ use super::{mono_us, Decision, Gcra, GCRA};
 pub struct UpstreamCap {
     interval: Option<Duration>,
     max_wait: Duration,
-    local: [Gcra; 2],
+    /// [`Api::index`] order.
+    local: [Gcra; 4],
     redis: Option<Arc<Redis>>,
     metrics: Arc<Metrics>,
 }
@@ -69,7 +70,7 @@ impl UpstreamCap {
                 Err(_) => self.metrics.protect_fallback.with_label_values(&["cap"]).inc(),
             }
         }
-        let local = &self.local[matches!(api, Api::Vector) as usize];
+        let local = &self.local[api.index()];
         local.reserve(mono_us(), interval, 1, self.max_wait)
     }
 }

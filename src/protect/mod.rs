@@ -45,7 +45,8 @@ impl Protect {
             if policy.rate_limit.is_some() {
                 metrics.rate_limited.with_label_values(&[name]);
             }
-            budgets.register(name, policy.budget);
+            budgets.register(name, budget::Account::Tiles, policy.budget);
+            budgets.register(name, budget::Account::Traffic, policy.traffic.budget);
         }
         Protect {
             cap: cap::UpstreamCap::new(

@@ -89,7 +89,7 @@ pub async fn tile_body(
     metrics.compressed.with_label_values(&[encoding.as_str(), "compressed"]).inc();
     metrics.count_compressed_bytes(encoding.as_str(), identity.len(), encoded.len());
     // Kept as long as its identity entry would be, with the same times (purges, expiry).
-    if let Some(keep) = state.settings.retention(meta) {
+    if let Some(keep) = state.settings.retention(meta, tile.api.is_traffic()) {
         let expires = meta.stored_at_ms.saturating_add(keep.as_millis() as u64);
         let entry =
             Entry { meta: Meta { content_encoding: Some(encoding.header()), ..meta.clone() }, body: encoded.clone() };

@@ -18,16 +18,18 @@ use crate::domain::failure::UpstreamFailure;
 use crate::domain::plan::{plan, Plan, UpstreamHead, MAX_SMALL_BODY};
 use crate::domain::routes::{Api, TileRequest};
 use crate::domain::scrub::scrub;
+use crate::protect::budget::Account;
 use crate::service::core::Core;
 use crate::store::flight::{End, FlightHead, FlightWriter};
-use crate::upstream;
+use crate::upstream::{self, Validator};
 
 /// Everything a fetch task needs, owned (the task outlives the request).
 pub struct FetchCtx {
     pub core: Arc<Core>,
     pub client: awc::Client,
     pub tile: TileRequest,
-    /// The old copy being refreshed: its ETag is sent as `If-None-Match`.
+    /// The old copy being refreshed: its ETag is sent as `If-None-Match`, else its
+    /// `Last-Modified` as `If-Modified-Since` ([`Validator::of`]).
     pub stale: Option<Entry>,
     /// Metrics label of the index that started the fetch.
     pub index: String,
@@ -46,8 +48,9 @@ pub async fn run(writer: FlightWriter, ctx: FetchCtx) {
         }
     };
     let probe = permit.is_probe();
-    let budget = st.settings.policy(&ctx.tile.index).budget;
-    if let Err(spent) = st.protect.budgets.charge(&ctx.index, budget).await {
+    let budget = st.settings.policy_for(&ctx.tile.index, api.is_traffic()).budget;
+    let account = Account::of(api.is_traffic());
+    if let Err(spent) = st.protect.budgets.charge(&ctx.index, account, budget).await {
         tracing::debug!(index = ctx.index, failure = spent.label(), "upstream budget spent; fetch refused");
         writer.finish(End::Failed(spent));
         return;
@@ -91,14 +94,14 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
     let st = &ctx.core;
     let m = &st.metrics;
     let index = ctx.index.as_str();
-    let etag = ctx.stale.as_ref().and_then(|e| e.meta.etag.as_ref());
+    let validator = ctx.stale.as_ref().and_then(|e| Validator::of(&e.meta));
     let mut attempts = 0u32;
     // The last attempt's time to its head; plus the body's time below: the entry's `fetch_ms`.
     let mut head_time = Duration::ZERO;
     let result = {
         let url = st.upstream.url(&ctx.tile);
         let gate = || st.protect.cap.admit(ctx.tile.api);
-        upstream::fetch_head(&ctx.client, &st.upstream, &url, etag, gate, |log| {
+        upstream::fetch_head(&ctx.client, &st.upstream, &url, validator.as_ref(), gate, |log| {
             attempts += 1;
             head_time = log.elapsed;
             m.upstream_requests.with_label_values(&[index, &log.status_label]).inc();
@@ -114,7 +117,9 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
         Err(failure @ UpstreamFailure::Busy { .. }) => {
             if attempts == 0 {
                 // Nothing was sent: the fetch is not paid for.
-                st.protect.budgets.refund(&ctx.index, st.settings.policy(&ctx.tile.index).budget).await;
+                let traffic = ctx.tile.api.is_traffic();
+                let budget = st.settings.policy_for(&ctx.tile.index, traffic).budget;
+                st.protect.budgets.refund(&ctx.index, Account::of(traffic), budget).await;
             }
             tracing::warn!(index, attempts, "upstream rate cap queue full; fetch refused");
             writer.finish(End::Failed(failure));
@@ -142,7 +147,7 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
             writer.finish(End::Failed(failure));
             upstream_ok
         }
-        Plan::NotModified { freshness } => {
+        Plan::NotModified { freshness, last_modified } => {
             st.health.upstream_ok(ctx.tile.api);
             let Some(old) = ctx.stale.clone() else {
                 writer.finish(End::Failed(UpstreamFailure::Status(304)));
@@ -152,8 +157,9 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
             // Same bytes and version; fetched "now" as far as freshness goes. An upstream that
             // says nothing on the 304 keeps its earlier facts.
             let freshness = if freshness == Freshness::default() { old.meta.freshness } else { freshness };
-            let entry =
-                Entry { meta: Meta { stored_at_ms: now, freshness, fetch_ms: fetch_ms(), ..old.meta }, body: old.body };
+            let last_modified = last_modified.or(old.meta.last_modified);
+            let meta = Meta { stored_at_ms: now, freshness, fetch_ms: fetch_ms(), last_modified, ..old.meta };
+            let entry = Entry { meta, body: old.body };
             deliver(writer, ctx, entry).await;
             true
         }
@@ -279,7 +285,7 @@ async fn deliver(writer: FlightWriter, ctx: &FetchCtx, entry: Entry) {
 /// index can reuse (a 400, `no-store` with no index TTL, negative caching off) is not stored.
 async fn store(writer: &FlightWriter, ctx: &FetchCtx, entry: Entry) {
     let st = &ctx.core;
-    let Some(keep) = st.settings.retention(&entry.meta) else {
+    let Some(keep) = st.settings.retention(&entry.meta, ctx.tile.api.is_traffic()) else {
         if entry.meta.status == 200 {
             st.metrics.not_stored.with_label_values(&[&ctx.index, "no_store"]).inc();
         }

@@ -15,7 +15,8 @@ use prometheus::core::Collector;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::protect::budget::until_end;
+use crate::config::{Budget, Settings};
+use crate::protect::budget::{until_end, Account};
 use crate::service::core::Core;
 use crate::store::redis::{Deadline, Redis};
 
@@ -126,7 +127,7 @@ pub fn spawn_housekeeping(core: Arc<Core>, redis: Option<Arc<Redis>>, pod_id: St
         loop {
             tick.tick().await;
             let settings = core.settings.clone();
-            core.protect.budgets.tick(|index| settings.policy(index).budget);
+            core.protect.budgets.tick(|index, account| budget_of(&settings, index, account));
             if let Some(redis) = &redis {
                 let snapshot = Snapshot { at_ms: core.clock.now_ms(), indices: local_counts(&core) };
                 let Ok(json) = serde_json::to_string(&snapshot) else { continue };
@@ -179,8 +180,8 @@ pub async fn document(core: &Core, redis: Option<&Redis>, pod_id: &str) -> serde
         None => ("pod", 1),
     };
     // Every index with a budget shows it, used or not.
-    for name in core.settings.policies.keys() {
-        if core.settings.policy(name).budget.is_limited() {
+    for (name, policy) in &core.settings.policies {
+        if policy.budget.is_limited() || policy.traffic.budget.is_limited() {
             counts.entry(core.metrics.index_label(name).to_string()).or_default();
         }
     }
@@ -189,17 +190,20 @@ pub async fn document(core: &Core, redis: Option<&Redis>, pod_id: &str) -> serde
     let mut total = Counts::default();
     for (index, c) in &counts {
         total.add(c);
-        let budget = core.settings.policy(index).budget;
         let mut doc = serde_json::to_value(c).unwrap_or_default();
         doc["hit_ratio"] = json!(c.hit_ratio().map(|r| (r * 10_000.0).round() / 10_000.0));
-        if budget.is_limited() {
-            let spent = core.protect.budgets.spent(index, budget).await;
+        for (account, field) in [(Account::Tiles, "budget"), (Account::Traffic, "traffic_budget")] {
+            let budget = budget_of(&core.settings, index, account);
+            if !budget.is_limited() {
+                continue;
+            }
+            let spent = core.protect.budgets.spent(index, account, budget).await;
             let window = |used: u64, limit: Option<u64>, len: u64| {
                 limit.map(|l| {
                     json!({"used": used, "limit": l, "left": l.saturating_sub(used), "resets_in_seconds": until_end(now, len)})
                 })
             };
-            doc["budget"] = json!({
+            doc[field] = json!({
                 "hour": window(spent.hour, budget.hour, 3_600_000),
                 "day": window(spent.day, budget.day, 86_400_000),
             });
@@ -215,6 +219,15 @@ pub async fn document(core: &Core, redis: Option<&Redis>, pod_id: &str) -> serde
         "indices": indices,
         "totals": totals,
     })
+}
+
+/// The budget `index` has for `account`.
+fn budget_of(settings: &Settings, index: &str, account: Account) -> Budget {
+    let policy = settings.policy(index);
+    match account {
+        Account::Tiles => policy.budget,
+        Account::Traffic => policy.traffic.budget,
+    }
 }
 
 #[cfg(test)]

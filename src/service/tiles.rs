@@ -113,7 +113,7 @@ impl TileService {
     ) -> Result<Answer, UpstreamFailure> {
         let st = &self.core;
         let key = st.upstream.cache_key(tile);
-        let policy = st.settings.policy(&tile.index);
+        let policy = st.settings.policy_for(&tile.index, tile.api.is_traffic());
         let found = self.lookup(&key, tile).await;
         let mut expired = None;
         if let Some((entry, source)) = found {
@@ -202,7 +202,7 @@ impl TileService {
     /// are passed over (with Redis, another pod's refresh is found there and promoted).
     async fn newer_than(&self, key: &CacheKey, tile: &TileRequest, stored_at_ms: u64) -> Option<Answer> {
         let (entry, source) = self.lookup_where(key, tile, |e| e.meta.stored_at_ms > stored_at_ms).await?;
-        let policy = self.core.settings.policy(&tile.index);
+        let policy = self.core.settings.policy_for(&tile.index, tile.api.is_traffic());
         let lifetime = freshness::lifetime(&entry.meta, policy, self.core.settings.limits());
         Some(self.entry_answer(entry, lifetime, Some(source), None))
     }
@@ -323,8 +323,8 @@ impl TileService {
         stale: Option<Entry>,
         index_label: &str,
     ) {
-        // Only an entry with the upstream's ETag can be revalidated.
-        let stale = stale.filter(|e| e.meta.status == 200 && e.meta.etag.is_some());
+        // Only an entry with the upstream's ETag or Last-Modified can be revalidated.
+        let stale = stale.filter(|e| crate::upstream::Validator::of(&e.meta).is_some());
         let ctx =
             FetchCtx { core: self.core.clone(), client: client.clone(), tile, stale, index: index_label.to_string() };
         // awc futures are not Send: the fetch runs on this worker's local runtime.

@@ -625,6 +625,7 @@ mod tests {
                 version_ms: 1,
                 freshness: Freshness { ttl_secs: Some(60), no_store: false },
                 fetch_ms: 5,
+                last_modified: None,
             },
             body: Bytes::from(vec![i as u8; 20_000]),
         };

@@ -450,6 +450,7 @@ mod tests {
                 version_ms: 0,
                 freshness: Freshness::default(),
                 fetch_ms: 0,
+                last_modified: None,
             },
             content_length: Some(6),
             x_cache: "MISS",

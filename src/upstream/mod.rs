@@ -14,32 +14,31 @@ use awc::error::{ConnectError, SendRequestError};
 use backon::{ExponentialBuilder, Retryable};
 
 use crate::config::{Settings, UpstreamSettings};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+
+use crate::domain::entry::Meta;
 use crate::domain::failure::UpstreamFailure;
 use crate::domain::key::{CacheKey, Origin};
 use crate::domain::plan::parse_retry_after;
 use crate::domain::routes::{Api, TileRequest};
 
-/// One credential: the key sent upstream and the origins (cache-key identities) it gives.
+/// One credential: the key sent upstream and the origins (cache-key identities) it gives, one
+/// per API ([`Api::index`] order).
 struct Credential {
     key: Option<String>,
-    raster: Origin,
-    vector: Origin,
+    origins: [Origin; 4],
 }
 
 impl Credential {
-    fn new(raster_base: &str, vector_base: &str, key: Option<String>) -> Credential {
-        Credential {
-            raster: Origin::new(raster_base, key.as_deref()),
-            vector: Origin::new(vector_base, key.as_deref()),
-            key,
-        }
+    fn new(bases: &[String; 4], key: Option<String>) -> Credential {
+        Credential { origins: bases.each_ref().map(|b| Origin::new(b, key.as_deref())), key }
     }
 }
 
 /// Where and how to call the upstream, with which key for which index. Shared by all workers.
 pub struct UpstreamConfig {
-    raster_base: String,
-    vector_base: String,
+    /// Each API's base URL ([`Api::index`] order).
+    bases: [String; 4],
     /// The server's key, used by every index without one of its own.
     default: Credential,
     /// Indices with their own HERE key (multi-tenant): their tiles are separate entries.
@@ -51,14 +50,18 @@ pub struct UpstreamConfig {
 
 impl UpstreamConfig {
     pub fn from_settings(s: &Settings) -> Self {
-        let (r, v) = (s.raster_upstream.as_str(), s.vector_upstream.as_str());
+        let bases = [
+            s.raster_upstream.clone(),
+            s.vector_upstream.clone(),
+            s.traffic_raster_upstream.clone(),
+            s.traffic_vector_upstream.clone(),
+        ];
         let by_index: HashMap<String, Credential> =
-            s.index_keys.iter().map(|(i, k)| (i.clone(), Credential::new(r, v, Some(k.clone())))).collect();
+            s.index_keys.iter().map(|(i, k)| (i.clone(), Credential::new(&bases, Some(k.clone())))).collect();
         let secrets = s.api_key.iter().chain(s.index_keys.values()).cloned().collect();
         Self {
-            raster_base: r.to_string(),
-            vector_base: v.to_string(),
-            default: Credential::new(r, v, s.api_key.clone()),
+            default: Credential::new(&bases, s.api_key.clone()),
+            bases,
             by_index,
             secrets,
             settings: s.upstream.clone(),
@@ -67,10 +70,7 @@ impl UpstreamConfig {
 
     /// Base URL for an API (for `/health`).
     pub fn base(&self, api: Api) -> &str {
-        match api {
-            Api::Raster => &self.raster_base,
-            Api::Vector => &self.vector_base,
-        }
+        &self.bases[api.index()]
     }
 
     fn credential(&self, index: &str) -> &Credential {
@@ -79,11 +79,7 @@ impl UpstreamConfig {
 
     /// Who answers this request: the identity its cache key is built from.
     pub fn origin(&self, t: &TileRequest) -> &Origin {
-        let c = self.credential(&t.index);
-        match t.api {
-            Api::Raster => &c.raster,
-            Api::Vector => &c.vector,
-        }
+        &self.credential(&t.index).origins[t.api.index()]
     }
 
     /// The cache key of a request.
@@ -104,11 +100,7 @@ impl UpstreamConfig {
 
     /// Who answers a metadata request of `index` on `api` (its cache identity).
     pub fn metadata_origin(&self, api: Api, index: &str) -> &Origin {
-        let c = self.credential(index);
-        match api {
-            Api::Raster => &c.raster,
-            Api::Vector => &c.vector,
-        }
+        &self.credential(index).origins[api.index()]
     }
 
     /// The upstream URL of a metadata request: configured base + one of the fixed metadata paths
@@ -127,10 +119,8 @@ impl UpstreamConfig {
         }
         if let Some(key) = &self.credential(index).key {
             url.push(sep);
-            url.push_str(match api {
-                Api::Raster => "apiKey=",
-                Api::Vector => "apikey=",
-            });
+            url.push_str(api.key_param());
+            url.push('=');
             url.push_str(key);
         }
         url
@@ -151,6 +141,42 @@ pub fn build_client(s: &UpstreamSettings) -> awc::Client {
         .no_default_headers()
         .add_default_header(("User-Agent", concat!("tile-proxy/", env!("CARGO_PKG_VERSION"))))
         .finish()
+}
+
+/// How a stored copy is revalidated: HERE answers 304 to either.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Validator {
+    /// `If-None-Match` with the upstream's ETag.
+    Etag(HeaderValue),
+    /// `If-Modified-Since` with the upstream's `Last-Modified` (Unix seconds).
+    ModifiedSince(u64),
+}
+
+impl Validator {
+    /// The validator of a stored answer: its ETag, else its `Last-Modified` (only what the
+    /// upstream itself sent: our derived ETag or stored time mean nothing to it). `None`: it
+    /// cannot be revalidated (only a 200 is).
+    pub fn of(meta: &Meta) -> Option<Validator> {
+        if meta.status != 200 {
+            return None;
+        }
+        match (&meta.etag, meta.last_modified) {
+            (Some(etag), _) => Some(Validator::Etag(etag.clone())),
+            (None, Some(at)) => Some(Validator::ModifiedSince(at)),
+            (None, None) => None,
+        }
+    }
+
+    /// The request header it is sent as.
+    pub fn header(&self) -> (HeaderName, HeaderValue) {
+        match self {
+            Validator::Etag(etag) => (header::IF_NONE_MATCH, etag.clone()),
+            Validator::ModifiedSince(at) => {
+                let date = crate::domain::conditional::http_date(*at);
+                (header::IF_MODIFIED_SINCE, HeaderValue::from_str(&date).unwrap_or(HeaderValue::from_static("")))
+            }
+        }
+    }
 }
 
 /// One attempt's result, as the retry loop sees it.
@@ -189,7 +215,7 @@ pub async fn fetch_head<G: std::future::Future<Output = Result<(), UpstreamFailu
     client: &awc::Client,
     cfg: &Arc<UpstreamConfig>,
     url: &str,
-    if_none_match: Option<&actix_web::http::header::HeaderValue>,
+    validator: Option<&Validator>,
     gate: impl Fn() -> G,
     mut on_attempt: impl FnMut(AttemptLog),
 ) -> Result<awc::ClientResponse, UpstreamFailure> {
@@ -210,8 +236,8 @@ pub async fn fetch_head<G: std::future::Future<Output = Result<(), UpstreamFailu
             }
             // Built after the wait: awc's timeout starts when the request is built.
             let mut req = client.get(url).no_decompress();
-            if let Some(etag) = if_none_match {
-                req = req.insert_header((actix_web::http::header::IF_NONE_MATCH, etag.clone()));
+            if let Some(v) = validator {
+                req = req.insert_header(v.header());
             }
             let started = Instant::now();
             let result = req.send().await;
@@ -307,8 +333,53 @@ mod tests {
             let t = parse(path, q, ParseOptions::default()).unwrap().unwrap();
             assert_eq!(c.url(&t), want);
         }
+        // Traffic tiles go to their own hosts (HERE's defaults here), with their own origins.
+        let traffic = [
+            (
+                "/v3/flow/mc/12/2200/1343/png",
+                "size=512&minTrafficCongestion=heavy",
+                "https://traffic.maps.hereapi.com/v3/flow/mc/12/2200/1343/png?minTrafficCongestion=heavy&apiKey=SERVERKEY",
+            ),
+            (
+                "/v2/traffictiles/flow/mc/11/1100/671/omv",
+                "apikey=CLIENT",
+                "https://traffic.vector.hereapi.com/v2/traffictiles/flow/mc/11/1100/671/omv?apikey=SERVERKEY",
+            ),
+        ];
+        for (path, q, want) in traffic {
+            let t = parse(path, q, ParseOptions::default()).unwrap().unwrap();
+            assert_eq!(c.url(&t), want);
+            assert_ne!(c.origin(&t), c.metadata_origin(Api::Raster, "default"));
+        }
         let t = parse("/here-proxy/1/0/0/png", "", ParseOptions::default()).unwrap().unwrap();
         assert_eq!(cfg(None).url(&t), "https://maps.example.com/v3/base/mc/1/0/0/png");
+    }
+
+    #[test]
+    fn validators_prefer_the_etag_and_use_only_the_upstreams_own() {
+        let meta = |status: u16, etag: Option<&'static str>, lm: Option<u64>| Meta {
+            status,
+            content_type: None,
+            content_encoding: None,
+            etag: etag.map(HeaderValue::from_static),
+            stored_at_ms: 5_000_000,
+            version_ms: 5_000_000,
+            freshness: Default::default(),
+            fetch_ms: 0,
+            last_modified: lm,
+        };
+        let cases = [
+            (meta(200, Some("\"v1\""), Some(1_639_251_811)), Some(("if-none-match", "\"v1\""))),
+            (meta(200, None, Some(1_639_251_811)), Some(("if-modified-since", "Sat, 11 Dec 2021 19:43:31 GMT"))),
+            (meta(200, None, None), None), // our stored time is not the upstream's date
+            (meta(204, Some("\"v1\""), Some(1)), None),
+            (meta(404, None, Some(1)), None),
+        ];
+        for (m, want) in cases {
+            let got = Validator::of(&m).map(|v| v.header());
+            let got = got.as_ref().map(|(n, v)| (n.as_str(), v.to_str().unwrap()));
+            assert_eq!(got, want, "{m:?}");
+        }
     }
 
     #[test]

@@ -205,7 +205,7 @@ pub(crate) fn handle(state: &State, req: &Request) -> Response {
     let allowed: &[&str] = match req.path.as_str() {
         "/__stats" => &["GET", "HEAD"],
         "/__fault" => &["GET", "HEAD", "POST"],
-        "/__reset" | "/__version" | "/__latency" | "/__clear" => &["POST"],
+        "/__reset" | "/__version" | "/__latency" | "/__clear" | "/__clock" => &["POST"],
         _ => return json_response(404, json!({"error": "unknown control endpoint"}), corr),
     };
     if !allowed.contains(&req.method.as_str()) {
@@ -230,6 +230,13 @@ pub(crate) fn handle(state: &State, req: &Request) -> Response {
                 json_response(200, json!({"ok": true, "latency_ms": ms}), corr)
             }
             None => bad_request("expected ?ms=<u64>".into(), corr),
+        },
+        ("/__clock", _) => match query_u64(req, "ms") {
+            Some(ms) => {
+                state.set_clock_ms(ms);
+                json_response(200, json!({"ok": true, "clock_ms": ms}), corr)
+            }
+            None => bad_request("expected ?ms=<u64> (0: the wall clock)".into(), corr),
         },
         ("/__clear", _) => {
             state.clear_faults();

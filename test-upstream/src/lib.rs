@@ -5,6 +5,14 @@
 //! (`/v3/{resource}/mc/{z}/{x}/{y}/{format}`) and Vector Tile API v2
 //! (`/v2/vectortiles/{layer}/mc/{z}/{x}/{y}/omv`):
 //!
+//! * HERE's traffic APIs (see [`traffic`]): `/v3/flow/mc/{z}/{x}/{y}/{format}` (transparent
+//!   PNG flow lines) and `/v2/traffictiles/{traffic|flow|incident}/mc/{z}/{x}/{y}/omv` (MVT,
+//!   `204` where [`has_traffic`] is false), changing every minute of the server's clock
+//!   ([`Upstream::set_clock_ms`]): `Last-Modified` is the minute's start, and both
+//!   `If-None-Match` and `If-Modified-Since` give `304`;
+//! * `Last-Modified` on base tiles too (a date that moves with the content version);
+//!   `If-Modified-Since` gives `304` when no `If-None-Match` is sent; [`Options::etags`] off
+//!   sends no ETag, so a client can only revalidate by date;
 //! * deterministic tile bodies (a function of content version, path and the query without
 //!   `apiKey`/`apikey`), with `ETag`, `X-Correlation-ID` and optional `Cache-Control`;
 //!   `If-None-Match` gives `304`; with [`Options::images`] raster tiles are real PNG/JPEG
@@ -42,6 +50,7 @@
 //! | `POST /__reset` | clears counters, recorded requests and fault rules | [`Upstream::reset`] |
 //! | `POST /__version?v=N` | content version `N` (every tile's bytes and ETag change) | [`Upstream::set_version`] |
 //! | `POST /__latency?ms=N` | extra delay before every counted response head | [`Upstream::set_latency`] |
+//! | `POST /__clock?ms=N` | the server's clock (Unix ms) for traffic tiles; `0`: the wall clock | [`Upstream::set_clock_ms`] |
 //! | `POST /__fault` (JSON body) | adds a fault rule | [`Upstream::fail`], [`Upstream::fail_always`] |
 //! | `GET /__fault` | `{"rules": [{"match", "remaining", "fault"}]}`, the active rules | |
 //! | `POST /__clear` | removes every fault rule (counters kept) | [`Upstream::clear_faults`] |
@@ -79,6 +88,9 @@ mod http;
 mod image;
 mod mvt;
 mod server;
+pub mod traffic;
+
+pub use traffic::has_traffic;
 
 use std::io;
 use std::net::SocketAddr;
@@ -135,6 +147,9 @@ pub struct Options {
     /// apply. Vector tiles are MVT when this or [`Options::images`] is on. Default `false`:
     /// pseudo-random bytes sized by `min_size`/`max_size`. [`Fault::BigBody`] stays random.
     pub mvt: bool,
+    /// Send an `ETag` with tiles (default `true`). Off, a client can revalidate only with
+    /// `If-Modified-Since` against `Last-Modified`.
+    pub etags: bool,
 }
 
 impl Default for Options {
@@ -150,6 +165,7 @@ impl Default for Options {
             vector_max_age: Some(3600),
             images: false,
             mvt: false,
+            etags: true,
         }
     }
 }
@@ -396,6 +412,13 @@ impl Upstream {
     /// Sets the content version (default 0); every tile's bytes and ETag change with it.
     pub fn set_version(&self, v: u64) {
         self.state.set_version(v);
+    }
+
+    /// Sets the server's clock, in Unix ms, that traffic tiles change with (every minute) and
+    /// date (`Last-Modified`); `0` goes back to the wall clock (the default). Same as
+    /// `POST /__clock?ms=N`. Tests move it with the proxy's injected clock.
+    pub fn set_clock_ms(&self, ms: u64) {
+        self.state.set_clock_ms(ms);
     }
 
     /// The exact body a `200` for `path_and_query` carries at the current version

@@ -292,6 +292,32 @@ pub(crate) fn render(spec: &Spec) -> Vec<u8> {
     out
 }
 
+/// A traffic tile: layer `traffic_flow` (a LineString per road with `kind` and `jam_factor`),
+/// then, when given, `traffic_incidents` (one Point with `kind`). An empty `flow` and no
+/// incident gives a tile with no layers.
+pub(crate) fn render_traffic(
+    flow: &[(Vec<(i32, i32)>, &'static str, u64)],
+    incident: Option<((i32, i32), &'static str)>,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    if !flow.is_empty() {
+        let mut layer = Layer::new("traffic_flow");
+        for (line, kind, jam) in flow {
+            let props = vec![("kind", Value::Str((*kind).into())), ("jam_factor", Value::Uint(*jam))];
+            layer.feature(None, LINESTRING, &Geometry::default().line(line), props);
+        }
+        put_bytes(&mut out, TILE_LAYERS, &layer.encode());
+    }
+    if let Some((at, kind)) = incident {
+        let mut layer = Layer::new("traffic_incidents");
+        let mut geometry = Geometry::default();
+        geometry.move_to(at);
+        layer.feature(None, POINT, &geometry.cmds, vec![("kind", Value::Str(kind.into()))]);
+        put_bytes(&mut out, TILE_LAYERS, &layer.encode());
+    }
+    out
+}
+
 /// The independent decoder of `tests/support/mvt_decode.rs` (shared with the HTTP tests).
 #[cfg(test)]
 #[path = "../tests/support/mvt_decode.rs"]

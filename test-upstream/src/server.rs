@@ -55,6 +55,8 @@ struct Cache {
 pub(crate) struct State {
     pub(crate) opts: Options,
     version: AtomicU64,
+    /// The clock traffic tiles follow, Unix ms; 0: the wall clock.
+    clock_ms: AtomicU64,
     /// Extra latency before counted responses, in nanoseconds (starts at `opts.latency`).
     latency_ns: AtomicU64,
     seq: AtomicU64,
@@ -69,6 +71,7 @@ impl State {
         State {
             opts,
             version: AtomicU64::new(0),
+            clock_ms: AtomicU64::new(0),
             latency_ns: AtomicU64::new(latency_ns),
             seq: AtomicU64::new(0),
             stats: Mutex::new(Stats::default()),
@@ -119,6 +122,21 @@ impl State {
         self.version.load(Ordering::SeqCst)
     }
 
+    pub(crate) fn set_clock_ms(&self, ms: u64) {
+        self.clock_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Now, Unix ms: the injected clock, else the wall clock.
+    pub(crate) fn now_ms(&self) -> u64 {
+        match self.clock_ms.load(Ordering::SeqCst) {
+            0 => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            ms => ms,
+        }
+    }
+
     pub(crate) fn set_latency(&self, latency: Duration) {
         self.latency_ns.store(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX), Ordering::SeqCst);
     }
@@ -156,6 +174,9 @@ impl State {
     pub(crate) fn tile_bytes(&self, path_and_query: &str) -> Bytes {
         let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
         match classify(path) {
+            Route::Tile { api: Api::TrafficRaster | Api::TrafficVector, .. } => {
+                self.traffic_tile(path, query, self.now_ms() / 60_000).map(|t| t.body.clone()).unwrap_or_default()
+            }
             Route::Tile { kind, .. } => self.tile(path, query, kind).body.clone(),
             Route::Meta(meta) => meta_body(meta),
             _ => self.tile(path, query, BodyKind::Omv).body.clone(),
@@ -216,6 +237,45 @@ impl State {
         tile
     }
 
+    /// A traffic tile in `minute` (`None`: a vector tile without traffic, a 204).
+    fn traffic_tile(&self, path: &str, query: &str, minute: u64) -> Option<Arc<Tile>> {
+        let segs: Vec<&str> = path.split('/').collect();
+        let (vector, layer, x, y, format) = match segs.as_slice() {
+            ["", "v3", _, "mc", _, x, y, format] => (false, "flow", *x, *y, *format),
+            ["", "v2", "traffictiles", layer, "mc", _, x, y, _] => (true, *layer, *x, *y, "omv"),
+            _ => return None,
+        };
+        let (x, y) = (x.parse::<u64>().ok()?, y.parse::<u64>().ok()?);
+        let empty = !crate::traffic::has_traffic(0, x, y);
+        if vector && empty {
+            return None;
+        }
+        let canonical = body::canonical_query(query);
+        let key = format!("traffic\u{0}{minute}\u{0}{path}\u{0}{canonical}");
+        if let Some(t) = lock(&self.cache).map.get(&key) {
+            return Some(t.clone());
+        }
+        let seed = crate::traffic::seed(path, &canonical);
+        let body = if vector {
+            crate::traffic::vector_tile(layer, seed, minute)
+        } else {
+            let size = match body::parse_query(query).iter().find(|(k, _)| k == "size") {
+                Some((_, s)) if s == "256" => 256,
+                _ => 512,
+            };
+            crate::traffic::flow_image(size, seed, minute, empty, format == "jpeg")
+        };
+        let tile = Arc::new(Tile::from_body(body));
+        let mut cache = lock(&self.cache);
+        if cache.map.len() >= CACHE_MAX_ENTRIES || cache.bytes >= CACHE_MAX_BYTES {
+            cache.map.clear();
+            cache.bytes = 0;
+        }
+        cache.bytes += tile.body.len();
+        cache.map.insert(key, tile.clone());
+        Some(tile)
+    }
+
     /// A fresh tile: an image under `opts.images` for raster paths, an MVT under
     /// `opts.mvt` or `opts.images` for vector paths, otherwise bytes.
     fn generate(&self, version: u64, path: &str, query: &str, canonical: &str, kind: BodyKind) -> Tile {
@@ -243,7 +303,13 @@ impl State {
 enum Api {
     Raster,
     Vector,
+    TrafficRaster,
+    TrafficVector,
 }
+
+/// `Last-Modified` of base tiles at content version 0 (2026-01-01T00:00:00Z); each version
+/// adds a minute.
+const BASE_LAST_MODIFIED: u64 = 1_767_225_600;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Meta {
@@ -321,6 +387,40 @@ fn classify(path: &str) -> Route {
         ["", "v3", "politicalViews"] => Route::Meta(Meta::PoliticalViews),
         ["", "v2", "vectortiles", "copyright"] => Route::Meta(Meta::VectorCopyright),
         ["", "v2", "vectortiles", "politicalViews"] => Route::Meta(Meta::VectorPoliticalViews),
+        ["", "v3", "flow", proj, z, x, y, format] => {
+            if *proj != "mc" {
+                return invalid("projection", "E622008", format!("Invalid value '{proj}' for parameter 'projection'"));
+            }
+            if let Some(err) = check_zxy(z, x, y, 20) {
+                return err;
+            }
+            let (kind, content_type) = match *format {
+                "png" | "png8" => (BodyKind::Png, "image/png"),
+                "jpeg" => (BodyKind::Jpeg, "image/jpeg"),
+                other => {
+                    return invalid("format", "E622007", format!("Invalid value '{other}' for parameter 'format'"))
+                }
+            };
+            Route::Tile { api: Api::TrafficRaster, kind, content_type }
+        }
+        ["", "v2", "traffictiles", layer, proj, z, x, y, format] => {
+            if !matches!(*layer, "traffic" | "flow" | "incident") {
+                return invalid("layer", "E622003", format!("Invalid value '{layer}' for parameter 'layer'"));
+            }
+            if *proj != "mc" {
+                return invalid("projection", "E622008", format!("Invalid value '{proj}' for parameter 'projection'"));
+            }
+            if *z == "0" {
+                return invalid("z", "E622004", "Invalid value '0' for parameter 'z': must be 1..17".into());
+            }
+            if let Some(err) = check_zxy(z, x, y, 17) {
+                return err;
+            }
+            if *format != "omv" {
+                return invalid("format", "E622007", format!("Invalid value '{format}' for parameter 'format'"));
+            }
+            Route::Tile { api: Api::TrafficVector, kind: BodyKind::Omv, content_type: "application/x-protobuf" }
+        }
         ["", "v3", resource, proj, z, x, y, format] => {
             if !matches!(*resource, "base" | "background" | "label") {
                 return invalid("resource", "E622003", format!("Invalid value '{resource}' for parameter 'resource'"));
@@ -469,6 +569,15 @@ fn etag_matches(req: &Request, etag: &str) -> bool {
         .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
 }
 
+/// RFC 9110 §13.2.2: `If-None-Match` decides when sent (against `etag`, if the answer has
+/// one); else an `If-Modified-Since` no earlier than `last_modified` means not modified.
+fn not_modified(req: &Request, etag: Option<&str>, last_modified: u64) -> bool {
+    if req.header("if-none-match").is_some() {
+        return etag.is_some_and(|e| etag_matches(req, e));
+    }
+    req.header("if-modified-since").and_then(http::parse_date).is_some_and(|since| last_modified <= since)
+}
+
 /// 401/403 when the request's credentials are not acceptable.
 fn check_auth(state: &State, req: &Request) -> Option<Response> {
     let mut keys: Vec<String> =
@@ -505,19 +614,52 @@ fn normal(state: &State, req: &Request, strict: bool) -> Response {
         }
     }
     match route {
+        Route::Tile { api: api @ (Api::TrafficRaster | Api::TrafficVector), content_type, .. } => {
+            let minute = state.now_ms() / 60_000;
+            let last_modified = minute * 60;
+            let tile = state.traffic_tile(&req.path, &req.query, minute);
+            let etag = tile.as_ref().map(|t| t.etag.clone());
+            let status = match &tile {
+                _ if strict && not_modified(req, etag.as_deref(), last_modified) => 304,
+                Some(_) => 200,
+                None => 204,
+            };
+            let body = match (&tile, status) {
+                (Some(t), 200) => t.body.clone(),
+                _ => Bytes::new(),
+            };
+            let mut resp = Response::new(status, body);
+            if status == 200 {
+                resp = resp.with("Content-Type", content_type);
+            }
+            if let (Some(etag), true) = (etag, state.opts.etags) {
+                resp = resp.with("ETag", etag);
+            }
+            let max_age = if api == Api::TrafficRaster { 60 } else { 30 };
+            resp.with("Last-Modified", http::format_date(last_modified))
+                .with("Cache-Control", format!("max-age={max_age}"))
+                .with("X-Correlation-ID", state.correlation_id())
+        }
         Route::Tile { api, kind, content_type } => {
             let tile = state.tile(&req.path, &req.query, kind);
             let max_age = match api {
                 Api::Raster => state.opts.raster_max_age,
-                Api::Vector => state.opts.vector_max_age,
+                _ => state.opts.vector_max_age,
             };
-            let status = if strict && etag_matches(req, &tile.etag) { 304 } else { 200 };
+            let last_modified = BASE_LAST_MODIFIED + state.version() * 60;
+            let etag = state.opts.etags.then_some(tile.etag.as_str());
+            let status = if strict && not_modified(req, etag, last_modified) { 304 } else { 200 };
             let body = if status == 200 { tile.body.clone() } else { Bytes::new() };
             let mut resp = Response::new(status, body);
             if status == 200 {
                 resp = resp.with("Content-Type", content_type);
             }
-            resp = resp.with("ETag", tile.etag.clone()).with("X-Correlation-ID", state.correlation_id());
+            if let Some(etag) = etag {
+                resp = resp.with("ETag", etag.to_string());
+            }
+            resp = resp
+                .with("Last-Modified", http::format_date(last_modified))
+                .with("X-Correlation-ID", state.correlation_id());
             if let Some(age) = max_age {
                 resp = resp.with("Cache-Control", format!("max-age={age}"));
             }

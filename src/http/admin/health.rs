@@ -33,23 +33,23 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let state = state.get_ref();
     let h = &state.health;
-    let (raster, raster_down) = h.upstream_json(Api::Raster, state.upstream.base(Api::Raster));
-    let (vector, vector_down) = h.upstream_json(Api::Vector, state.upstream.base(Api::Vector));
     let auth = h.recent_auth_failure();
     let mut problems = Vec::new();
     if let Some((_, status)) = auth {
         problems.push(format!("upstream answered {status} to our key (HERE_API_KEY invalid or expired?)"));
     }
-    if raster_down {
-        problems.push("raster upstream: last call failed".to_string());
-    }
-    if vector_down {
-        problems.push("vector upstream: last call failed".to_string());
+    let mut upstream = serde_json::Map::new();
+    for api in Api::ALL {
+        let (json, down) = h.upstream_json(api, state.upstream.base(api));
+        if down {
+            problems.push(format!("{} upstream: last call failed", api.as_str().replace('_', " ")));
+        }
+        upstream.insert(api.as_str().into(), json);
     }
     problems.extend(state.cache.problems());
     let now = state.clock.now_ms();
     let mut breakers = serde_json::Map::new();
-    for api in [Api::Raster, Api::Vector] {
+    for api in Api::ALL {
         let b = state.breakers.get(api);
         let st = b.state(now);
         if st != BreakerState::Closed {
@@ -72,7 +72,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         "ready": h.is_ready(),
         "cache": state.cache.status(),
         "in_flight_fetches": state.flights.len(),
-        "upstream": {"raster": raster, "vector": vector},
+        "upstream": upstream,
         "circuit_breakers": breakers,
         "upstream_auth_failure_unix_ms": auth.map(|(at, _)| at),
     }))
