@@ -94,6 +94,8 @@ HERE_API_KEY="$key" \
     TILE_PROXY_LISTEN="$proxy_listen" \
     TILE_PROXY_RASTER_UPSTREAM="$upstream_url" \
     TILE_PROXY_VECTOR_UPSTREAM="$upstream_url" \
+    TILE_PROXY_TRAFFIC_RASTER_UPSTREAM="$upstream_url" \
+    TILE_PROXY_TRAFFIC_VECTOR_UPSTREAM="$upstream_url" \
     TILE_PROXY_CACHE_DIR="$cache_dir" \
     TILE_PROXY_LOG_FORMAT="${TILE_PROXY_LOG_FORMAT:-text}" \
     "$bin_dir/tile-proxy" serve &

@@ -93,7 +93,7 @@ impl ProxyError {
         let body = match self {
             ProxyError::BadRequest(e) => json!({"error": "invalid_request", "field": e.field, "message": e.message}),
             ProxyError::NotFound => {
-                json!({"error": "not_found", "message": "not a tile route; see /here-proxy/{z}/{x}/{y}/{format}, /v3/{resource}/mc/... and /v2/vectortiles/{layer}/mc/..."})
+                json!({"error": "not_found", "message": "not a tile route; see /here-proxy/{z}/{x}/{y}/{format}, /v3/{resource}/mc/..., /v2/vectortiles/{layer}/mc/..., /v3/flow/mc/... and /v2/traffictiles/{layer}/mc/..."})
             }
             ProxyError::UnknownIndex => json!({
                 "error": "unknown_index",

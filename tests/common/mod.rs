@@ -34,7 +34,7 @@ pub fn dur(s: &str) -> Duration {
     tile_proxy::config::units::parse_duration(s).expect("a duration")
 }
 
-/// A config pointing both APIs at `upstream`, small caches, fast retries.
+/// A config pointing every API (traffic too) at `upstream`, small caches, fast retries.
 pub fn config(upstream: &Upstream, dir: &std::path::Path) -> FileConfig {
     let mut f = FileConfig {
         listen: "127.0.0.1:0".into(),
@@ -42,6 +42,8 @@ pub fn config(upstream: &Upstream, dir: &std::path::Path) -> FileConfig {
         here_api_key: Some(SERVER_KEY.into()),
         raster_upstream: upstream.base_url(),
         vector_upstream: upstream.base_url(),
+        traffic_raster_upstream: upstream.base_url(),
+        traffic_vector_upstream: upstream.base_url(),
         cache_dir: dir.to_path_buf(),
         memory_cache: ByteSize::mib(32),
         disk_cache: ByteSize::mib(16),
