@@ -19,7 +19,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use crate::base::clock::SharedClock;
 use crate::config::Budget;
 use crate::domain::failure::UpstreamFailure;
-use crate::observe::metrics::Metrics;
+use crate::observe::metrics::{Metrics, BUDGET_DAY, BUDGET_HOUR};
 use crate::store::redis::{Deadline, Lua, Redis};
 
 const HOUR_MS: u64 = 3_600_000;
@@ -103,21 +103,17 @@ impl Budgets {
         match refused {
             None => Ok(()),
             Some(window) => {
-                let (name, len) = if window == 2 { ("day", DAY_MS) } else { ("hour", HOUR_MS) };
+                let (name, len) = if window == 2 { (BUDGET_DAY, DAY_MS) } else { (BUDGET_HOUR, HOUR_MS) };
                 self.metrics.budget_exhausted.with_label_values(&[index, name]).inc();
                 Err(UpstreamFailure::BudgetExhausted { window: name, retry_after_secs: until_end(now, len) })
             }
         }
     }
 
-    /// Makes a configured index's budget series exist before its first fetch (nothing spent).
+    /// Makes a configured index's budget gauges exist before its first fetch (nothing spent;
+    /// `tile_proxy_budget_exhausted_total` exists from the start: [`Metrics::new`]).
     pub fn register(&self, index: &str, budget: Budget) {
         self.publish(index, Spent::default(), budget);
-        for (window, limit) in [("hour", budget.hour), ("day", budget.day)] {
-            if limit.is_some() {
-                self.metrics.budget_exhausted.with_label_values(&[index, window]);
-            }
-        }
     }
 
     /// Gives back a charge whose fetch was never made (the rate cap refused it).
@@ -209,7 +205,7 @@ impl Budgets {
 
     fn publish(&self, index: &str, spent: Spent, budget: Budget) {
         let m = &self.metrics;
-        for (window, used, limit) in [("hour", spent.hour, budget.hour), ("day", spent.day, budget.day)] {
+        for (window, used, limit) in [(BUDGET_HOUR, spent.hour, budget.hour), (BUDGET_DAY, spent.day, budget.day)] {
             if let Some(limit) = limit {
                 m.budget_used.with_label_values(&[index, window]).set(used as i64);
                 m.budget_limit.with_label_values(&[index, window]).set(limit as i64);
