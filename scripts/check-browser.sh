@@ -2,9 +2,9 @@
 # The map page in a real browser (scripts/test.sh runs this after cargo test): Debian's headless
 # chromium, driven by playwright-core, opens `/` of a tile-proxy in front of the test upstream
 # (`--images`) and checks that the raster tiles load (all 200, no failure, no console error, no
-# request to another host), that a second visitor gets every tile HIT, that the overlay counts
-# them, and that the MapLibre GL vector view renders through WebGL (SwiftShader), or says why it
-# is skipped. See tests/browser/map.test.mjs.
+# request to another host), that the page's icon and /favicon.ico load, that a second visitor gets
+# every tile HIT, that the overlay counts them, and that the MapLibre GL vector view renders
+# through WebGL (SwiftShader), or says why it is skipped. See tests/browser/map.test.mjs.
 #
 #   scripts/check-browser.sh
 #

@@ -1,6 +1,7 @@
 //! The built-in map page (`/`, `/map`) and its embedded assets, through the real server: what a
-//! browser gets (types, ETags, caching, 304), that the page names only its own assets, that the
-//! vendored libraries' licences are served, and that `map_page = false` turns it all off.
+//! browser gets (types, ETags, caching, 304), that the page names only its own assets, its icon
+//! (declared and at `/favicon.ico`), that the vendored libraries' licences are served, and that
+//! `map_page = false` turns it all off.
 //! The page in a real browser: tests/browser/map.test.mjs (scripts/check-browser.sh).
 
 mod common;
@@ -64,6 +65,7 @@ async fn page_and_assets_with_types_etags_and_caching() {
             Some("js") => "text/javascript; charset=utf-8",
             Some("css") => "text/css; charset=utf-8",
             Some("md") => "text/markdown; charset=utf-8",
+            Some("png") => "image/png",
             _ => "text/plain; charset=utf-8",
         };
         assert_eq!(r.header("content-type"), Some(want), "{path}");
@@ -97,6 +99,33 @@ async fn page_and_assets_with_types_etags_and_caching() {
     let r = client.get(p.url("/map/")).send().await.expect("sent");
     let location = r.headers().get("location").and_then(|v| v.to_str().ok());
     assert_eq!((r.status().as_u16(), location), (308, Some("../map")));
+    p.stop().await;
+}
+
+#[actix_rt::test]
+async fn the_pages_icon_and_favicon_ico_are_one_png() {
+    let up = upstream(100);
+    let p = Proxy::start(&up, |_| {}).await;
+    let html = text(&p.get("/").await);
+    // The page declares its icon, so a browser need not guess (and asks nothing else).
+    let rest = html.split("<link rel=\"icon\"").nth(1).expect("the page declares an icon");
+    let href = rest.split("href=\"").nth(1).and_then(|h| h.split('"').next()).expect("the icon's href");
+    let declared = p.get(&format!("/{href}")).await;
+    assert_eq!((declared.status.as_u16(), declared.header("content-type")), (200, Some("image/png")), "{href}");
+    assert_eq!(declared.header("cache-control"), Some(CACHE_VERSIONED), "{href}");
+    assert_eq!(&declared.bytes()[..8], b"\x89PNG\r\n\x1a\n", "{href}");
+    // Where browsers look without a declaration (and for pages that are not the map page).
+    let ico = p.get("/favicon.ico").await;
+    assert_eq!((ico.status.as_u16(), ico.header("content-type")), (200, Some("image/png")));
+    assert_eq!(ico.header("cache-control"), Some(CACHE_UNVERSIONED));
+    assert_eq!(ico.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(ico.bytes(), declared.bytes(), "one icon");
+    let etag = ico.header("etag").expect("etag");
+    assert_eq!(Some(etag), declared.header("etag"));
+    let again = p.get_with("/favicon.ico", &[("If-None-Match", etag)]).await;
+    assert_eq!(again.status, 304);
+    assert!(again.bytes().is_empty());
+    assert_eq!(up.total(), 0, "the icon asks the upstream nothing");
     p.stop().await;
 }
 
@@ -160,7 +189,7 @@ async fn public_base_url_reaches_the_page() {
 async fn map_page_off_is_404_like_any_unknown_path() {
     let up = upstream(100);
     let p = Proxy::start(&up, |c| c.map_page = false).await;
-    for path in ["/", "/map", "/map/", "/map/assets/app.js", "/map/assets/vendor/leaflet/LICENSE"] {
+    for path in ["/", "/map", "/map/", "/map/assets/app.js", "/map/assets/vendor/leaflet/LICENSE", "/favicon.ico"] {
         let r = p.get(path).await;
         assert_eq!(r.status, 404, "{path}");
         assert_eq!(r.header("content-type"), Some("application/json"), "{path}");

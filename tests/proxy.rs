@@ -149,6 +149,28 @@ async fn client_key_is_dropped_and_the_server_key_added_and_never_shown() {
 }
 
 #[actix_rt::test]
+async fn vector_content_goes_upstream_default_first_and_every_order_is_one_entry() {
+    let up = upstream(4_000);
+    let p = Proxy::start(&up, |_| {}).await;
+    let tile = "/v2/vectortiles/base/mc/9/270/180/omv";
+    let first = p.get(&format!("{tile}?indice=content&content=advanced_pois,default")).await;
+    assert_eq!((first.status.as_u16(), first.x_cache()), (200, "MISS"));
+    let seen = up.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, tile);
+    // HERE reads `content` in order, `default` first: the client's order is not what goes out.
+    assert_eq!(seen[0].query, format!("content=default,advanced_pois&apikey={SERVER_KEY}"));
+    assert_eq!(first.bytes(), &up.tile_bytes(&format!("{tile}?content=default,advanced_pois")));
+    for again in ["content=default,advanced_pois", "content=advanced_pois,default,advanced_pois"] {
+        let r = p.get(&format!("{tile}?indice=content&{again}")).await;
+        assert_eq!((r.status.as_u16(), r.x_cache()), (200, "HIT"), "{again}");
+        assert_eq!(r.bytes(), first.bytes(), "{again}");
+    }
+    assert_eq!(up.count(tile), 1, "one upstream call for every order");
+    p.stop().await;
+}
+
+#[actix_rt::test]
 async fn invalid_requests_get_a_json_400_naming_the_field_and_cost_nothing() {
     let up = upstream(1_000);
     let p = Proxy::start(&up, |_| {}).await;

@@ -201,12 +201,6 @@ pub async fn build(settings: Settings, opts: StartOptions) -> Result<Built, Star
         None => flights.clone(),
     };
     let protect = crate::protect::Protect::new(&settings, redis.clone(), clock.clone(), metrics.clone());
-    // Configured indices' early refresh series exist from the start, at 0 (rate() in dashboards).
-    for (name, policy) in &settings.policies {
-        if policy.early_refresh_beta > 0.0 {
-            metrics.early_refresh.with_label_values(&[name]);
-        }
-    }
     let compressor = crate::http::negotiate::Compressor::new(&settings, metrics.clone());
     let core = Arc::new(Core {
         upstream: Arc::new(UpstreamConfig::from_settings(&settings)),

@@ -489,14 +489,15 @@ fn is_default(api: Option<Api>, k: &str, v: &str) -> bool {
     )
 }
 
-/// Puts comma lists in one canonical order so equal requests share a key: `content` sorted and
-/// deduplicated; `features` sorted by name, an exact repeat dropped, two modes for one feature
+/// Puts comma lists in one canonical order so equal requests share a key: `content` with
+/// `default` first (HERE: the order matters and `default` comes first), the rest sorted, a
+/// repeat dropped; `features` sorted by name, an exact repeat dropped, two modes for one feature
 /// refused.
 fn normalise(api: Option<Api>, k: &str, v: String) -> Result<String, String> {
     match k {
         "content" => {
             let mut items: Vec<&str> = v.split(',').collect();
-            items.sort_unstable();
+            items.sort_unstable_by_key(|c| (*c != "default", *c));
             items.dedup();
             Ok(items.join(","))
         }
@@ -746,6 +747,19 @@ mod tests {
         assert_eq!(q(v, "content=transit,default"), q(v, "content=default,transit"));
         assert_eq!(q(v, "content=transit,default,transit"), "content=default,transit");
         assert_eq!(q(v, "content=default"), "");
+        assert_eq!(q(v, "content=default,default"), "");
+        // HERE reads `content` in order, `default` first: it stays first, the rest sorted.
+        let content = [
+            ("advanced_pois,default", "content=default,advanced_pois"),
+            ("default,advanced_pois", "content=default,advanced_pois"),
+            ("transit,default,contours", "content=default,contours,transit"),
+            ("contours,default,transit,default", "content=default,contours,transit"),
+            ("transit,advanced_roads,hillshade", "content=advanced_roads,hillshade,transit"),
+            ("transit,transit", "content=transit"),
+        ];
+        for (given, want) in content {
+            assert_eq!(q(v, &format!("content={given}")), want, "{given}");
+        }
         let r = "/here-proxy/1/0/0/png";
         assert_eq!(
             q(r, "features=pois:all,congestion_zones:disabled"),

@@ -11,7 +11,10 @@
 //! is `immutable` for a year, one without a version is cached for a day, and one with another
 //! version (a page from an older binary) must revalidate. The page itself is `no-cache` (its
 //! ETag makes revalidation cheap) and carries a Content-Security-Policy that allows this origin
-//! only. Off when `map_page = false`: then these paths are unknown (404), like any other.
+//! only. Its icon (`assets/map/favicon.png`, 32 px PNG: four map tiles) is declared with
+//! `<link rel="icon">` as a versioned asset and also answers `/favicon.ico` (unversioned: a day,
+//! same ETag), where browsers look when a page declares none. Off when `map_page = false`: then
+//! these paths are unknown (404), like any other.
 
 use std::sync::LazyLock;
 
@@ -25,6 +28,9 @@ use crate::http::state::AppState;
 
 /// Where the assets are served: `/map/assets/<name>`.
 pub const ASSET_PREFIX: &str = "/map/assets/";
+
+/// The asset also served at `/favicon.ico` (a PNG: browsers go by the bytes, not the name).
+pub const FAVICON: &str = "favicon.png";
 
 /// `Cache-Control` of an asset asked for with its current `?v=`.
 pub const CACHE_VERSIONED: &str = "public, max-age=31536000, immutable";
@@ -56,6 +62,7 @@ macro_rules! file {
 const FILES: &[(&str, &str, &[u8])] = &[
     ("app.js", JS, file!("map/app.js")),
     ("app.css", CSS, file!("map/app.css")),
+    (FAVICON, PNG, file!("map/favicon.png")),
     ("vendor/README.md", MARKDOWN, file!("vendor/README.md")),
     ("vendor/leaflet/leaflet.js", JS, file!("vendor/leaflet/leaflet.js")),
     ("vendor/leaflet/leaflet.css", CSS, file!("vendor/leaflet/leaflet.css")),
@@ -166,6 +173,10 @@ pub fn serve(req: &HttpRequest, state: &AppState, path: &str) -> Option<HttpResp
         }
         // The page's relative asset URLs only work from the root folder.
         "/map/" => Some(HttpResponse::PermanentRedirect().insert_header((header::LOCATION, "../map")).finish()),
+        "/favicon.ico" => {
+            let a = asset(FAVICON)?;
+            Some(respond(req, a.content_type, CACHE_UNVERSIONED, a.etag(), a.body.to_vec()))
+        }
         _ => {
             let a = asset(path.strip_prefix(ASSET_PREFIX)?)?;
             let version = req.query_string().split('&').find_map(|kv| kv.strip_prefix("v="));
@@ -211,7 +222,7 @@ mod tests {
     fn template_renders_every_placeholder() {
         let html = page(None);
         assert!(!html.contains("{{") && !html.contains("}}"), "placeholder left in the page");
-        for a in ["app.js", "app.css", "vendor/leaflet/leaflet.js", "vendor/maplibre-gl/maplibre-gl.js"] {
+        for a in ["app.js", "app.css", FAVICON, "vendor/leaflet/leaflet.js", "vendor/maplibre-gl/maplibre-gl.js"] {
             let a = asset(a).unwrap();
             assert!(html.contains(&format!("map/assets/{}?v={}", a.name, a.version)), "{} not linked", a.name);
         }

@@ -345,6 +345,12 @@ mod tests {
                 "content=transit,default&apikey=SECRET",
                 "https://tiles.example.com/v2/vectortiles/core/mc/{z}/{x}/{y}/omv?content=default,transit",
             ),
+            (
+                Api::Vector,
+                "base",
+                "content=advanced_pois,default",
+                "https://tiles.example.com/v2/vectortiles/base/mc/{z}/{x}/{y}/omv?content=default,advanced_pois",
+            ),
         ];
         for (api, resource, q, want) in cases {
             assert_eq!(doc(api, resource, q)["tiles"], json!([want]), "{q}");

@@ -3,7 +3,14 @@
 //!
 //! Index names come from clients: to keep label cardinality bounded, the first
 //! `metrics_max_indices` distinct indices get their own label and the rest share `_other`.
-//! Indices named in the config file always get their own label.
+//! The default index and the indices named in the config file always get their own label.
+//!
+//! Series that dashboards and alerts read exist at 0 from the start (an absent series is
+//! "No data" in a panel, and `increase(...)` misses the first event): the per-index counters
+//! for the default index and every configured one, with every label value the code counts
+//! ([`NotStored::ALL`], [`Revalidation::ALL`], [`BUDGET_WINDOWS`], the cache results), and the
+//! per-upstream, per-tier and per-reason ones. Indices first seen in requests get theirs as
+//! they are counted.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -12,9 +19,72 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaug
 
 use crate::base::hashing::Fnv;
 use crate::domain::entry::HitSource;
+use crate::domain::routes::DEFAULT_INDEX;
 
 /// Label used for indices past the cardinality limit.
 pub const OTHER_INDEX: &str = "_other";
+
+/// Why an upstream answer was not stored: `tile_proxy_cache_not_stored_total{reason}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotStored {
+    /// `no_length`: a 200 without `Content-Length` (relayed; its completeness cannot be proven).
+    NoLength,
+    /// `too_large`: the body outgrew `max_entry_size` (relayed).
+    TooLarge,
+    /// `truncated`: the body failed or fell short of its `Content-Length` (the transfer is cut).
+    Truncated,
+    /// `no_store`: a 200 no index may keep (`no-store`/`private` and no index TTL).
+    NoStore,
+}
+
+impl NotStored {
+    /// Every reason: each has its series from the start.
+    pub const ALL: [NotStored; 4] =
+        [NotStored::NoLength, NotStored::TooLarge, NotStored::Truncated, NotStored::NoStore];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            NotStored::NoLength => "no_length",
+            NotStored::TooLarge => "too_large",
+            NotStored::Truncated => "truncated",
+            NotStored::NoStore => "no_store",
+        }
+    }
+}
+
+/// What a revalidation (`If-None-Match`) got: `tile_proxy_revalidations_total{result}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Revalidation {
+    /// `not_modified`: a 304, the entry kept with new times.
+    NotModified,
+    /// `modified`: a 200, a new body.
+    Modified,
+}
+
+impl Revalidation {
+    /// Every result: each has its series from the start.
+    pub const ALL: [Revalidation; 2] = [Revalidation::NotModified, Revalidation::Modified];
+
+    /// The `result` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Revalidation::NotModified => "not_modified",
+            Revalidation::Modified => "modified",
+        }
+    }
+}
+
+/// The budget window of the current UTC hour: the `window` label of `tile_proxy_budget_*` and of
+/// a `budget_exhausted` answer.
+pub const BUDGET_HOUR: &str = "hour";
+/// The budget window of the current UTC day.
+pub const BUDGET_DAY: &str = "day";
+/// Every budget window: `tile_proxy_budget_exhausted_total{window}` has each from the start.
+/// The traffic budget's windows (`traffic_budget_hour`, `traffic_budget_day`).
+pub const BUDGET_TRAFFIC_HOUR: &str = "traffic_hour";
+pub const BUDGET_TRAFFIC_DAY: &str = "traffic_day";
+pub const BUDGET_WINDOWS: [&str; 4] = [BUDGET_HOUR, BUDGET_DAY, BUDGET_TRAFFIC_HOUR, BUDGET_TRAFFIC_DAY];
 
 /// Every metric the proxy itself records.
 pub struct Metrics {
@@ -32,12 +102,14 @@ pub struct Metrics {
     pub bytes_served: IntCounterVec,
     /// `tile_proxy_cache_hits_total{index, tier}`: where hits were found (`memory`, `disk`).
     pub hits_by_tier: IntCounterVec,
-    /// `tile_proxy_cache_inserts_total{index}` and `tile_proxy_cache_not_stored_total{index, reason}`.
+    /// `tile_proxy_cache_inserts_total{index}` and `tile_proxy_cache_not_stored_total{index, reason}`
+    /// (reasons: [`NotStored`]; count with [`Metrics::count_not_stored`]).
     pub inserts: IntCounterVec,
     pub not_stored: IntCounterVec,
     /// `tile_proxy_cache_errors_total{tier, op}`: failing tiers (bypassed, fail-open).
     pub cache_errors: IntCounterVec,
-    /// `tile_proxy_revalidations_total{index, result}`: `not_modified` (304) or `modified` (200).
+    /// `tile_proxy_revalidations_total{index, result}`: `not_modified` (304) or `modified` (200)
+    /// ([`Revalidation`]; count with [`Metrics::count_revalidation`]).
     pub revalidations: IntCounterVec,
     /// `tile_proxy_early_refresh_total{index}`: background refreshes started for a still fresh
     /// entry close to its expiry (XFetch, `early_refresh_beta`).
@@ -61,7 +133,8 @@ pub struct Metrics {
     pub budget_limit: IntGaugeVec,
     /// `tile_proxy_budget_remaining{index, window}`: what is left of it.
     pub budget_remaining: IntGaugeVec,
-    /// `tile_proxy_budget_exhausted_total{index, window}`: misses refused with 429 `budget_exhausted`.
+    /// `tile_proxy_budget_exhausted_total{index, window}`: misses refused with 429 `budget_exhausted`
+    /// (windows: [`BUDGET_WINDOWS`]).
     pub budget_exhausted: IntCounterVec,
     /// `tile_proxy_rate_limited_total{index}`: requests refused by a client rate limit.
     pub rate_limited: IntCounterVec,
@@ -152,7 +225,8 @@ impl IndexMetrics {
 }
 
 impl Metrics {
-    /// Creates and registers every metric. `configured` indices always keep their own label.
+    /// Creates and registers every metric. The default index and the `configured` indices always
+    /// keep their own label, and their counters exist at 0 from the start.
     pub fn new(
         registry: &Registry,
         max_indices: usize,
@@ -305,11 +379,15 @@ impl Metrics {
             other: Arc::new(IndexMetrics::with_vecs(OTHER_INDEX, &requests, &bytes_served, &hits_by_tier)),
             max_indices,
         };
+        let known: Vec<String> = std::iter::once(DEFAULT_INDEX.to_string()).chain(configured).collect();
         if let Ok(mut indices) = metrics.indices.write() {
-            for index in configured {
-                let m = Arc::new(IndexMetrics::new(&index, &metrics));
-                indices.insert(index.into(), m);
+            for index in &known {
+                let m = Arc::new(IndexMetrics::new(index, &metrics));
+                indices.insert(index.as_str().into(), m);
             }
+        }
+        for index in &known {
+            metrics.register_index(index);
         }
         for api in ["raster", "vector"] {
             metrics.cap_busy.with_label_values(&[api]);
@@ -332,6 +410,36 @@ impl Metrics {
             metrics.cache_errors.with_label_values(&[tier, op]);
         }
         Ok(metrics)
+    }
+
+    /// Makes the per-index counters dashboards and alerts read exist for `index`, at 0, with every
+    /// label value the code counts.
+    fn register_index(&self, index: &str) {
+        for cache in RESULTS {
+            self.requests.with_label_values(&[index, cache]);
+        }
+        for c in [&self.upstream_retries, &self.inserts, &self.early_refresh, &self.purged, &self.rate_limited] {
+            c.with_label_values(&[index]);
+        }
+        for reason in NotStored::ALL {
+            self.not_stored.with_label_values(&[index, reason.label()]);
+        }
+        for result in Revalidation::ALL {
+            self.revalidations.with_label_values(&[index, result.label()]);
+        }
+        for window in BUDGET_WINDOWS {
+            self.budget_exhausted.with_label_values(&[index, window]);
+        }
+    }
+
+    /// Counts an upstream answer for `index` (its label) that was not stored, and why.
+    pub fn count_not_stored(&self, index: &str, reason: NotStored) {
+        self.not_stored.with_label_values(&[index, reason.label()]).inc();
+    }
+
+    /// Counts a revalidation for `index` (its label) and what it got.
+    pub fn count_revalidation(&self, index: &str, result: Revalidation) {
+        self.revalidations.with_label_values(&[index, result.label()]).inc();
     }
 
     /// The label to use for `index`: itself while under the cardinality limit, else `_other`.
@@ -396,8 +504,9 @@ mod tests {
 
     #[test]
     fn index_labels_are_bounded() {
-        let m = Metrics::new(&Registry::new(), 2, ["configured".to_string()]).unwrap();
+        let m = Metrics::new(&Registry::new(), 3, ["configured".to_string()]).unwrap();
         assert_eq!(m.index_label("configured"), "configured");
+        assert_eq!(m.index_label(DEFAULT_INDEX), DEFAULT_INDEX, "the default index is always known");
         assert_eq!(m.index_label("a"), "a");
         assert_eq!(m.index_label("b"), OTHER_INDEX);
         assert_eq!(m.index_label("a"), "a");
@@ -411,5 +520,74 @@ mod tests {
         assert_eq!(m.requests.with_label_values(&["a", "invalid"]).get(), 1);
         assert_eq!(m.bytes_served.with_label_values(&["a", "hit"]).get(), 7);
         assert_eq!(m.hits_by_tier.with_label_values(&["a", "disk"]).get(), 1);
+    }
+
+    /// `(labels, value)` of every sample of the family `name` in `registry`.
+    fn samples(registry: &Registry, name: &str) -> Vec<(Vec<(String, String)>, f64)> {
+        let family = registry.gather().into_iter().find(|f| f.name() == name);
+        family.map_or_else(Vec::new, |f| {
+            f.get_metric()
+                .iter()
+                .map(|m| {
+                    let labels = m.get_label().iter().map(|l| (l.name().to_string(), l.value().to_string())).collect();
+                    (labels, m.get_counter().get_value())
+                })
+                .collect()
+        })
+    }
+
+    #[test]
+    fn known_indices_have_every_counted_label_value_at_zero_from_the_start() {
+        let registry = Registry::new();
+        let m = Metrics::new(&registry, 10, ["configured".to_string()]).unwrap();
+        // The label sets `{index, second}` of both known indices, `second` taking each of `values`
+        // (no second label when `second` is empty).
+        let expected = |second: &str, values: &[&str]| -> Vec<Vec<(String, String)>> {
+            let mut out = Vec::new();
+            for index in [DEFAULT_INDEX, "configured"] {
+                for v in values {
+                    let mut labels = vec![("index".to_string(), index.to_string())];
+                    if !second.is_empty() {
+                        labels.push((second.to_string(), v.to_string()));
+                    }
+                    labels.sort();
+                    out.push(labels);
+                }
+            }
+            out.sort();
+            out
+        };
+        let reasons: Vec<&str> = NotStored::ALL.iter().map(|r| r.label()).collect();
+        let results: Vec<&str> = Revalidation::ALL.iter().map(|r| r.label()).collect();
+        for (name, second, values) in [
+            ("tile_proxy_cache_not_stored_total", "reason", reasons.as_slice()),
+            ("tile_proxy_revalidations_total", "result", results.as_slice()),
+            ("tile_proxy_budget_exhausted_total", "window", BUDGET_WINDOWS.as_slice()),
+            ("tile_proxy_requests_total", "cache", RESULTS.as_slice()),
+            ("tile_proxy_rate_limited_total", "", &[""]),
+            ("tile_proxy_upstream_retries_total", "", &[""]),
+            ("tile_proxy_cache_inserts_total", "", &[""]),
+            ("tile_proxy_purged_total", "", &[""]),
+            ("tile_proxy_early_refresh_total", "", &[""]),
+        ] {
+            let got = samples(&registry, name);
+            assert!(got.iter().all(|(_, v)| *v == 0.0), "{name}: {got:?}");
+            let mut labels: Vec<_> = got
+                .into_iter()
+                .map(|(mut l, _)| {
+                    l.sort();
+                    l
+                })
+                .collect();
+            labels.sort();
+            assert_eq!(labels, expected(second, values), "{name}");
+        }
+        // The labels `count_*` uses are the pre-registered ones: counting adds no series.
+        m.count_not_stored("configured", NotStored::TooLarge);
+        m.count_revalidation(DEFAULT_INDEX, Revalidation::NotModified);
+        assert_eq!(samples(&registry, "tile_proxy_cache_not_stored_total").len(), 2 * NotStored::ALL.len());
+        assert_eq!(samples(&registry, "tile_proxy_revalidations_total").len(), 2 * Revalidation::ALL.len());
+        assert_eq!(m.not_stored.with_label_values(&["configured", "too_large"]).get(), 1);
+        assert_eq!(m.revalidations.with_label_values(&[DEFAULT_INDEX, "not_modified"]).get(), 1);
     }
 }

@@ -19,7 +19,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use crate::base::clock::SharedClock;
 use crate::config::Budget;
 use crate::domain::failure::UpstreamFailure;
-use crate::observe::metrics::Metrics;
+use crate::observe::metrics::{Metrics, BUDGET_DAY, BUDGET_HOUR, BUDGET_TRAFFIC_DAY, BUDGET_TRAFFIC_HOUR};
 use crate::store::redis::{Deadline, Lua, Redis};
 
 const HOUR_MS: u64 = 3_600_000;
@@ -67,8 +67,8 @@ impl Account {
     /// The hour's and the day's names (metric labels, the 429's `window`).
     pub fn windows(self) -> (&'static str, &'static str) {
         match self {
-            Account::Tiles => ("hour", "day"),
-            Account::Traffic => ("traffic_hour", "traffic_day"),
+            Account::Tiles => (BUDGET_HOUR, BUDGET_DAY),
+            Account::Traffic => (BUDGET_TRAFFIC_HOUR, BUDGET_TRAFFIC_DAY),
         }
     }
 
@@ -146,15 +146,10 @@ impl Budgets {
         }
     }
 
-    /// Makes a configured index's budget series exist before its first fetch (nothing spent).
+    /// Makes a configured index's budget gauges exist before its first fetch (nothing spent;
+    /// `tile_proxy_budget_exhausted_total` exists from the start: [`Metrics::new`]).
     pub fn register(&self, index: &str, account: Account, budget: Budget) {
         self.publish(index, account, Spent::default(), budget);
-        let (hour, day) = account.windows();
-        for (window, limit) in [(hour, budget.hour), (day, budget.day)] {
-            if limit.is_some() {
-                self.metrics.budget_exhausted.with_label_values(&[index, window]);
-            }
-        }
     }
 
     /// Gives back a charge whose fetch was never made (the rate cap refused it).

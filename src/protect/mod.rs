@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use crate::base::clock::SharedClock;
 use crate::config::Settings;
+use crate::domain::routes::DEFAULT_INDEX;
 use crate::observe::metrics::Metrics;
 use crate::store::redis::{Lua, Redis};
 
@@ -39,12 +40,10 @@ impl Protect {
             policies.filter_map(|p| p.rate_limit).map(|r| r.interval * r.burst).max().unwrap_or(Duration::from_secs(1));
         let shared_clients = if settings.rate_limit_shared { redis.clone() } else { None };
         let budgets = budget::Budgets::new(redis.clone(), clock, metrics.clone());
-        // The series of every configured budget and limit exist from the start (alerts and
-        // dashboards use rate() and increase()).
-        for (name, policy) in &settings.policies {
-            if policy.rate_limit.is_some() {
-                metrics.rate_limited.with_label_values(&[name]);
-            }
+        // The budget gauges of the default index and every configured one exist from the start
+        // (their counters do too: `Metrics::new`).
+        for name in std::iter::once(DEFAULT_INDEX).chain(settings.policies.keys().map(String::as_str)) {
+            let policy = settings.policy(name);
             budgets.register(name, budget::Account::Tiles, policy.budget);
             budgets.register(name, budget::Account::Traffic, policy.traffic.budget);
         }

@@ -18,6 +18,7 @@ use crate::domain::failure::UpstreamFailure;
 use crate::domain::plan::{plan, Plan, UpstreamHead, MAX_SMALL_BODY};
 use crate::domain::routes::{Api, TileRequest};
 use crate::domain::scrub::scrub;
+use crate::observe::metrics::{NotStored, Revalidation};
 use crate::protect::budget::Account;
 use crate::service::core::Core;
 use crate::store::flight::{End, FlightHead, FlightWriter};
@@ -153,7 +154,7 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
                 writer.finish(End::Failed(UpstreamFailure::Status(304)));
                 return true;
             };
-            m.revalidations.with_label_values(&[index, "not_modified"]).inc();
+            m.count_revalidation(index, Revalidation::NotModified);
             // Same bytes and version; fetched "now" as far as freshness goes. An upstream that
             // says nothing on the 304 keeps its earlier facts.
             let freshness = if freshness == Freshness::default() { old.meta.freshness } else { freshness };
@@ -179,10 +180,10 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
         Plan::Stream { meta, content_length, storable } => {
             st.health.upstream_ok(ctx.tile.api);
             if revalidating && status == 200 {
-                m.revalidations.with_label_values(&[index, "modified"]).inc();
+                m.count_revalidation(index, Revalidation::Modified);
             }
             if status == 200 && content_length.is_none() {
-                m.not_stored.with_label_values(&[index, "no_length"]).inc();
+                m.count_not_stored(index, NotStored::NoLength);
             }
             writer.head(FlightHead { meta: meta.clone(), content_length, x_cache: "MISS", source: None });
             match relay(&writer, ctx, &mut response, content_length, storable).await {
@@ -198,7 +199,7 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
                 Err(failure) => {
                     let abandoned = failure == UpstreamFailure::Aborted;
                     if !abandoned {
-                        m.not_stored.with_label_values(&[index, "truncated"]).inc();
+                        m.count_not_stored(index, NotStored::Truncated);
                         m.upstream_requests.with_label_values(&[index, failure.label()]).inc();
                         st.health.upstream_failed(ctx.tile.api, failure.label());
                         tracing::warn!(index, failure = failure.label(), "upstream body failed; nothing stored");
@@ -245,7 +246,7 @@ async fn relay(
                         buf.extend_from_slice(&chunk);
                     } else {
                         copy = None;
-                        st.metrics.not_stored.with_label_values(&[&ctx.index, "too_large"]).inc();
+                        st.metrics.count_not_stored(&ctx.index, NotStored::TooLarge);
                     }
                 }
                 // A reader that takes nothing for a whole `body_timeout` is given up on.
@@ -287,7 +288,7 @@ async fn store(writer: &FlightWriter, ctx: &FetchCtx, entry: Entry) {
     let st = &ctx.core;
     let Some(keep) = st.settings.retention(&entry.meta, ctx.tile.api.is_traffic()) else {
         if entry.meta.status == 200 {
-            st.metrics.not_stored.with_label_values(&[&ctx.index, "no_store"]).inc();
+            st.metrics.count_not_stored(&ctx.index, NotStored::NoStore);
         }
         return;
     };
