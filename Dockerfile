@@ -39,6 +39,7 @@ RUN mkdir -p src test-upstream/src bench/ceiling/src \
 
 # The real sources, touched so that cargo sees them as newer than the stub builds.
 COPY src src
+COPY assets assets
 COPY test-upstream/src test-upstream/src
 COPY bench/ceiling/src bench/ceiling/src
 RUN find src test-upstream/src -name '*.rs' -exec touch {} + \

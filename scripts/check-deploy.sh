@@ -1176,6 +1176,22 @@ for m in members:
     for need in (prefix + "Cargo.toml", prefix + "src"):
         if need not in [os.path.normpath(x).lstrip("/") for x in context_sources]:
             problem(f"Dockerfile: workspace member `{m}`: {need} is not copied into the builder")
+    # Files the code embeds at compile time (the map page's assets) must be in the builder too:
+    # `include_bytes!`/`include_str!` paths outside #[cfg(test)] code, relative to the file or
+    # under CARGO_MANIFEST_DIR.
+    copied = [os.path.normpath(x).lstrip("/") for x in context_sources]
+    for d, _, fs in os.walk(os.path.join(repo, prefix + "src")):
+        for f in fs:
+            if not f.endswith(".rs"):
+                continue
+            text = open(os.path.join(d, f)).read().split("#[cfg(test)]")[0]
+            for m_ in re.finditer(r'include_(?:bytes|str)!\((?:concat!\(env!\("CARGO_MANIFEST_DIR"\),\s*)?"([^"]+)"', text):
+                lit = m_.group(1)
+                target = os.path.normpath(os.path.join(repo, prefix, lit.lstrip("/")) if "CARGO_MANIFEST_DIR" in m_.group(0)
+                                          else os.path.join(d, lit))
+                rel = os.path.relpath(target, repo)
+                if not any(rel == c or rel.startswith(c + "/") for c in copied) or excluded(rel, rules):
+                    problem(f"Dockerfile: {os.path.relpath(os.path.join(d, f), repo)} embeds {rel}, which is not copied into the builder")
     if os.path.exists(os.path.join(repo, prefix + "build.rs")) and prefix + "build.rs" not in context_sources:
         problem(f"Dockerfile: {prefix}build.rs exists but is not copied into the builder")
 
