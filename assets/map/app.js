@@ -20,6 +20,7 @@
   // ---- the selection, kept in the URL's #fragment so that a view can be shared ----
   const DEFAULTS = {
     view: 'raster', resource: 'base', style: 'explore.day', size: '256', format: 'png', layer: 'base', indice: 'map-page',
+    traffic: '0',
   };
   const INDICE = /^[A-Za-z0-9_.-]{1,64}$/;
 
@@ -32,6 +33,7 @@
       const el = $(k);
       const ok = k === 'view' ? v === 'raster' || v === 'vector'
         : k === 'indice' ? INDICE.test(v)
+        : k === 'traffic' ? v === '0' || v === '1'
         : [...el.options].some((o) => o.value === v);
       if (ok) s[k] = v;
     }
@@ -55,16 +57,23 @@
   const rasterTileJson = (s) => `v3/${s.resource === 'here-proxy' ? 'base' : s.resource}/tilejson.json?${query({ style: s.style, indice: s.indice })}`;
   const vectorPath = (s) => `v2/vectortiles/${s.layer}/mc/{z}/{x}/{y}/omv?${query({ indice: s.indice })}`;
   const vectorTileJson = (s) => `v2/vectortiles/${s.layer}/tilejson.json?${query({ indice: s.indice })}`;
+  // Traffic overlays: flow lines on transparent tiles of the base map's size (HERE's traffic
+  // default is 512, so only 256 is named), and the flow layer of the traffic vector tiles.
+  const trafficPath = (s) => `v3/flow/mc/{z}/{x}/{y}/png?${query(s.size === '256' ? { size: '256', indice: s.indice } : { indice: s.indice })}`;
+  const trafficVectorPath = (s) => `v2/traffictiles/flow/mc/{z}/{x}/{y}/omv?${query({ indice: s.indice })}`;
+  const trafficVectorTileJson = (s) => `v2/traffictiles/flow/tilejson.json?${query({ indice: s.indice })}`;
+  const VIEWS = ['raster', 'vector', 'traffic'];
 
   // ---- what the proxy answered, per view ----
   const newStats = () => ({
     tiles: 0, HIT: 0, MISS: 0, STALE: 0, other: 0, failed: 0, cancelled: 0, hitMs: [], missMs: [], allMs: [], tiers: {},
   });
   const page = {
-    stats: { raster: newStats(), vector: newStats() },
+    stats: { raster: newStats(), vector: newStats(), traffic: newStats() },
     log: [], // the last 2000 tile answers: { view, url, status, xCache, tier, age, ms, error }
     vectorErrors: [],
     rasterLayer: null,
+    trafficLayer: null,
     vectorMap: null,
   };
   window.tileProxyPage = page;
@@ -143,7 +152,7 @@
   }
   function renderOverlay() {
     const rows = [];
-    for (const view of ['raster', 'vector']) {
+    for (const view of VIEWS) {
       const s = page.stats[view];
       const tr = document.createElement('tr');
       tr.id = `stats-${view}`;
@@ -176,7 +185,7 @@
     $('problem').textContent = problem ? `MapLibre: ${problem}` : '';
   }
   $('reset').addEventListener('click', () => {
-    page.stats = { raster: newStats(), vector: newStats() };
+    page.stats = { raster: newStats(), vector: newStats(), traffic: newStats() };
     page.log.length = 0;
     page.vectorErrors.length = 0;
     renderOverlay();
@@ -194,7 +203,8 @@
         img.onerror = null;
         ctrl.abort();
       };
-      fetchTile('raster', this.getTileUrl(coords), ctrl.signal).then((blob) => {
+      const view = this.options.view || 'raster';
+      fetchTile(view, this.getTileUrl(coords), ctrl.signal).then((blob) => {
         const src = URL.createObjectURL(blob);
         img.onload = () => {
           URL.revokeObjectURL(src);
@@ -202,7 +212,7 @@
         };
         img.onerror = () => {
           URL.revokeObjectURL(src);
-          page.stats.raster.failed += 1;
+          page.stats[view].failed += 1;
           scheduleRender();
           done(new Error('not an image'), img);
         };
@@ -233,6 +243,28 @@
     layer.on('load', () => { body.dataset.rasterState = 'loaded'; });
     layer.addTo(rasterMap);
     page.rasterLayer = layer;
+    setTrafficLayer();
+  }
+
+  // The traffic overlay of the raster map, over the base layer.
+  function setTrafficLayer() {
+    if (page.trafficLayer) rasterMap.removeLayer(page.trafficLayer);
+    page.trafficLayer = null;
+    if (sel.traffic !== '1') return;
+    const big = sel.size === '512';
+    const layer = new FetchTileLayer(root + trafficPath(sel), {
+      view: 'traffic',
+      tileSize: Number(sel.size),
+      zoomOffset: big ? -1 : 0,
+      maxZoom: RASTER_MAX_ZOOM,
+      zIndex: 10,
+      attribution: '&copy; HERE traffic',
+    });
+    layer.on('tileunload', (e) => e.tile.tileAbort && e.tile.tileAbort());
+    layer.on('loading', () => { body.dataset.trafficState = 'loading'; });
+    layer.on('load', () => { body.dataset.trafficState = 'loaded'; });
+    layer.addTo(rasterMap);
+    page.trafficLayer = layer;
   }
 
   // ---- the vector view: MapLibre GL, loaded on first use ----
@@ -250,6 +282,7 @@
       sources: {
         // proxy:// goes through fetchTile (below), so the overlay counts vector tiles too.
         omv: { type: 'vector', tiles: [`proxy://${vectorPath(sel)}`], maxzoom: VECTOR_MAX_ZOOM },
+        traffic: { type: 'vector', tiles: [`proxy://${trafficVectorPath(sel)}`], minzoom: 1, maxzoom: VECTOR_MAX_ZOOM },
       },
       layers: [
         { id: 'background', type: 'background', paint: { 'background-color': '#f2efe9' } },
@@ -267,6 +300,14 @@
         omv('label', 'circle', 'label', {
           'circle-radius': 5, 'circle-color': '#1d2330', 'circle-stroke-color': '#ffffff', 'circle-stroke-width': 1.5,
         }),
+        {
+          id: 'traffic-flow', type: 'line', source: 'traffic', 'source-layer': 'traffic_flow',
+          layout: { visibility: sel.traffic === '1' ? 'visible' : 'none' },
+          paint: {
+            'line-color': ['match', ['get', 'kind'], 'free', '#2ea043', 'heavy', '#f2c21b', 'queuing', '#e03b24', '#1f1f1f'],
+            'line-width': 3,
+          },
+        },
       ],
     };
   }
@@ -315,7 +356,9 @@
       return;
     }
     maplibregl.addProtocol('proxy', async (params, abortController) => {
-      const blob = await fetchTile('vector', root + params.url.slice('proxy://'.length), abortController.signal);
+      const path = params.url.slice('proxy://'.length);
+      const view = path.startsWith('v2/traffictiles/') ? 'traffic' : 'vector';
+      const blob = await fetchTile(view, root + path, abortController.signal);
       return { data: await blob.arrayBuffer() };
     });
     let map;
@@ -345,6 +388,8 @@
     const map = page.vectorMap;
     if (!map || !map.isStyleLoaded()) return;
     map.getSource('omv').setTiles([`proxy://${vectorPath(sel)}`]);
+    map.getSource('traffic').setTiles([`proxy://${trafficVectorPath(sel)}`]);
+    map.setLayoutProperty('traffic-flow', 'visibility', sel.traffic === '1' ? 'visible' : 'none');
   }
 
   // ---- snippets to copy ----
@@ -387,6 +432,27 @@
     url: '${b}/${vectorPath(sel)}',
     maxZoom: ${VECTOR_MAX_ZOOM}
   })
+});`],
+      ['Leaflet: traffic flow over the base map', `L.tileLayer('${b}/${trafficPath(sel)}', {
+  ${size},${big ? ' zoomOffset: -1,' : ''} maxZoom: ${RASTER_MAX_ZOOM}, zIndex: 10,
+  attribution: '&copy; HERE traffic'
+}).addTo(map);`],
+      ['MapLibre GL: traffic flow (vector, TileJSON) over the base map', `map.addSource('here-traffic', {
+  type: 'vector',
+  url: '${b}/${trafficVectorTileJson(sel)}'
+});
+map.addLayer({
+  id: 'traffic-flow', type: 'line', source: 'here-traffic', 'source-layer': 'traffic_flow',
+  paint: { 'line-width': 3, 'line-color': ['match', ['get', 'kind'],
+    'free', '#2ea043', 'heavy', '#f2c21b', 'queuing', '#e03b24', '#1f1f1f'] }
+});`],
+      ['OpenLayers: traffic flow over the base map', `new ol.layer.Tile({
+  source: new ol.source.XYZ({
+    url: '${b}/${trafficPath(sel)}',
+    ${size}, maxZoom: ${RASTER_MAX_ZOOM},
+    attributions: '&copy; HERE traffic'
+  }),
+  zIndex: 10
 });`],
     ];
   }
@@ -435,6 +501,13 @@
     }
   }
 
+  $('traffic').checked = sel.traffic === '1';
+  $('traffic').addEventListener('change', () => {
+    sel.traffic = $('traffic').checked ? '1' : '0';
+    writeSelection();
+    setTrafficLayer();
+    setVectorSource();
+  });
   for (const k of ['resource', 'style', 'size', 'format', 'layer', 'indice']) {
     $(k).value = sel[k];
     $(k).addEventListener('change', () => {

@@ -100,6 +100,8 @@ async function servers() {
     TILE_PROXY_LOG_FORMAT: 'json',
     TILE_PROXY_RASTER_UPSTREAM: upstream,
     TILE_PROXY_VECTOR_UPSTREAM: upstream,
+    TILE_PROXY_TRAFFIC_RASTER_UPSTREAM: upstream,
+    TILE_PROXY_TRAFFIC_VECTOR_UPSTREAM: upstream,
     TILE_PROXY_CACHE_DIR: path.join(tmp, 'cache'),
     TILE_PROXY_WORKERS: '2',
   }, /"tile-proxy listening","addr":"(127\.0\.0\.1:\d+)"/);
@@ -172,26 +174,68 @@ function checkClean(v, name) {
 }
 
 // Whether headless Chromium fetches a page's icon at all, and reports a 404 for it on the page's
-// console, depends on its version and mode: the checks above cannot be relied on for it. So the
-// page loads them itself: each icon it declares (`<link rel="icon">`) and /favicon.ico (where
-// browsers look without one) must answer 200 with an image type and decode as an image.
+// console, depends on its version and mode: the checks above cannot be relied on for it. So each
+// icon the page declares (`<link rel="icon">`) is loaded by the page itself and must decode as an
+// image; /favicon.ico (where browsers look without one) is asked for by the test, beside the page
+// (this Chromium refuses a page's own fetch() of /favicon.ico before it reaches the network), and
+// must answer 200 with the same PNG.
 async function checkIcons(v, name) {
   const icons = await v.page.evaluate(async () => {
     const hrefs = [...document.querySelectorAll('link[rel~="icon"]')].map((l) => l.href);
-    const declared = hrefs.length;
-    hrefs.push(new URL('/favicon.ico', location.href).href);
-    const loaded = await Promise.all(hrefs.map(async (href) => {
+    return Promise.all(hrefs.map(async (href) => {
       const r = await fetch(href, { cache: 'no-store' });
       const img = new Image();
       img.src = href;
       const decoded = await img.decode().then(() => `${img.naturalWidth}x${img.naturalHeight}`, (e) => `no: ${e.message}`);
-      return { path: new URL(href).pathname, status: r.status, type: r.headers.get('content-type') || '', decoded };
+      return { href, path: new URL(href).pathname, status: r.status, type: r.headers.get('content-type') || '', decoded };
     }));
-    return { declared, loaded };
   });
-  check(icons.declared > 0, `${name}: the page declares an icon`);
-  check(icons.loaded.every((i) => i.status === 200 && i.type.startsWith('image/') && !i.decoded.startsWith('no')),
-    `${name}: the declared icon and /favicon.ico load as images`, JSON.stringify(icons.loaded));
+  check(icons.length > 0, `${name}: the page declares an icon`);
+  check(icons.every((i) => i.status === 200 && i.type.startsWith('image/') && !i.decoded.startsWith('no')),
+    `${name}: the declared icon loads as an image`, JSON.stringify(icons));
+  const ico = await v.page.request.get(new URL('/favicon.ico', v.page.url()).href);
+  const body = await ico.body();
+  const declared = icons.length ? await (await v.page.request.get(icons[0].href)).body() : Buffer.alloc(0);
+  check(ico.status() === 200 && (ico.headers()['content-type'] || '').startsWith('image/')
+    && body.subarray(0, 8).equals(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a])) && body.equals(declared),
+    `${name}: /favicon.ico answers 200 with the declared icon's PNG`, `${ico.status()} ${ico.headers()['content-type']}`);
+}
+
+// The traffic toggle: flow tiles over the raster map, each a transparent PNG from the proxy.
+async function trafficOverlay(v, name) {
+  const { page } = v;
+  const before = v.tiles.length;
+  await page.check('#traffic');
+  await page.waitForFunction(() => document.body.dataset.trafficState === 'loaded', null, { timeout: 30_000 });
+  const r = await page.evaluate(async () => {
+    const p = window.tileProxyPage;
+    const s = p.stats.traffic;
+    const imgs = [...document.querySelectorAll('.leaflet-tile-pane img')];
+    // The flow tiles sit above the base tiles (zIndex) and are RGBA PNGs: some pixels transparent.
+    const flow = p.log.filter((e) => e.view === 'traffic' && !e.error);
+    let transparent = null;
+    if (flow.length) {
+      const res = await fetch(flow[0].url, { cache: 'no-store' });
+      const bmp = await createImageBitmap(await res.blob());
+      const c = new OffscreenCanvas(bmp.width, bmp.height);
+      const ctx = c.getContext('2d');
+      ctx.drawImage(bmp, 0, 0);
+      const px = ctx.getImageData(0, 0, bmp.width, bmp.height).data;
+      let clear = 0;
+      for (let i = 3; i < px.length; i += 4) if (px[i] === 0) clear += 1;
+      transparent = clear / (px.length / 4);
+    }
+    return { tiles: s.tiles, failed: s.failed, imgs: imgs.length, hash: location.hash, transparent };
+  });
+  const flowAnswers = v.tiles.slice(before).filter((t) => t.path.startsWith('/v3/flow/'));
+  console.log(`${name}: traffic overlay ${JSON.stringify(r)}, ${flowAnswers.length} flow responses (${elapsed()})`);
+  check(r.tiles > 0 && r.failed === 0, `${name}: the traffic toggle loads flow tiles through the proxy`, JSON.stringify(r));
+  check(flowAnswers.length > 0 && flowAnswers.every((t) => t.status === 200 && t.xCache),
+    `${name}: every flow tile answered 200 with X-Cache`, JSON.stringify(flowAnswers.slice(0, 3)));
+  check(r.transparent !== null && r.transparent > 0.5 && r.transparent < 1,
+    `${name}: a flow tile is mostly transparent, with lines drawn`, String(r.transparent));
+  check(r.hash.includes('traffic=1'), `${name}: the toggle is kept in the URL`, r.hash);
+  check(v.consoleErrors.length === 0, `${name}: no console error with traffic on`, v.consoleErrors.slice(0, 5).join(' | '));
 }
 
 async function vectorView(v, proxy, mvt) {
@@ -224,6 +268,7 @@ async function vectorView(v, proxy, mvt) {
     return {
       tiles: s.tiles, failed: s.failed, errors: p.vectorErrors.slice(0, 3),
       label: count('label'), grid: count('grid') + count('grid-border'), water: count('water'),
+      traffic: count('traffic-flow'), trafficTiles: p.stats.traffic.tiles,
     };
   });
   console.log(`vector view: ${JSON.stringify(r)} (${elapsed()})`);
@@ -236,6 +281,7 @@ async function vectorView(v, proxy, mvt) {
   }
   check(r.errors.length === 0, 'vector view: MapLibre decoded every tile (no error)', r.errors.join(' | '));
   check(r.label > 0 && r.grid > 0, 'vector view: `label` and `grid` features are rendered', JSON.stringify(r));
+  check(r.traffic > 0, 'vector view: traffic flow lines (traffic vector tiles) are drawn over the map', JSON.stringify(r));
   check(v.consoleErrors.length === 0, 'vector view: no console error', v.consoleErrors.slice(0, 5).join(' | '));
 }
 
@@ -265,6 +311,8 @@ async function main() {
     check(second.overlay.HIT === second.overlay.tiles && second.overlay.MISS === 0,
       `second visitor: the overlay shows ${second.overlay.HIT} HIT of ${second.overlay.tiles}`);
     await second.page.screenshot({ path: path.join(outDir, 'map-raster.png') });
+    await trafficOverlay(second, 'second visitor');
+    await second.page.screenshot({ path: path.join(outDir, 'map-traffic.png') });
 
     // 3. The vector view.
     const mvt = await servesMvt(proxy);
