@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use awc::error::{ConnectError, SendRequestError};
 use backon::{ExponentialBuilder, Retryable};
 
+use crate::base::tls::ca_certificates;
 use crate::config::{Settings, UpstreamSettings};
 use crate::domain::failure::UpstreamFailure;
 use crate::domain::key::{CacheKey, Origin};
@@ -139,8 +140,13 @@ impl UpstreamConfig {
 
 /// Builds a worker's awc client: no decompression (bodies are relayed as they come), bounded
 /// connection pool, connect and response-head timeouts, no redirects.
+///
+/// TLS trusts the public web roots plus `s.ca_pem`'s CAs, and offers `h2` and `http/1.1` by
+/// ALPN (`http/1.1` alone when `s.http2` is false): the upstream picks. On `h2` one pooled
+/// connection carries many requests at once; `http://` upstreams always get HTTP/1.1.
 pub fn build_client(s: &UpstreamSettings) -> awc::Client {
     let connector = awc::Connector::new()
+        .rustls_0_23(Arc::new(tls_config(s)))
         .timeout(s.connect_timeout)
         .limit(s.max_connections)
         .conn_keep_alive(Duration::from_secs(30));
@@ -151,6 +157,31 @@ pub fn build_client(s: &UpstreamSettings) -> awc::Client {
         .no_default_headers()
         .add_default_header(("User-Agent", concat!("tile-proxy/", env!("CARGO_PKG_VERSION"))))
         .finish()
+}
+
+/// The ALPN protocols offered, most preferred first.
+fn alpn_protocols(http2: bool) -> Vec<Vec<u8>> {
+    if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    }
+}
+
+/// The client's TLS configuration: the web roots awc would use, the operator's CAs (checked when
+/// the settings were loaded, so none is refused here), the ALPN offer.
+fn tls_config(s: &UpstreamSettings) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    match s.ca_pem.as_deref().map(ca_certificates) {
+        Some(Ok(certs)) => {
+            roots.add_parsable_certificates(certs);
+        }
+        Some(Err(e)) => tracing::error!(error = %e, "upstream.ca_file is not used"),
+        None => {}
+    }
+    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    config.alpn_protocols = alpn_protocols(s.http2);
+    config
 }
 
 /// One attempt's result, as the retry loop sees it.
@@ -309,6 +340,12 @@ mod tests {
         }
         let t = parse("/here-proxy/1/0/0/png", "", ParseOptions::default()).unwrap().unwrap();
         assert_eq!(cfg(None).url(&t), "https://maps.example.com/v3/base/mc/1/0/0/png");
+    }
+
+    #[test]
+    fn protocols_offered() {
+        assert_eq!(alpn_protocols(true), [b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert_eq!(alpn_protocols(false), [b"http/1.1".to_vec()]);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod process;
 pub mod redis_server;
+pub mod tls;
 
 use std::time::Duration;
 
