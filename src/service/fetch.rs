@@ -101,7 +101,7 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
         upstream::fetch_head(&ctx.client, &st.upstream, &url, etag, gate, |log| {
             attempts += 1;
             head_time = log.elapsed;
-            m.upstream_requests.with_label_values(&[index, &log.status_label]).inc();
+            m.upstream_requests.with_label_values(&[index, &log.status_label, log.protocol]).inc();
             m.upstream_latency.with_label_values(&[index]).observe(log.elapsed.as_secs_f64());
         })
         .await
@@ -193,7 +193,8 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
                     let abandoned = failure == UpstreamFailure::Aborted;
                     if !abandoned {
                         m.not_stored.with_label_values(&[index, "truncated"]).inc();
-                        m.upstream_requests.with_label_values(&[index, failure.label()]).inc();
+                        let protocol = upstream::protocol_label(response.version());
+                        m.upstream_requests.with_label_values(&[index, failure.label(), protocol]).inc();
                         st.health.upstream_failed(ctx.tile.api, failure.label());
                         tracing::warn!(index, failure = failure.label(), "upstream body failed; nothing stored");
                     }

@@ -184,6 +184,23 @@ fn tls_config(s: &UpstreamSettings) -> rustls::ClientConfig {
     config
 }
 
+/// The `protocol` label of `tile_proxy_upstream_requests_total` for an answer that came over
+/// `version`: `http/1.1`, `h2` (ALPN's names), `http/1.0`.
+pub fn protocol_label(version: actix_web::http::Version) -> &'static str {
+    use actix_web::http::Version;
+    match version {
+        Version::HTTP_11 => "http/1.1",
+        Version::HTTP_2 => "h2",
+        Version::HTTP_10 => "http/1.0",
+        Version::HTTP_09 => "http/0.9",
+        Version::HTTP_3 => "h3",
+        _ => "other",
+    }
+}
+
+/// The `protocol` label of an attempt that failed before any answer.
+pub const NO_PROTOCOL: &str = "none";
+
 /// One attempt's result, as the retry loop sees it.
 pub enum Attempt {
     /// Transport failure.
@@ -195,6 +212,8 @@ pub enum Attempt {
 /// What a finished fetch of the head reports, for metrics.
 pub struct AttemptLog {
     pub status_label: String,
+    /// [`protocol_label`] of the answer, or [`NO_PROTOCOL`].
+    pub protocol: &'static str,
     pub elapsed: Duration,
 }
 
@@ -277,7 +296,11 @@ pub async fn fetch_head<G: std::future::Future<Output = Result<(), UpstreamFailu
         .await;
     match result {
         Ok((response, elapsed)) => {
-            on_attempt(AttemptLog { status_label: response.status().as_u16().to_string(), elapsed });
+            on_attempt(AttemptLog {
+                status_label: response.status().as_u16().to_string(),
+                protocol: protocol_label(response.version()),
+                elapsed,
+            });
             Ok(response)
         }
         Err((a, elapsed)) => {
@@ -291,13 +314,15 @@ pub async fn fetch_head<G: std::future::Future<Output = Result<(), UpstreamFailu
 }
 
 fn on_attempt_log(on_attempt: &mut impl FnMut(AttemptLog), a: &Attempt, elapsed: Duration) {
-    let status_label = match a {
+    let (status_label, protocol) = match a {
         // Refused by the rate cap: nothing was sent.
         Attempt::Failed(UpstreamFailure::Busy { .. }) => return,
-        Attempt::Failed(f) => f.label().to_string(),
-        Attempt::Retryable { response, .. } => response.status().as_u16().to_string(),
+        Attempt::Failed(f) => (f.label().to_string(), NO_PROTOCOL),
+        Attempt::Retryable { response, .. } => {
+            (response.status().as_u16().to_string(), protocol_label(response.version()))
+        }
     };
-    on_attempt(AttemptLog { status_label, elapsed });
+    on_attempt(AttemptLog { status_label, protocol, elapsed });
 }
 
 #[cfg(test)]
@@ -343,9 +368,13 @@ mod tests {
     }
 
     #[test]
-    fn protocols_offered() {
+    fn protocols_offered_and_labelled() {
         assert_eq!(alpn_protocols(true), [b"h2".to_vec(), b"http/1.1".to_vec()]);
         assert_eq!(alpn_protocols(false), [b"http/1.1".to_vec()]);
+        use actix_web::http::Version;
+        assert_eq!(protocol_label(Version::HTTP_2), "h2");
+        assert_eq!(protocol_label(Version::HTTP_11), "http/1.1");
+        assert_eq!(protocol_label(Version::HTTP_10), "http/1.0");
     }
 
     #[test]
