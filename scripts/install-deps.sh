@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh machine: the Rust components used by the checks,
 # and the programs the integration tests start themselves (redis-server on private ports,
-# openssl for the TLS test's certificates). The deployment checks install their own tools
-# (scripts/check-deploy.sh).
+# openssl for the TLS tests' certificates, Debian's nginx as the TLS and HTTP/2 upstream of
+# tests/http2.rs). The deployment checks install their own tools (scripts/check-deploy.sh).
 set -euo pipefail
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install Rust stable (https://rustup.rs) first" >&2
@@ -18,6 +18,8 @@ fi
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# tests/http2.rs runs /usr/sbin/nginx (not on every user's PATH).
+[ -x /usr/sbin/nginx ] || missing+=(nginx)
 if [ "${#missing[@]}" -gt 0 ]; then
   sudo=()
   [ "$(id -u)" -eq 0 ] || sudo=(sudo)
@@ -27,7 +29,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
   fi
   # The tests start their own servers; a packaged one left running is not needed.
-  if [[ " ${missing[*]} " == *" redis-server "* ]] && command -v systemctl >/dev/null 2>&1; then
-    "${sudo[@]}" systemctl disable --now redis-server >/dev/null 2>&1 || true
-  fi
+  for service in redis-server nginx; do
+    if [[ " ${missing[*]} " == *" $service "* ]] && command -v systemctl >/dev/null 2>&1; then
+      "${sudo[@]}" systemctl disable --now "$service" >/dev/null 2>&1 || true
+    fi
+  done
 fi

@@ -3,7 +3,7 @@
 //! One crate in layers, a folder each, bottom first (`docs/architecture.md` has the table and a
 //! request's path through them; `tests/layering.rs` checks that every import goes down):
 //!
-//! - [`base`]: the injected clock, stable hashing, the index-name rule;
+//! - [`base`]: the injected clock, stable hashing, the index-name rule, CA files;
 //! - [`config`]: settings as data (file, environment, flags; validation);
 //! - [`domain`]: pure rules: the URL grammar, the cache key, entries, freshness, purge rules,
 //!   Web-Mercator maths, the breaker, what an upstream answer means, scrubbing, encodings;

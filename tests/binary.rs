@@ -297,8 +297,9 @@ async fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it
     std::fs::write(&idx_key_file, "IDXFILEKEY\n").unwrap();
     let key_file = key_file.to_str().unwrap();
     let idx_key_file = idx_key_file.to_str().unwrap();
+    // A real CA: both CA files are checked at load.
+    common::tls::make_certs(dir.path());
     let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").unwrap();
     let ca_file = ca_file.to_str().unwrap();
     let token_file = dir.path().join("admin.token");
     std::fs::write(&token_file, "FILE-ADMIN-TOKEN-0123456789\n").unwrap();
@@ -362,6 +363,8 @@ async fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it
         ("upstream.max_connections", ("7".into(), n(7))),
         ("upstream.breaker_failures", ("9".into(), n(9))),
         ("upstream.breaker_cooldown", same("45s")),
+        ("upstream.http2", ("false".into(), toml::Value::Boolean(false))),
+        ("upstream.ca_file", same(ca_file)),
         ("redis_url", ("rediss://:REDISPASS99@cache:6380/2".into(), s("rediss://:<redacted>@cache:6380/2"))),
         ("redis_max_value", same("2MiB")),
         ("redis.timeout", same("40ms")),

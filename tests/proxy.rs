@@ -289,8 +289,11 @@ async fn transient_503s_are_retried_then_succeed() {
     assert_eq!(up.count(path), 3);
     let m = p.metrics().await;
     assert_eq!(metric(&m, "tile_proxy_upstream_retries_total", &["index=\"retry\""]), 2.0);
-    assert_eq!(metric(&m, "tile_proxy_upstream_requests_total", &["index=\"retry\"", "status=\"503\""]), 2.0);
-    assert_eq!(metric(&m, "tile_proxy_upstream_requests_total", &["index=\"retry\"", "status=\"200\""]), 1.0);
+    // Plain http:// upstream: HTTP/1.1, said by the last label.
+    let retried = ["index=\"retry\"", "status=\"503\"", "protocol=\"http/1.1\""];
+    assert_eq!(metric(&m, "tile_proxy_upstream_requests_total", &retried), 2.0);
+    let fetched = ["index=\"retry\"", "status=\"200\"", "protocol=\"http/1.1\""];
+    assert_eq!(metric(&m, "tile_proxy_upstream_requests_total", &fetched), 1.0);
 
     // Attempts are bounded: a persistent 503 ends in our JSON error after 3 tries, not cached.
     let path2 = "/v3/base/mc/4/3/4/png";
@@ -429,6 +432,10 @@ async fn upstream_unreachable_gives_json_502_without_secrets() {
     let health = p.get("/health").await.json();
     assert_eq!(health["upstream"]["raster"]["reachable"], false);
     assert_eq!(health["status"], "degraded");
+    // No answer, so no protocol.
+    let m = p.metrics().await;
+    let failed = ["index=\"down\"", "status=\"connect_error\"", "protocol=\"none\""];
+    assert_eq!(metric(&m, "tile_proxy_upstream_requests_total", &failed), 3.0, "every attempt");
     p.stop().await;
 }
 

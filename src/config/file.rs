@@ -200,7 +200,7 @@ impl Default for FileConfig {
     }
 }
 
-/// `[upstream]`: timeouts and retries for calls to HERE.
+/// `[upstream]`: timeouts, retries, protocols and trust for calls to HERE.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamFileConfig {
@@ -228,6 +228,13 @@ pub struct UpstreamFileConfig {
     /// How long the breaker stays open before one probe is let through.
     #[serde(with = "units::duration")]
     pub breaker_cooldown: Duration,
+    /// Offer HTTP/2 (`h2`) besides HTTP/1.1 by ALPN on TLS connections (default true): one
+    /// connection then carries many requests at once. False: HTTP/1.1 only. Plain `http://`
+    /// upstreams always get HTTP/1.1.
+    pub http2: bool,
+    /// PEM file of a CA trusted besides the public web roots (an upstream or mirror behind a
+    /// private CA). Unset: the public web roots only.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for UpstreamFileConfig {
@@ -243,6 +250,8 @@ impl Default for UpstreamFileConfig {
             max_connections: 100,
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(30),
+            http2: true,
+            ca_file: None,
         }
     }
 }

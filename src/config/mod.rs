@@ -282,6 +282,31 @@ mod tests {
     }
 
     #[test]
+    fn upstream_protocols_and_ca_file() {
+        let s = Settings::from_file_config(with_key()).unwrap();
+        assert!(s.upstream.http2, "HTTP/2 offered by default");
+        assert!(s.upstream.ca_pem.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let missing = dir.path().join("missing.pem");
+        for (path, want) in [
+            (&junk, "certificate 1 cannot be a trust anchor"),
+            (&empty, "holds no PEM certificate"),
+            (&missing, "cannot read"),
+        ] {
+            let mut f = FileConfig { upstream_requires_key: false, ..Default::default() };
+            f.upstream.http2 = false;
+            f.upstream.ca_file = Some(path.clone());
+            let errs = problems(f);
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(errs[0].starts_with("upstream.ca_file: ") && errs[0].contains(want), "{errs:?}");
+        }
+    }
+
+    #[test]
     fn the_example_config_documents_every_key_with_its_default() {
         let text = include_str!("../../config.example.toml");
         let f: FileConfig = toml::from_str(text).expect("example parses");

@@ -112,8 +112,8 @@ pub struct ClientRate {
     pub burst: u32,
 }
 
-/// Upstream timeouts and retries, resolved.
-#[derive(Debug, Clone)]
+/// Upstream timeouts, retries, protocols and trust, resolved.
+#[derive(Clone)]
 pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     pub head_timeout: Duration,
@@ -125,6 +125,31 @@ pub struct UpstreamSettings {
     pub max_connections: usize,
     pub breaker_failures: u32,
     pub breaker_cooldown: Duration,
+    /// Offer `h2` by ALPN (else HTTP/1.1 only).
+    pub http2: bool,
+    /// PEM of extra CAs to trust besides the public web roots, each checked at load
+    /// ([`crate::base::tls::ca_certificates`] accepts it).
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for UpstreamSettings {
+    // Hand-written so the CA file shows as its size, not as thousands of bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamSettings")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("head_timeout", &self.head_timeout)
+            .field("body_timeout", &self.body_timeout)
+            .field("retry_attempts", &self.retry_attempts)
+            .field("retry_min_delay", &self.retry_min_delay)
+            .field("retry_max_delay", &self.retry_max_delay)
+            .field("retry_total", &self.retry_total)
+            .field("max_connections", &self.max_connections)
+            .field("breaker_failures", &self.breaker_failures)
+            .field("breaker_cooldown", &self.breaker_cooldown)
+            .field("http2", &self.http2)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|p| p.len()))
+            .finish()
+    }
 }
 
 /// The validated configuration the server runs with. Every duration is at most

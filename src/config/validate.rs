@@ -228,6 +228,8 @@ pub(super) fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings
         max_connections: u.max_connections,
         breaker_failures: u.breaker_failures,
         breaker_cooldown: c.duration(&["upstream", "breaker_cooldown"], u.breaker_cooldown, MAX_TIMEOUT),
+        http2: u.http2,
+        ca_pem: u.ca_file.as_deref().and_then(|path| read_ca_file(&["upstream", "ca_file"], path, &mut c)),
     };
     c.count(&["upstream", "retry_attempts"], u.retry_attempts, 1, 10);
     c.count(&["upstream", "max_connections"], u.max_connections, 1, 10_000);
@@ -346,20 +348,7 @@ fn resolve_redis(file: &FileConfig, upstream: &UpstreamSettings, c: &mut Check) 
     .max(Duration::from_millis(100));
     let lease_wait = c.duration(&["redis", "lease_wait"], r.lease_wait.unwrap_or(lease), MAX_TIMEOUT);
     let url = file.redis_url.as_deref().map(str::trim).filter(|u| !u.is_empty())?;
-    let ca_pem = match &r.ca_file {
-        Some(path) => match std::fs::read(path) {
-            Ok(pem) if pem.windows(11).any(|w| w == b"-----BEGIN ") => Some(pem),
-            Ok(_) => {
-                c.push(&["redis", "ca_file"], format!("{} holds no PEM certificate", path.display()));
-                None
-            }
-            Err(e) => {
-                c.push(&["redis", "ca_file"], format!("cannot read {}: {e}", path.display()));
-                None
-            }
-        },
-        None => None,
-    };
+    let ca_pem = r.ca_file.as_deref().and_then(|path| read_ca_file(&["redis", "ca_file"], path, c));
     if ca_pem.is_some() && !url.starts_with("rediss://") {
         c.push(&["redis", "ca_file"], "only used with a rediss:// redis_url");
     }
@@ -385,6 +374,18 @@ fn resolve_redis(file: &FileConfig, upstream: &UpstreamSettings, c: &mut Check) 
         prefix: r.prefix.clone(),
         ca_pem,
     })
+}
+
+/// The contents of a CA file (`redis.ca_file`, `upstream.ca_file`) when it can be read and every
+/// certificate in it can be a trust anchor ([`crate::base::tls::ca_certificates`]).
+fn read_ca_file(key: &[&str], path: &std::path::Path, c: &mut Check) -> Option<Vec<u8>> {
+    let checked = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display())).and_then(|pem| {
+        match crate::base::tls::ca_certificates(&pem) {
+            Ok(_) => Ok(pem),
+            Err(e) => Err(format!("{} {e}", path.display())),
+        }
+    });
+    checked.map_err(|e| c.push(key, e)).ok()
 }
 
 fn resolve_admin_token(file: &FileConfig, c: &mut Check) -> Option<String> {

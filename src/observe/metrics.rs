@@ -91,8 +91,10 @@ pub struct Metrics {
     /// `tile_proxy_requests_total{index, cache}`: tile requests by cache result
     /// (`hit`, `miss`, `coalesced`, `stale`, `negative_hit`, `error`, `invalid`).
     pub requests: IntCounterVec,
-    /// `tile_proxy_upstream_requests_total{index, status}`: upstream attempts by HTTP status, or
-    /// `connect_error`, `timeout`, `body_error`.
+    /// `tile_proxy_upstream_requests_total{index, status, protocol, upstream}`: upstream attempts
+    /// by HTTP status, or `connect_error`, `timeout`, `body_error`; `protocol` is the answer's
+    /// (`h2`, `http/1.1`), `none` for an attempt that got no answer; `upstream` the HERE API
+    /// (`raster`, `vector`, `traffic_raster`, `traffic_vector`: HERE bills each apart).
     pub upstream_requests: IntCounterVec,
     /// `tile_proxy_upstream_duration_seconds{index}`: time to the upstream response head.
     pub upstream_latency: HistogramVec,
@@ -283,8 +285,8 @@ impl Metrics {
             upstream_requests: counter(
                 registry,
                 "tile_proxy_upstream_requests_total",
-                "Upstream requests by status",
-                &["index", "status"],
+                "Upstream requests by status, protocol and HERE API",
+                &["index", "status", "protocol", "upstream"],
             )?,
             upstream_latency,
             upstream_retries: counter(registry, "tile_proxy_upstream_retries_total", "Upstream retries", &["index"])?,

@@ -105,7 +105,9 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
         upstream::fetch_head(&ctx.client, &st.upstream, &url, validator.as_ref(), gate, |log| {
             attempts += 1;
             head_time = log.elapsed;
-            m.upstream_requests.with_label_values(&[index, &log.status_label]).inc();
+            m.upstream_requests
+                .with_label_values(&[index, &log.status_label, log.protocol, ctx.tile.api.as_str()])
+                .inc();
             m.upstream_latency.with_label_values(&[index]).observe(log.elapsed.as_secs_f64());
         })
         .await
@@ -200,7 +202,9 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
                     let abandoned = failure == UpstreamFailure::Aborted;
                     if !abandoned {
                         m.count_not_stored(index, NotStored::Truncated);
-                        m.upstream_requests.with_label_values(&[index, failure.label()]).inc();
+                        let protocol = upstream::protocol_label(response.version());
+                        let labels = [index, failure.label(), protocol, ctx.tile.api.as_str()];
+                        m.upstream_requests.with_label_values(&labels).inc();
                         st.health.upstream_failed(ctx.tile.api, failure.label());
                         tracing::warn!(index, failure = failure.label(), "upstream body failed; nothing stored");
                     }

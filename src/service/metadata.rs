@@ -220,7 +220,7 @@ async fn fetch_document(
     let m = &st.metrics;
     let gate = || st.protect.cap.admit(ep.api);
     let head = upstream::fetch_head(client, &st.upstream, url, None, gate, |log| {
-        m.upstream_requests.with_label_values(&[METRICS_INDEX, &log.status_label]).inc();
+        m.upstream_requests.with_label_values(&[METRICS_INDEX, &log.status_label, log.protocol, ep.api.as_str()]).inc();
         m.upstream_latency.with_label_values(&[METRICS_INDEX]).observe(log.elapsed.as_secs_f64());
     })
     .await;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use awc::error::{ConnectError, SendRequestError};
 use backon::{ExponentialBuilder, Retryable};
 
+use crate::base::tls::ca_certificates;
 use crate::config::{Settings, UpstreamSettings};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 
@@ -129,8 +130,13 @@ impl UpstreamConfig {
 
 /// Builds a worker's awc client: no decompression (bodies are relayed as they come), bounded
 /// connection pool, connect and response-head timeouts, no redirects.
+///
+/// TLS trusts the public web roots plus `s.ca_pem`'s CAs, and offers `h2` and `http/1.1` by
+/// ALPN (`http/1.1` alone when `s.http2` is false): the upstream picks. On `h2` one pooled
+/// connection carries many requests at once; `http://` upstreams always get HTTP/1.1.
 pub fn build_client(s: &UpstreamSettings) -> awc::Client {
     let connector = awc::Connector::new()
+        .rustls_0_23(Arc::new(tls_config(s)))
         .timeout(s.connect_timeout)
         .limit(s.max_connections)
         .conn_keep_alive(Duration::from_secs(30));
@@ -179,6 +185,48 @@ impl Validator {
     }
 }
 
+/// The ALPN protocols offered, most preferred first.
+fn alpn_protocols(http2: bool) -> Vec<Vec<u8>> {
+    if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    }
+}
+
+/// The client's TLS configuration: the web roots awc would use, the operator's CAs (checked when
+/// the settings were loaded, so none is refused here), the ALPN offer.
+fn tls_config(s: &UpstreamSettings) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    match s.ca_pem.as_deref().map(ca_certificates) {
+        Some(Ok(certs)) => {
+            roots.add_parsable_certificates(certs);
+        }
+        Some(Err(e)) => tracing::error!(error = %e, "upstream.ca_file is not used"),
+        None => {}
+    }
+    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    config.alpn_protocols = alpn_protocols(s.http2);
+    config
+}
+
+/// The `protocol` label of `tile_proxy_upstream_requests_total` for an answer that came over
+/// `version`: `http/1.1`, `h2` (ALPN's names), `http/1.0`.
+pub fn protocol_label(version: actix_web::http::Version) -> &'static str {
+    use actix_web::http::Version;
+    match version {
+        Version::HTTP_11 => "http/1.1",
+        Version::HTTP_2 => "h2",
+        Version::HTTP_10 => "http/1.0",
+        Version::HTTP_09 => "http/0.9",
+        Version::HTTP_3 => "h3",
+        _ => "other",
+    }
+}
+
+/// The `protocol` label of an attempt that failed before any answer.
+pub const NO_PROTOCOL: &str = "none";
+
 /// One attempt's result, as the retry loop sees it.
 pub enum Attempt {
     /// Transport failure.
@@ -190,6 +238,8 @@ pub enum Attempt {
 /// What a finished fetch of the head reports, for metrics.
 pub struct AttemptLog {
     pub status_label: String,
+    /// [`protocol_label`] of the answer, or [`NO_PROTOCOL`].
+    pub protocol: &'static str,
     pub elapsed: Duration,
 }
 
@@ -272,7 +322,11 @@ pub async fn fetch_head<G: std::future::Future<Output = Result<(), UpstreamFailu
         .await;
     match result {
         Ok((response, elapsed)) => {
-            on_attempt(AttemptLog { status_label: response.status().as_u16().to_string(), elapsed });
+            on_attempt(AttemptLog {
+                status_label: response.status().as_u16().to_string(),
+                protocol: protocol_label(response.version()),
+                elapsed,
+            });
             Ok(response)
         }
         Err((a, elapsed)) => {
@@ -286,13 +340,15 @@ pub async fn fetch_head<G: std::future::Future<Output = Result<(), UpstreamFailu
 }
 
 fn on_attempt_log(on_attempt: &mut impl FnMut(AttemptLog), a: &Attempt, elapsed: Duration) {
-    let status_label = match a {
+    let (status_label, protocol) = match a {
         // Refused by the rate cap: nothing was sent.
         Attempt::Failed(UpstreamFailure::Busy { .. }) => return,
-        Attempt::Failed(f) => f.label().to_string(),
-        Attempt::Retryable { response, .. } => response.status().as_u16().to_string(),
+        Attempt::Failed(f) => (f.label().to_string(), NO_PROTOCOL),
+        Attempt::Retryable { response, .. } => {
+            (response.status().as_u16().to_string(), protocol_label(response.version()))
+        }
     };
-    on_attempt(AttemptLog { status_label, elapsed });
+    on_attempt(AttemptLog { status_label, protocol, elapsed });
 }
 
 #[cfg(test)]
@@ -380,6 +436,16 @@ mod tests {
             let got = got.as_ref().map(|(n, v)| (n.as_str(), v.to_str().unwrap()));
             assert_eq!(got, want, "{m:?}");
         }
+    }
+
+    #[test]
+    fn protocols_offered_and_labelled() {
+        assert_eq!(alpn_protocols(true), [b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert_eq!(alpn_protocols(false), [b"http/1.1".to_vec()]);
+        use actix_web::http::Version;
+        assert_eq!(protocol_label(Version::HTTP_2), "h2");
+        assert_eq!(protocol_label(Version::HTTP_11), "http/1.1");
+        assert_eq!(protocol_label(Version::HTTP_10), "http/1.0");
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! to it. Each test uses its own tile addresses so tests never share state.
 #![allow(dead_code, unused_imports)]
 
+pub mod nginx;
 pub mod process;
 pub mod redis_server;
+pub mod tls;
 
 use std::time::Duration;
 

@@ -251,3 +251,10 @@ fn listening_addr(line: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     (v["message"] == "tile-proxy listening").then(|| v["addr"].as_str().map(str::to_string))?
 }
+
+/// A port of 127.0.0.1 free a moment ago, for a program that must be told its port (it may be
+/// taken again before that program binds it: callers that can, retry).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    l.local_addr().expect("addr").port()
+}

@@ -5,7 +5,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use super::process::Process;
+use super::process::{free_port, Process};
+use super::tls::make_certs;
 
 pub struct RedisServer {
     pub port: u16,
@@ -13,11 +14,6 @@ pub struct RedisServer {
     /// TLS only (`rediss://`): the folder holding `ca.pem`, `server.pem`, `server.key`.
     tls: Option<std::path::PathBuf>,
     process: Option<Process>,
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    l.local_addr().expect("addr").port()
 }
 
 impl RedisServer {
@@ -170,38 +166,4 @@ impl RedisServer {
             p.signal(libc::SIGCONT);
         }
     }
-}
-
-/// A CA and a server certificate for 127.0.0.1 (openssl), in `dir`.
-fn make_certs(dir: &std::path::Path) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    run(&[
-        &["req", "-x509"][..],
-        &ec,
-        &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=tile-proxy test CA"],
-    ]
-    .concat());
-    run(&[&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]].concat());
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").expect("ext file");
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-    ]);
 }
