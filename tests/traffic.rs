@@ -70,7 +70,10 @@ async fn traffic_raster_tiles_are_transparent_flow_cached_under_their_own_key_an
     assert_eq!(p.get("/v3/base/mc/12/2200/1343/png").await.x_cache(), "MISS");
     // The bill per HERE API: the traffic calls are counted apart from the base map's.
     let m = p.metrics().await;
-    assert_eq!(metric(&m, "tile_proxy_upstream_requests_total", &["upstream=\"traffic_raster\"", "status=\"200\""]), 2.0);
+    assert_eq!(
+        metric(&m, "tile_proxy_upstream_requests_total", &["upstream=\"traffic_raster\"", "status=\"200\""]),
+        2.0
+    );
     assert_eq!(metric(&m, "tile_proxy_upstream_requests_total", &["upstream=\"raster\"", "status=\"200\""]), 1.0);
 }
 

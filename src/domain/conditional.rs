@@ -56,7 +56,8 @@ mod tests {
     fn precedence_table() {
         let tag = Some("\"v1\"");
         // (If-None-Match, If-Modified-Since, ETag, Last-Modified, 304?)
-        let cases: &[(Option<&str>, Option<&str>, Option<&str>, Option<u64>, bool)] = &[
+        type Case<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>, Option<u64>, bool);
+        let cases: &[Case] = &[
             (None, None, tag, Some(LM), false),
             // If-None-Match alone.
             (Some("\"v1\""), None, tag, Some(LM), true),

@@ -292,13 +292,13 @@ pub(crate) fn render(spec: &Spec) -> Vec<u8> {
     out
 }
 
+/// One road of a traffic tile: its line (tile coordinates), `kind` and `jam_factor`.
+pub(crate) type Road = (Vec<(i32, i32)>, &'static str, u64);
+
 /// A traffic tile: layer `traffic_flow` (a LineString per road with `kind` and `jam_factor`),
 /// then, when given, `traffic_incidents` (one Point with `kind`). An empty `flow` and no
 /// incident gives a tile with no layers.
-pub(crate) fn render_traffic(
-    flow: &[(Vec<(i32, i32)>, &'static str, u64)],
-    incident: Option<((i32, i32), &'static str)>,
-) -> Vec<u8> {
+pub(crate) fn render_traffic(flow: &[Road], incident: Option<((i32, i32), &'static str)>) -> Vec<u8> {
     let mut out = Vec::new();
     if !flow.is_empty() {
         let mut layer = Layer::new("traffic_flow");

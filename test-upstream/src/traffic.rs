@@ -14,7 +14,7 @@ use crate::mvt;
 /// Whether a tile has traffic: every tile but those with `(x + y) % 5 == 0` (so `1/0/0`,
 /// `2/1/4`, ... are empty). Tests use it to pick a tile of either kind.
 pub fn has_traffic(_z: u32, x: u64, y: u64) -> bool {
-    (x + y) % 5 != 0
+    !(x + y).is_multiple_of(5)
 }
 
 /// Flow colours, free to blocked (RGB), as HERE draws them.
@@ -80,7 +80,7 @@ pub(crate) fn flow_image(size: u32, seed: u64, minute: u64, empty: bool, jpeg: b
 /// layers, a `traffic_incidents` point (`kind` one of HERE's incident types).
 pub(crate) fn vector_tile(layer: &str, seed: u64, minute: u64) -> Vec<u8> {
     let kinds = ["free", "heavy", "queuing", "blocked"];
-    let roads: Vec<(Vec<(i32, i32)>, &'static str, u64)> = (0..6u64)
+    let roads: Vec<mvt::Road> = (0..6u64)
         .map(|i| {
             let at = 512 + (mix64(seed.wrapping_add(i)) % 3072) as i32;
             let line = if i < 3 { vec![(0, at), (4096, at)] } else { vec![(at, 0), (at, 4096)] };
