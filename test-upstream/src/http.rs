@@ -286,6 +286,17 @@ impl Response {
     }
 }
 
+/// An HTTP date (`If-Modified-Since`) in Unix seconds; `None` if it is not one.
+pub(crate) fn parse_date(v: &str) -> Option<u64> {
+    let t = httpdate::parse_http_date(v.trim()).ok()?;
+    t.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs())
+}
+
+/// Unix seconds as an HTTP date (`Last-Modified`).
+pub(crate) fn format_date(secs: u64) -> String {
+    httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,15 +344,4 @@ mod tests {
         assert!(!valid_header("Bad Name", "v"));
         assert!(!valid_header("X", "a\r\nInjected: 1"));
     }
-}
-
-/// An HTTP date (`If-Modified-Since`) in Unix seconds; `None` if it is not one.
-pub(crate) fn parse_date(v: &str) -> Option<u64> {
-    let t = httpdate::parse_http_date(v.trim()).ok()?;
-    t.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs())
-}
-
-/// Unix seconds as an HTTP date (`Last-Modified`).
-pub(crate) fn format_date(secs: u64) -> String {
-    httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
