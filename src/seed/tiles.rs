@@ -156,6 +156,10 @@ impl Job {
         let url = self.url(z, x, y);
         let (path, query) = url.split_once('?').unwrap_or((&url, ""));
         match routes::parse(path, query, ParseOptions { reject_unknown_params: true }) {
+            Ok(Some(t)) if t.api.is_traffic() => Err(JobError::new(
+                "resource",
+                "traffic tiles are not seeded: they are outdated within minutes (traffic_ttl)",
+            )),
             Ok(Some(_)) => Ok(()),
             Ok(None) => Err(JobError::new("resource", format!("`{path}` is not a tile route"))),
             Err(e) => Err(JobError::new(field_of(&e.field), e.message)),
@@ -412,6 +416,11 @@ mod tests {
         let mut p = raster([0.0, 0.0, 10.0, 10.0], (1, 2));
         p.kind = Kind::Raster { resource: "roads".into(), format: "png".into() };
         assert_eq!(bad(p).field, "resource");
+        let mut p = raster([0.0, 0.0, 10.0, 10.0], (1, 2));
+        p.kind = Kind::Raster { resource: "flow".into(), format: "png".into() };
+        let e = bad(p);
+        assert_eq!(e.field, "resource");
+        assert!(e.message.contains("traffic"), "{}", e.message);
         let mut p = raster([0.0, 0.0, 10.0, 10.0], (1, 2));
         p.params.insert("style".into(), "neon".into());
         assert_eq!(bad(p).field, "style");
