@@ -605,3 +605,45 @@ async fn an_early_refresh_runs_once_for_the_fleet_and_the_other_pods_take_its_co
     a.stop().await;
     b.stop().await;
 }
+
+/// Traffic across the fleet: three pods sharing Redis, 60 viewers on each, asking for the same
+/// two traffic tiles every 10 s for 3 minutes with a 30 s traffic TTL. The fleet pays HERE what
+/// one pod would: each tile's first download and one revalidation per TTL (7 calls), however
+/// many pods see it expire at once.
+#[actix_rt::test]
+async fn traffic_revalidates_once_per_ttl_across_three_pods() {
+    let redis = RedisServer::start();
+    let up = upstream(2000);
+    let tweak = |f: &mut FileConfig| {
+        redis.share(f);
+        f.defaults.traffic_ttl = Some(dur("30s"));
+    };
+    let pods = [
+        Proxy::start_drawing(&up, || 1.0, tweak).await,
+        Proxy::start_drawing(&up, || 1.0, tweak).await,
+        Proxy::start_drawing(&up, || 1.0, tweak).await,
+    ];
+    eventually("every pod subscribed to tile-proxy:filled", async || {
+        redis.cmd::<(String, u64)>(&["PUBSUB", "NUMSUB", "tile-proxy:filled"]).1 == 3
+    })
+    .await;
+    let tiles = ["/v3/flow/mc/13/4401/2686/png", "/v2/traffictiles/flow/mc/13/4401/2686/omv"];
+    let t0 = (pods.iter().map(|p| p.clock.now_ms()).max().unwrap() / 60_000 + 1) * 60_000;
+    for step in 0..=18u64 {
+        let at = t0 + step * 10_000;
+        for p in &pods {
+            p.clock.advance_ms(at - p.clock.now_ms());
+        }
+        up.set_clock_ms(at);
+        let asks = (0..60).flat_map(|_| tiles).enumerate().map(|(i, t)| pods[i % 3].get_owned(t.to_string()));
+        for r in join_all(asks).await {
+            assert_eq!(r.status, 200, "at step {step}");
+        }
+    }
+    for t in tiles {
+        assert_eq!(up.count(t), 7, "{t}: one download and 6 revalidations for the fleet");
+    }
+    for p in pods {
+        p.stop().await;
+    }
+}

@@ -213,7 +213,8 @@ impl TileService {
         let st = &self.core;
         let Ctx { client, tile, index_label, key, policy } = ctx;
         let limits = st.settings.limits();
-        let (mut reader, label) = match st.fill.acquire(&key).await {
+        let join = if expired.is_some() { st.fill.acquire_expired(&key).await } else { st.fill.acquire(&key).await };
+        let (mut reader, label) = match join {
             Join::Leader(writer, reader) => {
                 // Look again: a lookup that yielded may have missed what a flight just stored.
                 if let Some(answer) = self.recheck(&key, tile, policy, &mut expired).await {
@@ -263,7 +264,13 @@ impl TileService {
     }
 
     /// The leader's second look. A fresh entry is the answer; an expired one found now (and
-    /// none before) becomes the copy to revalidate with.
+    /// none before, or newer than the one before) becomes the copy to revalidate with.
+    ///
+    /// With an expired copy in hand, only a copy stored after it counts: tiers holding that
+    /// same old copy (this pod's memory) are passed over, so another pod's revalidation, just
+    /// stored in Redis, is found there (and promoted) instead of this pod asking HERE again.
+    /// One revalidation per tile and lifetime across the fleet, however many pods see it
+    /// expire.
     async fn recheck(
         &self,
         key: &CacheKey,
@@ -272,17 +279,20 @@ impl TileService {
         expired: &mut Option<(Entry, bool)>,
     ) -> Option<Answer> {
         let st = &self.core;
-        let (entry, source) = self.lookup(key, tile).await?;
+        let found = match expired.as_ref().map(|(old, _)| old.meta.stored_at_ms) {
+            Some(at) => self.lookup_where(key, tile, |e| e.meta.stored_at_ms > at).await,
+            None => self.lookup(key, tile).await,
+        };
+        let (entry, source) = found?;
         let now = st.clock.now_ms();
         let lifetime = freshness::lifetime(&entry.meta, policy, st.settings.limits());
         // No early refresh here: this request leads a fill anyway.
         match freshness::decide(&entry.meta, lifetime, policy, now, || 1.0) {
             Decision::Fresh | Decision::EarlyRefresh => Some(self.entry_answer(entry, lifetime, Some(source), None)),
             decision => {
-                if expired.is_none() {
-                    let usable = !matches!(decision, Decision::Fetch { fallback: false });
-                    *expired = Some((entry, usable));
-                }
+                // Found now, or newer than the copy found before: the one to revalidate with.
+                let usable = !matches!(decision, Decision::Fetch { fallback: false });
+                *expired = Some((entry, usable));
                 None
             }
         }

@@ -122,6 +122,12 @@ pub enum Join {
 pub trait FillLock: Send + Sync {
     fn acquire<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Join>;
 
+    /// [`FillLock::acquire`] for a key whose stored copy has expired (a revalidation): the copy
+    /// still being there must not count as "filled". Default: [`FillLock::acquire`].
+    fn acquire_expired<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Join> {
+        self.acquire(key)
+    }
+
     /// For a background refresh of an entry that still exists (stale-while-revalidate, early
     /// refresh): the writer when the caller leads it, `None` when a refresh of the key already
     /// runs (here or, with a fleet-wide lock, on another pod). Never waits for another holder:

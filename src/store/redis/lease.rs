@@ -143,10 +143,21 @@ impl FleetFill {
 
     /// Takes the lease for the writer, or waits for the pod holding it. Whatever happens the
     /// caller leads: it looks in the cache again, and fetches if the entry is still missing.
-    async fn lease(&self, key: &CacheKey) -> Option<Lease> {
+    ///
+    /// `expired`: the caller holds an expired copy, and the entry still exists in Redis (kept
+    /// for the stale windows), so its existence says nothing; only the lease decides (the
+    /// refresh script), and a pod that finds it taken waits for the holder, then takes it
+    /// itself: its second look then finds the holder's renewed copy (stored after its own), so
+    /// one pod revalidates a tile for the fleet.
+    async fn lease(&self, key: &CacheKey, expired: bool) -> Option<Lease> {
         let r = &self.redis;
         let tag = r.keys.tag(key);
-        let keys = [r.keys.entry(&tag), r.keys.large(&tag), r.keys.lease(&tag)];
+        let keys = if expired {
+            vec![r.keys.large(&tag), r.keys.lease(&tag)]
+        } else {
+            vec![r.keys.entry(&tag), r.keys.large(&tag), r.keys.lease(&tag)]
+        };
+        let (script, lease_key) = if expired { (&ACQUIRE_REFRESH, 1) } else { (&ACQUIRE, 2) };
         let lease_ms = r.settings.lease.as_millis().to_string();
         let token = super::token();
         let waiting = self.waiters.register(&tag);
@@ -158,12 +169,13 @@ impl FleetFill {
             let notified = waiting.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let keys = [keys[0].as_str(), keys[1].as_str(), keys[2].as_str()];
-            let outcome = match r.eval::<i64>("lease", Deadline::Read, &ACQUIRE, &keys, &[&token, &lease_ms]).await {
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let outcome = match r.eval::<i64>("lease", Deadline::Read, script, &keys, &[&token, &lease_ms]).await {
                 Ok(1) => {
                     r.metrics.lease.with_label_values(&["acquired"]).inc();
-                    return Some(Lease { redis: r.clone(), key: keys[2].to_string(), token, tag });
+                    return Some(Lease { redis: r.clone(), key: keys[lease_key].to_string(), token, tag });
                 }
+                Ok(2) if expired => "too_large",
                 Ok(3) => {
                     if waited {
                         "waited_filled"
@@ -233,10 +245,20 @@ impl FillLock for FleetFill {
     }
 
     fn acquire<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Join> {
+        self.acquire_with(key, false)
+    }
+
+    fn acquire_expired<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Join> {
+        self.acquire_with(key, true)
+    }
+}
+
+impl FleetFill {
+    fn acquire_with<'a>(&'a self, key: &'a CacheKey, expired: bool) -> BoxFuture<'a, Join> {
         Box::pin(async move {
             match self.flights.join(key) {
                 Join::Leader(mut writer, reader) => {
-                    if let Some(lease) = self.lease(key).await {
+                    if let Some(lease) = self.lease(key, expired).await {
                         writer.attach(Box::new(lease));
                     }
                     Join::Leader(writer, reader)
