@@ -237,6 +237,7 @@ check_nginx() {
             TILE_PROXY_LISTEN=127.0.0.1:0 TILE_PROXY_CACHE_DIR="$tmp/cache-$n" \
             TILE_PROXY_MEMORY_CACHE=32MiB TILE_PROXY_DISK_CACHE=16MiB TILE_PROXY_WORKERS=1 \
             TILE_PROXY_RASTER_UPSTREAM="$up" TILE_PROXY_VECTOR_UPSTREAM="$up" \
+            TILE_PROXY_TRAFFIC_RASTER_UPSTREAM="$up" TILE_PROXY_TRAFFIC_VECTOR_UPSTREAM="$up" \
             TILE_PROXY_TRUSTED_PROXIES=127.0.0.1 TILE_PROXY_ADMIN_TOKEN="$token" \
             TILE_PROXY_LOG_FORMAT=json TILE_PROXY_SHUTDOWN_TIMEOUT=1s \
             "$bin_dir/tile-proxy" serve >"$tmp/replica-$n.log" 2>"$tmp/replica-$n.err" &
@@ -754,7 +755,9 @@ print(*[s.getsockname()[1] for s in ss])')"
         "TILE_PROXY_LISTEN=127.0.0.1:$px_port"
         "HERE_API_KEY_FILE=$tmp/here_api_key"
         "TILE_PROXY_RASTER_UPSTREAM=http://127.0.0.1:$up_port"
-        "TILE_PROXY_VECTOR_UPSTREAM=http://127.0.0.1:$up_port")
+        "TILE_PROXY_VECTOR_UPSTREAM=http://127.0.0.1:$up_port"
+        "TILE_PROXY_TRAFFIC_RASTER_UPSTREAM=http://127.0.0.1:$up_port"
+        "TILE_PROXY_TRAFFIC_VECTOR_UPSTREAM=http://127.0.0.1:$up_port")
     _docker_health() { env -i "${run_env[@]}" "${health[@]}"; }
 
     if _docker_health >/dev/null 2>&1; then
@@ -1335,7 +1338,8 @@ def check_compose(path, label):
                     if not any(sn.version == t.version and sn.subnet_of(t) for t in trusted):
                         problem(f"docker-compose.yml {n}: TILE_PROXY_TRUSTED_PROXIES {cfg.get('trusted_proxies')} does not cover network {net} ({sn}): NGINX's X-Forwarded-For would be ignored")
             # Hosts named in URLs are services of this file.
-            for k in ("REDIS_URL", "TILE_PROXY_RASTER_UPSTREAM", "TILE_PROXY_VECTOR_UPSTREAM"):
+            for k in ("REDIS_URL", "TILE_PROXY_RASTER_UPSTREAM", "TILE_PROXY_VECTOR_UPSTREAM",
+                      "TILE_PROXY_TRAFFIC_RASTER_UPSTREAM", "TILE_PROXY_TRAFFIC_VECTOR_UPSTREAM"):
                 host = urlsplit(senv.get(k, "")).hostname
                 if host and "." not in host and host not in services:
                     problem(f"docker-compose.yml ({label}) {n}: {k} names host {host}, not a service")
@@ -2013,6 +2017,7 @@ PY
   env -i PATH="/usr/bin:/bin" HERE_API_KEY=check-key REDIS_URL="redis://127.0.0.1:$redis_port/0" \
     TILE_PROXY_ADMIN_TOKEN="$token" TILE_PROXY_LISTEN=127.0.0.1:0 TILE_PROXY_LOG_FORMAT=json \
     TILE_PROXY_RASTER_UPSTREAM="$up_url" TILE_PROXY_VECTOR_UPSTREAM="$up_url" \
+    TILE_PROXY_TRAFFIC_RASTER_UPSTREAM="$up_url" TILE_PROXY_TRAFFIC_VECTOR_UPSTREAM="$up_url" \
     TILE_PROXY_CACHE_DIR="$tmp/cache" TILE_PROXY_MEMORY_CACHE=16MiB TILE_PROXY_DISK_CACHE=64MiB \
     TILE_PROXY_WORKERS=2 TILE_PROXY_UPSTREAM__RETRY_ATTEMPTS=2 TILE_PROXY_UPSTREAM__RETRY_MIN_DELAY=10ms \
     TILE_PROXY_UPSTREAM__RETRY_MAX_DELAY=50ms TILE_PROXY_UPSTREAM__BREAKER_FAILURES=2 \

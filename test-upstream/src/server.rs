@@ -223,10 +223,15 @@ impl State {
         let version = self.version();
         let canonical = body::canonical_query(query);
         let key = format!("{version}\u{0}{path}\u{0}{canonical}");
+        self.cached(key, || self.generate(version, path, query, &canonical, kind))
+    }
+
+    /// The generated-body cache: the tile under `key`, else `make`'s, kept.
+    fn cached(&self, key: String, make: impl FnOnce() -> Tile) -> Arc<Tile> {
         if let Some(t) = lock(&self.cache).map.get(&key) {
             return t.clone();
         }
-        let tile = Arc::new(self.generate(version, path, query, &canonical, kind));
+        let tile = Arc::new(make());
         let mut cache = lock(&self.cache);
         if cache.map.len() >= CACHE_MAX_ENTRIES || cache.bytes >= CACHE_MAX_BYTES {
             cache.map.clear();
@@ -252,28 +257,18 @@ impl State {
         }
         let canonical = body::canonical_query(query);
         let key = format!("traffic\u{0}{minute}\u{0}{path}\u{0}{canonical}");
-        if let Some(t) = lock(&self.cache).map.get(&key) {
-            return Some(t.clone());
-        }
-        let seed = crate::traffic::seed(path, &canonical);
-        let body = if vector {
-            crate::traffic::vector_tile(layer, seed, minute)
-        } else {
-            let size = match body::parse_query(query).iter().find(|(k, _)| k == "size") {
-                Some((_, s)) if s == "256" => 256,
-                _ => 512,
-            };
-            crate::traffic::flow_image(size, seed, minute, empty, format == "jpeg")
-        };
-        let tile = Arc::new(Tile::from_body(body));
-        let mut cache = lock(&self.cache);
-        if cache.map.len() >= CACHE_MAX_ENTRIES || cache.bytes >= CACHE_MAX_BYTES {
-            cache.map.clear();
-            cache.bytes = 0;
-        }
-        cache.bytes += tile.body.len();
-        cache.map.insert(key, tile.clone());
-        Some(tile)
+        Some(self.cached(key, || {
+            let seed = crate::traffic::seed(path, &canonical);
+            Tile::from_body(if vector {
+                crate::traffic::vector_tile(layer, seed, minute)
+            } else {
+                let size = match body::parse_query(query).iter().find(|(k, _)| k == "size") {
+                    Some((_, s)) if s == "256" => 256,
+                    _ => 512,
+                };
+                crate::traffic::flow_image(size, seed, minute, empty, format == "jpeg")
+            })
+        }))
     }
 
     /// A fresh tile: an image under `opts.images` for raster paths, an MVT under
@@ -387,42 +382,8 @@ fn classify(path: &str) -> Route {
         ["", "v3", "politicalViews"] => Route::Meta(Meta::PoliticalViews),
         ["", "v2", "vectortiles", "copyright"] => Route::Meta(Meta::VectorCopyright),
         ["", "v2", "vectortiles", "politicalViews"] => Route::Meta(Meta::VectorPoliticalViews),
-        ["", "v3", "flow", proj, z, x, y, format] => {
-            if *proj != "mc" {
-                return invalid("projection", "E622008", format!("Invalid value '{proj}' for parameter 'projection'"));
-            }
-            if let Some(err) = check_zxy(z, x, y, 20) {
-                return err;
-            }
-            let (kind, content_type) = match *format {
-                "png" | "png8" => (BodyKind::Png, "image/png"),
-                "jpeg" => (BodyKind::Jpeg, "image/jpeg"),
-                other => {
-                    return invalid("format", "E622007", format!("Invalid value '{other}' for parameter 'format'"))
-                }
-            };
-            Route::Tile { api: Api::TrafficRaster, kind, content_type }
-        }
-        ["", "v2", "traffictiles", layer, proj, z, x, y, format] => {
-            if !matches!(*layer, "traffic" | "flow" | "incident") {
-                return invalid("layer", "E622003", format!("Invalid value '{layer}' for parameter 'layer'"));
-            }
-            if *proj != "mc" {
-                return invalid("projection", "E622008", format!("Invalid value '{proj}' for parameter 'projection'"));
-            }
-            if *z == "0" {
-                return invalid("z", "E622004", "Invalid value '0' for parameter 'z': must be 1..17".into());
-            }
-            if let Some(err) = check_zxy(z, x, y, 17) {
-                return err;
-            }
-            if *format != "omv" {
-                return invalid("format", "E622007", format!("Invalid value '{format}' for parameter 'format'"));
-            }
-            Route::Tile { api: Api::TrafficVector, kind: BodyKind::Omv, content_type: "application/x-protobuf" }
-        }
         ["", "v3", resource, proj, z, x, y, format] => {
-            if !matches!(*resource, "base" | "background" | "label") {
+            if !matches!(*resource, "base" | "background" | "label" | "flow") {
                 return invalid("resource", "E622003", format!("Invalid value '{resource}' for parameter 'resource'"));
             }
             if *proj != "mc" {
@@ -438,14 +399,26 @@ fn classify(path: &str) -> Route {
                     return invalid("format", "E622007", format!("Invalid value '{other}' for parameter 'format'"))
                 }
             };
-            Route::Tile { api: Api::Raster, kind, content_type }
+            // `flow`: the Traffic Raster Tile API v3 (its own host at HERE, its path shape).
+            let api = if *resource == "flow" { Api::TrafficRaster } else { Api::Raster };
+            Route::Tile { api, kind, content_type }
         }
-        ["", "v2", "vectortiles", layer, proj, z, x, y, format] => {
-            if !matches!(*layer, "base" | "core") {
+        ["", "v2", family @ ("vectortiles" | "traffictiles"), layer, proj, z, x, y, format] => {
+            // `traffictiles`: the Traffic Vector Tile API v2 (layers traffic, flow, incident; zoom 1-17).
+            let traffic = *family == "traffictiles";
+            let known = if traffic {
+                matches!(*layer, "traffic" | "flow" | "incident")
+            } else {
+                matches!(*layer, "base" | "core")
+            };
+            if !known {
                 return invalid("layer", "E622003", format!("Invalid value '{layer}' for parameter 'layer'"));
             }
             if *proj != "mc" {
                 return invalid("projection", "E622008", format!("Invalid value '{proj}' for parameter 'projection'"));
+            }
+            if traffic && *z == "0" {
+                return invalid("z", "E622004", "Invalid value '0' for parameter 'z': must be 1..17".into());
             }
             if let Some(err) = check_zxy(z, x, y, 17) {
                 return err;
@@ -453,7 +426,8 @@ fn classify(path: &str) -> Route {
             if *format != "omv" {
                 return invalid("format", "E622007", format!("Invalid value '{format}' for parameter 'format'"));
             }
-            Route::Tile { api: Api::Vector, kind: BodyKind::Omv, content_type: "application/x-protobuf" }
+            let api = if traffic { Api::TrafficVector } else { Api::Vector };
+            Route::Tile { api, kind: BodyKind::Omv, content_type: "application/x-protobuf" }
         }
         _ => Route::NotFound,
     }
