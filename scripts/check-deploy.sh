@@ -68,7 +68,7 @@ CHECKS=(nginx docker k8s observability)
 check_nginx() {
     local template="$REPO/nginx/templates/tile-proxy.conf.template"
     local readme="$REPO/nginx/README.md"
-    local bin_dir="${BIN_DIR:-/work/main/target/debug}"
+    local bin_dir="$BIN_DIR"
     local vars=(NGINX_PORT TILE_PROXY_SERVERS NGINX_CACHE NGINX_CACHE_DIR NGINX_CACHE_MAX_SIZE
         NGINX_RATE_LIMIT NGINX_RATE_BURST NGINX_ADMIN_ALLOW NGINX_REAL_IP_FROM)
     local key="check-nginx-key-$RANDOM$RANDOM"
