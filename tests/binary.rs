@@ -241,6 +241,36 @@ async fn healthcheck_probes_the_listen_port_from_the_environment_or_the_config_f
     assert_eq!(code, Some(1), "a stopped proxy is unhealthy: {said}");
 }
 
+/// A key HERE would refuse, or an upstream that cannot be reached: the first tile's 502 is
+/// explained in the log by the upstream's host and what the OS said, never by the key.
+#[actix_rt::test]
+async fn an_unreachable_upstream_is_named_with_the_os_error_in_the_log() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("HERE_API_KEY", KEY)
+        .env("TILE_PROXY_LISTEN", "127.0.0.1:0")
+        .env("TILE_PROXY_RASTER_UPSTREAM", &base)
+        .env("TILE_PROXY_CACHE_DIR", dir.path())
+        .env("TILE_PROXY_DISK_CACHE", "0")
+        .env("TILE_PROXY_WORKERS", "1")
+        .env("TILE_PROXY_UPSTREAM__RETRY_ATTEMPTS", "1")
+        .env("RUST_LOG", "info");
+    let process = Process::spawn(cmd);
+    let addr = process.listening().await;
+    let (head, _) = raw_get_at(&addr, "/v3/base/mc/1/0/0/png");
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    let line = process.line("the failed fetch's log line", |l| l.contains("upstream fetch failed")).await;
+    assert!(line.contains(&base), "names the upstream: {line}");
+    assert!(line.contains("os error 111") || line.to_lowercase().contains("refused"), "says what the OS said: {line}");
+    assert!(!line.contains(KEY), "never the key: {line}");
+    drop(process);
+}
+
 #[actix_rt::test]
 async fn configuration_errors_are_all_listed_and_exit_non_zero() {
     let mut cmd = Command::new(BIN);
@@ -248,7 +278,12 @@ async fn configuration_errors_are_all_listed_and_exit_non_zero() {
     let out = run(cmd).await;
     assert_eq!(out.code(), Some(2));
     let err = &out.stderr;
-    assert!(err.contains("HERE_API_KEY"), "{err}");
+    // The message the README shows, word for word at its start, and where to go without a key.
+    assert!(
+        err.starts_with("tile-proxy: invalid configuration (1 problem(s)):\n  - here_api_key: no HERE API key given."),
+        "{err}"
+    );
+    assert!(err.contains("HERE_API_KEY") && err.contains("scripts/demo.sh"), "{err}");
 
     let mut cmd = Command::new(BIN);
     cmd.env_clear()

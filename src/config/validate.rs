@@ -439,7 +439,9 @@ fn resolve_key(file: &FileConfig, c: &mut Check) -> Option<String> {
         c.push(
             &["here_api_key"],
             "no HERE API key given. Set HERE_API_KEY or HERE_API_KEY_FILE \
-             (or `upstream_requires_key = false` in the config file for an upstream that needs none)",
+             (or `upstream_requires_key = false` in the config file for an upstream that needs none). \
+             To try the proxy without a key, `scripts/demo.sh` runs it in front of a local HERE-like \
+             test upstream",
         );
     }
     if key.as_deref().is_some_and(|k| !is_key(k)) {

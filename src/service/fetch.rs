@@ -97,6 +97,8 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
     let index = ctx.index.as_str();
     let validator = ctx.stale.as_ref().and_then(|e| Validator::of(&e.meta));
     let mut attempts = 0u32;
+    // What the transport said about the last failed attempt (for the log line).
+    let mut transport_error = None;
     // The last attempt's time to its head; plus the body's time below: the entry's `fetch_ms`.
     let mut head_time = Duration::ZERO;
     let result = {
@@ -105,6 +107,7 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
         upstream::fetch_head(&ctx.client, &st.upstream, &url, validator.as_ref(), gate, |log| {
             attempts += 1;
             head_time = log.elapsed;
+            transport_error = log.error;
             m.upstream_requests
                 .with_label_values(&[index, &log.status_label, log.protocol, ctx.tile.api.as_str()])
                 .inc();
@@ -130,7 +133,16 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
         }
         Err(failure) => {
             st.health.upstream_failed(ctx.tile.api, failure.label());
-            tracing::warn!(index, failure = failure.label(), attempts, "upstream fetch failed");
+            // The upstream's base URL (never the request URL: it holds the key) and what the
+            // transport said, so "connect_error" names the host and the OS error.
+            tracing::warn!(
+                index,
+                failure = failure.label(),
+                attempts,
+                upstream = st.upstream.base(ctx.tile.api),
+                error = transport_error.as_deref().unwrap_or("-"),
+                "upstream fetch failed"
+            );
             writer.finish(End::Failed(failure));
             return false;
         }

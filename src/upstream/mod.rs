@@ -229,8 +229,8 @@ pub const NO_PROTOCOL: &str = "none";
 
 /// One attempt's result, as the retry loop sees it.
 pub enum Attempt {
-    /// Transport failure.
-    Failed(UpstreamFailure),
+    /// Transport failure, and what the transport said (the OS error, scrubbed of every key).
+    Failed(UpstreamFailure, Option<String>),
     /// The upstream answered with a retryable status; the response is kept for the last attempt.
     Retryable { response: awc::ClientResponse, retry_after: Option<Duration> },
 }
@@ -241,6 +241,9 @@ pub struct AttemptLog {
     /// [`protocol_label`] of the answer, or [`NO_PROTOCOL`].
     pub protocol: &'static str,
     pub elapsed: Duration,
+    /// Why a transport failure failed (`Connection refused (os error 111)`, a DNS error, ...),
+    /// scrubbed of every key; `None` for an answer.
+    pub error: Option<String>,
 }
 
 /// True for statuses worth another try.
@@ -282,7 +285,7 @@ pub async fn fetch_head<G: std::future::Future<Output = Result<(), UpstreamFailu
         let turn = gate();
         async move {
             if let Err(f) = turn.await {
-                return Err((Attempt::Failed(f), Duration::ZERO));
+                return Err((Attempt::Failed(f, None), Duration::ZERO));
             }
             // Built after the wait: awc's timeout starts when the request is built.
             let mut req = client.get(url).no_decompress();
@@ -306,13 +309,17 @@ pub async fn fetch_head<G: std::future::Future<Output = Result<(), UpstreamFailu
                         Ok((response, elapsed))
                     }
                 }
-                Err(e) => Err((Attempt::Failed(classify(&e)), elapsed)),
+                Err(e) => {
+                    let said = crate::domain::scrub::scrub(bytes::Bytes::from(e.to_string()), cfg.secrets());
+                    let said = String::from_utf8_lossy(&said).into_owned();
+                    Err((Attempt::Failed(classify(&e), Some(said)), elapsed))
+                }
             }
         }
     };
     let result = attempt
         .retry(backoff)
-        .when(|(a, _): &(Attempt, Duration)| !matches!(a, Attempt::Failed(UpstreamFailure::Busy { .. })))
+        .when(|(a, _): &(Attempt, Duration)| !matches!(a, Attempt::Failed(UpstreamFailure::Busy { .. }, _)))
         .notify(|(a, elapsed): &(Attempt, Duration), _| on_attempt_log(&mut on_attempt, a, *elapsed))
         .adjust(|(a, _): &(Attempt, Duration), planned| match a {
             // Honour Retry-After, but never wait longer than the configured bound.
@@ -326,6 +333,7 @@ pub async fn fetch_head<G: std::future::Future<Output = Result<(), UpstreamFailu
                 status_label: response.status().as_u16().to_string(),
                 protocol: protocol_label(response.version()),
                 elapsed,
+                error: None,
             });
             Ok(response)
         }
@@ -333,22 +341,22 @@ pub async fn fetch_head<G: std::future::Future<Output = Result<(), UpstreamFailu
             on_attempt_log(&mut on_attempt, &a, elapsed);
             match a {
                 Attempt::Retryable { response, .. } => Ok(response),
-                Attempt::Failed(f) => Err(f),
+                Attempt::Failed(f, _) => Err(f),
             }
         }
     }
 }
 
 fn on_attempt_log(on_attempt: &mut impl FnMut(AttemptLog), a: &Attempt, elapsed: Duration) {
-    let (status_label, protocol) = match a {
+    let (status_label, protocol, error) = match a {
         // Refused by the rate cap: nothing was sent.
-        Attempt::Failed(UpstreamFailure::Busy { .. }) => return,
-        Attempt::Failed(f) => (f.label().to_string(), NO_PROTOCOL),
+        Attempt::Failed(UpstreamFailure::Busy { .. }, _) => return,
+        Attempt::Failed(f, said) => (f.label().to_string(), NO_PROTOCOL, said.clone()),
         Attempt::Retryable { response, .. } => {
-            (response.status().as_u16().to_string(), protocol_label(response.version()))
+            (response.status().as_u16().to_string(), protocol_label(response.version()), None)
         }
     };
-    on_attempt(AttemptLog { status_label, protocol, elapsed });
+    on_attempt(AttemptLog { status_label, protocol, elapsed, error });
 }
 
 #[cfg(test)]
