@@ -355,7 +355,7 @@ async fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it
     let values: Vec<(&str, (String, toml::Value))> = vec![
         ("listen", same("127.0.0.1:9999")),
         ("workers", ("3".into(), n(3))),
-        ("here_api_key", ("ENVKEY123".into(), s("<redacted>"))),
+        ("here_api_key", ("ENVKEY123".into(), s("(left out)"))),
         ("here_api_key_file", same(key_file)),
         ("upstream_requires_key", ("false".into(), toml::Value::Boolean(false))),
         ("raster_upstream", same("http://127.0.0.1:9")),
@@ -400,7 +400,7 @@ async fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it
         ("upstream.breaker_cooldown", same("45s")),
         ("upstream.http2", ("false".into(), toml::Value::Boolean(false))),
         ("upstream.ca_file", same(ca_file)),
-        ("redis_url", ("rediss://:REDISPASS99@cache:6380/2".into(), s("rediss://:<redacted>@cache:6380/2"))),
+        ("redis_url", ("rediss://:REDISPASS99@cache:6380/2".into(), s("rediss://cache:6380/2"))),
         ("redis_max_value", same("2MiB")),
         ("redis.timeout", same("40ms")),
         ("redis.write_timeout", same("400ms")),
@@ -412,7 +412,7 @@ async fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it
         ("redis.lease_wait", same("15s")),
         ("redis.prefix", same("tp-test")),
         ("redis.ca_file", same(ca_file)),
-        ("admin_token", ("ENV-ADMIN-TOKEN-0123456789".into(), s("<redacted>"))),
+        ("admin_token", ("ENV-ADMIN-TOKEN-0123456789".into(), s("(left out)"))),
         ("admin_token_file", same(token_file)),
         ("surrogate_keys", ("true".into(), toml::Value::Boolean(true))),
         ("map_page", ("false".into(), toml::Value::Boolean(false))),
@@ -475,7 +475,12 @@ async fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it
     let shown: toml::Value = toml::from_str(stdout).unwrap_or_else(|e| panic!("{e}\n{stdout}"));
     for (key, (_, want)) in &values {
         let got = key.split('.').try_fold(&shown, |v, part| v.get(part));
-        assert_eq!(got, Some(want), "{key} (set as {}) in\n{stdout}", env_name(key));
+        // Secrets are left out (a placeholder would not parse back), each named in a comment.
+        let want = (want.as_str() != Some("(left out)")).then_some(want);
+        assert_eq!(got, want, "{key} (set as {}) in\n{stdout}", env_name(key));
+    }
+    for note in ["# here_api_key (the HERE key) is set but not shown", "# admin_token is set but not shown"] {
+        assert!(stdout.contains(note), "{note} in\n{stdout}");
     }
     assert_eq!(values.len(), keys.len(), "every test value is a setting");
 }

@@ -14,7 +14,7 @@ use figment::error::Kind;
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 
-use super::file::{redact_url, FileConfig};
+use super::file::{FileConfig, PolicyFileConfig};
 use super::settings::Settings;
 use super::validate::{validate, ConfigErrors};
 
@@ -436,20 +436,95 @@ impl Settings {
 }
 
 impl FileConfig {
-    /// This configuration as a TOML config file, with `workers` resolved from `settings` and the
-    /// key shown as `"<redacted>"`. It parses back into an equal `FileConfig` (but the key).
+    /// This configuration as a TOML config file that works as one: `workers` resolved from
+    /// `settings`, every index policy with the values that apply (`[defaults]` with the built-in
+    /// ones filled in, each `[index.<name>]` with what it inherits), and the secrets left out, each
+    /// named in a comment at the top (the HERE key, the admin token, Redis's password: a
+    /// placeholder in their place would not be valid where they go). It parses back into a
+    /// `FileConfig` that gives the same `Settings` but those secrets.
     pub fn effective_toml(&self, settings: &Settings) -> String {
         let mut shown = self.clone();
         shown.workers = Some(settings.workers);
-        if shown.here_api_key.is_some() {
-            shown.here_api_key = Some("<redacted>".into());
+        let mut left_out = Vec::new();
+        if shown.here_api_key.take().is_some() {
+            left_out.push("here_api_key (the HERE key) is set but not shown");
         }
-        if shown.admin_token.is_some() {
-            shown.admin_token = Some("<redacted>".into());
+        if shown.admin_token.take().is_some() {
+            left_out.push("admin_token is set but not shown");
         }
-        shown.redis_url = shown.redis_url.as_deref().map(redact_url);
+        if let Some(url) = shown.redis_url.as_deref() {
+            let without = without_password(url);
+            if without != url {
+                left_out.push("redis_url has a password, not shown: add it back as redis://:PASSWORD@host");
+                shown.redis_url = Some(without);
+            }
+        }
+        shown.defaults = effective_policy(&shown.defaults, &builtin_policy_file());
+        for p in shown.index.values_mut() {
+            *p = effective_policy(p, &shown.defaults);
+        }
         let body = toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot be shown as TOML: {e}\n"));
-        format!("# tile-proxy effective configuration (defaults < file < environment < flags)\n{body}")
+        let notes: String = left_out.iter().map(|n| format!("# {n}\n")).collect();
+        format!("# tile-proxy effective configuration (defaults < file < environment < flags)\n{notes}{body}")
+    }
+}
+
+/// The built-in policy of an index, as the file spells it (what `[defaults]` falls back to).
+fn builtin_policy_file() -> PolicyFileConfig {
+    let b = super::validate::builtin_policy();
+    PolicyFileConfig {
+        ttl: b.ttl,
+        stale_while_revalidate: Some(b.stale_while_revalidate),
+        stale_if_error: Some(b.stale_if_error),
+        early_refresh_beta: Some(b.early_refresh_beta),
+        negative_ttl: Some(b.negative_ttl),
+        client_cache_control: b.client_cache_control,
+        budget_hour: b.budget.hour,
+        budget_day: b.budget.day,
+        traffic_ttl: Some(b.traffic.ttl),
+        traffic_stale_if_error: Some(b.traffic.stale_if_error),
+        traffic_budget_hour: b.traffic.budget.hour,
+        traffic_budget_day: b.traffic.budget.day,
+        rate_limit: None,
+        rate_burst: None,
+        api_key_env: None,
+        api_key_file: None,
+    }
+}
+
+/// `p` with every unset value taken from `base` (the section it inherits from); its own key
+/// settings stay its own.
+fn effective_policy(p: &PolicyFileConfig, base: &PolicyFileConfig) -> PolicyFileConfig {
+    PolicyFileConfig {
+        ttl: p.ttl.or(base.ttl),
+        stale_while_revalidate: p.stale_while_revalidate.or(base.stale_while_revalidate),
+        stale_if_error: p.stale_if_error.or(base.stale_if_error),
+        early_refresh_beta: p.early_refresh_beta.or(base.early_refresh_beta),
+        negative_ttl: p.negative_ttl.or(base.negative_ttl),
+        client_cache_control: p.client_cache_control.clone().or_else(|| base.client_cache_control.clone()),
+        budget_hour: p.budget_hour.or(base.budget_hour),
+        budget_day: p.budget_day.or(base.budget_day),
+        traffic_ttl: p.traffic_ttl.or(base.traffic_ttl),
+        traffic_stale_if_error: p.traffic_stale_if_error.or(base.traffic_stale_if_error),
+        traffic_budget_hour: p.traffic_budget_hour.or(base.traffic_budget_hour),
+        traffic_budget_day: p.traffic_budget_day.or(base.traffic_budget_day),
+        rate_limit: p.rate_limit.or(base.rate_limit),
+        rate_burst: p.rate_burst.or(if p.rate_limit.is_some() { None } else { base.rate_burst }),
+        api_key_env: p.api_key_env.clone(),
+        api_key_file: p.api_key_file.clone(),
+    }
+}
+
+/// A Redis URL without its password (the user name kept).
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some(("", _)) => format!("{scheme}://{host}"),
+            Some((user, _)) => format!("{scheme}://{user}@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
     }
 }
 
@@ -686,10 +761,20 @@ mod tests {
         let (s, f) = load_ok(&args, &[("TILE_PROXY_DEFAULTS__CLIENT_CACHE_CONTROL", "public, max-age={max_age}")]);
         let text = f.effective_toml(&s);
         assert!(!text.contains("SECRETKEY"), "{text}");
+        assert!(text.contains("# here_api_key (the HERE key) is set but not shown"), "{text}");
         let back: FileConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        assert_eq!(back.here_api_key.as_deref(), Some("<redacted>"));
+        assert_eq!(back.here_api_key, None, "left out, not a placeholder");
         assert_eq!(back.workers, Some(s.workers));
-        assert_eq!(FileConfig { here_api_key: f.here_api_key.clone(), workers: f.workers, ..back }, f);
+        // The effective policies are written out: the built-in ones in [defaults], what [index.abc]
+        // inherits in its section.
+        assert_eq!(back.defaults.stale_if_error, Some(Duration::from_secs(86400)), "{text}");
+        assert_eq!(back.defaults.negative_ttl, Some(Duration::from_secs(60)));
+        assert_eq!(back.defaults.early_refresh_beta, Some(1.0));
+        assert_eq!(back.index["abc"].ttl, Some(Duration::from_secs(90)));
+        assert_eq!(back.index["abc"].client_cache_control.as_deref(), Some("public, max-age={max_age}"));
+        // Fed back (with the key added again), it is the same configuration.
+        let again = Settings::from_file_config(FileConfig { here_api_key: f.here_api_key.clone(), ..back }).unwrap();
+        assert_eq!(format!("{again:?}"), format!("{s:?}"));
         assert_eq!(s.trusted_proxies.iter().map(|n| n.to_string()).collect::<Vec<_>>(), ["10.0.0.0/8", "::1/128"]);
     }
 
@@ -715,7 +800,13 @@ mod tests {
         assert_eq!(s.admin_token.as_deref(), Some("0123456789abcdef-admin"));
         let shown = format!("{s:?}\n{}", f.effective_toml(&s));
         assert!(!shown.contains("hunter2-pass") && !shown.contains("0123456789abcdef-admin"), "{shown}");
-        assert!(shown.contains("redis://:<redacted>@redis:6379/1"), "{shown}");
+        assert!(shown.contains("redis://:<redacted>@redis:6379/1"), "the Debug form: {shown}");
+        let toml_text = f.effective_toml(&s);
+        assert!(toml_text.contains("redis_url = \"redis://redis:6379/1\""), "{toml_text}");
+        assert!(toml_text.contains("# redis_url has a password, not shown"), "{toml_text}");
+        assert!(toml_text.contains("# admin_token is set but not shown"), "{toml_text}");
+        assert_eq!(without_password("rediss://user:pw@h:1"), "rediss://user@h:1");
+        assert_eq!(without_password("redis://h:1"), "redis://h:1");
         let args =
             Flags::default().with("redis_url", "--redis-url", FlagValue::Text("rediss://cache.internal:6380".into()));
         let (s, _) = load_ok(&args, &[("HERE_API_KEY", "k"), ("REDIS_URL", "redis://ignored:1")]);

@@ -234,22 +234,7 @@ pub(super) fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings
     c.count(&["upstream", "retry_attempts"], u.retry_attempts, 1, 10);
     c.count(&["upstream", "max_connections"], u.max_connections, 1, 10_000);
     c.count(&["upstream", "breaker_failures"], u.breaker_failures, 0, 10_000);
-    let builtin = Policy {
-        ttl: None,
-        stale_while_revalidate: Duration::ZERO,
-        stale_if_error: Duration::from_secs(24 * 3600),
-        negative_ttl: Duration::from_secs(60),
-        client_cache_control: None,
-        budget: Budget::default(),
-        rate_limit: None,
-        early_refresh_beta: DEFAULT_EARLY_REFRESH_BETA,
-        traffic: TrafficPolicy {
-            ttl: DEFAULT_TRAFFIC_TTL,
-            stale_if_error: DEFAULT_TRAFFIC_STALE_IF_ERROR,
-            budget: Budget::default(),
-        },
-    };
-    let default_policy = resolve_policy(&["defaults"], &file.defaults, &builtin, &mut c);
+    let default_policy = resolve_policy(&["defaults"], &file.defaults, &builtin_policy(), &mut c);
     let own_key_only = "only an [index.<name>] section can have its own key";
     if file.defaults.api_key_env.is_some() {
         c.push(&["defaults", "api_key_env"], own_key_only);
@@ -552,6 +537,25 @@ fn check_client_cache_control(path: &[&str], cc: &str, c: &mut Check) {
         c.push(path, "`{max_age}` is the only placeholder; other braces are not allowed");
     } else if actix_web::http::header::HeaderValue::from_str(&sample).is_err() {
         c.push(path, "is not a valid header value");
+    }
+}
+
+/// The policy of an index when neither `[defaults]` nor its own section sets anything.
+pub fn builtin_policy() -> Policy {
+    Policy {
+        ttl: None,
+        stale_while_revalidate: Duration::ZERO,
+        stale_if_error: Duration::from_secs(24 * 3600),
+        negative_ttl: Duration::from_secs(60),
+        client_cache_control: None,
+        budget: Budget::default(),
+        rate_limit: None,
+        early_refresh_beta: DEFAULT_EARLY_REFRESH_BETA,
+        traffic: TrafficPolicy {
+            ttl: DEFAULT_TRAFFIC_TTL,
+            stale_if_error: DEFAULT_TRAFFIC_STALE_IF_ERROR,
+            budget: Budget::default(),
+        },
     }
 }
 
