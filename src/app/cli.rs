@@ -112,8 +112,8 @@ pub struct ServeArgs {
     pub disk_cache: Option<String>,
     #[arg(long, value_name = "N", help = help("HTTP worker threads", "TILE_PROXY_WORKERS", "number of CPUs"))]
     pub workers: Option<usize>,
-    #[arg(long, value_name = "SECONDS", help = help("Cap on every TTL, in seconds", "CACHE_TTL_CAP or TILE_PROXY_TTL_CAP", DEFAULT_TTL_CAP.as_secs()))]
-    pub ttl_cap: Option<u64>,
+    #[arg(long, value_name = "DURATION", help = help("Cap on every TTL, e.g. 7d, 12h or seconds", "CACHE_TTL_CAP or TILE_PROXY_TTL_CAP", units::format_duration(DEFAULT_TTL_CAP)))]
+    pub ttl_cap: Option<String>,
     #[arg(long, value_name = "FORMAT", help = help("Log format: json or text", "TILE_PROXY_LOG_FORMAT", "json"))]
     pub log_format: Option<String>,
     /// Redis shared tier, e.g. redis://:password@redis:6379/0 or rediss://...; unset: no Redis [env: REDIS_URL]
@@ -154,8 +154,9 @@ impl ServeArgs {
         if let Some(n) = self.workers {
             f = f.with("workers", "--workers", FlagValue::Number(n as u64));
         }
-        if let Some(secs) = self.ttl_cap {
-            f = f.with("ttl_cap", "--ttl-cap", FlagValue::Number(secs));
+        // A duration like CACHE_TTL_CAP's: `7d`, `12h`, or bare seconds.
+        if let Some(cap) = &self.ttl_cap {
+            f = f.with("ttl_cap", "--ttl-cap", FlagValue::Text(cap.clone()));
         }
         f
     }

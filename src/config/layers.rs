@@ -172,14 +172,32 @@ pub(super) fn load(
     errors.extend(bad.iter().map(|(path, message)| sources.describe(path, message)));
     match validate(&config, &|name| all_vars.get(name).cloned()) {
         Ok(settings) if errors.is_empty() => Ok((settings, config)),
-        Ok(_) => Err(ConfigErrors(errors)),
+        Ok(_) => {
+            errors.sort_by_key(|e| problem_order(e));
+            Err(ConfigErrors(errors))
+        }
         Err(problems) => {
             // A bad value was replaced by its default: what validation says about it is noise.
             let fresh = problems.iter().filter(|p| !bad.iter().any(|(b, _)| p.path.starts_with(b)));
             errors.extend(fresh.map(|p| sources.describe(&p.path, &p.message)));
+            errors.sort_by_key(|e| problem_order(e));
             Err(ConfigErrors(errors))
         }
     }
+}
+
+/// For a line like `listen = 127.0.0.1:8080`: a text value left unquoted, which TOML cannot
+/// read. The hint shows it quoted.
+fn unquoted_hint(line: &str) -> Option<String> {
+    let (key, value) = line.split_once('=')?;
+    let (key, value) = (key.trim(), value.trim());
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-.".contains(c);
+    if key.is_empty() || !key.chars().all(plain) || value.is_empty() {
+        return None;
+    }
+    let structured = value.starts_with(['"', '\'', '[', '{']);
+    let scalar = value.parse::<f64>().is_ok() || matches!(value, "true" | "false");
+    (!structured && !scalar).then(|| format!("; text values are quoted: {key} = \"{value}\""))
 }
 
 /// 1-based line of byte `offset` in `text`.
@@ -197,9 +215,11 @@ fn read_file(path: &Path, sources: &mut Sources, errors: &mut Vec<String>) -> Di
         }
     };
     let syntax_error = |span: Option<std::ops::Range<usize>>, message: &str| {
-        let line = span.map(|s| format!(" line {}", line_at(&text, s.start))).unwrap_or_default();
+        let at = span.map(|s| line_at(&text, s.start));
+        let line = at.map(|n| format!(" line {n}")).unwrap_or_default();
         let message = message.trim().replace('\n', "; ");
-        format!("{shown}{line}: TOML syntax error: {message} (none of the file's settings were applied)")
+        let hint = at.and_then(|n| text.lines().nth(n - 1)).and_then(unquoted_hint).unwrap_or_default();
+        format!("{shown}{line}: TOML syntax error: {message}{hint} (none of the file's settings were applied)")
     };
     let doc = match toml_edit::ImDocument::parse(text.clone()) {
         Ok(doc) => doc,
@@ -410,11 +430,66 @@ fn probe(path: &[String], value: &Value) -> Result<(), Box<figment::Error>> {
     Figment::new().merge(Layer { name: "probe", dict }).extract_lossy::<FileConfig>().map(|_| ()).map_err(Box::new)
 }
 
+/// An unsigned integer type, as serde names what it expected.
+fn is_unsigned(expected: &str) -> bool {
+    matches!(expected, "usize" | "u64" | "u32" | "u16" | "u8")
+}
+
+/// The known name closest to a misspelt `field` (at most 2 edits, and fewer than a third of its
+/// letters), if there is one.
+fn closest<'a>(field: &str, known: &[&'a str]) -> Option<&'a str> {
+    let limit = (field.chars().count() / 3).clamp(1, 2);
+    known.iter().map(|k| (edit_distance(field, k), *k)).filter(|(d, _)| *d <= limit).min().map(|(_, k)| k)
+}
+
+/// Levenshtein distance, with a swap of two neighbours counting as one edit.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// Where a problem was found, for listing problems in order: the file's by line, then the
+/// environment's, then the flags', then the rest (validation of the merged whole).
+fn problem_order(message: &str) -> (u8, usize) {
+    let line = message
+        .split_once(" line ")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok());
+    match line {
+        Some(n) => (0, n),
+        None if message.starts_with("env ") => (1, 0),
+        None if message.starts_with("flag ") => (2, 0),
+        None => (3, 0),
+    }
+}
+
 fn describe_error(e: &figment::Error) -> String {
     match &e.kind {
         Kind::Message(m) => m.clone(),
         Kind::UnknownField(field, []) => format!("`{field}` is not a setting"),
-        Kind::UnknownField(field, known) => format!("`{field}` is not a setting (known here: {})", known.join(", ")),
+        Kind::UnknownField(field, known) => match closest(field, known) {
+            Some(near) => format!("`{field}` is not a setting; did you mean `{near}`?"),
+            None => format!("`{field}` is not a setting (known here: {})", known.join(", ")),
+        },
+        Kind::InvalidValue(found, expected) | Kind::InvalidType(found, expected) if is_unsigned(expected) => {
+            format!("expected a whole number (0 or more), found {found}")
+        }
         Kind::UnknownVariant(v, known) => format!("`{v}` is not one of: {}", known.join(", ")),
         Kind::InvalidType(found, expected) => format!("expected {expected}, found {found}"),
         other => other.to_string(),
@@ -677,6 +752,40 @@ mod tests {
             assert!(errs.iter().any(|e| e.starts_with(want.as_str())), "missing {want:?} in {errs:#?}");
         }
         assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+        // In the file's line order, then the environment's, then the flags'.
+        let file_lines: Vec<usize> =
+            errs.iter().filter_map(|e| Some(problem_order(e)).filter(|o| o.0 == 0)).map(|o| o.1).collect();
+        assert_eq!(file_lines, [2, 3, 4, 6, 7, 9], "{errs:#?}");
+        assert!(errs.windows(2).all(|w| problem_order(&w[0]).0 <= problem_order(&w[1]).0), "{errs:#?}");
+    }
+
+    #[test]
+    fn misspellings_negative_counts_unquoted_text_and_duration_flags_get_helpful_answers() {
+        let (_dir, path) = file("here_api_key = \"k\"\nmemroy_cache = \"64MiB\"\n[upstream]\nhead_timout = \"5s\"\n");
+        let errs = load_err(&Flags::file(path), &[("TILE_PROXY_WORKERS", "-3"), ("TILE_PROXY_LISTN", "x")]);
+        let has = |needle: &str| errs.iter().any(|e| e.contains(needle));
+        assert!(has("`memroy_cache` is not a setting; did you mean `memory_cache`?"), "{errs:#?}");
+        assert!(has("`head_timout` is not a setting; did you mean `head_timeout`?"), "{errs:#?}");
+        assert!(has("`listn` is not a setting; did you mean `listen`?"), "{errs:#?}");
+        assert!(has("env TILE_PROXY_WORKERS (workers): expected a whole number (0 or more), found"), "{errs:#?}");
+        assert!(!has("usize"), "{errs:#?}");
+        // Far from every key: the list of known ones instead of a guess.
+        let errs = load_err(&Flags::default(), &[("HERE_API_KEY", "k"), ("TILE_PROXY_ZZZZZZZZ", "1")]);
+        assert!(errs[0].contains("known here: listen"), "{errs:#?}");
+        // A text value without quotes: the TOML error says how to write it.
+        let (_dir, path) = file("here_api_key = \"k\"\nlisten = 127.0.0.1:8080\n");
+        let errs = load_err(&Flags::file(path), &[]);
+        assert!(
+            errs[0].contains("line 2: TOML syntax error")
+                && errs[0].contains("text values are quoted: listen = \"127.0.0.1:8080\""),
+            "{errs:#?}"
+        );
+        // --ttl-cap takes a duration like CACHE_TTL_CAP.
+        let args = Flags::default().with("ttl_cap", "--ttl-cap", FlagValue::Text("7d".into()));
+        let (s, _) = load_ok(&args, &[("HERE_API_KEY", "k")]);
+        assert_eq!(s.ttl_cap, Duration::from_secs(7 * 86400));
+        assert_eq!(edit_distance("memroy_cache", "memory_cache"), 1);
+        assert_eq!(closest("zzz", &["listen", "workers"]), None);
     }
 
     #[test]
