@@ -564,7 +564,7 @@ EOF
 #     1. tools (installed when missing): hadolint, check-jsonschema and pyyaml in a venv
 #        (TILE_PROXY_DEPLOY_VENV, default ~/.cache/tile-proxy-deploy-venv), Debian's docker-compose
 #     2. hadolint Dockerfile (no ignores); check-jsonschema (compose-spec); `docker-compose config`
-#        with and without --profile demo, and with deploy/compose.env.example as the .env
+#        without settings (must fail), with deploy/demo.env and --profile demo, and with deploy/compose.env.example as the .env
 #     3. invariants (the python below), every problem listed at once:
 #        Dockerfile: the final stage's USER numeric and not root; ENTRYPOINT/CMD/HEALTHCHECK in
 #        exec form (no shell in distroless), HEALTHCHECK = `tile-proxy healthcheck` with every
@@ -686,12 +686,16 @@ check_docker() {
     [ -f "$REPO/deploy/compose.env.example" ] || die "deploy/compose.env.example is missing"
     local base=(--project-directory "$REPO" -f "$REPO/docker-compose.yml")
     local nfailed=${#failed[@]}
-    docker-compose --env-file "$tmp/empty.env" "${base[@]}" config -q ||
-        failed+=("docker-compose config")
-    # The resolved files the static checks read: demo defaults (with the demo profile), and the
-    # production settings of the example .env.
-    docker-compose --env-file "$tmp/empty.env" "${base[@]}" --profile demo config >"$tmp/compose.demo.yml" ||
-        failed+=("docker-compose --profile demo config")
+    # Without settings compose must refuse, naming what is missing and the way to the demo (not
+    # start replicas that answer every tile 502 for want of an upstream).
+    if docker-compose --env-file "$tmp/empty.env" "${base[@]}" config -q >"$tmp/no-env.out" 2>&1 ||
+        ! grep -q 'RASTER_UPSTREAM' "$tmp/no-env.out" || ! grep -q 'deploy/demo.env' "$tmp/no-env.out"; then
+        failed+=("docker-compose config without a .env must fail naming RASTER_UPSTREAM and deploy/demo.env: $(tail -2 "$tmp/no-env.out")")
+    fi
+    # The resolved files the static checks read: the demo's settings (with the demo profile), and
+    # the production settings of the example .env.
+    docker-compose --env-file "$REPO/deploy/demo.env" "${base[@]}" --profile demo config >"$tmp/compose.demo.yml" ||
+        failed+=("docker-compose --env-file deploy/demo.env --profile demo config")
     docker-compose --env-file "$REPO/deploy/compose.env.example" "${base[@]}" config >"$tmp/compose.prod.yml" ||
         failed+=("docker-compose config with deploy/compose.env.example")
     if [ "${#failed[@]}" = "$nfailed" ]; then # they need the resolved compose files
