@@ -33,6 +33,27 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn an_unguarded_proxy_on_a_public_address_is_warned_about() {
+        let load = |f: FileConfig| Settings::from_file_config(f).unwrap();
+        let public = |f: FileConfig| FileConfig { listen: "0.0.0.0:8080".into(), ..f };
+        let open = load(public(with_key()));
+        let warning = open.exposure_warning().expect("warned");
+        for needle in ["0.0.0.0:8080", "budget_day", "rate_limit", "HERE quota"] {
+            assert!(warning.contains(needle), "{needle} not in {warning}");
+        }
+        let mut budgeted = public(with_key());
+        budgeted.defaults.budget_day = Some(1000);
+        assert_eq!(load(budgeted).exposure_warning(), None);
+        let mut limited = public(with_key());
+        limited.defaults.rate_limit = Some(10.0);
+        assert_eq!(load(limited).exposure_warning(), None);
+        for local in ["127.0.0.1:8080", "[::1]:8080"] {
+            assert_eq!(load(FileConfig { listen: local.into(), ..with_key() }).exposure_warning(), None, "{local}");
+        }
+        assert!(load(FileConfig { listen: "[::]:8080".into(), ..with_key() }).exposure_warning().is_some());
+    }
+
     fn with_key() -> FileConfig {
         FileConfig { here_api_key: Some("k".into()), ..Default::default() }
     }

@@ -104,6 +104,18 @@ pub(super) fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings
         .parse::<SocketAddr>()
         .map_err(|_| c.push(&["listen"], format!("`{}` is not an address like 0.0.0.0:8080", file.listen)))
         .ok();
+    let admin_listen = match &file.admin_listen {
+        Some(a) => a
+            .parse::<SocketAddr>()
+            .map_err(|_| c.push(&["admin_listen"], format!("`{a}` is not an address like 127.0.0.1:9090")))
+            .ok(),
+        None => None,
+    };
+    if let (Some(a), Some(l)) = (admin_listen, listen) {
+        if a == l && a.port() != 0 {
+            c.push(&["admin_listen"], format!("must differ from listen ({l})"));
+        }
+    }
     let workers = match file.workers {
         Some(n) => {
             c.count(&["workers"], n, 1, MAX_WORKERS);
@@ -276,6 +288,7 @@ pub(super) fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings
     }
     Ok(Settings {
         listen: listen.unwrap_or_else(|| ([0, 0, 0, 0], 8080).into()),
+        admin_listen,
         workers,
         api_key,
         raster_upstream,
@@ -285,6 +298,7 @@ pub(super) fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings
         cache_dir: file.cache_dir.clone(),
         memory_cache,
         disk_cache,
+        disk_required: file.disk_required,
         max_entry_size,
         disk_write_buffer,
         ttl_cap,
