@@ -722,7 +722,8 @@ async fn an_unguarded_proxy_on_every_interface_warns_at_start_what_to_set() {
     let up = upstream_12k();
     let dir = tempfile::tempdir().unwrap();
     let exposed = |l: &str| l.contains("not loopback");
-    let p = spawn_with(&up, &dir.path().join("a"), &[("TILE_PROXY_LISTEN", "0.0.0.0:0")]).await;
+    let off = ("TILE_PROXY_DEFAULTS__RATE_LIMIT", "0");
+    let p = spawn_with(&up, &dir.path().join("a"), &[("TILE_PROXY_LISTEN", "0.0.0.0:0"), off]).await;
     let line = p.process.line("the exposure warning", exposed).await;
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["level"], "WARN", "{line}");
@@ -730,13 +731,39 @@ async fn an_unguarded_proxy_on_every_interface_warns_at_start_what_to_set() {
         assert!(line.contains(needle), "{needle} not in {line}");
     }
     p.terminate().await;
-    // Guarded (a budget), or on loopback: no warning by the time it listens.
+    // Guarded (a budget, the shipped client limit), or on loopback: no warning by the time it listens.
+    let public = ("TILE_PROXY_LISTEN", "0.0.0.0:0");
     for env in [
-        [("TILE_PROXY_LISTEN", "0.0.0.0:0"), ("TILE_PROXY_DEFAULTS__BUDGET_DAY", "1000")],
-        [("TILE_PROXY_LISTEN", "127.0.0.1:0"), ("TILE_PROXY_LOG_FORMAT", "json")],
+        vec![public, off, ("TILE_PROXY_DEFAULTS__BUDGET_DAY", "1000")],
+        vec![public],
+        vec![("TILE_PROXY_LISTEN", "127.0.0.1:0"), off],
     ] {
         let p = spawn_with(&up, &dir.path().join("b"), &env).await;
         let lines = p.terminate().await;
         assert!(!lines.iter().any(|l| exposed(l)), "{env:?}: {lines:#?}");
+    }
+}
+
+#[actix_rt::test]
+async fn requests_forwarded_by_an_untrusted_proxy_are_warned_about_once() {
+    let up = upstream_12k();
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn(&up, dir.path()).await;
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(&p.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(s, "GET /v3/base/mc/3/2/2/png HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 203.0.113.9\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        assert!(all.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&all));
+    }
+    let lines = p.terminate().await;
+    let warned: Vec<_> = lines.iter().filter(|l| l.contains("not in trusted_proxies")).collect();
+    assert_eq!(warned.len(), 1, "{lines:#?}");
+    let v: serde_json::Value = serde_json::from_str(warned[0]).unwrap();
+    assert_eq!(v["level"], "WARN");
+    for needle in ["X-Forwarded-For", "127.0.0.1", "TILE_PROXY_TRUSTED_PROXIES", "rate_limit"] {
+        assert!(warned[0].contains(needle), "{needle} not in {}", warned[0]);
     }
 }

@@ -110,6 +110,9 @@ impl Budget {
 pub struct ClientRate {
     pub interval: Duration,
     pub burst: u32,
+    /// The built-in default ([`crate::config::DEFAULT_RATE_LIMIT`]), not an operator's choice:
+    /// not applied to requests an untrusted proxy forwarded (they share its address).
+    pub shipped: bool,
 }
 
 /// Upstream timeouts, retries, protocols and trust, resolved.
