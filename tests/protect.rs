@@ -388,6 +388,8 @@ async fn admin_stats_wants_the_token_and_adds_up_the_fleet() {
 
 #[actix_rt::test]
 async fn the_default_client_limit_lets_a_screen_of_tiles_through_and_stops_a_scraper() {
+    // Thousands of requests as fast as they go: not beside the tests that time arrivals.
+    let _timed = TIMED.lock().await;
     let up = upstream(200);
     // The shipped default (tests' config turns it off).
     let p = Proxy::start(&up, |f| f.defaults.rate_limit = None).await;
@@ -416,6 +418,8 @@ async fn the_default_client_limit_lets_a_screen_of_tiles_through_and_stops_a_scr
 
 #[actix_rt::test]
 async fn behind_an_untrusted_proxy_the_default_limit_is_not_applied_but_a_configured_one_is() {
+    // Thousands of requests as fast as they go: not beside the tests that time arrivals.
+    let _timed = TIMED.lock().await;
     let up = upstream(200);
     let xff = [("X-Forwarded-For", "198.51.100.7")];
     let path = "/v3/base/mc/3/1/2/png?indice=fwd";
