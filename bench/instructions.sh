@@ -55,7 +55,7 @@ measure() {
     up=$!
     env -i PATH="$PATH" HERE_API_KEY=k TILE_PROXY_LISTEN="127.0.0.1:$px_port" \
         TILE_PROXY_RASTER_UPSTREAM="http://127.0.0.1:$up_port" TILE_PROXY_VECTOR_UPSTREAM="http://127.0.0.1:$up_port" \
-        TILE_PROXY_CACHE_DIR="$tmp/cache" TILE_PROXY_WORKERS=1 TILE_PROXY_ADMIN_TOKEN="$TOKEN" \
+        TILE_PROXY_CACHE_DIR="$tmp/cache" TILE_PROXY_DEFAULTS__RATE_LIMIT=0 TILE_PROXY_WORKERS=1 TILE_PROXY_ADMIN_TOKEN="$TOKEN" \
         "${redis_env[@]}" \
         valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.out" "$target/release/tile-proxy" serve \
         >"$tmp/proxy.log" 2>&1 &

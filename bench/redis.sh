@@ -102,7 +102,7 @@ start_proxy() { # index [VAR=value...]: the instance's own settings
         TILE_PROXY_CACHE_DIR="$TMP/cache-$i" \
         TILE_PROXY_MEMORY_CACHE=512MiB \
         TILE_PROXY_DISK_CACHE=1GiB \
-        TILE_PROXY_WORKERS=1 \
+        TILE_PROXY_DEFAULTS__RATE_LIMIT=0 TILE_PROXY_WORKERS=1 \
         RUST_LOG=warn \
         "$@" \
         taskset -c "$SERVER_CPU" "$PROXY_BIN" >"$TMP/proxy-$i.log" 2>&1 &

@@ -131,7 +131,7 @@ start_proxy() { # name memory-cache logs
         TILE_PROXY_CACHE_DIR="$TMP/$name-proxy-cache" \
         TILE_PROXY_MEMORY_CACHE="$mem" \
         TILE_PROXY_DISK_CACHE=1GiB \
-        TILE_PROXY_WORKERS="$WORKERS" \
+        TILE_PROXY_DEFAULTS__RATE_LIMIT=0 TILE_PROXY_WORKERS="$WORKERS" \
         taskset -c "$SERVER_CPU" "$PROXY_BIN" >"$PROXY_LOG" 2>&1 &
     PROXY_PID=$!
     PIDS+=("$PROXY_PID")

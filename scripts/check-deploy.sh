@@ -1303,11 +1303,16 @@ def check_compose(path, label):
     if len({s.get("image") for s in proxies.values()}) > 1:
         problem(f"docker-compose.yml: the tile-proxy replicas use different images: {[s.get('image') for s in proxies.values()]}")
     nets = c.get("networks") or {}
+    metrics_port = {}  # where each replica serves /metrics: admin_listen's port, else listen's
     for n, s in proxies.items():
         senv = list_env(s.get("environment"))
         full_env = dict(env)
         full_env.update(senv)
         cfg = effective(full_env.items(), f"docker-compose.yml ({label}) {n} environment")
+        admin_listen = (cfg or {}).get("admin_listen")
+        metrics_port[n] = admin_listen.rsplit(":", 1)[-1] if admin_listen else listen_port
+        if admin_listen and admin_listen.rsplit(":", 1)[-1] not in [str(e) for e in s.get("expose", [])]:
+            problem(f"docker-compose.yml {n}: admin_listen {admin_listen} but its port is not in expose")
         # Healthcheck: the image's own command.
         h = s.get("healthcheck")
         if h is None:
@@ -1382,8 +1387,8 @@ def check_compose(path, label):
     if "prometheus" in services and os.path.exists(prom):
         ptext = open(prom).read()
         for n in proxies:
-            if f"{n}:{listen_port}" not in ptext:
-                problem(f"deploy/prometheus/prometheus.yml does not scrape {n}:{listen_port}")
+            if f"{n}:{metrics_port[n]}" not in ptext:
+                problem(f"deploy/prometheus/prometheus.yml does not scrape {n}:{metrics_port[n]} (its /metrics)")
 
     # Grafana: its datasources name services of this file; its dashboard providers read mounted folders.
     gf = services.get("grafana")
@@ -1770,6 +1775,41 @@ if not any(s["spec"].get("clusterIP") == "None" for s in svcs.values()):
     bad("no headless Service")
 if not any(p["port"] == 8080 for p in svcs.get("tile-proxy", {"spec": {"ports": []}})["spec"]["ports"]):
     bad("Service tile-proxy does not serve port 8080")
+
+# admin_listen: /metrics, /health and /admin/* on a port of their own, which no tile Service
+# exposes; Prometheus (annotation, ServiceMonitor) scrapes that port.
+admin_listen = eff.get("admin_listen")
+if not admin_listen:
+    bad("tile-proxy.toml sets no admin_listen: /metrics and /admin/* would share the tile port")
+else:
+    admin_port = int(admin_listen.rsplit(":", 1)[1])
+    if ports.get("admin") != admin_port:
+        bad(f"the containerPort named admin is {ports.get('admin')}, admin_listen's port is {admin_port}")
+    admin_svc_ports = set()
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    for name, s in svcs.items():
+        if not all(pod_labels.get(k) == v for k, v in s["spec"].get("selector", {"-": None}).items()):
+            continue  # not a Service of the tile-proxy pods (Redis)
+        admin_svc = s["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "admin"
+        for p in s["spec"]["ports"]:
+            target = ports.get(p.get("targetPort"), p.get("targetPort", p["port"]))
+            if admin_svc and target == admin_port:
+                admin_svc_ports.add(p.get("name"))
+            elif admin_svc:
+                bad(f"Service {name} (component admin) exposes port {target}, not only the admin port")
+            elif target != listen_port:
+                bad(f"Service {name} exposes port {target}: a tile Service exposes the tile port {listen_port} only")
+    ann = dep["spec"]["template"]["metadata"].get("annotations", {})
+    if ann.get("prometheus.io/port") not in (None, str(admin_port)):
+        bad(f"prometheus.io/port {ann.get('prometheus.io/port')} is not the admin port {admin_port}")
+    sm = yaml.safe_load((k8s / "servicemonitor.yaml").read_text())
+    want = sm["spec"]["selector"]["matchLabels"]
+    chosen = [n for n, s in svcs.items() if all(s["metadata"].get("labels", {}).get(k) == v for k, v in want.items())]
+    if len(chosen) != 1 or svcs[chosen[0]]["metadata"]["labels"].get("app.kubernetes.io/component") != "admin":
+        bad(f"the ServiceMonitor selects {chosen}, want the one admin Service")
+    for e in sm["spec"]["endpoints"]:
+        if e.get("port") not in admin_svc_ports:
+            bad(f"the ServiceMonitor scrapes port {e.get('port')!r}, not the admin Service's admin port")
 
 # secrets
 if any(d["kind"] == "Secret" for d in docs):

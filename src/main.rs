@@ -46,7 +46,8 @@ fn main() -> ExitCode {
         let listen = settings.listen;
         match server::start(settings).await {
             Ok(running) => {
-                tracing::info!(addr = %running.addr(), "tile-proxy listening");
+                let admin = running.admin_addr().map(|a| a.to_string());
+                tracing::info!(addr = %running.addr(), admin_addr = admin.as_deref(), "tile-proxy listening");
                 running.run_until_signal().await;
                 ExitCode::SUCCESS
             }

@@ -415,6 +415,8 @@ async fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it
         ("admin_token", ("ENV-ADMIN-TOKEN-0123456789".into(), s("(left out)"))),
         ("admin_token_file", same(token_file)),
         ("surrogate_keys", ("true".into(), toml::Value::Boolean(true))),
+        ("disk_required", ("true".into(), toml::Value::Boolean(true))),
+        ("admin_listen", same("127.0.0.1:9091")),
         ("map_page", ("false".into(), toml::Value::Boolean(false))),
         ("public_base_url", same("https://tiles.example.com")),
         ("compression", ("false".into(), toml::Value::Boolean(false))),
@@ -653,5 +655,155 @@ async fn the_client_address_comes_from_x_forwarded_for_only_through_trusted_prox
             Some(_) => assert_eq!(seen[0].1, "nginx-7f3a9c"),
             None => assert_eq!(seen[0].1.len(), 36, "our own uuid: {}", seen[0].1),
         }
+    }
+}
+
+/// The proxy's command, as `spawn_with` builds it, for starts expected to fail.
+fn proxy_cmd(up: &Upstream, cache_dir: &std::path::Path, extra_env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("HERE_API_KEY", KEY)
+        .env("TILE_PROXY_LISTEN", "127.0.0.1:0")
+        .env("TILE_PROXY_RASTER_UPSTREAM", up.base_url())
+        .env("TILE_PROXY_VECTOR_UPSTREAM", up.base_url())
+        .env("TILE_PROXY_CACHE_DIR", cache_dir)
+        .env("TILE_PROXY_MEMORY_CACHE", "16MiB")
+        .env("TILE_PROXY_DISK_CACHE", "16MiB")
+        .env("TILE_PROXY_WORKERS", "1")
+        .envs(extra_env.iter().copied());
+    cmd
+}
+
+/// Every file under `dir` with its bytes, for before/after comparisons.
+fn tree(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|f| {
+            let f = f.unwrap();
+            (f.file_name().to_string_lossy().into_owned(), std::fs::read(f.path()).unwrap())
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[actix_rt::test]
+async fn disk_required_makes_an_unusable_cache_folder_fatal_else_the_log_names_the_setting() {
+    let up = upstream_12k();
+    let blocker = tempfile::NamedTempFile::new().unwrap();
+    // The cache "folder" is under a regular file: it cannot be created.
+    let cache_dir = blocker.path().join("cache");
+    let out = run(proxy_cmd(&up, &cache_dir, &[("TILE_PROXY_DISK_REQUIRED", "true")])).await;
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    let said = out.stdout + &out.stderr;
+    assert!(said.contains(cache_dir.to_str().unwrap()) && said.contains("disk_required"), "{said}");
+    assert!(!said.contains("tile-proxy listening"), "{said}");
+
+    let p = spawn_with(&up, &cache_dir, &[]).await;
+    let line = p.process.line("the memory-only line", |l| l.contains("continuing memory-only")).await;
+    assert!(line.contains("disk_required") && line.contains(cache_dir.to_str().unwrap()), "{line}");
+    let (status, head, _) = p.get("/v3/base/mc/3/1/1/png");
+    assert_eq!(status, 200, "{head}");
+    p.terminate().await;
+}
+
+#[actix_rt::test]
+async fn a_start_that_cannot_listen_leaves_no_cache_folder_and_an_existing_one_untouched() {
+    let up = upstream_12k();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let listen = [("TILE_PROXY_LISTEN", addr.as_str())];
+
+    let new_dir = tmp.path().join("new").join("cache");
+    let out = run(proxy_cmd(&up, &new_dir, &listen)).await;
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("cannot listen") && out.stderr.contains(&addr), "{}", out.stderr);
+    assert!(!tmp.path().join("new").exists(), "no folder made by a failed start");
+
+    // A folder an earlier run filled: a failed start changes nothing in it.
+    let old_dir = tmp.path().join("old");
+    drop(spawn(&up, &old_dir).await.terminate().await);
+    let before = tree(&old_dir);
+    assert!(before.iter().any(|(f, _)| f.starts_with("foyer-storage-")), "{:?}", before.iter().map(|f| &f.0));
+    let out = run(proxy_cmd(&up, &old_dir, &listen)).await;
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(tree(&old_dir) == before, "the existing folder is as it was");
+}
+
+#[actix_rt::test]
+async fn a_start_refused_by_disk_required_removes_the_folders_it_created() {
+    let up = upstream_12k();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
+        .arg(tmp.path())
+        .output()
+        .expect("mount runs");
+    assert!(out.status.success(), "mounting a tmpfs needs root: {}", String::from_utf8_lossy(&out.stderr));
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(tmp.path());
+    // 16 MiB of disk tier on 6 MiB: the folder is created and locked, then found too small.
+    let cache_dir = tmp.path().join("a").join("cache");
+    let out = run(proxy_cmd(&up, &cache_dir, &[("TILE_PROXY_DISK_REQUIRED", "true")])).await;
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("disk_required") && out.stderr.contains("bytes free"), "{}", out.stderr);
+    assert!(!tmp.path().join("a").exists(), "the folders this start made are gone");
+    assert!(tmp.path().exists());
+}
+
+#[actix_rt::test]
+async fn an_unguarded_proxy_on_every_interface_warns_at_start_what_to_set() {
+    let up = upstream_12k();
+    let dir = tempfile::tempdir().unwrap();
+    let exposed = |l: &str| l.contains("not loopback");
+    let off = ("TILE_PROXY_DEFAULTS__RATE_LIMIT", "0");
+    let p = spawn_with(&up, &dir.path().join("a"), &[("TILE_PROXY_LISTEN", "0.0.0.0:0"), off]).await;
+    let line = p.process.line("the exposure warning", exposed).await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["level"], "WARN", "{line}");
+    for needle in ["HERE quota", "budget_day", "rate_limit", "127.0.0.1"] {
+        assert!(line.contains(needle), "{needle} not in {line}");
+    }
+    p.terminate().await;
+    // Guarded (a budget, the shipped client limit), or on loopback: no warning by the time it listens.
+    let public = ("TILE_PROXY_LISTEN", "0.0.0.0:0");
+    for env in [
+        vec![public, off, ("TILE_PROXY_DEFAULTS__BUDGET_DAY", "1000")],
+        vec![public],
+        vec![("TILE_PROXY_LISTEN", "127.0.0.1:0"), off],
+    ] {
+        let p = spawn_with(&up, &dir.path().join("b"), &env).await;
+        let lines = p.terminate().await;
+        assert!(!lines.iter().any(|l| exposed(l)), "{env:?}: {lines:#?}");
+    }
+}
+
+#[actix_rt::test]
+async fn requests_forwarded_by_an_untrusted_proxy_are_warned_about_once() {
+    let up = upstream_12k();
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn(&up, dir.path()).await;
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(&p.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(s, "GET /v3/base/mc/3/2/2/png HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 203.0.113.9\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        assert!(all.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&all));
+    }
+    let lines = p.terminate().await;
+    let warned: Vec<_> = lines.iter().filter(|l| l.contains("not in trusted_proxies")).collect();
+    assert_eq!(warned.len(), 1, "{lines:#?}");
+    let v: serde_json::Value = serde_json::from_str(warned[0]).unwrap();
+    assert_eq!(v["level"], "WARN");
+    for needle in ["X-Forwarded-For", "127.0.0.1", "TILE_PROXY_TRUSTED_PROXIES", "rate_limit"] {
+        assert!(warned[0].contains(needle), "{needle} not in {}", warned[0]);
     }
 }

@@ -385,3 +385,72 @@ async fn admin_stats_wants_the_token_and_adds_up_the_fleet() {
     assert!(!refused.status.success());
     assert!(refused.stderr.contains("401"));
 }
+
+#[actix_rt::test]
+async fn the_default_client_limit_lets_a_screen_of_tiles_through_and_stops_a_scraper() {
+    // Thousands of requests as fast as they go: not beside the tests that time arrivals.
+    let _timed = TIMED.lock().await;
+    let up = upstream(200);
+    // The shipped default (tests' config turns it off).
+    let p = Proxy::start(&up, |f| f.defaults.rate_limit = None).await;
+    let path = "/v3/base/mc/3/1/1/png?indice=dflt";
+    let first = p.get(path).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("ratelimit-limit"), Some("1000"));
+    // Five full 4K screens of 256 px tiles with an overlay, at once: never refused (the bucket
+    // holds 1000 and only fills up while they are sent).
+    let page = join_all((0..999).map(|_| p.get(path))).await;
+    assert!(page.iter().all(|r| r.status == 200), "a map page was refused");
+    // A scraper asking as fast as the proxy answers: refused once it outruns 100 a second.
+    let mut asked = 0;
+    let refused = loop {
+        let batch = join_all((0..100).map(|_| p.get(path))).await;
+        asked += batch.len();
+        if let Some(r) = batch.into_iter().find(|r| r.status == 429) {
+            break r;
+        }
+        assert!(asked < 50_000, "{asked} requests and no 429");
+    };
+    assert_eq!(refused.json()["error"], "too_many_requests");
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(refused.header("ratelimit-policy"), Some("1000;w=10"));
+}
+
+#[actix_rt::test]
+async fn behind_an_untrusted_proxy_the_default_limit_is_not_applied_but_a_configured_one_is() {
+    // Thousands of requests as fast as they go: not beside the tests that time arrivals.
+    let _timed = TIMED.lock().await;
+    let up = upstream(200);
+    let xff = [("X-Forwarded-For", "198.51.100.7")];
+    let path = "/v3/base/mc/3/1/2/png?indice=fwd";
+    // Forwarded by a peer not in trusted_proxies: the shipped limit is not consulted.
+    let p = Proxy::start(&up, |f| f.defaults.rate_limit = None).await;
+    let r = p.get_with(path, &xff).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("ratelimit-limit"), None, "the default limit is skipped");
+    let many = join_all((0..1_100).map(|_| p.get_with(path, &xff))).await;
+    assert!(many.iter().all(|r| r.status == 200 && r.header("ratelimit-limit").is_none()));
+    // The same peer without the header is a client of its own, limited.
+    assert_eq!(p.get(path).await.header("ratelimit-limit"), Some("1000"));
+    p.stop().await;
+    // Trusted: each forwarded client has its own default bucket.
+    let p = Proxy::start(&up, |f| {
+        f.defaults.rate_limit = None;
+        f.trusted_proxies = vec!["127.0.0.1".into()];
+    })
+    .await;
+    assert_eq!(p.get_with(path, &xff).await.header("ratelimit-limit"), Some("1000"));
+    p.stop().await;
+    // An operator's limit applies whatever forwards the request.
+    let p = Proxy::start(&up, |f| {
+        f.defaults.rate_limit = Some(0.01);
+        f.defaults.rate_burst = Some(2);
+    })
+    .await;
+    let got: Vec<u16> =
+        join_all((0..3).map(|_| p.get_with(path, &xff))).await.iter().map(|r| r.status.as_u16()).collect();
+    let mut sorted = got.clone();
+    sorted.sort();
+    assert_eq!(sorted, [200, 200, 429], "{got:?}");
+    p.stop().await;
+}

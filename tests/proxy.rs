@@ -541,3 +541,47 @@ async fn an_unusable_disk_degrades_to_memory_only_instead_of_failing() {
     assert_eq!(h["cache"][0]["disk"]["enabled"], false);
     p.stop().await;
 }
+
+#[actix_rt::test]
+async fn admin_listen_serves_metrics_health_and_the_admin_api_apart_from_the_tiles() {
+    let up = upstream(1_000);
+    let token = "ADMIN-TOKEN-0123456789abcdef";
+    let p = Proxy::start(&up, |f| {
+        f.admin_listen = Some("127.0.0.1:0".into());
+        f.admin_token = Some(token.into());
+    })
+    .await;
+    let admin = format!("http://{}", p.running.as_ref().unwrap().admin_addr().expect("an admin address"));
+    assert_ne!(admin, p.base);
+    let at = async |base: &str, method: &str, path: &str| {
+        let req = match method {
+            "POST" => p.client.post(format!("{base}{path}")),
+            _ => p.client.get(format!("{base}{path}")),
+        };
+        let mut res = req.insert_header(("Authorization", format!("Bearer {token}"))).send().await.unwrap();
+        let body = res.body().await.unwrap();
+        (res.status().as_u16(), String::from_utf8_lossy(&body).into_owned())
+    };
+    // A tile on the tile port, counted in the admin port's metrics.
+    assert_eq!(p.get("/here-proxy/mc/3/1/1/png").await.status, 200);
+    for path in ["/metrics", "/health", "/admin/stats", "/admin/purges", "/admin/seed/1"] {
+        let (status, body) = at(&p.base, "GET", path).await;
+        assert_eq!(status, 404, "{path} on the tile port: {body}");
+    }
+    let (status, body) = at(&p.base, "POST", "/admin/purge").await;
+    assert_eq!(status, 404, "POST /admin/purge on the tile port: {body}");
+    for base in [&p.base, &admin] {
+        assert_eq!(at(base, "GET", "/live").await.0, 200, "/live on {base}");
+        assert_eq!(at(base, "GET", "/ready").await.0, 200, "/ready on {base}");
+    }
+    let (status, metrics) = at(&admin, "GET", "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(metric(&metrics, "tile_proxy_requests_total", &[]) >= 1.0, "{metrics}");
+    let (status, health) = at(&admin, "GET", "/health").await;
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(at(&admin, "GET", "/admin/stats").await.0, 200);
+    assert_eq!(at(&admin, "GET", "/admin/purges").await.0, 200);
+    // The admin port serves no tiles.
+    assert_eq!(at(&admin, "GET", "/here-proxy/mc/3/1/1/png").await.0, 404);
+    p.stop().await;
+}

@@ -2,7 +2,8 @@
 //! and shuts down in order (not ready -> drain HTTP -> close the cache so entries reach disk).
 //! Production (`main.rs`) and the integration tests both go through [`start`].
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use actix_cors::Cors;
@@ -21,7 +22,7 @@ use crate::observe::health::Health;
 use crate::observe::metrics::Metrics;
 use crate::service::core::Core;
 use crate::service::tiles::TileService;
-use crate::store::cache::{lock_dir, DirLock, FoyerOptions, FoyerTier, LockError, Tier, TileCache};
+use crate::store::cache::{lock_dir, DirLock, FoyerOptions, FoyerTier, LockError, NewFiles, Tier, TileCache};
 use crate::store::flight::{FillLock, Flights};
 use crate::store::redis::{self, lease::FleetFill, lease::Waiters, tier::RedisTier, Redis};
 use crate::upstream::{self, UpstreamConfig};
@@ -39,13 +40,28 @@ pub enum StartError {
     Redis(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cache folder {dir} is unusable and disk_required = true: {problem}")]
+    DiskRequired { dir: PathBuf, problem: String },
+}
+
+/// Binds `addr` before anything else of a start happens: a port in use fails the start before
+/// the cache folder is touched.
+fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    use std::os::fd::AsRawFd;
+    let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+    // std listens with a backlog of 128; actix's own bind asks for 1024 (a map opening is a
+    // burst of connections). Listening again only changes the backlog.
+    // SAFETY: plain syscall on a socket we own for the duration of the call.
+    unsafe { libc::listen(listener.as_raw_fd(), 1024) };
+    Ok(listener)
 }
 
 /// A running server.
 pub struct Running {
+    /// The tile port's address, then the admin port's (with `admin_listen`).
     addrs: Vec<SocketAddr>,
-    handle: actix_web::dev::ServerHandle,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    tiles: Served,
+    admin: Option<Served>,
     state: Arc<AppState>,
     _dir_lock: Option<DirLock>,
 }
@@ -106,13 +122,33 @@ pub struct Built {
 
 /// [`start`] with a chosen clock or cache tiers.
 pub async fn start_with(settings: Settings, opts: StartOptions) -> Result<Running, StartError> {
+    // The socket first: a start that cannot listen creates no cache folder.
+    let listener = bind(settings.listen)?;
+    let admin_listener = settings.admin_listen.map(bind).transpose()?;
+    if let Some(warning) = settings.exposure_warning() {
+        tracing::warn!("{warning}");
+    }
     let Built { state, http, dir_lock } = build(settings, opts).await?;
-    serve(state, http, dir_lock)
+    serve(state, http, dir_lock, listener, admin_listener)
 }
 
 /// Opens the cache tiers, Redis and the purge rules, and builds the shared state; no socket.
 /// `tile-proxy seed --direct` fills the cache through this state without serving HTTP.
+///
+/// A build that fails after locking the cache folder removes what it created there (the
+/// folder itself if it was new, else the new files); a folder another process holds is left
+/// alone.
 pub async fn build(settings: Settings, opts: StartOptions) -> Result<Built, StartError> {
+    let new_files = (opts.tiers.is_none() && settings.disk_cache > 0).then(|| NewFiles::snapshot(&settings.cache_dir));
+    let mut dir_lock = None;
+    let built = assemble(settings, opts, &mut dir_lock).await;
+    if let (Err(_), Some(_), Some(new_files)) = (&built, &dir_lock, &new_files) {
+        new_files.remove(&[]);
+    }
+    built
+}
+
+async fn assemble(settings: Settings, opts: StartOptions, held: &mut Option<DirLock>) -> Result<Built, StartError> {
     // awc builds rustls without a crypto provider; a second install is a harmless error.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let clock = opts.clock.unwrap_or_else(|| Arc::new(SystemClock));
@@ -124,28 +160,42 @@ pub async fn build(settings: Settings, opts: StartOptions) -> Result<Built, Star
         Metrics::new(http.registry(), settings.metrics_max_indices, settings.policies.keys().cloned())
             .map_err(|e| StartError::Metrics(e.to_string()))?,
     );
-    let mut dir_lock = None;
+    let dir = &settings.cache_dir;
     let tiers = match opts.tiers {
         Some(tiers) => tiers,
         None => {
             if settings.disk_cache > 0 {
                 // One process per folder: a second one would corrupt the first one's blocks.
-                match lock_dir(&settings.cache_dir) {
-                    Ok(l) => dir_lock = Some(l),
+                match lock_dir(dir) {
+                    Ok(l) => *held = Some(l),
                     Err(e @ LockError::InUse(_)) => return Err(StartError::CacheInUse(e)),
-                    // An unusable folder: the tier below degrades to memory only and says why.
-                    Err(e) => tracing::error!(error = %e, "cache folder unusable"),
+                    Err(e) if settings.disk_required => {
+                        return Err(StartError::DiskRequired { dir: dir.clone(), problem: e.to_string() })
+                    }
+                    // An unusable folder: the tier below degrades to memory only.
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        dir = %dir.display(),
+                        "cache folder unusable; continuing memory-only (set disk_required = true to make this fatal)"
+                    ),
                 }
             }
             let foyer = FoyerOptions {
-                dir: &settings.cache_dir,
+                dir,
                 memory: settings.memory_cache,
-                disk: if dir_lock.is_some() { settings.disk_cache } else { 0 },
+                disk: if held.is_some() { settings.disk_cache } else { 0 },
                 max_entry: settings.max_entry_size,
                 write_buffer: settings.disk_write_buffer,
+                required: settings.disk_required,
             };
+            let before_open = held.as_ref().map(|_| NewFiles::snapshot(dir));
             let tier = FoyerTier::open(foyer, http.registry()).await?;
-            if settings.disk_cache > 0 && dir_lock.is_none() {
+            if let (Some(before_open), false) = (&before_open, tier.disk_enabled()) {
+                // Memory-only after all: block files this open made (a reservation that failed
+                // half-way) would only take the disk's room.
+                before_open.remove(&[]);
+            }
+            if settings.disk_cache > 0 && held.is_none() {
                 tier.set_problem(format!("disk tier disabled: cache folder {} unusable", settings.cache_dir.display()));
             }
             if settings.disk_cache > 0 && !tier.disk_enabled() {
@@ -166,7 +216,7 @@ pub async fn build(settings: Settings, opts: StartOptions) -> Result<Built, Star
     let cache = Arc::new(TileCache::new(tiers, metrics.clone()));
     let purges = Arc::new(PurgeRules::new(settings.max_entry_life()));
     // Without the disk tier nothing outlives the process, so neither need the rules.
-    let purge_file = dir_lock.as_ref().map(|_| settings.cache_dir.join("purges.json"));
+    let purge_file = held.as_ref().map(|_| settings.cache_dir.join("purges.json"));
     if let Some(path) = &purge_file {
         match crate::store::purge_file::load(&purges, path, clock.now_ms()) {
             Ok(n) if n > 0 => tracing::info!(rules = n, "purge rules loaded from the cache folder"),
@@ -229,15 +279,47 @@ pub async fn build(settings: Settings, opts: StartOptions) -> Result<Built, Star
         metadata: crate::service::metadata::MetadataCache::default(),
         compressor,
     });
-    Ok(Built { state, http, dir_lock })
+    Ok(Built { state, http, dir_lock: held.take() })
 }
 
-fn serve(state: Arc<AppState>, http: Arc<HttpMetrics>, dir_lock: Option<DirLock>) -> Result<Running, StartError> {
+/// `/metrics`, `/health` and the admin API: on the tile port, or on `admin_listen` alone.
+fn admin_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health", web::get().to(health::health))
+        .route("/metrics", web::get().to(crate::http::http_metrics::endpoint))
+        // One scope for the admin API: a tile request is checked against its static prefix
+        // only (each top-level route costs every tile request a match, and a pattern such as
+        // /admin/seed/{id} a regex match).
+        .service(
+            web::scope("/admin")
+                .route("/purge", web::post().to(purge::purge))
+                .route("/purges", web::get().to(purge::purges))
+                .route("/stats", web::get().to(crate::http::admin::stats::api))
+                .route("/seed", web::post().to(crate::http::admin::seed::api_start))
+                .route("/seed/{id}", web::get().to(crate::http::admin::seed::api_status)),
+        );
+}
+
+/// A running actix server and its task.
+struct Served {
+    handle: actix_web::dev::ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+fn serve(
+    state: Arc<AppState>,
+    http: Arc<HttpMetrics>,
+    dir_lock: Option<DirLock>,
+    listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+) -> Result<Running, StartError> {
     let settings = state.settings.clone();
     let app_state = web::Data::from(state.clone());
     let upstream_settings = settings.upstream.clone();
     let origins = settings.cors_origins.clone();
     let http_data = web::Data::from(http.clone());
+    let admin_here = admin_listener.is_none();
+    let (data, metrics) = (app_state.clone(), http.clone());
+    let (http_data2, upstream2) = (http_data.clone(), upstream_settings.clone());
     let server = HttpServer::new(move || {
         // One awc client per worker: awc is not Send, and its pool is per client.
         let client = web::Data::new(upstream::build_client(&upstream_settings));
@@ -250,19 +332,12 @@ fn serve(state: Arc<AppState>, http: Arc<HttpMetrics>, dir_lock: Option<DirLock>
             .wrap(Observe(http.clone()))
             .route("/live", web::get().to(health::live))
             .route("/ready", web::get().to(health::ready))
-            .route("/health", web::get().to(health::health))
-            .route("/metrics", web::get().to(crate::http::http_metrics::endpoint))
-            // One scope for the admin API: a tile request is checked against its static prefix
-            // only (each top-level route costs every tile request a match, and a pattern such as
-            // /admin/seed/{id} a regex match).
-            .service(
-                web::scope("/admin")
-                    .route("/purge", web::post().to(purge::purge))
-                    .route("/purges", web::get().to(purge::purges))
-                    .route("/stats", web::get().to(crate::http::admin::stats::api))
-                    .route("/seed", web::post().to(crate::http::admin::seed::api_start))
-                    .route("/seed/{id}", web::get().to(crate::http::admin::seed::api_status)),
-            )
+            // With `admin_listen`, not here: these paths fall to the tile handler, a 404.
+            .configure(|cfg| {
+                if admin_here {
+                    admin_routes(cfg)
+                }
+            })
             // Tiles are routed by `routes::parse` itself (one pass, no regex router on the hot
             // path): everything that is not an admin route goes there; it answers 404 for
             // non-tile paths and 405 for methods other than GET and HEAD.
@@ -274,20 +349,50 @@ fn serve(state: Arc<AppState>, http: Arc<HttpMetrics>, dir_lock: Option<DirLock>
     .tcp_nodelay(true)
     .disable_signals()
     .shutdown_timeout(settings.shutdown_timeout.as_secs().max(1));
-    let server = server.bind(settings.listen).map_err(|source| StartError::Bind { addr: settings.listen, source })?;
-    let addrs = server.addrs();
+    let server = server.listen(listener).map_err(|source| StartError::Bind { addr: settings.listen, source })?;
+    let mut addrs = server.addrs();
     let server = server.run();
-    let handle = server.handle();
-    let server = actix_web::rt::spawn(server);
+    let tiles = Served { handle: server.handle(), task: actix_web::rt::spawn(server) };
+    let admin = match admin_listener {
+        None => None,
+        Some(listener) => {
+            // Scrapes, health checks and the admin API on a worker of their own: a busy tile
+            // port does not delay them, and they need no CORS (not for browsers).
+            let server = HttpServer::new(move || {
+                let client = web::Data::new(upstream::build_client(&upstream2));
+                App::new()
+                    .app_data(data.clone())
+                    .app_data(client)
+                    .app_data(http_data2.clone())
+                    .wrap(Observe(metrics.clone()))
+                    .route("/live", web::get().to(health::live))
+                    .route("/ready", web::get().to(health::ready))
+                    .configure(admin_routes)
+            })
+            .workers(1)
+            .disable_signals()
+            .shutdown_timeout(settings.shutdown_timeout.as_secs().max(1));
+            let addr = settings.admin_listen.unwrap_or(settings.listen);
+            let server = server.listen(listener).map_err(|source| StartError::Bind { addr, source })?;
+            addrs.extend(server.addrs());
+            let server = server.run();
+            Some(Served { handle: server.handle(), task: actix_web::rt::spawn(server) })
+        }
+    };
     crate::service::stats::spawn_housekeeping(state.core.clone(), state.redis.clone(), state.pod_id.clone());
     state.health.set_ready(true);
-    Ok(Running { addrs, handle, server, state, _dir_lock: dir_lock })
+    Ok(Running { addrs, tiles, admin, state, _dir_lock: dir_lock })
 }
 
 impl Running {
     /// The bound address (useful with port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addrs[0]
+    }
+
+    /// The bound `admin_listen` address, when set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|_| self.addrs.last().copied())
     }
 
     /// Shared state (tests read metrics and the cache through it).
@@ -304,11 +409,13 @@ impl Running {
             tracing::info!(?delay, "not ready; serving on before draining");
             tokio::time::sleep(delay).await;
         }
-        self.handle.stop(true).await;
-        match self.server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "server stopped with an error"),
-            Err(e) => tracing::error!(error = %e, "server task failed"),
+        for served in std::iter::once(self.tiles).chain(self.admin) {
+            served.handle.stop(true).await;
+            match served.task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "server stopped with an error"),
+                Err(e) => tracing::error!(error = %e, "server task failed"),
+            }
         }
         self.state.cache.close().await;
         tracing::info!("cache closed; bye");

@@ -64,3 +64,16 @@ pub const MAX_EARLY_REFRESH_BETA: f64 = 10.0;
 pub fn block_size_for(max_entry: usize) -> usize {
     (max_entry + (64 << 10)).next_power_of_two().max(1 << 20)
 }
+
+/// The per-client rate limit every index gets unless configured (`[defaults] rate_limit`; 0 = off):
+/// requests per second refilled. A full-screen map at 4K (3840x2160) shows 8x5 tiles of 512 px,
+/// 16x9 of 256 px: with the rows and columns libraries load around the view (and the partial
+/// ones at the edges) 60-200 tiles a screen. Panning a screen a second, or zooming through
+/// levels (each a new screen), with an overlay (traffic) on the same index, is a few hundred
+/// tiles a second for a few seconds, which [`DEFAULT_RATE_BURST`] absorbs; what is left a
+/// second for a person who keeps moving is well under 100 (the browser caches what it saw).
+/// A scraper asks as fast as the proxy answers: thousands a second, and is held to 100.
+pub const DEFAULT_RATE_LIMIT: f64 = 100.0;
+/// The default bucket: 1000 requests at once (five full 4K screens of 256 px tiles with the
+/// overlay), refilled in 10 s at [`DEFAULT_RATE_LIMIT`].
+pub const DEFAULT_RATE_BURST: u32 = 1000;

@@ -31,6 +31,9 @@ pub enum UnknownIndices {
 #[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
     pub listen: String,
+    /// A second address for `/metrics`, `/health` and `/admin/*` (the tile port then answers
+    /// them 404; `/live` and `/ready` stay on both). Unset: everything on `listen`.
+    pub admin_listen: Option<String>,
     /// Default: the number of CPUs.
     pub workers: Option<usize>,
     /// Best given as `HERE_API_KEY` or `here_api_key_file`, not in the file.
@@ -50,6 +53,9 @@ pub struct FileConfig {
     /// 0 turns the disk tier off.
     #[serde(with = "units::size")]
     pub disk_cache: ByteSize,
+    /// A disk tier that cannot be used at start is fatal (exit non-zero) instead of leaving the
+    /// proxy memory-only. Default false.
+    pub disk_required: bool,
     #[serde(with = "units::size")]
     pub max_entry_size: ByteSize,
     /// Each of the disk tier's two write buffers; entries queue for disk in them.
@@ -148,6 +154,7 @@ impl Default for FileConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_LISTEN.into(),
+            admin_listen: None,
             workers: None,
             here_api_key: None,
             here_api_key_file: None,
@@ -159,6 +166,7 @@ impl Default for FileConfig {
             cache_dir: DEFAULT_CACHE_DIR.into(),
             memory_cache: DEFAULT_MEMORY_CACHE,
             disk_cache: DEFAULT_DISK_CACHE,
+            disk_required: false,
             max_entry_size: DEFAULT_MAX_ENTRY,
             disk_write_buffer: DEFAULT_DISK_WRITE_BUFFER,
             flight_buffer: DEFAULT_FLIGHT_BUFFER,

@@ -520,19 +520,27 @@ impl FileConfig {
     pub fn effective_toml(&self, settings: &Settings) -> String {
         let mut shown = self.clone();
         shown.workers = Some(settings.workers);
-        let mut left_out = Vec::new();
+        let mut left_out: Vec<String> = Vec::new();
         if shown.here_api_key.take().is_some() {
-            left_out.push("here_api_key (the HERE key) is set but not shown");
+            left_out.push("here_api_key (the HERE key) is set but not shown".into());
         }
         if shown.admin_token.take().is_some() {
-            left_out.push("admin_token is set but not shown");
+            left_out.push("admin_token is set but not shown".into());
         }
         if let Some(url) = shown.redis_url.as_deref() {
             let without = without_password(url);
             if without != url {
-                left_out.push("redis_url has a password, not shown: add it back as redis://:PASSWORD@host");
+                left_out.push("redis_url has a password, not shown: add it back as redis://:PASSWORD@host".into());
                 shown.redis_url = Some(without);
             }
+        }
+        if settings.default_policy.rate_limit.is_some_and(|r| r.shipped) {
+            left_out.push(format!(
+                "[defaults] rate_limit: the built-in client limit applies ({} requests/s after a burst of {}, per \
+                 pod); rate_limit = 0 turns it off",
+                super::defaults::DEFAULT_RATE_LIMIT,
+                super::defaults::DEFAULT_RATE_BURST
+            ));
         }
         shown.defaults = effective_policy(&shown.defaults, &builtin_policy_file());
         for p in shown.index.values_mut() {

@@ -33,6 +33,57 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn the_shipped_client_limit_can_be_changed_and_turned_off() {
+        let load = |f: FileConfig| Settings::from_file_config(f).unwrap();
+        let shipped = load(with_key()).default_policy.rate_limit.expect("a default limit");
+        assert_eq!((shipped.interval, shipped.burst, shipped.shipped), (Duration::from_millis(10), 1000, true));
+        let mut f = with_key();
+        f.defaults.rate_limit = Some(0.0);
+        f.index.insert("on".into(), PolicyFileConfig { rate_limit: Some(5.0), ..Default::default() });
+        let s = load(f);
+        assert_eq!(s.default_policy.rate_limit, None, "0 = off");
+        assert_eq!(s.policy("other").rate_limit, None);
+        assert_eq!(s.policy("on").rate_limit.map(|r| (r.burst, r.shipped)), Some((5, false)));
+        let mut f = with_key();
+        f.defaults.rate_burst = Some(300);
+        let r = load(f).default_policy.rate_limit.unwrap();
+        assert_eq!((r.burst, r.shipped), (300, false), "a burst of the operator's own is their limit");
+        let mut f = with_key();
+        f.defaults.rate_limit = Some(-1.0);
+        assert!(problems(f)[0].contains("0 (off)"));
+    }
+
+    #[test]
+    fn an_unguarded_proxy_on_a_public_address_is_warned_about() {
+        let load = |f: FileConfig| Settings::from_file_config(f).unwrap();
+        let public = |f: FileConfig| FileConfig { listen: "0.0.0.0:8080".into(), ..f };
+        assert_eq!(load(public(with_key())).exposure_warning(), None, "the shipped client limit guards");
+        let mut off = public(with_key());
+        off.defaults.rate_limit = Some(0.0);
+        let open = load(off);
+        let warning = open.exposure_warning().expect("warned");
+        for needle in ["0.0.0.0:8080", "budget_day", "rate_limit", "HERE quota"] {
+            assert!(warning.contains(needle), "{needle} not in {warning}");
+        }
+        let mut budgeted = public(with_key());
+        budgeted.defaults.rate_limit = Some(0.0);
+        budgeted.defaults.budget_day = Some(1000);
+        assert_eq!(load(budgeted).exposure_warning(), None);
+        let mut limited = public(with_key());
+        limited.defaults.rate_limit = Some(10.0);
+        assert_eq!(load(limited).exposure_warning(), None);
+        let unlimited = |listen: &str| {
+            let mut f = FileConfig { listen: listen.into(), ..with_key() };
+            f.defaults.rate_limit = Some(0.0);
+            load(f)
+        };
+        for local in ["127.0.0.1:8080", "[::1]:8080"] {
+            assert_eq!(unlimited(local).exposure_warning(), None, "{local}");
+        }
+        assert!(unlimited("[::]:8080").exposure_warning().is_some());
+    }
+
     fn with_key() -> FileConfig {
         FileConfig { here_api_key: Some("k".into()), ..Default::default() }
     }

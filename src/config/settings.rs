@@ -110,6 +110,9 @@ impl Budget {
 pub struct ClientRate {
     pub interval: Duration,
     pub burst: u32,
+    /// The built-in default ([`crate::config::DEFAULT_RATE_LIMIT`]), not an operator's choice:
+    /// not applied to requests an untrusted proxy forwarded (they share its address).
+    pub shipped: bool,
 }
 
 /// Upstream timeouts, retries, protocols and trust, resolved.
@@ -158,6 +161,9 @@ impl std::fmt::Debug for UpstreamSettings {
 #[derive(Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// Where `/metrics`, `/health` and `/admin/*` are served apart from the tiles (default none:
+    /// on `listen`).
+    pub admin_listen: Option<SocketAddr>,
     pub workers: usize,
     /// `None` only when `upstream_requires_key = false` and no key was given.
     pub api_key: Option<String>,
@@ -168,6 +174,8 @@ pub struct Settings {
     pub cache_dir: PathBuf,
     pub memory_cache: usize,
     pub disk_cache: usize,
+    /// A disk tier that cannot be used at start stops the start (default false: memory-only).
+    pub disk_required: bool,
     pub max_entry_size: usize,
     /// Each of the disk tier's two write buffers (foyer's flush buffer; default 8 MiB, at least
     /// `max_entry_size` + 64 KiB). Writes queue for disk up to twice this; beyond, new entries
@@ -223,6 +231,7 @@ impl std::fmt::Debug for Settings {
         let index_keys: BTreeMap<&str, &str> = self.index_keys.keys().map(|k| (k.as_str(), "<redacted>")).collect();
         f.debug_struct("Settings")
             .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
             .field("workers", &self.workers)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("raster_upstream", &self.raster_upstream)
@@ -232,6 +241,7 @@ impl std::fmt::Debug for Settings {
             .field("cache_dir", &self.cache_dir)
             .field("memory_cache", &self.memory_cache)
             .field("disk_cache", &self.disk_cache)
+            .field("disk_required", &self.disk_required)
             .field("max_entry_size", &self.max_entry_size)
             .field("disk_write_buffer", &self.disk_write_buffer)
             .field("flight_buffer", &self.flight_buffer)
@@ -269,6 +279,27 @@ impl std::fmt::Debug for Settings {
 }
 
 impl Settings {
+    /// The start-time warning for a proxy anyone may spend the HERE quota through: listening
+    /// on an address other than loopback with neither a budget nor a client rate limit on the
+    /// default index (what every index without a section of its own gets). `None`: guarded.
+    pub fn exposure_warning(&self) -> Option<String> {
+        let p = &self.default_policy;
+        if self.listen.ip().is_loopback()
+            || p.budget.is_limited()
+            || p.traffic.budget.is_limited()
+            || p.rate_limit.is_some()
+        {
+            return None;
+        }
+        Some(format!(
+            "listening on {} (not loopback) with no budget and no client rate limit on the default index: \
+             anyone who can reach this port can spend the HERE quota. Set [defaults] budget_hour / budget_day \
+             (TILE_PROXY_DEFAULTS__BUDGET_DAY) and rate_limit (TILE_PROXY_DEFAULTS__RATE_LIMIT), or \
+             unknown_indices = \"reject\" with budgeted [index.NAME] sections, or listen on 127.0.0.1",
+            self.listen
+        ))
+    }
+
     /// The policy for `index`: its own section, else `[defaults]`.
     pub fn policy(&self, index: &str) -> &Policy {
         self.policies.get(index).unwrap_or(&self.default_policy)

@@ -104,6 +104,18 @@ pub(super) fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings
         .parse::<SocketAddr>()
         .map_err(|_| c.push(&["listen"], format!("`{}` is not an address like 0.0.0.0:8080", file.listen)))
         .ok();
+    let admin_listen = match &file.admin_listen {
+        Some(a) => a
+            .parse::<SocketAddr>()
+            .map_err(|_| c.push(&["admin_listen"], format!("`{a}` is not an address like 127.0.0.1:9090")))
+            .ok(),
+        None => None,
+    };
+    if let (Some(a), Some(l)) = (admin_listen, listen) {
+        if a == l && a.port() != 0 {
+            c.push(&["admin_listen"], format!("must differ from listen ({l})"));
+        }
+    }
     let workers = match file.workers {
         Some(n) => {
             c.count(&["workers"], n, 1, MAX_WORKERS);
@@ -261,6 +273,7 @@ pub(super) fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings
     }
     Ok(Settings {
         listen: listen.unwrap_or_else(|| ([0, 0, 0, 0], 8080).into()),
+        admin_listen,
         workers,
         api_key,
         raster_upstream,
@@ -270,6 +283,7 @@ pub(super) fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings
         cache_dir: file.cache_dir.clone(),
         memory_cache,
         disk_cache,
+        disk_required: file.disk_required,
         max_entry_size,
         disk_write_buffer,
         ttl_cap,
@@ -549,7 +563,11 @@ pub fn builtin_policy() -> Policy {
         negative_ttl: Duration::from_secs(60),
         client_cache_control: None,
         budget: Budget::default(),
-        rate_limit: None,
+        rate_limit: Some(ClientRate {
+            interval: Duration::from_secs_f64(1.0 / DEFAULT_RATE_LIMIT),
+            burst: DEFAULT_RATE_BURST,
+            shipped: true,
+        }),
         early_refresh_beta: DEFAULT_EARLY_REFRESH_BETA,
         traffic: TrafficPolicy {
             ttl: DEFAULT_TRAFFIC_TTL,
@@ -617,15 +635,26 @@ fn resolve_rate(section: &[&str], p: &PolicyFileConfig, base: &Policy, c: &mut C
         c.count(&path("rate_burst"), b, 1, 1_000_000);
     }
     match p.rate_limit {
+        // Off: no limit for this section (and, in [defaults], for the indices inheriting it).
+        Some(0.0) => None,
         Some(rate) if rate.is_finite() && (0.0001..=1_000_000.0).contains(&rate) => Some(ClientRate {
             interval: Duration::from_secs_f64(1.0 / rate),
             burst: p.rate_burst.unwrap_or_else(|| rate.ceil() as u32).clamp(1, 1_000_000),
+            shipped: false,
         }),
         Some(rate) => {
-            c.push(&path("rate_limit"), format!("{rate} is out of range: 0.0001 to 1000000 requests per second"));
+            c.push(
+                &path("rate_limit"),
+                format!("{rate} is out of range: 0 (off) or 0.0001 to 1000000 requests per second"),
+            );
             None
         }
-        None => base.rate_limit.map(|r| ClientRate { burst: p.rate_burst.unwrap_or(r.burst).clamp(1, 1_000_000), ..r }),
+        None => base.rate_limit.map(|r| ClientRate {
+            burst: p.rate_burst.unwrap_or(r.burst).clamp(1, 1_000_000),
+            // A burst of the operator's own makes it their limit.
+            shipped: r.shipped && p.rate_burst.is_none(),
+            ..r
+        }),
     }
 }
 

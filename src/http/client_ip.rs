@@ -17,6 +17,17 @@ pub fn of_request(req: &actix_web::HttpRequest, trusted: &[IpNet]) -> Option<IpA
     Some(client_ip(peer, &xff, trusted))
 }
 
+/// The peer, when it forwards for others without being trusted: the request carries
+/// `X-Forwarded-For` (or `Forwarded`) and the peer is not in `trusted_proxies`.
+pub fn untrusted_forwarder(req: &actix_web::HttpRequest, trusted: &[IpNet]) -> Option<IpAddr> {
+    let h = req.headers();
+    if !h.contains_key("x-forwarded-for") && !h.contains_key("forwarded") {
+        return None;
+    }
+    let peer = req.peer_addr()?.ip();
+    (!trusted.iter().any(|n| n.contains(&peer))).then_some(peer)
+}
+
 /// The proxies whose forwarding headers are believed (`trusted_proxies`).
 pub fn trusted_proxies(req: &actix_web::HttpRequest) -> &[ipnet::IpNet] {
     req.app_data::<actix_web::web::Data<crate::http::state::AppState>>()

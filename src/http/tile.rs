@@ -70,7 +70,12 @@ pub async fn tile(req: HttpRequest, state: web::Data<AppState>, client: web::Dat
     let policy = state.settings.policy_for(&t.index, t.api.is_traffic());
     let mut limited = None;
     if let Some(rate) = policy.rate_limit {
-        if let Some(ip) = crate::http::client_ip::of_request(&req, &state.settings.trusted_proxies) {
+        let trusted = &state.settings.trusted_proxies;
+        // The built-in limit, behind a proxy we do not trust: one bucket would hold every user.
+        let shared = rate.shipped.then(|| crate::http::client_ip::untrusted_forwarder(&req, trusted)).flatten();
+        if let Some(peer) = shared {
+            state.protect.clients.untrusted_forwarder(peer);
+        } else if let Some(ip) = crate::http::client_ip::of_request(&req, trusted) {
             limited = state.protect.clients.check(ip, index.label(), rate).await;
             if let Some(v) = limited.filter(|v| !v.allowed) {
                 access_log::note(&req, |a| a.cache = "rate_limited");

@@ -8,7 +8,9 @@
 //! (an expired bucket and a new one are the same full bucket), so a million distinct clients
 //! cannot grow memory without bound. With Redis (`rate_limit_shared`) the bucket is one key
 //! per client and index, decided by the `GCRA` script, so a client gets one budget
-//! across every pod; while Redis is unavailable the local bucket decides.
+//! across every pod; while Redis is unavailable the local bucket decides. The shipped default
+//! limit (no `rate_limit` configured) is always kept per pod: it stops scrapers, and sharing it
+//! would cost every request a Redis call.
 //!
 //! Answers carry `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`
 //! (draft-ietf-httpapi-ratelimit-headers); a refusal is 429 `too_many_requests` JSON with
@@ -65,6 +67,8 @@ impl Verdict {
 
 /// Every client's buckets.
 pub struct ClientLimits {
+    /// Whether the untrusted-forwarder warning was given (once per process).
+    forwarder_warned: std::sync::atomic::AtomicBool,
     exempt: Vec<IpNet>,
     local: moka::sync::Cache<(IpAddr, u64), Arc<Limiter>>,
     redis: Option<Arc<Redis>>,
@@ -84,7 +88,24 @@ impl ClientLimits {
             .max_capacity(capacity)
             .time_to_idle(idle.clamp(Duration::from_secs(1), Duration::from_secs(24 * 3600)))
             .build();
-        ClientLimits { exempt, local, redis, metrics }
+        ClientLimits { forwarder_warned: Default::default(), exempt, local, redis, metrics }
+    }
+
+    /// A request under the built-in default limit came with `X-Forwarded-For` from `peer`, a
+    /// proxy not in `trusted_proxies`: every client behind it shares its address, and one bucket
+    /// for them all would throttle every user at once. The caller skips the default limit; this
+    /// says so, loudly, the first time.
+    pub fn untrusted_forwarder(&self, peer: IpAddr) {
+        use std::sync::atomic::Ordering;
+        if !self.forwarder_warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                %peer,
+                "requests arrive with X-Forwarded-For from {peer}, a proxy not in trusted_proxies: every client \
+                 behind it shares its address, so the DEFAULT per-client rate limit is NOT applied to them (it would \
+                 throttle all users at once). Add the proxy to trusted_proxies (TILE_PROXY_TRUSTED_PROXIES) so each \
+                 client gets its own limit, or set [defaults] rate_limit yourself (0 = off). Warned once."
+            );
+        }
     }
 
     /// Takes a token from `ip`'s bucket for `index` (its metrics label). `None`: exempt.
@@ -113,6 +134,11 @@ impl ClientLimits {
     }
 
     async fn shared(&self, ip: IpAddr, index: &str, rate: ClientRate) -> Option<(bool, Duration, u32)> {
+        // The shipped limit (no `rate_limit` configured) is a scraper brake, kept on each pod:
+        // sharing it would cost every request, hits included, a Redis call nobody asked for.
+        if rate.shipped {
+            return None;
+        }
         let redis = self.redis.as_ref()?;
         let key = redis.keys.client(&ip.to_string(), index);
         let args = [rate.interval.as_micros().max(1).to_string(), rate.burst.to_string(), "0".to_string()];
@@ -182,7 +208,7 @@ mod tests {
     #[actix_web::test]
     async fn a_flood_of_distinct_clients_keeps_at_most_the_configured_buckets() {
         let l = limits(&[]);
-        let rate = ClientRate { interval: Duration::from_secs(1), burst: 2 };
+        let rate = ClientRate { interval: Duration::from_secs(1), burst: 2, shipped: false };
         for i in 0..20_000u32 {
             let ip = IpAddr::from([198, 18, (i >> 8) as u8, i as u8]);
             assert!(l.check(ip, "i", rate).await.unwrap().allowed);
@@ -195,7 +221,7 @@ mod tests {
     #[actix_web::test]
     async fn a_burst_then_refusals_per_client_and_index() {
         let l = limits(&["10.0.0.0/8"]);
-        let rate = ClientRate { interval: Duration::from_secs(60), burst: 3 };
+        let rate = ClientRate { interval: Duration::from_secs(60), burst: 3, shipped: false };
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         let remaining: Vec<u32> = futures_util::future::join_all((0..3).map(|_| l.check(a, "i", rate)))

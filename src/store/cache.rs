@@ -140,6 +140,68 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, LockError> {
     }
 }
 
+/// What a cache folder held before a start touched it, so a start that fails can take back
+/// what it created, and only that: the folder itself if it (or a parent) did not exist, else
+/// the files that were not there. Files that were there are never removed.
+#[derive(Debug)]
+pub struct NewFiles {
+    dir: PathBuf,
+    /// The outermost folder this start would create (`dir` or a parent), if any.
+    created_root: Option<PathBuf>,
+    before: std::collections::HashSet<std::ffi::OsString>,
+}
+
+impl NewFiles {
+    /// Notes what `dir` holds now.
+    pub fn snapshot(dir: &Path) -> NewFiles {
+        let mut created_root = None;
+        let mut p = Some(dir);
+        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
+            if d.exists() {
+                break;
+            }
+            created_root = Some(d.to_path_buf());
+            p = d.parent();
+        }
+        let before = std::fs::read_dir(dir)
+            .map(|files| files.filter_map(Result::ok).map(|f| f.file_name()).collect())
+            .unwrap_or_default();
+        NewFiles { dir: dir.to_path_buf(), created_root, before }
+    }
+
+    /// Removes the files created in the folder since the snapshot (all but those named in
+    /// `keep`), and the folders the start created when `keep` is empty. Best effort: what
+    /// cannot be removed is logged.
+    pub fn remove(&self, keep: &[&str]) {
+        let Ok(files) = std::fs::read_dir(&self.dir) else { return };
+        for f in files.filter_map(Result::ok) {
+            let name = f.file_name();
+            if self.before.contains(&name) || keep.iter().any(|k| name == *k) {
+                continue;
+            }
+            let path = f.path();
+            let removed = if f.file_type().is_ok_and(|t| t.is_dir()) {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            if let Err(e) = removed {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a file this start created");
+            }
+        }
+        if let (Some(root), true) = (&self.created_root, keep.is_empty()) {
+            // Only empty folders: anything another process put there meanwhile stays.
+            let mut d = Some(self.dir.as_path());
+            while let Some(dir) = d {
+                if std::fs::remove_dir(dir).is_err() || dir == root {
+                    break;
+                }
+                d = dir.parent();
+            }
+        }
+    }
+}
+
 /// Reserves the disk space of every block file foyer created in `dir`, so later writes cannot
 /// fail for lack of space. Filesystems without `fallocate` are left as they are.
 fn reserve_blocks(dir: &Path) -> std::io::Result<u64> {
@@ -211,6 +273,8 @@ pub struct FoyerOptions<'a> {
     /// Each of the disk tier's two write buffers (foyer's buffer pool with one flusher): both
     /// stay resident once used. Entries waiting for them are capped at twice this.
     pub write_buffer: usize,
+    /// A disk tier that cannot open is an error (`disk_required`) instead of memory-only.
+    pub required: bool,
 }
 
 impl FoyerTier {
@@ -236,7 +300,20 @@ impl FoyerTier {
                 Err(e) => e.message,
             },
         };
-        tracing::error!(problem = %problem, "disk tier unavailable; running with the memory tier only");
+        if opts.required {
+            return Err(TierError {
+                tier: "foyer",
+                message: format!(
+                    "cache folder {} cannot hold the disk tier and disk_required = true: {problem}",
+                    opts.dir.display()
+                ),
+            });
+        }
+        tracing::error!(
+            problem = %problem,
+            dir = %opts.dir.display(),
+            "disk tier unavailable; continuing memory-only (set disk_required = true to make this fatal)"
+        );
         // A failed open may have registered foyer's metrics already: the fallback gets its own.
         let tier = Self::build(&FoyerOptions { disk: 0, ..opts }, None, &prometheus::Registry::new()).await?;
         *tier.problem.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("disk tier disabled: {problem}"));
@@ -528,6 +605,38 @@ mod tests {
     }
 
     #[test]
+    fn new_files_removes_only_what_came_after_the_snapshot() {
+        let tmp = tempfile::tempdir().unwrap();
+        // An existing folder: its files stay, new ones go, the folder stays.
+        let old = tmp.path().join("old");
+        std::fs::create_dir(&old).unwrap();
+        std::fs::write(old.join("foyer-storage-0"), b"kept").unwrap();
+        let seen = NewFiles::snapshot(&old);
+        std::fs::write(old.join("foyer-storage-1"), b"new").unwrap();
+        std::fs::write(old.join(".tile-proxy.lock"), b"").unwrap();
+        seen.remove(&[]);
+        let left: Vec<_> = std::fs::read_dir(&old).unwrap().map(|f| f.unwrap().file_name()).collect();
+        assert_eq!(left, ["foyer-storage-0"]);
+        assert_eq!(std::fs::read(old.join("foyer-storage-0")).unwrap(), b"kept");
+        // A new folder two levels deep: gone with its parent, the parent's parent stays.
+        let new = tmp.path().join("a").join("b");
+        let seen = NewFiles::snapshot(&new);
+        std::fs::create_dir_all(&new).unwrap();
+        std::fs::write(new.join("foyer-storage-0"), b"new").unwrap();
+        seen.remove(&[]);
+        assert!(!tmp.path().join("a").exists());
+        assert!(tmp.path().exists());
+        // Kept names stay, and so does the folder.
+        let seen = NewFiles::snapshot(&new);
+        std::fs::create_dir_all(&new).unwrap();
+        std::fs::write(new.join(".tile-proxy.lock"), b"").unwrap();
+        std::fs::write(new.join("foyer-storage-0"), b"new").unwrap();
+        seen.remove(&[".tile-proxy.lock"]);
+        let left: Vec<_> = std::fs::read_dir(&new).unwrap().map(|f| f.unwrap().file_name()).collect();
+        assert_eq!(left, [".tile-proxy.lock"]);
+    }
+
+    #[test]
     fn a_disk_tier_larger_than_the_free_space_is_refused_before_any_file_is_made() {
         let dir = tempfile::tempdir().unwrap();
         assert!(FoyerTier::room_for(dir.path(), 1 << 20).is_ok());
@@ -607,6 +716,7 @@ mod tests {
             max_entry: 64 << 10,
             // Room for every entry at once: none is left memory-only for want of a buffer.
             write_buffer: 8 << 20,
+            required: true,
         };
         let origin = Origin::new("http://upstream.test", Some("k"));
         let keys: Vec<CacheKey> = (0..64)
