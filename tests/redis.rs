@@ -647,3 +647,29 @@ async fn traffic_revalidates_once_per_ttl_across_three_pods() {
         p.stop().await;
     }
 }
+
+/// The shipped client limit (no `rate_limit` configured) stays on each pod: with Redis, a
+/// request costs no Redis call for it (no bucket key appears), while a configured limit is
+/// shared (its bucket key does).
+#[actix_rt::test]
+async fn the_shipped_client_limit_is_kept_per_pod_and_a_configured_one_is_shared() {
+    let redis = RedisServer::start();
+    let up = upstream(2000);
+    let p = Proxy::start(&up, |f| {
+        redis.share(f);
+        f.defaults.rate_limit = None; // the shipped default (the test config turns it off)
+        f.index.insert(
+            "limited".into(),
+            tile_proxy::config::PolicyFileConfig { rate_limit: Some(50.0), ..Default::default() },
+        );
+    })
+    .await;
+    let r = p.get("/v3/base/mc/4/1/1/png").await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("ratelimit-limit").is_some(), "the shipped limit applies");
+    let buckets = |redis: &RedisServer| redis.dump().into_iter().filter(|(k, _)| k.contains(":rl:")).count();
+    assert_eq!(buckets(&redis), 0, "no Redis bucket for the shipped limit");
+    assert_eq!(p.get("/v3/base/mc/4/1/1/png?indice=limited").await.status, 200);
+    assert_eq!(buckets(&redis), 1, "a configured limit is shared through Redis");
+    p.stop().await;
+}
