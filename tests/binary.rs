@@ -31,16 +31,8 @@ async fn spawn(up: &Upstream, dir: &std::path::Path) -> Proc {
 }
 
 async fn spawn_with(up: &Upstream, dir: &std::path::Path, extra_env: &[(&str, &str)]) -> Proc {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .env("HERE_API_KEY", KEY)
-        .env("TILE_PROXY_LISTEN", "127.0.0.1:0")
-        .env("TILE_PROXY_RASTER_UPSTREAM", up.base_url())
-        .env("TILE_PROXY_VECTOR_UPSTREAM", up.base_url())
-        .env("TILE_PROXY_CACHE_DIR", dir)
-        .env("TILE_PROXY_MEMORY_CACHE", "16MiB")
-        .env("TILE_PROXY_DISK_CACHE", "16MiB")
-        .env("TILE_PROXY_WORKERS", "2")
+    let mut cmd = proxy_cmd(up, dir, &[]);
+    cmd.env("TILE_PROXY_WORKERS", "2")
         // Even at debug level the key must not leak.
         .env("RUST_LOG", "debug")
         .envs(extra_env.iter().copied());
@@ -658,7 +650,7 @@ async fn the_client_address_comes_from_x_forwarded_for_only_through_trusted_prox
     }
 }
 
-/// The proxy's command, as `spawn_with` builds it, for starts expected to fail.
+/// The proxy's command (one worker; `spawn_with` adds a second and debug logging).
 fn proxy_cmd(up: &Upstream, cache_dir: &std::path::Path, extra_env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_clear()
