@@ -3,8 +3,9 @@
 //! A purge is a [`Rule`] with its creation time `at_ms`: a cached entry stored strictly before a
 //! matching rule is treated as missing (and refetched), so nothing is deleted from the cache
 //! tiers. A rule names tiles by criteria, all of which must hold: an `index`, a `zoom` range, a
-//! `bbox` (WGS84 degrees, matched against the tiles' Web-Mercator bounds) and/or the exact cache
-//! `key` of one tile. Rules are shared between pods by the caller (as JSON, see
+//! `bbox` (WGS84 degrees, matched against the tiles' Web-Mercator bounds), a set of `tiles`
+//! (the cover of a GeoJSON area or a `z/x/y` tile list, kept as runs of columns per row: one
+//! binary search per check) and/or the exact cache `key` of one tile. Rules are shared between pods by the caller (as JSON, see
 //! [`Rule`]'s serde form); this module only holds the active set ([`PurgeRules`]).
 //!
 //! A rule can only match entries younger than the longest entry life, so rules older than that
@@ -20,7 +21,8 @@
 
 use crate::base::hashing::Fnv;
 use crate::base::names::{is_index_byte, is_valid_index};
-use crate::domain::geo::{self, lon_to_u, span};
+use crate::domain::geo::{self, lon_to_u, span, Shape};
+use crate::domain::tileset::TileSet;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
@@ -51,6 +53,9 @@ pub struct Rule {
     /// east` crosses the antimeridian). Tiles merely touching it are not matched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bbox: Option<[f64; 4]>,
+    /// Only these tiles (a GeoJSON area's cover or a tile list), as `[z, y, x0, x1]` runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiles: Option<TileSet>,
     /// Only the tile stored under this exact cache key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
@@ -71,16 +76,38 @@ pub struct PurgeRequest {
     pub bbox: Option<Vec<f64>>,
     /// `[zmin, zmax]`, inclusive.
     pub zoom: Option<Vec<u8>>,
+    /// A GeoJSON `Polygon`, `MultiPolygon`, `Feature` or `FeatureCollection` (WGS84): the tiles
+    /// of `zoom` it covers. Needs `zoom`.
+    pub geojson: Option<serde_json::Value>,
+    /// A tile list: `z/x/y` lines, at most [`MAX_LIST_TILES`].
+    pub tiles: Option<String>,
 }
+
+/// Most tiles one tile list may name.
+pub const MAX_LIST_TILES: usize = 100_000;
+
+/// Most tile rows (a bound on the runs) a GeoJSON purge may cover, over all its zooms: a
+/// country at zooms 0-16, not the world at 20.
+pub const MAX_AREA_ROWS: u64 = 250_000;
 
 /// Why a purge request or a rule is invalid. Messages name the field, for a 400 body.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum RuleError {
-    #[error("purge needs at least one of index, url, bbox, zoom")]
+    #[error("purge needs at least one of index, url, bbox, geojson, tiles, zoom")]
     Empty,
+    #[error("only one of bbox, geojson and tiles names the area")]
+    TwoAreas,
+    #[error("geojson needs zoom: [zmin, zmax]")]
+    GeojsonWithoutZoom,
+    #[error("a tile list names its zooms: leave zoom out")]
+    TilesWithZoom,
+    #[error("{0}")]
+    Geojson(String),
+    #[error("tiles: {0}")]
+    Tiles(String),
     #[error("rule id must not be empty")]
     EmptyId,
-    #[error("url cannot be combined with bbox or zoom (a url names one tile already)")]
+    #[error("url cannot be combined with bbox, geojson, tiles or zoom (a url names one tile already)")]
     UrlWithArea,
     #[error("url was given but no cache key was derived from it")]
     UrlWithoutKey,
@@ -113,19 +140,48 @@ impl PurgeRequest {
     /// that is not 4 finite numbers with longitudes in [-180, 180], latitudes in [-90, 90] and
     /// south <= north, a zoom that is not `[zmin, zmax]` with `zmin <= zmax <=` [`MAX_ZOOM`].
     pub fn into_rule(self, id: String, at_ms: u64, key: Option<String>) -> Result<Rule, RuleError> {
-        if self.index.is_none() && self.url.is_none() && self.bbox.is_none() && self.zoom.is_none() && key.is_none() {
+        let areas = [self.bbox.is_some(), self.geojson.is_some(), self.tiles.is_some()].iter().filter(|a| **a).count();
+        if self.index.is_none() && self.url.is_none() && areas == 0 && self.zoom.is_none() && key.is_none() {
             return Err(RuleError::Empty);
         }
-        if self.url.is_some() && (self.bbox.is_some() || self.zoom.is_some()) {
+        if self.url.is_some() && (areas > 0 || self.zoom.is_some()) {
             return Err(RuleError::UrlWithArea);
         }
         if self.url.is_some() && key.is_none() {
             return Err(RuleError::UrlWithoutKey);
         }
+        if areas > 1 {
+            return Err(RuleError::TwoAreas);
+        }
         let bbox =
             self.bbox.map(|b| <[f64; 4]>::try_from(b).map_err(|b| RuleError::BboxLength(b.len()))).transpose()?;
-        let zoom = self.zoom.map(|z| <[u8; 2]>::try_from(z).map_err(|z| RuleError::ZoomLength(z.len()))).transpose()?;
-        let rule = Rule { id, at_ms, index: self.index, zoom, bbox, key, url: self.url };
+        let mut zoom =
+            self.zoom.map(|z| <[u8; 2]>::try_from(z).map_err(|z| RuleError::ZoomLength(z.len()))).transpose()?;
+        if let Some(z) = zoom {
+            validate_zoom(z)?;
+        }
+        if let Some(index) = &self.index {
+            validate_index(index)?;
+        }
+        let tiles = match (self.geojson, self.tiles) {
+            (Some(geojson), _) => {
+                let [zmin, zmax] = zoom.ok_or(RuleError::GeojsonWithoutZoom)?;
+                let shape = Shape::from_geojson(geojson).map_err(|e| RuleError::Geojson(e.to_string()))?;
+                let set = TileSet::cover(&shape, (zmin, zmax), MAX_AREA_ROWS)
+                    .map_err(|e| RuleError::Geojson(format!("geojson: {e}")))?;
+                Some(set)
+            }
+            (None, Some(list)) => {
+                if zoom.is_some() {
+                    return Err(RuleError::TilesWithZoom);
+                }
+                let set = TileSet::parse_list(&list, MAX_LIST_TILES).map_err(|e| RuleError::Tiles(e.0))?;
+                zoom = set.zooms().map(|(a, b)| [a, b]);
+                Some(set)
+            }
+            (None, None) => None,
+        };
+        let rule = Rule { id, at_ms, index: self.index, zoom, bbox, tiles, key, url: self.url };
         rule.validate()?;
         Ok(rule)
     }
@@ -138,8 +194,12 @@ impl Rule {
         if self.id.is_empty() {
             return Err(RuleError::EmptyId);
         }
-        if self.index.is_none() && self.zoom.is_none() && self.bbox.is_none() && self.key.is_none() {
+        if self.index.is_none() && self.zoom.is_none() && self.bbox.is_none() && self.tiles.is_none() && self.key.is_none()
+        {
             return Err(RuleError::Empty);
+        }
+        if self.bbox.is_some() && self.tiles.is_some() {
+            return Err(RuleError::TwoAreas);
         }
         if let Some(index) = &self.index {
             validate_index(index)?;
@@ -175,7 +235,7 @@ impl Rule {
         if self.index.as_deref().is_some_and(|i| i != index) || self.key.as_deref().is_some_and(|k| k != key) {
             return false;
         }
-        area.is_none_or(|a| a.intersects(z, x, y))
+        area.is_none_or(|a| a.intersects(z, x, y)) && self.tiles.as_ref().is_none_or(|t| t.contains(z, x, y))
     }
 }
 
@@ -363,6 +423,13 @@ impl Cells {
     }
 
     fn mark(&mut self, c: &Compiled) {
+        if let Some(tiles) = &c.rule.tiles {
+            let zoom = c.rule.zoom.unwrap_or([0, MAX_ZOOM]);
+            for r in tiles.runs().iter().filter(|r| zoom[0] <= r.z && r.z <= zoom[1]) {
+                self.mark_block(r.z, (r.y, r.y), (r.x0, r.x1));
+            }
+            return;
+        }
         let [zmin, zmax] = c.rule.zoom.unwrap_or([0, MAX_ZOOM]);
         for z in zmin..=zmax.min(MAX_ZOOM) {
             let n = 1u32 << z;
@@ -371,13 +438,20 @@ impl Cells {
                 None => ([Some((0, n - 1)), None], Some((0, n - 1))),
             };
             let Some(ys) = ys else { continue };
-            let (r0, r1) = Self::cells(z, ys);
-            for (c0, c1) in xs.into_iter().flatten().map(|x| Self::cells(z, x)) {
-                let bits = (u64::MAX >> (GRID - 1 - (c1 - c0))) << c0;
-                for row in &mut self.rows[usize::from(z)][r0 as usize..=r1 as usize] {
-                    *row |= bits;
-                }
+            for x in xs.into_iter().flatten() {
+                self.mark_block(z, ys, x);
             }
+        }
+    }
+
+    /// Marks the cells of tiles `xs` x `ys` (inclusive ranges) of zoom `z`.
+    fn mark_block(&mut self, z: u8, ys: (u32, u32), xs: (u32, u32)) {
+        let Some(rows) = self.rows.get_mut(usize::from(z)) else { return };
+        let (r0, r1) = Self::cells(z, ys);
+        let (c0, c1) = Self::cells(z, xs);
+        let bits = (u64::MAX >> (GRID - 1 - (c1 - c0))) << c0;
+        for row in &mut rows[r0 as usize..=r1 as usize] {
+            *row |= bits;
         }
     }
 
@@ -700,7 +774,7 @@ mod tests {
     }
 
     fn rule(id: &str, at_ms: u64) -> Rule {
-        Rule { id: id.to_string(), at_ms, index: None, zoom: None, bbox: None, key: None, url: None }
+        Rule { id: id.to_string(), at_ms, index: None, zoom: None, bbox: None, tiles: None, key: None, url: None }
     }
 
     fn bbox_rule(bbox: [f64; 4]) -> Rule {
@@ -708,7 +782,7 @@ mod tests {
     }
 
     fn req(index: Option<&str>, url: Option<&str>, bbox: Option<Vec<f64>>, zoom: Option<Vec<u8>>) -> PurgeRequest {
-        PurgeRequest { index: index.map(str::to_string), url: url.map(str::to_string), bbox, zoom }
+        PurgeRequest { index: index.map(str::to_string), url: url.map(str::to_string), bbox, zoom, ..Default::default() }
     }
 
     fn set() -> PurgeRules {
@@ -958,6 +1032,84 @@ mod tests {
         let json = serde_json::to_string(&bare).unwrap();
         assert_eq!(json, r#"{"id":"id","at_ms":7,"index":"a"}"#, "absent criteria are left out");
         assert_eq!(serde_json::from_str::<Rule>(&json).unwrap(), bare);
+    }
+
+    fn tile_of(lon: f64, lat: f64, z: u8) -> (u32, u32) {
+        let n = 2f64.powi(i32::from(z));
+        ((lon_to_u(lon) * n) as u32, (geo::lat_to_v(lat) * n) as u32)
+    }
+
+    #[test]
+    fn a_geojson_purge_matches_the_tiles_of_every_part_and_not_the_hole() {
+        let shape: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/south-africa.geojson")).unwrap();
+        let request = PurgeRequest { geojson: Some(shape), zoom: Some(vec![6, 12]), ..Default::default() };
+        let rule = request.into_rule("sa".into(), 5, None).unwrap();
+        assert_eq!(rule.zoom, Some([6, 12]));
+        let set = set();
+        assert!(set.add(rule.clone(), 5));
+        let purged = |lon, lat, z| {
+            let (x, y) = tile_of(lon, lat, z);
+            set.is_purged("any", z, x, y, "k", 1)
+        };
+        assert!(purged(28.05, -26.2, 12), "Johannesburg");
+        assert!(purged(18.42, -33.92, 9), "Cape Town");
+        assert!(purged(37.75, -46.9, 12), "Marion Island, the second part");
+        assert!(purged(37.95, -46.63, 11), "Prince Edward Island, the third part");
+        assert!(!purged(27.9, -29.6, 12), "Maseru, in the hole (Lesotho)");
+        assert!(!purged(35.0, -40.0, 8), "the ocean inside the bounding box");
+        assert!(!purged(28.05, -26.2, 13), "outside the zoom range");
+        assert!(!purged(28.05, -26.2, 5), "outside the zoom range");
+        // The rule's JSON is its runs, and reads back the same.
+        let json = serde_json::to_string(&rule).unwrap();
+        assert_eq!(serde_json::from_str::<Rule>(&json).unwrap(), rule);
+        let runs = rule.tiles.as_ref().unwrap().runs().len();
+        assert!(runs < 3_000, "{runs} runs for zooms 6-12");
+    }
+
+    #[test]
+    fn a_tile_list_is_one_rule_matching_exactly_its_tiles() {
+        let list = "12/2200/1343\n12/2201/1343\n14/8800/5372\n";
+        let request = PurgeRequest { tiles: Some(list.into()), index: Some("a".into()), ..Default::default() };
+        let rule = request.into_rule("t".into(), 5, None).unwrap();
+        assert_eq!(rule.zoom, Some([12, 14]), "the list's zooms");
+        let set = set();
+        assert!(set.add(rule, 5));
+        assert!(set.is_purged("a", 12, 2200, 1343, "k", 1));
+        assert!(set.is_purged("a", 12, 2201, 1343, "k", 1));
+        assert!(set.is_purged("a", 14, 8800, 5372, "k", 1));
+        assert!(!set.is_purged("a", 12, 2202, 1343, "k", 1));
+        assert!(!set.is_purged("a", 13, 4400, 2686, "k", 1));
+        assert!(!set.is_purged("b", 12, 2200, 1343, "k", 1), "another index");
+        // Without an index the rule is general: the grid knows its few cells.
+        let general = Compiled::new(PurgeRequest { tiles: Some(list.into()), ..Default::default() }.into_rule("g".into(), 5, None).unwrap());
+        let cells = Cells::of(std::slice::from_ref(&general));
+        assert!(cells.may_match(12, 2200, 1343));
+        assert!(!cells.may_match(12, 100, 100), "far away: skipped without a walk");
+        let many: String = (0..=MAX_LIST_TILES).map(|i| format!("17/{i}/0\n")).collect();
+        let err = PurgeRequest { tiles: Some(many), ..Default::default() }.into_rule("m".into(), 5, None).unwrap_err();
+        assert_eq!(err.to_string(), "tiles: more than 100000 tiles: split the list");
+    }
+
+    #[test]
+    fn area_requests_are_checked() {
+        let square = serde_json::json!({"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]]});
+        let geojson = |zoom: Option<Vec<u8>>| PurgeRequest { geojson: Some(square.clone()), zoom, ..Default::default() };
+        let err = |r: PurgeRequest| r.into_rule("x".into(), 1, None).unwrap_err();
+        assert_eq!(err(geojson(None)), RuleError::GeojsonWithoutZoom);
+        assert_eq!(err(PurgeRequest { bbox: Some(BERLIN.to_vec()), ..geojson(Some(vec![1, 2])) }), RuleError::TwoAreas);
+        assert_eq!(err(geojson(Some(vec![1, 23]))), RuleError::ZoomTooHigh(23));
+        assert_eq!(
+            err(PurgeRequest { tiles: Some("1/0/0".into()), zoom: Some(vec![1, 1]), ..Default::default() }),
+            RuleError::TilesWithZoom
+        );
+        assert!(err(PurgeRequest { tiles: Some("1/2/0".into()), ..Default::default() }).to_string().starts_with("tiles: line 1"));
+        let point = PurgeRequest { geojson: Some(serde_json::json!({"type": "Point", "coordinates": [1, 2]})), zoom: Some(vec![1, 2]), ..Default::default() };
+        assert!(err(point).to_string().contains("is a Point"));
+        let world = serde_json::json!({"type": "Polygon", "coordinates": [[[-180, -85], [180, -85], [180, 85], [-180, 85], [-180, -85]]]});
+        let too_big = err(PurgeRequest { geojson: Some(world), zoom: Some(vec![0, 20]), ..Default::default() });
+        assert!(too_big.to_string().contains("narrow the zoom range"), "{too_big}");
+        assert!(geojson(Some(vec![3, 9])).into_rule("x".into(), 1, None).is_ok());
     }
 
     #[test]

@@ -55,7 +55,7 @@ mod tests {
     const BERLIN: [f64; 4] = [13.09, 52.34, 13.76, 52.68];
 
     fn rule(id: &str, at_ms: u64) -> Rule {
-        Rule { id: id.to_string(), at_ms, index: None, zoom: None, bbox: None, key: None, url: None }
+        Rule { id: id.to_string(), at_ms, index: None, zoom: None, bbox: None, tiles: None, key: None, url: None }
     }
 
     #[test]
