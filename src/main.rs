@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         Some(Command::Healthcheck(h)) => return healthcheck(&h),
         Some(Command::Seed(a)) => return tile_proxy::app::seed::run_cli(a),
         Some(Command::Stats(a)) => return tile_proxy::app::stats::run_cli(&a),
+        Some(Command::Purge(a)) => return tile_proxy::app::purge::run_cli(&a),
         None => (cli.serve, false),
     };
     let (settings, effective) = match Settings::load_effective(&args.flags()) {

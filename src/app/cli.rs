@@ -42,6 +42,9 @@ pub enum Command {
     Seed(super::seed::SeedArgs),
     /// Print a running proxy's per-index statistics (`GET /admin/stats`) as a table.
     Stats(StatsArgs),
+    /// Purge tiles of a running fleet through its admin API (`POST /admin/purge`): an index, a
+    /// tile URL, a bbox, a GeoJSON area or a tile list, optionally narrowed to an index or zooms.
+    Purge(super::purge::PurgeArgs),
 }
 
 /// The flags of `stats`.

@@ -1,8 +1,11 @@
 //! The top layer: wiring. The server built and run ([`server`]), logging ([`telemetry`]), the
-//! container probe ([`healthcheck`]) and the `seed` command ([`seed`]).
+//! container probe ([`healthcheck`]), the `seed` command ([`seed`]), and the commands that call
+//! a running proxy's admin API ([`stats`], [`purge`], through [`admin_client`]).
 
+pub mod admin_client;
 pub mod cli;
 pub mod healthcheck;
+pub mod purge;
 pub mod seed;
 pub mod server;
 pub mod stats;

@@ -31,8 +31,12 @@ pub struct SeedArgs {
     #[arg(long)]
     pub index: String,
     /// Area as west,south,east,north in degrees (west > east crosses the antimeridian)
-    #[arg(long, value_name = "W,S,E,N", allow_hyphen_values = true)]
-    pub bbox: String,
+    #[arg(long, value_name = "W,S,E,N", allow_hyphen_values = true, required_unless_present = "geojson")]
+    pub bbox: Option<String>,
+    /// Area as a GeoJSON file (Polygon, MultiPolygon, Feature or FeatureCollection, WGS84):
+    /// only the tiles its polygons cover, holes left out
+    #[arg(long, value_name = "FILE", conflicts_with = "bbox")]
+    pub geojson: Option<PathBuf>,
     /// Zoom level (12) or range (10-14)
     #[arg(long, value_name = "Z|MIN-MAX")]
     pub zoom: String,
@@ -100,14 +104,30 @@ impl SeedArgs {
             Some(layer) => Kind::Vector { layer: layer.clone() },
             None => Kind::Raster { resource: self.resource.clone(), format: self.format.clone() },
         };
+        let (bbox, shape) = match (&self.geojson, &self.bbox) {
+            (Some(path), _) => {
+                let shape = read_geojson(path).map_err(|message| JobError { field: "geojson", message })?;
+                (shape.bounds(), Some(shape))
+            }
+            (None, Some(bbox)) => (tiles::parse_bbox(bbox)?, None),
+            (None, None) => return Err(JobError { field: "bbox", message: "give --bbox or --geojson".into() }),
+        };
         Ok(JobParams {
             index: self.index.clone(),
-            bbox: tiles::parse_bbox(&self.bbox)?,
+            bbox,
+            shape,
             zoom: tiles::parse_zoom(&self.zoom)?,
             kind,
             params,
         })
     }
+}
+
+/// Reads a GeoJSON area from a file; the message names the file.
+pub fn read_geojson(path: &std::path::Path) -> Result<crate::domain::geo::Shape, String> {
+    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let value = serde_json::from_slice(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+    crate::domain::geo::Shape::from_geojson(value).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// `tile-proxy seed`.
@@ -242,8 +262,8 @@ fn announce(job: &Job, done: &Done, how: &str) -> String {
 }
 
 fn print_counts(job: &Job) {
-    for span in &job.zooms {
-        println!("zoom {}: {} tiles", span.z, span.count());
+    for (z, count) in job.per_zoom() {
+        println!("zoom {z}: {count} tiles");
     }
     println!("total: {} tiles", job.total);
 }

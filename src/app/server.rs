@@ -291,6 +291,7 @@ fn admin_routes(cfg: &mut web::ServiceConfig) {
         // /admin/seed/{id} a regex match).
         .service(
             web::scope("/admin")
+                .app_data(web::PayloadConfig::new(crate::http::admin::auth::MAX_BODY))
                 .route("/purge", web::post().to(purge::purge))
                 .route("/purges", web::get().to(purge::purges))
                 .route("/stats", web::get().to(crate::http::admin::stats::api))

@@ -1,9 +1,6 @@
 //! `tile-proxy stats`: a running proxy's per-index statistics (`GET /admin/stats`) as a table.
 
 use std::process::ExitCode;
-use std::time::Duration;
-
-use actix_web::http::header;
 
 use crate::app::cli::StatsArgs;
 
@@ -57,21 +54,7 @@ pub fn table(doc: &serde_json::Value) -> String {
 
 /// `tile-proxy stats`.
 pub fn run_cli(args: &StatsArgs) -> ExitCode {
-    let url = format!("{}/admin/stats", args.url.trim_end_matches('/'));
-    let token = args.token.clone();
-    let fetched = actix_web::rt::System::new().block_on(async move {
-        let client = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
-        let mut req = client.get(&url);
-        if let Some(t) = &token {
-            req = req.insert_header((header::AUTHORIZATION, format!("Bearer {t}")));
-        }
-        let mut res = req.send().await.map_err(|e| format!("{url}: {e}"))?;
-        let body = res.body().limit(16 << 20).await.map_err(|e| format!("{url}: {e}"))?;
-        if !res.status().is_success() {
-            return Err(format!("{url} answered {}: {}", res.status(), String::from_utf8_lossy(&body)));
-        }
-        serde_json::from_slice::<serde_json::Value>(&body).map_err(|e| format!("{url}: not JSON: {e}"))
-    });
+    let fetched = crate::app::admin_client::call(&args.url, "/admin/stats", args.token.as_deref(), None);
     match fetched {
         Ok(doc) if args.json => {
             println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());

@@ -109,6 +109,11 @@ impl Shape {
         &self.degrees
     }
 
+    /// Its bounding box `[west, south, east, north]` in degrees.
+    pub fn bounds(&self) -> [f64; 4] {
+        self.degrees.bounding_rect().map_or([0.0; 4], |r| [r.min().x, r.min().y, r.max().x, r.max().y])
+    }
+
     /// The shape in the unit square, where tile borders are straight.
     fn projected(&self) -> MultiPolygon<f64> {
         self.degrees.map_coords(|c| Coord { x: lon_to_u(c.x), y: lat_to_v(c.y) })

@@ -341,6 +341,7 @@ mod tests {
         let params = JobParams {
             index: "t".into(),
             bbox: [13.1, 52.3, 13.7, 52.7],
+            shape: None,
             zoom: (8, 10),
             kind: Kind::Raster { resource: "base".into(), format: "png".into() },
             params: BTreeMap::new(),

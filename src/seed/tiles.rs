@@ -1,6 +1,7 @@
 //! What a seed job covers: its parameters checked ([`Job::new`]), the Web-Mercator tiles of its
-//! bbox per zoom ([`ZoomSpan`]), enumerated in one fixed order (zoom, then row, then column) so
-//! a tile's position in that order names it in the resume state, and each tile's URL.
+//! bbox per zoom ([`ZoomSpan`]) or of its GeoJSON area (the area's tile cover, a [`TileSet`]),
+//! enumerated in one fixed order (zoom, then row, then column) so a tile's position in that
+//! order names it in the resume state, and each tile's URL.
 //!
 //! Pure functions only. A tile belongs to the job when it and the bbox overlap with a positive
 //! area: a bbox edge exactly on a tile border does not pull in the neighbour tile. Latitudes are
@@ -11,13 +12,17 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
-use crate::domain::geo::{self, lat_to_v, lon_to_u};
+use crate::domain::geo::{self, lat_to_v, lon_to_u, Shape};
+use crate::domain::tileset::TileSet;
 use crate::domain::routes::{self, Api, ParseOptions, RASTER_MAX_ZOOM, VECTOR_MAX_ZOOM};
 
 pub use crate::domain::geo::MAX_LAT;
 
 /// Largest job accepted unless raised (`--max-tiles`).
 pub const DEFAULT_MAX_TILES: u64 = 10_000_000;
+
+/// Most tile rows a GeoJSON job may span over its zooms (a bound on its cover's size).
+pub const MAX_AREA_ROWS: u64 = 4_000_000;
 
 /// A bad job parameter: names the field and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +59,10 @@ pub enum Kind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobParams {
     pub index: String,
+    /// The area; with `shape`, the shape's bounding box (shown, not seeded).
     pub bbox: Bbox,
+    /// A GeoJSON area: only the tiles it covers are seeded, not its bounding box.
+    pub shape: Option<Shape>,
     /// First and last zoom, inclusive.
     pub zoom: (u8, u8),
     pub kind: Kind,
@@ -114,7 +122,10 @@ fn span(lo: f64, hi: f64, n: f64) -> Option<(u32, u32)> {
 #[derive(Debug, Clone)]
 pub struct Job {
     pub params: JobParams,
+    /// The tiles of a bbox job, per zoom (empty for a GeoJSON job).
     pub zooms: Vec<ZoomSpan>,
+    /// The tiles of a GeoJSON job.
+    pub cover: Option<TileSet>,
     pub total: u64,
 }
 
@@ -122,7 +133,9 @@ impl Job {
     /// Checks `params` (ranges, the tile count against `max_tiles`, and one tile URL through
     /// [`routes::parse`] so a bad resource, style or parameter fails before anything starts).
     pub fn new(params: JobParams, max_tiles: u64) -> Result<Job, JobError> {
-        check_bbox(params.bbox)?;
+        if params.shape.is_none() {
+            check_bbox(params.bbox)?;
+        }
         let max_zoom = match params.kind {
             Kind::Raster { .. } => RASTER_MAX_ZOOM,
             Kind::Vector { .. } => VECTOR_MAX_ZOOM,
@@ -137,15 +150,23 @@ impl Job {
         if !crate::base::names::is_valid_index(&params.index) {
             return Err(JobError::new("index", "must be 1-64 characters of A-Z a-z 0-9 _ . -"));
         }
-        let zooms: Vec<ZoomSpan> = (zmin..=zmax).map(|z| ZoomSpan::of(params.bbox, z)).collect();
-        let total = zooms.iter().map(ZoomSpan::count).sum();
+        let (zooms, cover) = match &params.shape {
+            Some(shape) => {
+                let cover = TileSet::cover(shape, (zmin, zmax), MAX_AREA_ROWS)
+                    .map_err(|e| JobError::new("geojson", e.0))?;
+                (Vec::new(), Some(cover))
+            }
+            None => ((zmin..=zmax).map(|z| ZoomSpan::of(params.bbox, z)).collect(), None),
+        };
+        let total = cover.as_ref().map_or_else(|| zooms.iter().map(ZoomSpan::count).sum(), TileSet::len);
         if total > max_tiles {
+            let field = if cover.is_some() { "geojson" } else { "bbox" };
             return Err(JobError::new(
-                "bbox",
+                field,
                 format!("the job has {total} tiles, more than the limit of {max_tiles} (raise it with --max-tiles)"),
             ));
         }
-        let job = Job { params, zooms, total };
+        let job = Job { params, zooms, cover, total };
         job.check_sample()?;
         Ok(job)
     }
@@ -167,8 +188,22 @@ impl Job {
     }
 
     /// Every tile in the job's order (its position there is its index in the resume state).
-    pub fn tiles(&self) -> impl Iterator<Item = (u8, u32, u32)> + '_ {
-        self.zooms.iter().flat_map(|s| s.tiles())
+    pub fn tiles(&self) -> Box<dyn Iterator<Item = (u8, u32, u32)> + '_> {
+        match &self.cover {
+            Some(cover) => Box::new(cover.tiles()),
+            None => Box::new(self.zooms.iter().flat_map(|s| s.tiles())),
+        }
+    }
+
+    /// How many tiles each zoom has.
+    pub fn per_zoom(&self) -> Vec<(u8, u64)> {
+        let (zmin, zmax) = self.params.zoom;
+        match &self.cover {
+            Some(cover) => (zmin..=zmax)
+                .map(|z| (z, cover.runs().iter().filter(|r| r.z == z).map(|r| u64::from(r.x1 - r.x0) + 1).sum()))
+                .collect(),
+            None => self.zooms.iter().map(|s| (s.z, s.count())).collect(),
+        }
     }
 
     /// The API the tiles belong to.
@@ -206,8 +241,15 @@ impl Job {
             Kind::Raster { resource, format } => format!("raster/{resource}/{format}"),
             Kind::Vector { layer } => format!("vector/{layer}"),
         };
-        let [w, s, e, n] = p.bbox;
-        h.update(format!("seed-v1|{}|{kind}|{w},{s},{e},{n}|{}-{}|", p.index, p.zoom.0, p.zoom.1));
+        let area = match &self.cover {
+            // The area is the tiles it covers (the same shape, however written, is the same job).
+            Some(cover) => format!("geojson:{}", hex::encode(Sha256::digest(serde_json::to_vec(cover).unwrap_or_default()))),
+            None => {
+                let [w, s, e, n] = p.bbox;
+                format!("{w},{s},{e},{n}")
+            }
+        };
+        h.update(format!("seed-v1|{}|{kind}|{area}|{}-{}|", p.index, p.zoom.0, p.zoom.1));
         for (k, v) in &p.params {
             h.update(format!("{k}={v}&"));
         }
@@ -290,6 +332,7 @@ mod tests {
         JobParams {
             index: "test".into(),
             bbox,
+            shape: None,
             zoom,
             kind: Kind::Raster { resource: "base".into(), format: "png".into() },
             params: BTreeMap::new(),
@@ -431,6 +474,27 @@ mod tests {
         p.index = "no spaces".into();
         assert_eq!(bad(p).field, "index");
         let e = Job::new(raster([-180.0, -85.0, 180.0, 85.0], (0, 12)), 1000).unwrap_err();
+        assert!(e.message.contains("--max-tiles"), "{e}");
+    }
+
+    #[test]
+    fn a_geojson_job_seeds_the_cover_not_the_bbox() {
+        let text = include_str!("../../tests/fixtures/south-africa.geojson");
+        let shape = Shape::from_geojson(serde_json::from_str(text).unwrap()).unwrap();
+        let mut p = raster(shape.bounds(), (5, 9));
+        p.shape = Some(shape.clone());
+        let job = Job::new(p.clone(), DEFAULT_MAX_TILES).unwrap();
+        let cover = TileSet::cover(&shape, (5, 9), MAX_AREA_ROWS).unwrap();
+        assert_eq!(job.total, cover.len());
+        assert_eq!(job.tiles().collect::<Vec<_>>(), cover.tiles().collect::<Vec<_>>());
+        let bbox_job = Job::new(raster(shape.bounds(), (5, 9)), DEFAULT_MAX_TILES).unwrap();
+        assert!(job.total * 3 < bbox_job.total, "{} of the bbox's {}", job.total, bbox_job.total);
+        assert_eq!(job.per_zoom().iter().map(|(_, n)| n).sum::<u64>(), job.total);
+        assert_eq!(job.per_zoom()[0].0, 5);
+        assert_ne!(job.hash(), bbox_job.hash(), "the area names the job");
+        assert_eq!(job.hash(), Job::new(p.clone(), DEFAULT_MAX_TILES).unwrap().hash());
+        let e = Job::new(p, 10).unwrap_err();
+        assert_eq!(e.field, "geojson");
         assert!(e.message.contains("--max-tiles"), "{e}");
     }
 

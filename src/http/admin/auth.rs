@@ -10,8 +10,9 @@ use sha2::{Digest, Sha256};
 use crate::http::error::ProxyError;
 use crate::http::state::AppState;
 
-/// Largest accepted admin request body.
-pub const MAX_BODY: usize = 16 << 10;
+/// Largest accepted admin request body: a tile list of 100,000 tiles or a detailed country's
+/// GeoJSON outline fits.
+pub const MAX_BODY: usize = 16 << 20;
 
 /// Equal in constant time (over hashes, so the length leaks nothing either).
 pub fn token_matches(given: &str, expected: &str) -> bool {

@@ -53,7 +53,7 @@ pub async fn purge(req: HttpRequest, body: web::Bytes, state: web::Data<AppState
         Err(e) => {
             return ProxyError::Invalid {
                 field: None,
-                message: format!("body: {e} (expected {{\"index\": ...}}, {{\"url\": ...}} or {{\"bbox\": [w, s, e, n], \"zoom\": [min, max], \"index\": ...}})"),
+                message: format!("body: {e} (expected {{\"index\": ...}}, {{\"url\": ...}}, {{\"bbox\": [w, s, e, n], \"zoom\": [min, max], \"index\": ...}}, {{\"geojson\": {{...}}, \"zoom\": [min, max]}} or {{\"tiles\": \"z/x/y\\nz/x/y\"}})"),
             }
             .response()
         }
@@ -66,25 +66,38 @@ pub async fn purge(req: HttpRequest, body: web::Bytes, state: web::Data<AppState
         None => None,
     };
     let now = state.clock.now_ms();
-    let rule = match request.into_rule(crate::store::redis::token()[..16].to_string(), now, key) {
-        Ok(rule) => rule,
-        Err(e) => return ProxyError::Invalid { field: None, message: e.to_string() }.response(),
+    let id = crate::store::redis::token()[..16].to_string();
+    // Covering a large area takes a while: off the worker's thread.
+    let rule = match web::block(move || request.into_rule(id, now, key)).await {
+        Ok(Ok(rule)) => rule,
+        Ok(Err(e)) => return ProxyError::Invalid { field: None, message: e.to_string() }.response(),
+        Err(e) => return ProxyError::Invalid { field: None, message: format!("purge not computed: {e}") }.response(),
     };
     state.purges.add(rule.clone(), now);
     state.metrics.purge_rules.set(state.purges.len() as i64);
     save_local(state);
-    tracing::info!(rule = %serde_json::to_string(&rule).unwrap_or_default(), "purge rule added");
+    tracing::info!(rule = %summary(&rule), "purge rule added");
     let shared = match &state.redis {
         None => json!({"redis": false}),
         Some(_) => match share(state, &rule).await {
             Ok(()) => json!({"redis": true}),
             Err(message) => {
-                return ProxyError::PurgeNotShared { message, rule: serde_json::to_value(&rule).unwrap_or_default() }
+                return ProxyError::PurgeNotShared { message, rule: summary(&rule) }
                     .response()
             }
         },
     };
-    HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({"rule": rule, "shared": shared}))
+    HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({"rule": summary(&rule), "shared": shared}))
+}
+
+/// A rule as the admin API shows it: a tile set (thousands of runs) is summed up as its tile
+/// and run counts and zooms.
+pub fn summary(rule: &Rule) -> serde_json::Value {
+    let mut v = serde_json::to_value(rule).unwrap_or_default();
+    if let (Some(tiles), Some(o)) = (&rule.tiles, v.as_object_mut()) {
+        o.insert("tiles".into(), json!({"count": tiles.len(), "runs": tiles.runs().len(), "zooms": tiles.zooms()}));
+    }
+    v
 }
 
 /// Stores the rule in Redis and tells every pod.
@@ -117,7 +130,7 @@ pub async fn purges(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
     }
     state.purges.expire(state.clock.now_ms());
     HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({
-        "rules": state.purges.list(),
+        "rules": state.purges.list().iter().map(summary).collect::<Vec<_>>(),
         "shared": state.redis.is_some(),
         "max_rule_age_seconds": state.settings.max_entry_life().as_secs(),
     }))

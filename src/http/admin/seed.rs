@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value};
 
+use crate::domain::geo::Shape;
 use crate::http::admin::auth::admit;
 use crate::http::error::ProxyError;
 use crate::http::state::AppState;
@@ -34,9 +35,13 @@ pub async fn api_start(
     if let Err(e) = admit(&req, state, Some(&body)) {
         return e.response();
     }
-    let checked = parse_body(&body)
-        .and_then(|(params, concurrency)| Ok((Job::new(params, DEFAULT_MAX_TILES)?, concurrency)))
-        .and_then(|(job, c)| fetchers::check_index(&state.settings, &job.params.index).map(|()| (job, c)));
+    // Covering a large GeoJSON area takes a while: off the worker's thread.
+    let checked = web::block(move || {
+        parse_body(&body).and_then(|(params, concurrency)| Ok((Job::new(params, DEFAULT_MAX_TILES)?, concurrency)))
+    })
+    .await
+    .unwrap_or_else(|e| Err(JobError { field: "body", message: format!("not computed: {e}") }))
+    .and_then(|(job, c)| fetchers::check_index(&state.settings, &job.params.index).map(|()| (job, c)));
     let (job, concurrency) = match checked {
         Ok(checked) => checked,
         Err(e) => return invalid(&e),
@@ -125,17 +130,28 @@ fn parse_body(body: &[u8]) -> Result<(JobParams, usize), JobError> {
         return Err(bad("body", "expected a JSON object"));
     };
     const FIELDS: &[&str] =
-        &["index", "bbox", "zoom", "resource", "format", "style", "size", "params", "layer", "concurrency"];
+        &["index", "bbox", "geojson", "zoom", "resource", "format", "style", "size", "params", "layer", "concurrency"];
     if let Some(k) = o.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(JobError { field: "body", message: format!("unknown field `{k}` (known: {})", FIELDS.join(", ")) });
     }
     let index = string(&o, "index")?.ok_or_else(|| bad("index", "required"))?;
-    let bbox = o.get("bbox").ok_or_else(|| bad("bbox", "required: [west, south, east, north]"))?;
-    let bbox: Vec<f64> = bbox
-        .as_array()
-        .and_then(|a| a.iter().map(Value::as_f64).collect())
-        .ok_or_else(|| bad("bbox", "must be [west, south, east, north] in degrees"))?;
-    let bbox = <[f64; 4]>::try_from(bbox).map_err(|_| bad("bbox", "must be 4 numbers: [west, south, east, north]"))?;
+    let (bbox, shape) = match (o.get("bbox"), o.get("geojson")) {
+        (Some(_), Some(_)) => return Err(bad("geojson", "give bbox or geojson, not both")),
+        (None, Some(geojson)) => {
+            let shape = Shape::from_geojson(geojson.clone()).map_err(|e| bad("geojson", &e.0))?;
+            (shape.bounds(), Some(shape))
+        }
+        (Some(bbox), None) => {
+            let bbox: Vec<f64> = bbox
+                .as_array()
+                .and_then(|a| a.iter().map(Value::as_f64).collect())
+                .ok_or_else(|| bad("bbox", "must be [west, south, east, north] in degrees"))?;
+            let bbox =
+                <[f64; 4]>::try_from(bbox).map_err(|_| bad("bbox", "must be 4 numbers: [west, south, east, north]"))?;
+            (bbox, None)
+        }
+        (None, None) => return Err(bad("bbox", "required: [west, south, east, north], or geojson: an area")),
+    };
     let zoom = zoom(o.get("zoom").ok_or_else(|| bad("zoom", "required: [min, max] or one zoom"))?)?;
     let mut params = match o.get("params") {
         None | Some(Value::Null) => BTreeMap::new(),
@@ -169,7 +185,7 @@ fn parse_body(body: &[u8]) -> Result<(JobParams, usize), JobError> {
             .filter(|c| (1..=MAX_CONCURRENCY).contains(c))
             .ok_or_else(|| bad("concurrency", &format!("must be an integer from 1 to {MAX_CONCURRENCY}")))?,
     };
-    Ok((JobParams { index, bbox, zoom, kind, params }, concurrency as usize))
+    Ok((JobParams { index, bbox, shape, zoom, kind, params }, concurrency as usize))
 }
 
 /// A string field; `None` when absent or null.
@@ -233,5 +249,10 @@ mod tests {
         assert_eq!(field(r#"{"index":"a","bbox":[1,2,3,4],"zoom":3,"concurrency":0}"#), "concurrency");
         assert_eq!(field(r#"{"index":"a","bbox":[1,2,3,4],"zoom":3,"layer":"base","style":"x"}"#), "layer");
         assert_eq!(field(r#"{"index":"a","bbox":[1,2,3,4],"zoom":3,"params":[]}"#), "params");
+        let square = r#"{"type":"Polygon","coordinates":[[[0,0],[1,0],[1,1],[0,1],[0,0]]]}"#;
+        let (p, _) = parse_body(format!(r#"{{"index":"a","geojson":{square},"zoom":[3,5]}}"#).as_bytes()).unwrap();
+        assert_eq!((p.bbox, p.shape.is_some()), ([0.0, 0.0, 1.0, 1.0], true));
+        assert_eq!(field(&format!(r#"{{"index":"a","geojson":{square},"bbox":[1,2,3,4],"zoom":3}}"#)), "geojson");
+        assert_eq!(field(r#"{"index":"a","geojson":{"type":"Point","coordinates":[1,2]},"zoom":3}"#), "geojson");
     }
 }
