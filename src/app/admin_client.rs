@@ -7,7 +7,12 @@ use std::time::Duration;
 use actix_web::http::header;
 
 /// `GET` (without `body`) or `POST` (with it) `base` + `path`; the answer's JSON on a 2xx.
-pub fn call(base: &str, path: &str, token: Option<&str>, body: Option<serde_json::Value>) -> Result<serde_json::Value, String> {
+pub fn call(
+    base: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value, String> {
     let url = format!("{}{path}", base.trim_end_matches('/'));
     let token = token.map(str::to_string);
     actix_web::rt::System::new().block_on(async move {

@@ -66,8 +66,7 @@ impl PurgeArgs {
         }
         if let Some(path) = &self.geojson {
             let text = read(path)?;
-            let value: Value =
-                serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+            let value: Value = serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
             o.insert("geojson".into(), value);
         }
         if let Some(path) = &self.tiles {

@@ -112,14 +112,7 @@ impl SeedArgs {
             (None, Some(bbox)) => (tiles::parse_bbox(bbox)?, None),
             (None, None) => return Err(JobError { field: "bbox", message: "give --bbox or --geojson".into() }),
         };
-        Ok(JobParams {
-            index: self.index.clone(),
-            bbox,
-            shape,
-            zoom: tiles::parse_zoom(&self.zoom)?,
-            kind,
-            params,
-        })
+        Ok(JobParams { index: self.index.clone(), bbox, shape, zoom: tiles::parse_zoom(&self.zoom)?, kind, params })
     }
 }
 

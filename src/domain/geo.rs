@@ -93,9 +93,17 @@ impl Shape {
             return Err(ShapeError("no Polygon or MultiPolygon in it".into()));
         }
         let degrees = MultiPolygon(polygons);
-        if let Some(c) = degrees.0.iter().flat_map(|p| p.exterior().0.iter().chain(p.interiors().iter().flat_map(|r| r.0.iter()))).find(|c| {
-            !(c.x.is_finite() && c.y.is_finite() && (-180.0..=180.0).contains(&c.x) && (-90.0..=90.0).contains(&c.y))
-        }) {
+        if let Some(c) = degrees
+            .0
+            .iter()
+            .flat_map(|p| p.exterior().0.iter().chain(p.interiors().iter().flat_map(|r| r.0.iter())))
+            .find(|c| {
+                !(c.x.is_finite()
+                    && c.y.is_finite()
+                    && (-180.0..=180.0).contains(&c.x)
+                    && (-90.0..=90.0).contains(&c.y))
+            })
+        {
             return Err(ShapeError(format!(
                 "coordinate [{}, {}] is not WGS84 [longitude, latitude] within [-180, 180] x [-90, 90]",
                 c.x, c.y
@@ -123,7 +131,13 @@ impl Shape {
     /// [`cover`] gives per part, known before computing it.
     pub fn rows(&self, z: u8) -> u64 {
         let n = 2f64.powi(i32::from(z));
-        self.projected().0.iter().filter_map(BoundingRect::bounding_rect).filter_map(|r| span(r.min().y, r.max().y, n)).map(|(a, b)| u64::from(b - a) + 1).sum()
+        self.projected()
+            .0
+            .iter()
+            .filter_map(BoundingRect::bounding_rect)
+            .filter_map(|r| span(r.min().y, r.max().y, n))
+            .map(|(a, b)| u64::from(b - a) + 1)
+            .sum()
     }
 }
 
@@ -320,8 +334,13 @@ mod tests {
         let err = |v: serde_json::Value| Shape::from_geojson(v).unwrap_err().0;
         assert!(err(serde_json::json!({"type": "Point", "coordinates": [1, 2]})).contains("is a Point"));
         assert!(err(serde_json::json!({"type": "FeatureCollection", "features": [feature, {"type": "Feature", "properties": {}, "geometry": {"type": "LineString", "coordinates": [[0, 0], [1, 1]]}}]})).starts_with("feature 1 is a LineString"));
-        assert!(err(serde_json::json!({"type": "Polygon", "coordinates": [[[0, 0], [200, 0], [1, 1], [0, 0]]]})).contains("[200, 0]"));
-        assert!(err(serde_json::json!({"type": "Polygon"})).contains("coordinates"), "{}", err(serde_json::json!({"type": "Polygon"})));
+        assert!(err(serde_json::json!({"type": "Polygon", "coordinates": [[[0, 0], [200, 0], [1, 1], [0, 0]]]}))
+            .contains("[200, 0]"));
+        assert!(
+            err(serde_json::json!({"type": "Polygon"})).contains("coordinates"),
+            "{}",
+            err(serde_json::json!({"type": "Polygon"}))
+        );
         assert!(err(serde_json::json!({"type": "FeatureCollection", "features": []})).contains("no Polygon"));
         let not_geojson = Shape::from_geojson(serde_json::json!([1, 2])).unwrap_err();
         assert!(not_geojson.to_string().starts_with("geojson: "), "{not_geojson}");

@@ -14,5 +14,5 @@ pub mod key;
 pub mod plan;
 pub mod purge;
 pub mod routes;
-pub mod tileset;
 pub mod scrub;
+pub mod tileset;

@@ -194,7 +194,11 @@ impl Rule {
         if self.id.is_empty() {
             return Err(RuleError::EmptyId);
         }
-        if self.index.is_none() && self.zoom.is_none() && self.bbox.is_none() && self.tiles.is_none() && self.key.is_none()
+        if self.index.is_none()
+            && self.zoom.is_none()
+            && self.bbox.is_none()
+            && self.tiles.is_none()
+            && self.key.is_none()
         {
             return Err(RuleError::Empty);
         }
@@ -782,7 +786,13 @@ mod tests {
     }
 
     fn req(index: Option<&str>, url: Option<&str>, bbox: Option<Vec<f64>>, zoom: Option<Vec<u8>>) -> PurgeRequest {
-        PurgeRequest { index: index.map(str::to_string), url: url.map(str::to_string), bbox, zoom, ..Default::default() }
+        PurgeRequest {
+            index: index.map(str::to_string),
+            url: url.map(str::to_string),
+            bbox,
+            zoom,
+            ..Default::default()
+        }
     }
 
     fn set() -> PurgeRules {
@@ -1082,7 +1092,9 @@ mod tests {
         assert!(!set.is_purged("a", 13, 4400, 2686, "k", 1));
         assert!(!set.is_purged("b", 12, 2200, 1343, "k", 1), "another index");
         // Without an index the rule is general: the grid knows its few cells.
-        let general = Compiled::new(PurgeRequest { tiles: Some(list.into()), ..Default::default() }.into_rule("g".into(), 5, None).unwrap());
+        let general = Compiled::new(
+            PurgeRequest { tiles: Some(list.into()), ..Default::default() }.into_rule("g".into(), 5, None).unwrap(),
+        );
         let cells = Cells::of(std::slice::from_ref(&general));
         assert!(cells.may_match(12, 2200, 1343));
         assert!(!cells.may_match(12, 100, 100), "far away: skipped without a walk");
@@ -1094,7 +1106,8 @@ mod tests {
     #[test]
     fn area_requests_are_checked() {
         let square = serde_json::json!({"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]]});
-        let geojson = |zoom: Option<Vec<u8>>| PurgeRequest { geojson: Some(square.clone()), zoom, ..Default::default() };
+        let geojson =
+            |zoom: Option<Vec<u8>>| PurgeRequest { geojson: Some(square.clone()), zoom, ..Default::default() };
         let err = |r: PurgeRequest| r.into_rule("x".into(), 1, None).unwrap_err();
         assert_eq!(err(geojson(None)), RuleError::GeojsonWithoutZoom);
         assert_eq!(err(PurgeRequest { bbox: Some(BERLIN.to_vec()), ..geojson(Some(vec![1, 2])) }), RuleError::TwoAreas);
@@ -1103,8 +1116,14 @@ mod tests {
             err(PurgeRequest { tiles: Some("1/0/0".into()), zoom: Some(vec![1, 1]), ..Default::default() }),
             RuleError::TilesWithZoom
         );
-        assert!(err(PurgeRequest { tiles: Some("1/2/0".into()), ..Default::default() }).to_string().starts_with("tiles: line 1"));
-        let point = PurgeRequest { geojson: Some(serde_json::json!({"type": "Point", "coordinates": [1, 2]})), zoom: Some(vec![1, 2]), ..Default::default() };
+        assert!(err(PurgeRequest { tiles: Some("1/2/0".into()), ..Default::default() })
+            .to_string()
+            .starts_with("tiles: line 1"));
+        let point = PurgeRequest {
+            geojson: Some(serde_json::json!({"type": "Point", "coordinates": [1, 2]})),
+            zoom: Some(vec![1, 2]),
+            ..Default::default()
+        };
         assert!(err(point).to_string().contains("is a Point"));
         let world = serde_json::json!({"type": "Polygon", "coordinates": [[[-180, -85], [180, -85], [180, 85], [-180, 85], [-180, -85]]]});
         let too_big = err(PurgeRequest { geojson: Some(world), zoom: Some(vec![0, 20]), ..Default::default() });

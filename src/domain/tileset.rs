@@ -159,8 +159,9 @@ mod tests {
 
     #[test]
     fn a_list_becomes_merged_runs_and_membership_is_exact() {
-        let set = TileSet::parse_list("# changed\n12/2200/1343\n12/2201/1343\n\n12/2203/1343\n 3/1/2 \n12/2202/1343\n", 10)
-            .unwrap();
+        let set =
+            TileSet::parse_list("# changed\n12/2200/1343\n12/2201/1343\n\n12/2203/1343\n 3/1/2 \n12/2202/1343\n", 10)
+                .unwrap();
         assert_eq!(
             set.runs(),
             [Run { z: 3, y: 2, x0: 1, x1: 1 }, Run { z: 12, y: 1343, x0: 2200, x1: 2203 }],

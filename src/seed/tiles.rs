@@ -13,8 +13,8 @@ use std::fmt;
 use sha2::{Digest, Sha256};
 
 use crate::domain::geo::{self, lat_to_v, lon_to_u, Shape};
-use crate::domain::tileset::TileSet;
 use crate::domain::routes::{self, Api, ParseOptions, RASTER_MAX_ZOOM, VECTOR_MAX_ZOOM};
+use crate::domain::tileset::TileSet;
 
 pub use crate::domain::geo::MAX_LAT;
 
@@ -152,8 +152,8 @@ impl Job {
         }
         let (zooms, cover) = match &params.shape {
             Some(shape) => {
-                let cover = TileSet::cover(shape, (zmin, zmax), MAX_AREA_ROWS)
-                    .map_err(|e| JobError::new("geojson", e.0))?;
+                let cover =
+                    TileSet::cover(shape, (zmin, zmax), MAX_AREA_ROWS).map_err(|e| JobError::new("geojson", e.0))?;
                 (Vec::new(), Some(cover))
             }
             None => ((zmin..=zmax).map(|z| ZoomSpan::of(params.bbox, z)).collect(), None),
@@ -243,7 +243,9 @@ impl Job {
         };
         let area = match &self.cover {
             // The area is the tiles it covers (the same shape, however written, is the same job).
-            Some(cover) => format!("geojson:{}", hex::encode(Sha256::digest(serde_json::to_vec(cover).unwrap_or_default()))),
+            Some(cover) => {
+                format!("geojson:{}", hex::encode(Sha256::digest(serde_json::to_vec(cover).unwrap_or_default())))
+            }
             None => {
                 let [w, s, e, n] = p.bbox;
                 format!("{w},{s},{e},{n}")

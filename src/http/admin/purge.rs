@@ -81,13 +81,12 @@ pub async fn purge(req: HttpRequest, body: web::Bytes, state: web::Data<AppState
         None => json!({"redis": false}),
         Some(_) => match share(state, &rule).await {
             Ok(()) => json!({"redis": true}),
-            Err(message) => {
-                return ProxyError::PurgeNotShared { message, rule: summary(&rule) }
-                    .response()
-            }
+            Err(message) => return ProxyError::PurgeNotShared { message, rule: summary(&rule) }.response(),
         },
     };
-    HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({"rule": summary(&rule), "shared": shared}))
+    HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({"rule": summary(&rule), "shared": shared}))
 }
 
 /// A rule as the admin API shows it: a tile set (thousands of runs) is summed up as its tile
