@@ -306,7 +306,7 @@ impl Area {
 
     /// True when tile `z/x/y` and the area overlap (sharing only an edge is not overlapping).
     fn intersects(&self, z: u8, x: u32, y: u32) -> bool {
-        let scale = tile_size(z);
+        let scale = geo::tile_side(z);
         let (tu0, tu1) = (f64::from(x) * scale, (f64::from(x) + 1.0) * scale);
         let (tv0, tv1) = (f64::from(y) * scale, (f64::from(y) + 1.0) * scale);
         if !(tv0 < self.v1 && self.v0 < tv1) {
@@ -318,11 +318,6 @@ impl Area {
             tu0 < self.u1 && self.u0 < tu1
         }
     }
-}
-
-/// The side of a tile at zoom `z` in normalised units: `2^-z`, exact.
-fn tile_size(z: u8) -> f64 {
-    1.0 / 2f64.powi(i32::from(z))
 }
 
 /// [`geo::lat_to_v`] kept off the poles' exact edges.

@@ -341,15 +341,15 @@ mod tests {
         }
     }
 
-    /// West edge of column `x` at scale `n`, in degrees (independent of the code above).
+    /// West edge of column `x` at scale `n`, in degrees (the inverse projection: independent of
+    /// the forward one the code above uses).
     fn tile_lon(x: u32, n: u32) -> f64 {
-        f64::from(x) / f64::from(n) * 360.0 - 180.0
+        geo::u_to_lon(f64::from(x) / f64::from(n))
     }
 
     /// North edge of row `y` at scale `n`, in degrees.
     fn tile_lat(y: u32, n: u32) -> f64 {
-        let t = std::f64::consts::PI * (1.0 - 2.0 * f64::from(y) / f64::from(n));
-        t.sinh().atan().to_degrees()
+        geo::v_to_lat(f64::from(y) / f64::from(n))
     }
 
     /// Every tile of zoom `z` whose lon/lat bounds overlap the bbox with a positive area.
