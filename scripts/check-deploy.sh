@@ -70,7 +70,7 @@ check_nginx() {
     local readme="$REPO/nginx/README.md"
     local bin_dir="$BIN_DIR"
     local vars=(NGINX_PORT TILE_PROXY_SERVERS NGINX_CACHE NGINX_CACHE_DIR NGINX_CACHE_MAX_SIZE
-        NGINX_RATE_LIMIT NGINX_RATE_BURST NGINX_ADMIN_ALLOW NGINX_REAL_IP_FROM)
+        NGINX_RATE_LIMIT NGINX_RATE_BURST NGINX_ADMIN_ALLOW NGINX_REAL_IP_FROM TILE_PROXY_ADMIN_SERVERS)
     local key="check-nginx-key-$RANDOM$RANDOM"
     local token="check-nginx-admin-token-$RANDOM$RANDOM"
     local tmp t0=$SECONDS
@@ -227,14 +227,14 @@ check_nginx() {
     done
     [ -n "$up" ] || die "nginx: test-upstream did not print its address"
 
-    local -a rpid=() rport=()
+    local -a rpid=() rport=() aport=()
     _nginx_start_replica() { # N
         local n="$1"
         mkdir -p "$tmp/cache-$n"
         # Only these variables: nothing from the caller's environment (an unknown TILE_PROXY_*
         # is an error, a known one would change the setup).
         env -i PATH="$PATH" HOME="$tmp" RUST_LOG=info HERE_API_KEY="$key" \
-            TILE_PROXY_LISTEN=127.0.0.1:0 TILE_PROXY_CACHE_DIR="$tmp/cache-$n" \
+            TILE_PROXY_LISTEN=127.0.0.1:0 TILE_PROXY_ADMIN_LISTEN=127.0.0.1:0 TILE_PROXY_CACHE_DIR="$tmp/cache-$n" \
             TILE_PROXY_MEMORY_CACHE=32MiB TILE_PROXY_DISK_CACHE=16MiB TILE_PROXY_WORKERS=1 \
             TILE_PROXY_RASTER_UPSTREAM="$up" TILE_PROXY_VECTOR_UPSTREAM="$up" \
             TILE_PROXY_TRAFFIC_RASTER_UPSTREAM="$up" TILE_PROXY_TRAFFIC_VECTOR_UPSTREAM="$up" \
@@ -260,6 +260,9 @@ check_nginx() {
         done
         [ -n "$port" ] || die "nginx: replica $n not ready within 30 s"
         rport[n]="$port"
+        aport[n]="$(grep -m 1 '"tile-proxy listening"' "$tmp/replica-$n.log" |
+            sed -n 's/.*"admin_addr":"127\.0\.0\.1:\([0-9]*\)".*/\1/p' || true)"
+        [ -n "${aport[n]}" ] || die "nginx: replica $n logged no admin_addr (TILE_PROXY_ADMIN_LISTEN)"
     done
 
     # ---- render, wrap, nginx -t, start ----
@@ -311,6 +314,7 @@ EOF
             "NGINX_RATE_BURST=10"
             "NGINX_ADMIN_ALLOW=allow 127.0.0.3;"
             "NGINX_REAL_IP_FROM="
+            "TILE_PROXY_ADMIN_SERVERS=server 127.0.0.1:${aport[1]}; server 127.0.0.1:${aport[2]};"
         )
         _nginx_render "$tmp/conf.d/tile-proxy.conf" "${values[@]}"
         if grep -n '\${' "$tmp/conf.d/tile-proxy.conf" >"$tmp/left.txt"; then
@@ -491,10 +495,12 @@ EOF
     [ "$code" = 403 ] && grep -q '"forbidden"' "$out.b" ||
         die "nginx: (g) /admin/purges from 127.0.0.4: $code, expected 403 with the JSON error"
     for n in 1 2; do
-        _nginx_get 127.0.0.1 "http://127.0.0.1:${rport[n]}/admin/purges" "$out" -H "Authorization: Bearer $token"
-        [ "$code" = 200 ] || die "nginx: (g) /admin/purges directly on replica $n answered $code"
+        _nginx_get 127.0.0.1 "http://127.0.0.1:${aport[n]}/admin/purges" "$out" -H "Authorization: Bearer $token"
+        [ "$code" = 200 ] || die "nginx: (g) /admin/purges directly on replica $n's admin port answered $code"
+        _nginx_get 127.0.0.1 "http://127.0.0.1:${aport[n]}/metrics" "$out"
+        [ "$code" = 200 ] && grep -q '^tile_proxy_' "$out.b" || die "nginx: (g) /metrics directly on replica $n's admin port answered $code"
         _nginx_get 127.0.0.1 "http://127.0.0.1:${rport[n]}/metrics" "$out"
-        [ "$code" = 200 ] && grep -q '^tile_proxy_' "$out.b" || die "nginx: (g) /metrics directly on replica $n answered $code"
+        [ "$code" = 404 ] || die "nginx: (g) /metrics on replica $n's tile port answered $code, expected 404 (admin_listen)"
     done
     # The allow-list (NGINX_ADMIN_ALLOW = allow 127.0.0.3 here).
     _nginx_get 127.0.0.3 "$base/metrics" "$out"
@@ -502,7 +508,12 @@ EOF
         die "nginx: (g) /metrics through nginx from the allow-listed 127.0.0.3 answered $code"
     _nginx_get 127.0.0.3 "$base/admin/purges" "$out" -H "Authorization: Bearer $token"
     [ "$code" = 200 ] || die "nginx: (g) /admin/purges through nginx from the allow-listed 127.0.0.3 answered $code"
-    log "nginx: (g) /admin/ and /metrics refused through nginx (403), open on the replicas and to the allow-list"
+    # A purge by tile list of 100,000 tiles (about 1.5 MB) passes nginx's admin body limit.
+    seq 0 99999 | sed 's|^|17/|; s|$|/9|' | python3 -c 'import json,sys; print(json.dumps({"tiles": sys.stdin.read()}))' >"$tmp/purge-list.json"
+    _nginx_get 127.0.0.3 "$base/admin/purge" "$out" -H "Authorization: Bearer $token" -H 'Content-Type: application/json' --data-binary "@$tmp/purge-list.json"
+    [ "$code" = 200 ] && grep -q '"count":100000' "$out.b" ||
+        die "nginx: (g) a 100,000-tile purge through nginx answered $code: $(head -c 300 "$out.b")"
+    log "nginx: (g) /admin/ and /metrics refused through nginx (403), open on the replicas' admin ports and to the allow-list (a 100,000-tile purge passes)"
 
     # ---- (i) tile-proxy's stale answers are served, not stored by nginx ----
     # HERE fails (500) after the 1 s tile has expired: tile-proxy answers STALE (X-Cache-Reason
@@ -1367,9 +1378,12 @@ def check_compose(path, label):
     if ng:
         nenv = list_env(ng.get("environment"))
         servers = nenv.get("TILE_PROXY_SERVERS", "")
+        admin_servers = nenv.get("TILE_PROXY_ADMIN_SERVERS", "")
         for n in proxies:
             if not re.search(rf"\bserver\s+{re.escape(n)}:{listen_port}\b", servers):
                 problem(f"docker-compose.yml nginx: TILE_PROXY_SERVERS does not have `server {n}:{listen_port}`")
+            if not re.search(rf"\bserver\s+{re.escape(n)}:{metrics_port[n]}\b", admin_servers):
+                problem(f"docker-compose.yml nginx: TILE_PROXY_ADMIN_SERVERS does not have `server {n}:{metrics_port[n]}` (its admin port)")
         nport = nenv.get("NGINX_PORT", "").rsplit(":", 1)[-1]
         targets = [str(p.get("target")) if isinstance(p, dict) else str(p).split(":")[-1].split("/")[0]
                    for p in ng.get("ports", [])]
