@@ -33,6 +33,24 @@ pub fn span(lo: f64, hi: f64, n: f64) -> Option<(u32, u32)> {
     (first <= last).then_some((first as u32, last as u32))
 }
 
+/// `u` (0 west to 1 east) back to longitude in degrees: the inverse of [`lon_to_u`].
+pub fn u_to_lon(u: f64) -> f64 {
+    u * 360.0 - 180.0
+}
+
+/// `v` (0 north to 1 south) back to latitude in degrees: the inverse of [`lat_to_v`] within
+/// the Mercator square (0 gives [`MAX_LAT`], 1 gives -[`MAX_LAT`]).
+pub fn v_to_lat(v: f64) -> f64 {
+    (std::f64::consts::PI * (1.0 - 2.0 * v)).sinh().atan().to_degrees()
+}
+
+/// The bounds of tile `z/x/y` as `[west, south, east, north]` in degrees.
+pub fn tile_bounds(z: u8, x: u32, y: u32) -> [f64; 4] {
+    let n = f64::from(1u32 << z.min(31));
+    let (x, y) = (f64::from(x), f64::from(y));
+    [u_to_lon(x / n), v_to_lat((y + 1.0) / n), u_to_lon((x + 1.0) / n), v_to_lat(y / n)]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +67,24 @@ mod tests {
         assert_eq!(span(0.25, 0.75, 2.0), Some((0, 1)));
         assert_eq!(span(0.3, 0.3, 2.0), Some((0, 0)));
         assert_eq!(span(0.5, 0.5, 2.0), None);
+    }
+
+    #[test]
+    fn tile_bounds_invert_the_projection() {
+        let [w, s, e, n] = tile_bounds(0, 0, 0);
+        assert_eq!((w, e), (-180.0, 180.0));
+        assert!((n - MAX_LAT).abs() < 1e-9 && (s + MAX_LAT).abs() < 1e-9);
+        // Zoom 1, tile 1/1: the south-east quarter.
+        let [w, s, e, n] = tile_bounds(1, 1, 1);
+        assert_eq!((w, e), (0.0, 180.0));
+        assert!(n.abs() < 1e-9 && (s + MAX_LAT).abs() < 1e-9);
+        for lat in [-80.0, -33.3, 0.0, 12.5, 60.0] {
+            assert!((v_to_lat(lat_to_v(lat)) - lat).abs() < 1e-9, "{lat}");
+        }
+        // The tile a bounds' centre falls in is the tile itself.
+        let [w, s, e, n] = tile_bounds(12, 2200, 1343);
+        let (u, v) = (lon_to_u((w + e) / 2.0), lat_to_v((s + n) / 2.0));
+        assert_eq!(span(u, u, 4096.0), Some((2200, 2200)));
+        assert_eq!(span(v, v, 4096.0), Some((1343, 1343)));
     }
 }
