@@ -268,6 +268,7 @@ async fn assemble(settings: Settings, opts: StartOptions, held: &mut Option<DirL
         early_refresh_draw: opts.early_refresh_draw.unwrap_or(crate::domain::freshness::draw_unit),
         purges,
         protect,
+        cache_map: Arc::new(crate::observe::cache_map::CacheMap::new(settings.cache_map_tiles)),
     });
     let state = Arc::new(AppState {
         tiles: TileService::new(core.clone()),
