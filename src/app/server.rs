@@ -296,7 +296,9 @@ fn admin_routes(cfg: &mut web::ServiceConfig) {
                 .route("/purges", web::get().to(purge::purges))
                 .route("/stats", web::get().to(crate::http::admin::stats::api))
                 .route("/seed", web::post().to(crate::http::admin::seed::api_start))
-                .route("/seed/{id}", web::get().to(crate::http::admin::seed::api_status)),
+                .route("/seed/{id}", web::get().to(crate::http::admin::seed::api_status))
+                .route("/cache-map", web::get().to(crate::http::admin::cache_map::geojson))
+                .route("/cache-map/{z}/{x}/{y}", web::get().to(crate::http::admin::cache_map::png)),
         );
 }
 
