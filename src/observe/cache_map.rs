@@ -184,15 +184,13 @@ impl CacheMap {
         self.len() == 0
     }
 
-    /// Records a request for tile `z/x/y` of `index` at `now_ms`, answered from (or by storing)
+    /// Records a request for tile `(z, x, y)` of `index` at `now_ms`, answered from (or by storing)
     /// a copy stored at `stored_ms` (`None`: no copy, e.g. a failed fetch; the last known copy
     /// is kept). `key` gives that copy's cache key; called only when the stored copy changed.
     pub fn record(
         &self,
         index: &str,
-        z: u8,
-        x: u32,
-        y: u32,
+        (z, x, y): (u8, u32, u32),
         now_ms: u64,
         stored_ms: Option<u64>,
         key: impl FnOnce() -> u64,
@@ -295,19 +293,19 @@ mod tests {
     #[test]
     fn records_requests_and_copies() {
         let m = CacheMap::new(1000);
-        m.record("a", 3, 1, 2, 100, None, || unreachable!("no copy, no key"));
+        m.record("a", (3, 1, 2), 100, None, || unreachable!("no copy, no key"));
         let t = m.get("a", 3, 1, 2).unwrap();
         assert_eq!((t.requested_ms, t.stored_ms, t.key_hash), (100, 0, 0));
-        m.record("a", 3, 1, 2, 200, Some(150), || 7);
-        m.record("a", 3, 1, 2, 300, Some(150), || unreachable!("same copy: the key is not hashed again"));
-        m.record("a", 3, 1, 2, 250, None, || unreachable!());
+        m.record("a", (3, 1, 2), 200, Some(150), || 7);
+        m.record("a", (3, 1, 2), 300, Some(150), || unreachable!("same copy: the key is not hashed again"));
+        m.record("a", (3, 1, 2), 250, None, || unreachable!());
         let t = m.get("a", 3, 1, 2).unwrap();
         assert_eq!((t.z, t.x, t.y, t.requested_ms, t.stored_ms, t.key_hash), (3, 1, 2, 300, 150, 7));
         assert!(m.get("b", 3, 1, 2).is_none() && m.get("a", 3, 2, 1).is_none());
         assert_eq!(m.len(), 1);
         // Off: nothing kept.
         let off = CacheMap::new(0);
-        off.record("a", 3, 1, 2, 100, Some(1), || 1);
+        off.record("a", (3, 1, 2), 100, Some(1), || 1);
         assert!(off.is_empty() && off.get("a", 3, 1, 2).is_none());
     }
 
@@ -315,7 +313,7 @@ mod tests {
     fn bounded_and_keeps_the_recently_requested() {
         let m = CacheMap::new(640); // 10 per shard
         for i in 0..5000u32 {
-            m.record("a", 14, i, 0, u64::from(i), Some(1), || 1);
+            m.record("a", (14, i, 0), u64::from(i), Some(1), || 1);
         }
         assert_eq!(m.capacity(), 640);
         assert!(m.len() <= 640 && m.len() > 600, "{}", m.len());
@@ -329,9 +327,9 @@ mod tests {
     fn lists_one_index_in_an_area() {
         let m = CacheMap::new(1000);
         for x in 0..4 {
-            m.record("a", 2, x, 1, 10, Some(5), || 1);
+            m.record("a", (2, x, 1), 10, Some(5), || 1);
         }
-        m.record("b", 2, 0, 1, 10, Some(5), || 1);
+        m.record("b", (2, 0, 1), 10, Some(5), || 1);
         let (mut tiles, more) = m.tiles("a", |t| t.z == 2 && t.x < 2, 100);
         tiles.sort_by_key(|t| t.x);
         assert!(!more);

@@ -142,11 +142,14 @@ fn zoom(q: &HashMap<String, String>) -> Result<(u8, u8), ProxyError> {
     Ok((zmin, zmax))
 }
 
+/// An inclusive range of tile columns or rows.
+type Span = (u32, u32);
+
 /// Per zoom `zmin..=zmax`: the x ranges (two across the antimeridian) and the y range a bbox
 /// overlaps.
 struct Area {
     zmin: u8,
-    spans: Vec<(Vec<(u32, u32)>, Option<(u32, u32)>)>,
+    spans: Vec<(Vec<Span>, Option<Span>)>,
 }
 
 impl Area {
