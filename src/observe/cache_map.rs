@@ -3,7 +3,9 @@
 //! (`/admin/cache-map`, GeoJSON or PNG tiles) and the map page's "cache" overlay shows it: after
 //! a seed which areas are warm, after a purge which are cold, which areas users look at.
 //!
-//! Bounded: at most `cache_map_tiles` tiles (0 turns it off), in 64 shards of a fixed size each;
+//! Bounded: at most `cache_map_tiles` tiles (0 turns it off), in 64 shards of a fixed size each
+//! (48 bytes a tile plus its hash-map entry: about 14 MB for the default 200,000, allocated as
+//! tiles come);
 //! a full shard replaces the least recently requested of 8 slots next to its clock hand
 //! (sampled, like Redis' approximate LRU). Per request ([`CacheMap::record`]) it costs one
 //! FNV-1a hash of the index name, one mix, one uncontended mutex and one hash-map probe; the
@@ -220,9 +222,15 @@ impl CacheMap {
             stored_ms: stored_ms.unwrap_or(0),
             key_hash: if stored_ms.is_some() { key() } else { 0 },
         };
-        if shard.slots.len() < self.per_shard {
-            let i = shard.slots.len() as u32;
+        let len = shard.slots.len();
+        if len < self.per_shard {
+            // Grown by doubling, but never past the bound.
+            if len == shard.slots.capacity() {
+                let more = len.max(16).min(self.per_shard - len);
+                shard.slots.reserve_exact(more);
+            }
             shard.slots.push(slot);
+            let i = len as u32;
             shard.ids.insert(id, i);
             return;
         }
@@ -316,6 +324,7 @@ mod tests {
             m.record("a", (14, i, 0), u64::from(i), Some(1), || 1);
         }
         assert_eq!(m.capacity(), 640);
+        assert!(m.shards.iter().all(|s| lock(s).slots.capacity() <= 10), "never allocated past the bound");
         assert!(m.len() <= 640 && m.len() > 600, "{}", m.len());
         // The newest ones survive (each replaced the oldest of 8 next to the hand).
         let recent = (4900..5000).filter(|&i| m.get("a", 14, i, 0).is_some()).count();

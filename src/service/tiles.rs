@@ -116,7 +116,9 @@ impl TileService {
     ) -> Result<Answer, UpstreamFailure> {
         let answer = self.answer(client, tile, index_label).await;
         let st = &self.core;
-        let stored = answer.as_ref().ok().filter(|a| a.lifetime.is_some()).map(|a| a.meta.stored_at_ms);
+        // A copy from a tier, or a fill's that may be kept.
+        let stored =
+            answer.as_ref().ok().filter(|a| a.source.is_some() || a.lifetime.is_some()).map(|a| a.meta.stored_at_ms);
         let key = || crate::observe::cache_map::key_hash(st.upstream.cache_key(tile).as_str());
         st.cache_map.record(&tile.index, (tile.z, tile.x, tile.y), st.clock.now_ms(), stored, key);
         answer
