@@ -3,12 +3,13 @@
 # chromium, driven by playwright-core, opens `/` of a tile-proxy in front of the test upstream
 # (`--images`) and checks that the raster tiles load (all 200, no failure, no console error, no
 # request to another host), that the page's icon and /favicon.ico load, that a second visitor gets
-# every tile HIT, that the overlay counts them, and that the MapLibre GL vector view renders
+# every tile HIT, that the overlay counts them, that the cache overlay (after a purge, with the
+# admin token typed in) draws cached and purged tiles, and that the MapLibre GL vector view renders
 # through WebGL (SwiftShader), or says why it is skipped. See tests/browser/map.test.mjs.
 #
 #   scripts/check-browser.sh
 #
-# Screenshots: target/browser/map-raster.png, target/browser/map-vector.png (CI artifacts).
+# Screenshots: target/browser/map-raster.png, map-traffic.png, map-cache.png, map-vector.png (CI artifacts).
 # Installs its tools first (scripts/install-browser-deps.sh: apt chromium, npm ci of
 # playwright-core) and builds the binaries unless BIN_DIR holds them and SKIP_BUILD=1.
 # About 10 s once installed and built.

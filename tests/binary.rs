@@ -420,6 +420,7 @@ async fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it
         ("rate_limit_exempt", ("10.0.0.0/8".into(), toml::Value::Array(vec![s("10.0.0.0/8")]))),
         ("rate_limit_clients", ("5000".into(), n(5000))),
         ("rate_limit_shared", ("false".into(), toml::Value::Boolean(false))),
+        ("cache_map_tiles", ("5000".into(), n(5000))),
         ("defaults.budget_hour", ("100".into(), n(100))),
         ("defaults.budget_day", ("1000".into(), n(1000))),
         ("defaults.traffic_budget_hour", ("200".into(), n(200))),

@@ -20,7 +20,7 @@
   // ---- the selection, kept in the URL's #fragment so that a view can be shared ----
   const DEFAULTS = {
     view: 'raster', resource: 'base', style: 'explore.day', size: '256', format: 'png', layer: 'base', indice: 'map-page',
-    traffic: '0',
+    traffic: '0', cache: '0',
   };
   const INDICE = /^[A-Za-z0-9_.-]{1,64}$/;
 
@@ -33,7 +33,7 @@
       const el = $(k);
       const ok = k === 'view' ? v === 'raster' || v === 'vector'
         : k === 'indice' ? INDICE.test(v)
-        : k === 'traffic' ? v === '0' || v === '1'
+        : k === 'traffic' || k === 'cache' ? v === '0' || v === '1'
         : [...el.options].some((o) => o.value === v);
       if (ok) s[k] = v;
     }
@@ -75,6 +75,10 @@
     rasterLayer: null,
     trafficLayer: null,
     vectorMap: null,
+    // The cache overlay: the last /admin/cache-map answer drawn ({ features, counts, truncated,
+    // zoom }), or the error that stopped it.
+    cache: null,
+    cacheLayer: null,
   };
   window.tileProxyPage = page;
 
@@ -266,6 +270,138 @@
     layer.addTo(rasterMap);
     page.trafficLayer = layer;
   }
+
+  // ---- the cache overlay: what the proxy cached where, from GET /admin/cache-map ----
+  // The admin API needs the admin token: typed into the token field, kept in this tab only
+  // (sessionStorage, never in the URL), sent as Authorization. The overlay asks the page's own
+  // origin; with admin_listen the admin API is on another port and answers 404 here (the
+  // status line says so; see the README).
+  const TOKEN_KEY = 'tileProxyAdminToken';
+  // The same colours as the PNG tiles of /admin/cache-map (http/admin/cache_map.rs `colour`).
+  const CACHE_COLOURS = {
+    'cached-hour': '#1a9850', 'cached-day': '#66bd63', 'cached-old': '#a6d96a', purged: '#d73027', requested: '#2c7bb6',
+  };
+  const CACHE_ZOOMS = 2; // the current zoom and this many below it
+  const cacheClass = (p) => (p.state !== 'cached' ? p.state
+    : p.age_s < 3600 ? 'cached-hour' : p.age_s < 86400 ? 'cached-day' : 'cached-old');
+  let cacheAbort = null;
+  let cacheTimer = null;
+  let cacheZmin = 0;
+
+  function cacheStatus(text) {
+    $('cache-status').textContent = text;
+  }
+
+  // The view's tile zoom (Leaflet's zoom, one less with 512 px tiles) and bbox (clamped).
+  function cacheQuery() {
+    const z = Math.max(0, rasterMap.getZoom() + (sel.size === '512' ? -1 : 0));
+    const zmax = Math.min(RASTER_MAX_ZOOM, z + CACHE_ZOOMS);
+    const b = rasterMap.getBounds();
+    let [w, e] = [b.getWest(), b.getEast()];
+    if (e - w >= 360) [w, e] = [-180, 180];
+    const clamp = (v, lim) => Math.max(-lim, Math.min(lim, v)).toFixed(6);
+    const bbox = [clamp(w, 180), clamp(b.getSouth(), 90), clamp(e, 180), clamp(b.getNorth(), 90)].join(',');
+    return { z, zmax, q: query({ index: sel.indice, bbox, zoom: `${z},${zmax}` }) };
+  }
+
+  async function loadCache() {
+    if (cacheAbort) cacheAbort.abort();
+    cacheAbort = null;
+    if (sel.cache !== '1') {
+      if (page.cacheLayer) page.cacheLayer.clearLayers();
+      page.cache = null;
+      delete body.dataset.cacheState;
+      return;
+    }
+    const token = $('token').value.trim();
+    if (!token) {
+      page.cacheLayer.clearLayers();
+      body.dataset.cacheState = 'no-token';
+      cacheStatus('type the admin token (admin_token) above');
+      return;
+    }
+    const { z, zmax, q } = cacheQuery();
+    $('cache-zooms').textContent = `zoom ${z}-${zmax}`;
+    const ctrl = new AbortController();
+    cacheAbort = ctrl;
+    body.dataset.cacheState = 'loading';
+    let res;
+    let doc;
+    try {
+      res = await fetch(`${root}admin/cache-map?${q}`, {
+        signal: ctrl.signal, cache: 'no-store', headers: { Authorization: `Bearer ${token}` },
+      });
+      doc = await res.json();
+    } catch (err) {
+      if (ctrl.signal.aborted) return;
+      body.dataset.cacheState = `error: ${err.message}`;
+      cacheStatus(`could not load the cache map: ${err.message}`);
+      return;
+    }
+    if (ctrl.signal.aborted) return;
+    if (!res.ok) {
+      const why = res.status === 401 ? 'the admin token is wrong'
+        : res.status === 404 ? 'no admin API at this address (admin_token unset, or admin_listen serves it on its own port)'
+          : (doc && doc.message) || `HTTP ${res.status}`;
+      page.cacheLayer.clearLayers();
+      page.cache = { error: res.status };
+      body.dataset.cacheState = `error: ${res.status}`;
+      cacheStatus(why);
+      return;
+    }
+    page.cacheLayer.clearLayers();
+    cacheZmin = z;
+    // Lower zooms first (the answer's order): the smaller tiles are drawn on top.
+    page.cacheLayer.addData(doc);
+    page.cache = { features: doc.features.length, counts: doc.counts, truncated: doc.truncated, zoom: doc.zoom };
+    const c = doc.counts;
+    cacheStatus(`${c.cached} cached, ${c.purged} purged, ${c.requested} requested`
+      + `${doc.truncated ? ` (first ${doc.limit} tiles only)` : ''}`);
+    body.dataset.cacheState = 'loaded';
+  }
+
+  function scheduleCache() {
+    clearTimeout(cacheTimer);
+    cacheTimer = setTimeout(loadCache, 150);
+  }
+
+  function setCacheLayer() {
+    body.dataset.cache = sel.cache;
+    $('cache-legend').hidden = sel.cache !== '1';
+    if (!page.cacheLayer) {
+      page.cacheLayer = L.geoJSON(null, {
+        interactive: true,
+        style: (f) => {
+          const cls = cacheClass(f.properties);
+          return {
+            className: `cache-tile cache-${cls}`, color: CACHE_COLOURS[cls], fillColor: CACHE_COLOURS[cls],
+            weight: f.properties.z > cacheZmin ? 1 : 2, opacity: 0.9, fillOpacity: 0.3,
+          };
+        },
+        onEachFeature: (f, layer) => {
+          const p = f.properties;
+          const age = p.age_s === null ? 'no copy' : `stored ${p.age_s} s ago`;
+          layer.bindTooltip(`${p.z}/${p.x}/${p.y}: ${p.state}, ${age}, requested ${p.last_request_s} s ago`, { sticky: true });
+        },
+      }).addTo(rasterMap);
+    }
+    loadCache();
+  }
+
+  $('token').value = sessionStorage.getItem(TOKEN_KEY) || '';
+  $('token').addEventListener('change', () => {
+    const t = $('token').value.trim();
+    if (t) sessionStorage.setItem(TOKEN_KEY, t);
+    else sessionStorage.removeItem(TOKEN_KEY);
+    loadCache();
+  });
+  $('cache').checked = sel.cache === '1';
+  $('cache').addEventListener('change', () => {
+    sel.cache = $('cache').checked ? '1' : '0';
+    writeSelection();
+    setCacheLayer();
+  });
+  rasterMap.on('moveend', () => { if (sel.cache === '1') scheduleCache(); });
 
   // ---- the vector view: MapLibre GL, loaded on first use ----
   // A minimal style for the test upstream's OMV layers (grid, label, water) and a few of HERE's
@@ -518,6 +654,7 @@ map.addLayer({
       renderSnippets();
       if (k === 'layer' || k === 'indice') setVectorSource();
       if (k !== 'layer') setRasterLayer();
+      if (k === 'indice' || k === 'size') loadCache();
     });
   }
   for (const b of document.querySelectorAll('nav button')) {
@@ -526,6 +663,7 @@ map.addLayer({
   $('controls').addEventListener('submit', (e) => e.preventDefault());
 
   setRasterLayer();
+  setCacheLayer();
   renderSnippets();
   showView(sel.view);
 })();

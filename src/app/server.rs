@@ -268,6 +268,7 @@ async fn assemble(settings: Settings, opts: StartOptions, held: &mut Option<DirL
         early_refresh_draw: opts.early_refresh_draw.unwrap_or(crate::domain::freshness::draw_unit),
         purges,
         protect,
+        cache_map: Arc::new(crate::observe::cache_map::CacheMap::new(settings.cache_map_tiles)),
     });
     let state = Arc::new(AppState {
         tiles: TileService::new(core.clone()),
@@ -296,7 +297,9 @@ fn admin_routes(cfg: &mut web::ServiceConfig) {
                 .route("/purges", web::get().to(purge::purges))
                 .route("/stats", web::get().to(crate::http::admin::stats::api))
                 .route("/seed", web::post().to(crate::http::admin::seed::api_start))
-                .route("/seed/{id}", web::get().to(crate::http::admin::seed::api_status)),
+                .route("/seed/{id}", web::get().to(crate::http::admin::seed::api_status))
+                .route("/cache-map", web::get().to(crate::http::admin::cache_map::geojson))
+                .route("/cache-map/{z}/{x}/{y}", web::get().to(crate::http::admin::cache_map::png)),
         );
 }
 

@@ -40,6 +40,11 @@ pub const DEFAULT_DISK_WRITE_BUFFER: ByteSize = ByteSize::mib(8);
 pub const DISK_WRITE_BUFFER_HEADROOM: ByteSize = ByteSize::kib(64);
 /// Default `redis_max_value`.
 pub const DEFAULT_REDIS_MAX_VALUE: ByteSize = ByteSize::mib(4);
+/// Tiles the cache map keeps (`cache_map_tiles`): about 14 MB.
+pub const DEFAULT_CACHE_MAP_TILES: u64 = 200_000;
+/// Most `cache_map_tiles`.
+pub const MAX_CACHE_MAP_TILES: u64 = 10_000_000;
+
 /// Smallest `flight_buffer`.
 pub const MIN_FLIGHT_BUFFER: ByteSize = ByteSize::kib(64);
 

@@ -144,6 +144,9 @@ pub struct FileConfig {
     pub rate_limit_clients: u64,
     /// Share client rate limits between pods through Redis (when `redis_url` is set).
     pub rate_limit_shared: bool,
+    /// Tiles the cache map (`/admin/cache-map`, the map page's cache overlay) keeps per pod,
+    /// least recently requested dropped first; 0 turns it off.
+    pub cache_map_tiles: u64,
     /// Policy for indices without a section of their own.
     pub defaults: PolicyFileConfig,
     /// Per-index policies: `[index.<name>]`.
@@ -201,6 +204,7 @@ impl Default for FileConfig {
             upstream_queue_wait: Duration::from_secs(5),
             rate_limit_exempt: Vec::new(),
             rate_limit_clients: 200_000,
+            cache_map_tiles: DEFAULT_CACHE_MAP_TILES,
             rate_limit_shared: true,
             defaults: PolicyFileConfig::default(),
             index: BTreeMap::new(),

@@ -223,6 +223,8 @@ pub struct Settings {
     pub rate_limit_exempt: Vec<IpNet>,
     pub rate_limit_clients: u64,
     pub rate_limit_shared: bool,
+    /// Tiles the cache map keeps (default 200,000; 0: off).
+    pub cache_map_tiles: usize,
 }
 
 impl std::fmt::Debug for Settings {
@@ -273,6 +275,7 @@ impl std::fmt::Debug for Settings {
             .field("upstream_queue_wait", &self.upstream_queue_wait)
             .field("rate_limit_exempt", &self.rate_limit_exempt)
             .field("rate_limit_clients", &self.rate_limit_clients)
+            .field("cache_map_tiles", &self.cache_map_tiles)
             .field("rate_limit_shared", &self.rate_limit_shared)
             .finish()
     }

@@ -209,6 +209,7 @@ pub(super) fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings
         })
         .collect();
     c.count(&["rate_limit_clients"], file.rate_limit_clients, 1_000, 100_000_000);
+    c.count(&["cache_map_tiles"], file.cache_map_tiles, 0, MAX_CACHE_MAP_TILES);
     let upstream_interval = file.upstream_rps.and_then(|rps| {
         if !(rps.is_finite() && (0.001..=100_000.0).contains(&rps)) {
             c.push(&["upstream_rps"], format!("{rps} is out of range: 0.001 to 100000 requests per second"));
@@ -318,6 +319,7 @@ pub(super) fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings
         rate_limit_exempt,
         rate_limit_clients: file.rate_limit_clients,
         rate_limit_shared: file.rate_limit_shared,
+        cache_map_tiles: file.cache_map_tiles.min(MAX_CACHE_MAP_TILES) as usize,
     })
 }
 

@@ -3,7 +3,9 @@
 //!
 //! The page (`assets/map/index.html`, `app.js`, `app.css`) shows the proxy's own tiles: a
 //! Leaflet raster map that loads each tile with `fetch()` to count `X-Cache`/`X-Cache-Tier`/`Age`
-//! and latencies, a MapLibre GL view of the vector tiles, and copy-paste URL templates. Leaflet
+//! and latencies, a MapLibre GL view of the vector tiles, a "cache" overlay of what this proxy
+//! cached where (`/admin/cache-map`, with the admin token typed into the page), and copy-paste
+//! URL templates. Leaflet
 //! and MapLibre GL are vendored with their licences under `assets/vendor/` (see its README).
 //!
 //! Assets are served under [`ASSET_PREFIX`] with a strong ETag (SHA-256 of the content, computed

@@ -9,6 +9,7 @@ use crate::base::clock::SharedClock;
 use crate::config::Settings;
 use crate::domain::breaker::Breakers;
 use crate::domain::purge::PurgeRules;
+use crate::observe::cache_map::CacheMap;
 use crate::observe::health::Health;
 use crate::observe::metrics::Metrics;
 use crate::protect::Protect;
@@ -35,4 +36,6 @@ pub struct Core {
     pub purges: Arc<PurgeRules>,
     /// Rate cap, budgets and client limits.
     pub protect: Protect,
+    /// What was requested and cached where (`cache_map_tiles`; the admin API draws it).
+    pub cache_map: Arc<CacheMap>,
 }

@@ -105,7 +105,26 @@ impl TileService {
 
     /// Answers a validated tile request. `client` is this worker's upstream client (fetches
     /// run on this worker: awc is not `Send`). `index_label` names the index in metrics.
+    ///
+    /// Every request is recorded in the cache map: when, and the copy it was answered from or
+    /// that its fill stored (none for a failure or an answer that may not be kept).
     pub async fn serve(
+        &self,
+        client: &awc::Client,
+        tile: &TileRequest,
+        index_label: &str,
+    ) -> Result<Answer, UpstreamFailure> {
+        let answer = self.answer(client, tile, index_label).await;
+        let st = &self.core;
+        // A copy from a tier, or a fill's that may be kept.
+        let stored =
+            answer.as_ref().ok().filter(|a| a.source.is_some() || a.lifetime.is_some()).map(|a| a.meta.stored_at_ms);
+        let key = || crate::observe::cache_map::key_hash(st.upstream.cache_key(tile).as_str());
+        st.cache_map.record(&tile.index, (tile.z, tile.x, tile.y), st.clock.now_ms(), stored, key);
+        answer
+    }
+
+    async fn answer(
         &self,
         client: &awc::Client,
         tile: &TileRequest,

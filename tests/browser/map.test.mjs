@@ -9,11 +9,15 @@
 //      and /favicon.ico load as images;
 //   2. a second visitor (a new browser context: empty browser cache) sees every tile HIT, in the
 //      response headers and in the overlay;
+//   2b. with traffic on, the flow tiles load; then tile 2/2/1 is purged (POST /admin/purge) and
+//      the cache toggle is turned on with the admin token typed in: the overlay draws a polygon
+//      per tile of /admin/cache-map, cached ones and the purged one in the legend's colours, the
+//      toggle is kept in the URL and the token is not;
 //   3. it switches to the vector view: MapLibre GL loads the style and goes idle; when the test
 //      upstream serves real MVT, the tiles decode (no MapLibre error) and `grid`/`label`
 //      features are rendered. Without WebGL (SwiftShader missing) or without MVT, the test
 //      prints a SKIP line saying why instead.
-// Screenshots: target/browser/map-raster.png, target/browser/map-vector.png.
+// Screenshots: target/browser/map-raster.png, map-traffic.png, map-cache.png, map-vector.png.
 //
 // Environment: BIN_DIR (default $CARGO_TARGET_DIR/debug, else target/debug), CHROMIUM (default
 // /usr/bin/chromium), BROWSER_ARTIFACTS (default target/browser), KEEP_TMP=1 keeps the logs.
@@ -31,6 +35,7 @@ const binDir = process.env.BIN_DIR || path.join(process.env.CARGO_TARGET_DIR || 
 const outDir = process.env.BROWSER_ARTIFACTS || path.join(repo, 'target', 'browser');
 const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 const KEY = 'browser-test-key';
+const ADMIN_TOKEN = 'browser-test-admin-token-0123456789';
 const started = Date.now();
 
 // As root Chromium needs --no-sandbox; the background-networking flags keep it from calling
@@ -104,6 +109,7 @@ async function servers() {
     TILE_PROXY_TRAFFIC_VECTOR_UPSTREAM: upstream,
     TILE_PROXY_CACHE_DIR: path.join(tmp, 'cache'),
     TILE_PROXY_WORKERS: '2',
+    TILE_PROXY_ADMIN_TOKEN: ADMIN_TOKEN,
   }, /"tile-proxy listening","addr":"(127\.0\.0\.1:\d+)"/);
   return { upstream, proxy: `http://${addr}` };
 }
@@ -238,6 +244,56 @@ async function trafficOverlay(v, name) {
   check(v.consoleErrors.length === 0, `${name}: no console error with traffic on`, v.consoleErrors.slice(0, 5).join(' | '));
 }
 
+// The cache toggle: after a purge of one area, the overlay (GeoJSON from /admin/cache-map with
+// the admin token typed into the page) draws the tiles this page loaded as cached and the purged
+// one as purged, in the legend's colours; the toggle is kept in the URL, the token is not.
+async function cacheOverlay(v, proxy, name) {
+  const { page } = v;
+  // Tile 2/2/1 (0..90 E, 0..66.5 N), loaded by both visitors at the page's first view (zoom 2).
+  const purge = await fetch(`${proxy}/admin/purge`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${ADMIN_TOKEN}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ index: 'map-page', bbox: [10, 10, 80, 60], zoom: [2, 2] }),
+  });
+  check(purge.ok, `${name}: the purge of tile 2/2/1 was accepted`, String(purge.status));
+  // The token field shows with the toggle on; until a token is typed the overlay asks for one.
+  await page.check('#cache');
+  await page.waitForFunction(() => document.body.dataset.cacheState === 'no-token', null, { timeout: 5_000 });
+  await page.fill('#token', ADMIN_TOKEN);
+  await page.dispatchEvent('#token', 'change');
+  const state = await page.waitForFunction(() => {
+    const s = document.body.dataset.cacheState || '';
+    return (s === 'loaded' || s.startsWith('error')) && s;
+  }, null, { timeout: 15_000 }).then((h) => h.jsonValue(), (e) => `timeout: ${e.message.split('\n')[0]}`);
+  check(state === 'loaded', `${name}: the cache overlay loaded /admin/cache-map`, state);
+  const r = await page.evaluate(() => {
+    const p = window.tileProxyPage;
+    const paths = [...document.querySelectorAll('.leaflet-overlay-pane path.cache-tile')];
+    const fills = (cls) => [...new Set(paths.filter((e) => e.classList.contains(cls)).map((e) => e.getAttribute('fill')))];
+    const purgedTile = p.cacheLayer.getLayers().find((l) => {
+      const f = l.feature.properties;
+      return f.z === 2 && f.x === 2 && f.y === 1;
+    });
+    return {
+      cache: p.cache, paths: paths.length, hash: location.hash, legend: !document.getElementById('cache-legend').hidden,
+      status: document.getElementById('cache-status').textContent,
+      cachedFills: fills('cache-cached-hour'), purgedFills: fills('cache-purged'),
+      purgedTile: purgedTile ? purgedTile.feature.properties.state : null,
+      stored: sessionStorage.getItem('tileProxyAdminToken') !== null,
+    };
+  });
+  console.log(`${name}: cache overlay ${JSON.stringify({ ...r, stored: undefined })} (${elapsed()})`);
+  check(r.cache && r.cache.counts.cached > 0 && r.cache.counts.purged === 1,
+    `${name}: the overlay counts cached tiles and the one purged`, JSON.stringify(r.cache));
+  check(r.paths === r.cache.features && r.paths > 1, `${name}: a polygon per feature is drawn (${r.paths})`);
+  check(r.purgedTile === 'purged', `${name}: tile 2/2/1 is drawn as purged`, String(r.purgedTile));
+  check(JSON.stringify(r.cachedFills) === '["#1a9850"]' && JSON.stringify(r.purgedFills) === '["#d73027"]',
+    `${name}: cached and purged tiles in the legend's colours`, JSON.stringify([r.cachedFills, r.purgedFills]));
+  check(r.legend && r.status.includes('1 purged'), `${name}: the legend shows the counts`, r.status);
+  check(r.hash.includes('cache=1') && !r.hash.includes(ADMIN_TOKEN), `${name}: the toggle is in the URL, the token is not`, r.hash);
+  check(v.consoleErrors.length === 0, `${name}: no console error with the cache overlay`, v.consoleErrors.slice(0, 5).join(' | '));
+}
+
 async function vectorView(v, proxy, mvt) {
   const { page } = v;
   const webgl = await page.evaluate(() => {
@@ -313,6 +369,8 @@ async function main() {
     await second.page.screenshot({ path: path.join(outDir, 'map-raster.png') });
     await trafficOverlay(second, 'second visitor');
     await second.page.screenshot({ path: path.join(outDir, 'map-traffic.png') });
+    await cacheOverlay(second, proxy, 'second visitor');
+    await second.page.screenshot({ path: path.join(outDir, 'map-cache.png') });
 
     // 3. The vector view.
     const mvt = await servesMvt(proxy);
