@@ -177,6 +177,23 @@ async fn a_tile_list_is_one_rule_and_bad_lists_are_refused_naming_the_line() {
     assert_eq!(r.json()["rule"]["tiles"]["count"], 3);
     assert_eq!(p.state().purges.len(), 1, "one rule");
     p.clock.advance_secs(1);
+    // The cache map shows the listed tiles purged, the fourth still cached.
+    let [w, s, e, n] = tile_proxy::domain::geo::tile_bounds(12, 2200, 1343);
+    let [_, _, e2, _] = tile_proxy::domain::geo::tile_bounds(12, 2202, 1343);
+    let (w, s, e, n) = (w + 1e-6, s + 1e-6, e2.max(e) - 1e-6, n - 1e-6);
+    let map_url = format!("/admin/cache-map?index=osm&bbox={w},{s},{e},{n}&zoom=12,12");
+    let map = p.get_with(&map_url, &[("Authorization", &format!("Bearer {TOKEN}"))]).await.json();
+    let states: Vec<(u64, String)> = map["features"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{map}"))
+        .iter()
+        .map(|f| (f["properties"]["x"].as_u64().unwrap(), f["properties"]["state"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(
+        states.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+        [(2200, "purged"), (2201, "purged"), (2202, "cached")].map(|(x, s)| (x, s.to_string())).into_iter().collect(),
+        "{map}"
+    );
     for (t, purged) in tiles.iter().zip([true, true, true, false]) {
         let r = p.get(&format!("/v3/base/mc/{t}/png?indice=osm")).await;
         assert_eq!(r.x_cache(), if purged { "MISS" } else { "HIT" }, "{t}");
