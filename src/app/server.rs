@@ -252,6 +252,15 @@ async fn assemble(settings: Settings, opts: StartOptions, held: &mut Option<DirL
     };
     let protect = crate::protect::Protect::new(&settings, redis.clone(), clock.clone(), metrics.clone());
     let compressor = crate::http::negotiate::Compressor::new(&settings, metrics.clone());
+    let bill_store = match (&redis, &purge_file) {
+        (Some(redis), _) => crate::store::bill::Store::Redis(redis.clone()),
+        (None, Some(_)) => crate::store::bill::Store::File(settings.cache_dir.join(crate::store::bill::FILE_NAME)),
+        (None, None) => {
+            tracing::warn!("no Redis and no disk tier: the bill's counts are kept in memory and restart from 0");
+            crate::store::bill::Store::Memory
+        }
+    };
+    let bill = Arc::new(crate::store::bill::Ledger::new(bill_store, settings.billing.bill_not_modified, clock.clone()));
     let core = Arc::new(Core {
         upstream: Arc::new(UpstreamConfig::from_settings(&settings)),
         settings: settings.clone(),
@@ -268,6 +277,7 @@ async fn assemble(settings: Settings, opts: StartOptions, held: &mut Option<DirL
         early_refresh_draw: opts.early_refresh_draw.unwrap_or(crate::domain::freshness::draw_unit),
         purges,
         protect,
+        bill,
     });
     let state = Arc::new(AppState {
         tiles: TileService::new(core.clone()),
@@ -416,6 +426,10 @@ impl Running {
                 Ok(Err(e)) => tracing::error!(error = %e, "server stopped with an error"),
                 Err(e) => tracing::error!(error = %e, "server task failed"),
             }
+        }
+        // The bill's last counts (a store that fails now loses them: logged).
+        if let Err(e) = self.state.bill.flush().await {
+            tracing::error!(error = %e, "the bill's last counts could not be stored");
         }
         self.state.cache.close().await;
         tracing::info!("cache closed; bye");

@@ -12,6 +12,7 @@ use crate::domain::purge::PurgeRules;
 use crate::observe::health::Health;
 use crate::observe::metrics::Metrics;
 use crate::protect::Protect;
+use crate::store::bill::Ledger;
 use crate::store::cache::TileCache;
 use crate::store::flight::{FillLock, Flights};
 use crate::upstream::UpstreamConfig;
@@ -35,4 +36,6 @@ pub struct Core {
     pub purges: Arc<PurgeRules>,
     /// Rate cap, budgets and client limits.
     pub protect: Protect,
+    /// The HERE bill's counts (billable transactions, hits) per index and API.
+    pub bill: Arc<Ledger>,
 }

@@ -1,0 +1,65 @@
+//! The HERE bill of the current (or a chosen) UTC month: every housekeeping tick the counts made
+//! since the last one go to the store and the gauges are set from it ([`tick`]); `/admin/stats`
+//! gains its `bill` ([`document`]). The counting itself is `store::bill`, the prices and the
+//! maths `domain::bill`.
+
+use serde_json::json;
+
+use crate::domain::bill::{bill, Bill, Month};
+use crate::observe::metrics::BillGauges;
+use crate::service::core::Core;
+
+/// Stores the counts made since the last tick, then sets the month's gauges from the store
+/// (with Redis: the fleet's counts). A store that fails keeps the counts for the next tick
+/// (`store::bill`) and leaves the gauges as they were.
+pub async fn tick(core: &Core) {
+    let _ = core.bill.flush().await;
+    let month = Month::of_ms(core.clock.now_ms());
+    if let Ok(usage) = core.bill.month(month).await {
+        set_gauges(&core.metrics.bill, &bill(month, &usage, &core.settings.billing));
+    }
+}
+
+fn set_gauges(g: &BillGauges, b: &Bill) {
+    for vec in [&g.transactions, &g.hits] {
+        vec.reset();
+    }
+    for vec in [&g.cost, &g.saved] {
+        vec.reset();
+    }
+    for (index, ib) in &b.indices {
+        for (api, line) in &ib.apis {
+            let labels = [index.as_str(), api];
+            g.transactions.with_label_values(&labels).set(i64::try_from(line.transactions).unwrap_or(i64::MAX));
+            g.hits.with_label_values(&labels).set(i64::try_from(line.hits).unwrap_or(i64::MAX));
+            g.cost.with_label_values(&labels).set(line.cost);
+            g.saved.with_label_values(&labels).set(line.saved);
+        }
+    }
+    for (api, ab) in &b.apis {
+        g.account_cost.with_label_values(&[api]).set(ab.cost);
+    }
+}
+
+/// The `bill` object of `/admin/stats`: `month` (default: the current UTC month), per index
+/// and per API the transactions, hits, cost and saved, and the account's totals with the free
+/// transactions; `store` says where the counts come from (`redis`: the fleet's; `file`,
+/// `memory`: this pod's). A store that does not answer gives `error` and no counts.
+pub async fn document(core: &Core, month: Option<Month>) -> serde_json::Value {
+    let month = month.unwrap_or_else(|| Month::of_ms(core.clock.now_ms()));
+    let billing = &core.settings.billing;
+    match core.bill.month(month).await {
+        Ok(usage) => {
+            let mut doc = serde_json::to_value(bill(month, &usage, billing)).unwrap_or_default();
+            doc["store"] = json!(core.bill.store_name());
+            doc["bill_not_modified"] = json!(billing.bill_not_modified);
+            doc
+        }
+        Err(e) => json!({
+            "month": month.to_string(),
+            "store": core.bill.store_name(),
+            "bill_not_modified": billing.bill_not_modified,
+            "error": format!("the bill's counts cannot be read: {e}"),
+        }),
+    }
+}
