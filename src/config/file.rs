@@ -246,6 +246,7 @@ impl Default for BillingFileConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct PriceFileConfig {
     /// Price of 1,000 transactions, in your contract's currency (default 0).
+    #[serde(with = "units::decimal")]
     pub price_per_1000: f64,
     /// Transactions each month that cost nothing, once for the whole account (default 0).
     pub free_per_month: u64,
