@@ -227,3 +227,42 @@ async fn counts_made_while_redis_is_away_reach_it_when_it_is_back() {
     assert_eq!(usage(&bill(&p, "").await, "away", "raster"), (3, 0));
     p.stop().await;
 }
+
+/// Whether `text` has a sample of `name` with every one of `labels` (`index="a"`) at 0.
+fn zero_sample(text: &str, name: &str, labels: &[&str]) -> bool {
+    text.lines().any(|l| {
+        l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{'))
+            && labels.iter().all(|lab| l.contains(lab))
+            && l.ends_with(" 0")
+    })
+}
+
+#[actix_rt::test]
+async fn the_bill_gauges_exist_at_zero_for_the_default_and_configured_indices() {
+    let up = upstream(1_000);
+    let p = Proxy::start(&up, |f| {
+        billed(f);
+        f.index.insert("named".into(), Default::default());
+    })
+    .await;
+    let apis = ["raster", "vector", "traffic_raster", "traffic_vector"];
+    let names = ["transactions", "hits", "cost", "saved"].map(|n| format!("tile_proxy_bill_month_{n}"));
+    eventually("the first tick set the gauges", async || {
+        let m = p.metrics().await;
+        ["default", "named"].iter().all(|index| {
+            apis.iter().all(|api| {
+                let labels = [format!("index=\"{index}\""), format!("api=\"{api}\"")];
+                let labels = [labels[0].as_str(), labels[1].as_str()];
+                names.iter().all(|name| zero_sample(&m, name, &labels))
+            })
+        })
+    })
+    .await;
+    let m = p.metrics().await;
+    for api in apis {
+        let label = format!("api=\"{api}\"");
+        assert!(zero_sample(&m, "tile_proxy_bill_month_account_cost", &[&label]), "{api}");
+    }
+    assert_eq!(up.total(), 0);
+    p.stop().await;
+}

@@ -5,7 +5,8 @@
 
 use serde_json::json;
 
-use crate::domain::bill::{bill, Bill, Month};
+use crate::domain::bill::{bill, Bill, Line, Month};
+use crate::domain::routes::{Api, DEFAULT_INDEX};
 use crate::observe::metrics::BillGauges;
 use crate::service::core::Core;
 
@@ -15,7 +16,13 @@ use crate::service::core::Core;
 pub async fn tick(core: &Core) {
     let _ = core.bill.flush().await;
     let month = Month::of_ms(core.clock.now_ms());
-    if let Ok(usage) = core.bill.month(month).await {
+    if let Ok(mut usage) = core.bill.month(month).await {
+        // The default index and the configured ones have their series from the start, at 0
+        // (an absent series is "No data" in a panel).
+        let known = std::iter::once(DEFAULT_INDEX).chain(core.settings.policies.keys().map(String::as_str));
+        for index in known {
+            usage.entry(core.metrics.index_label(index).to_string()).or_default();
+        }
         set_gauges(&core.metrics.bill, &bill(month, &usage, &core.settings.billing));
     }
 }
@@ -28,7 +35,9 @@ fn set_gauges(g: &BillGauges, b: &Bill) {
         vec.reset();
     }
     for (index, ib) in &b.indices {
-        for (api, line) in &ib.apis {
+        let zero = Line { transactions: 0, hits: 0, cost: 0.0, saved: 0.0 };
+        for api in Api::ALL.map(Api::as_str) {
+            let line = ib.apis.get(api).unwrap_or(&zero);
             let labels = [index.as_str(), api];
             g.transactions.with_label_values(&labels).set(i64::try_from(line.transactions).unwrap_or(i64::MAX));
             g.hits.with_label_values(&labels).set(i64::try_from(line.hits).unwrap_or(i64::MAX));
