@@ -419,6 +419,8 @@ impl Running {
             tracing::info!(?delay, "not ready; serving on before draining");
             tokio::time::sleep(delay).await;
         }
+        // The bill's counts so far, while every runtime still runs; the drain's are flushed after.
+        flush_bill(&self.state, false).await;
         for served in std::iter::once(self.tiles).chain(self.admin) {
             served.handle.stop(true).await;
             match served.task.await {
@@ -428,9 +430,7 @@ impl Running {
             }
         }
         // The bill's last counts (a store that fails now loses them: logged).
-        if let Err(e) = self.state.bill.flush().await {
-            tracing::error!(error = %e, "the bill's last counts could not be stored");
-        }
+        flush_bill(&self.state, true).await;
         self.state.cache.close().await;
         tracing::info!("cache closed; bye");
     }
@@ -440,6 +440,25 @@ impl Running {
         wait_for_signal().await;
         tracing::info!("signal received; draining");
         self.shutdown().await;
+    }
+}
+
+/// Stores the bill's pending counts (`last`: and closes the ledger), in a task of its own: a
+/// Redis connection that was reconnecting on an HTTP worker's runtime, stopped meanwhile, panics
+/// when polled (its timer's runtime is gone); that costs this flush (logged), not the shutdown.
+async fn flush_bill(state: &Arc<AppState>, last: bool) {
+    let ledger = state.bill.clone();
+    let flushed = actix_web::rt::spawn(async move {
+        if last {
+            ledger.close().await
+        } else {
+            ledger.flush().await
+        }
+    });
+    match flushed.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "the bill's last counts could not be stored"),
+        Err(e) => tracing::error!(error = %e, "the bill's last counts could not be stored (flush failed)"),
     }
 }
 

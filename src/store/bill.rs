@@ -88,6 +88,8 @@ pub struct Ledger {
     flushing: tokio::sync::Mutex<()>,
     /// The last flush failed (logged once per failure, again on recovery).
     failing: AtomicBool,
+    /// Closed by a shutdown: nothing is stored any more (the next process owns the store).
+    closed: AtomicBool,
     lua: Lua,
 }
 
@@ -109,6 +111,7 @@ impl Ledger {
             dirty: AtomicBool::new(false),
             flushing: tokio::sync::Mutex::new(()),
             failing: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             lua: Lua::new(FLUSH_LUA),
         }
     }
@@ -171,6 +174,9 @@ impl Ledger {
     /// the next flush and the error is returned (logged once until a flush succeeds again).
     pub async fn flush(&self) -> Result<(), String> {
         let _one = self.flushing.lock().await;
+        if self.closed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         let deltas = self.take();
         let result = match &self.store {
             Store::Redis(redis) => {
@@ -222,6 +228,15 @@ impl Ledger {
             }
             _ => {}
         }
+        result
+    }
+
+    /// The last flush, on shutdown: after it nothing is stored any more, so a server stopped
+    /// in a process that goes on (tests, `seed --direct`) cannot overwrite what the next one on
+    /// the same cache folder stores.
+    pub async fn close(&self) -> Result<(), String> {
+        let result = self.flush().await;
+        self.closed.store(true, Ordering::SeqCst);
         result
     }
 
