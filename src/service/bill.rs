@@ -10,13 +10,13 @@ use crate::domain::routes::{Api, DEFAULT_INDEX};
 use crate::observe::metrics::BillGauges;
 use crate::service::core::Core;
 
-/// Stores the counts made since the last tick, then sets the month's gauges from the store
-/// (with Redis: the fleet's counts). A store that fails keeps the counts for the next tick
-/// (`store::bill`) and leaves the gauges as they were.
+/// Stores the counts made since the last tick and sets the month's gauges from the store (with
+/// Redis: the fleet's counts; one Redis call when there were counts, else a read every few
+/// ticks: `store::bill::Ledger::tick`). A store that fails keeps the counts for the next tick
+/// and leaves the gauges as they were.
 pub async fn tick(core: &Core) {
-    let _ = core.bill.flush().await;
     let month = Month::of_ms(core.clock.now_ms());
-    if let Ok(mut usage) = core.bill.month(month).await {
+    if let Some(mut usage) = core.bill.tick(month).await {
         // The default index and the configured ones have their series from the start, at 0
         // (an absent series is "No data" in a panel).
         let known = std::iter::once(DEFAULT_INDEX).chain(core.settings.policies.keys().map(String::as_str));

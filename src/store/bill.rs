@@ -40,8 +40,9 @@ pub const DAY_KEEP_DAYS: u32 = 92;
 /// The file in the cache folder.
 pub const FILE_NAME: &str = "bill.json";
 
-/// Adds the deltas of one flush. KEYS: the period hashes; ARGV[1..#KEYS]: each key's lifetime in
-/// seconds; then triples (key number, field, increment).
+/// Adds the deltas of one flush and answers the first key's hash (the current month's, so a
+/// tick needs one call). KEYS: the period hashes, the current month first; ARGV[1..#KEYS]: each
+/// key's lifetime in seconds; then triples (key number, field, increment).
 const FLUSH_LUA: &str = r#"
 local n = #KEYS
 for i = n + 1, #ARGV, 3 do
@@ -50,8 +51,11 @@ end
 for i = 1, n do
   redis.call('EXPIRE', KEYS[i], ARGV[i])
 end
-return n
+return redis.call('HGETALL', KEYS[1])
 "#;
+
+/// Ticks between two reads of the store when nothing was flushed (a flush reads it anyway).
+const READ_EVERY: u64 = 5;
 
 /// Where the counts are kept.
 pub enum Store {
@@ -90,6 +94,8 @@ pub struct Ledger {
     failing: AtomicBool,
     /// Closed by a shutdown: nothing is stored any more (the next process owns the store).
     closed: AtomicBool,
+    /// Housekeeping ticks so far.
+    ticks: std::sync::atomic::AtomicU64,
     lua: Lua,
 }
 
@@ -112,6 +118,7 @@ impl Ledger {
             flushing: tokio::sync::Mutex::new(()),
             failing: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            ticks: std::sync::atomic::AtomicU64::new(0),
             lua: Lua::new(FLUSH_LUA),
         }
     }
@@ -183,7 +190,8 @@ impl Ledger {
                 if deltas.is_empty() {
                     return Ok(());
                 }
-                let result = self.flush_redis(redis, &deltas).await;
+                let month = Month::of_ms(self.clock.now_ms());
+                let result = self.flush_redis(redis, &deltas, month).await.map(drop);
                 if result.is_err() {
                     self.give_back(deltas);
                 }
@@ -219,7 +227,13 @@ impl Ledger {
                 Ok(())
             }
         };
-        match &result {
+        self.note(&result);
+        result
+    }
+
+    /// Logs a flush that failed after one that worked, and the other way round.
+    fn note(&self, result: &Result<(), String>) {
+        match result {
             Ok(()) if self.failing.swap(false, Ordering::SeqCst) => {
                 tracing::info!(store = self.store_name(), "bill counts stored again");
             }
@@ -228,7 +242,6 @@ impl Ledger {
             }
             _ => {}
         }
-        result
     }
 
     /// The last flush, on shutdown: after it nothing is stored any more, so a server stopped
@@ -240,7 +253,49 @@ impl Ledger {
         result
     }
 
-    async fn flush_redis(&self, redis: &Redis, deltas: &Pending) -> Result<(), String> {
+    /// The housekeeping tick: stores the counts made since the last one and gives `month`'s
+    /// (the store's, with this pod's not yet stored), reading the store as little as it can:
+    /// with Redis, one call that both adds and reads when there are counts to add, else one
+    /// read every [`READ_EVERY`] ticks (`None` in between, and when the store fails: the
+    /// counts are then kept for the next tick).
+    pub async fn tick(&self, month: Month) -> Option<UsageByIndex> {
+        let n = self.ticks.fetch_add(1, Ordering::Relaxed);
+        let Store::Redis(redis) = &self.store else {
+            let _ = self.flush().await;
+            return self.month(month).await.ok();
+        };
+        let stored = {
+            let _one = self.flushing.lock().await;
+            if self.closed.load(Ordering::SeqCst) {
+                return None;
+            }
+            let deltas = self.take();
+            if deltas.is_empty() {
+                None
+            } else {
+                let result = self.flush_redis(redis, &deltas, month).await;
+                if result.is_err() {
+                    self.give_back(deltas);
+                }
+                self.note(&result.as_ref().map(drop).map_err(Clone::clone));
+                Some(result.ok()?)
+            }
+        };
+        let mut usage = match stored {
+            Some(fields) => fields_usage(&fields),
+            None if n % READ_EVERY == 0 => return self.month(month).await.ok(),
+            None => return None,
+        };
+        self.add_pending(&mut usage, month);
+        Some(usage)
+    }
+
+    async fn flush_redis(
+        &self,
+        redis: &Redis,
+        deltas: &Pending,
+        month: Month,
+    ) -> Result<BTreeMap<String, u64>, String> {
         let mut keys: Vec<String> = Vec::new();
         let mut ttls: Vec<String> = Vec::new();
         let mut triples: Vec<String> = Vec::new();
@@ -255,6 +310,8 @@ impl Ledger {
                 }
             }
         };
+        // The month to answer for first.
+        key_number(month.to_string(), MONTH_KEEP_DAYS, &mut keys);
         for (&day, by_index) in deltas {
             let month = key_number(Month::of_day(day).to_string(), MONTH_KEEP_DAYS, &mut keys);
             let daily = key_number(day_label(day), DAY_KEEP_DAYS, &mut keys);
@@ -274,11 +331,7 @@ impl Ledger {
         }
         let args: Vec<&str> = ttls.iter().chain(&triples).map(String::as_str).collect();
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        redis
-            .eval::<i64>("bill_flush", Deadline::Write, &self.lua, &keys, &args)
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+        redis.eval("bill_flush", Deadline::Write, &self.lua, &keys, &args).await.map_err(|e| e.to_string())
     }
 
     /// Adds deltas to the book (file and memory stores), dropping periods past their keep.
@@ -311,9 +364,11 @@ impl Ledger {
             Store::Redis(redis) => {
                 let mut cmd = redis::cmd("HGETALL");
                 cmd.arg(redis.keys.bill(&period));
+                // Not a request's call: the longer deadline, so a big month on a busy Redis does
+                // not open the breaker every request goes through.
                 let all: BTreeMap<String, u64> =
-                    redis.call("bill_read", Deadline::Read, &cmd).await.map_err(|e| e.to_string())?;
-                bill::add_fields(&mut usage, all.iter().map(|(k, v)| (k.as_str(), *v)));
+                    redis.call("bill_read", Deadline::Write, &cmd).await.map_err(|e| e.to_string())?;
+                usage = fields_usage(&all);
             }
             Store::File(_) | Store::Memory => {
                 let book = self.book.lock().unwrap_or_else(|p| p.into_inner());
@@ -322,6 +377,12 @@ impl Ledger {
                 }
             }
         }
+        self.add_pending(&mut usage, month);
+        Ok(usage)
+    }
+
+    /// Adds this pod's counts of `month` not yet stored.
+    fn add_pending(&self, usage: &mut UsageByIndex, month: Month) {
         let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         for (_, by_index) in pending.range(month.first_day()..month.next().first_day()) {
             for (index, apis) in by_index {
@@ -331,8 +392,14 @@ impl Ledger {
                 }
             }
         }
-        Ok(usage)
     }
+}
+
+/// The counts of one stored hash.
+fn fields_usage(fields: &BTreeMap<String, u64>) -> UsageByIndex {
+    let mut usage = UsageByIndex::new();
+    bill::add_fields(&mut usage, fields.iter().map(|(k, v)| (k.as_str(), *v)));
+    usage
 }
 
 /// Drops the periods older than they are kept.
