@@ -283,7 +283,7 @@ impl Ledger {
         };
         let mut usage = match stored {
             Some(fields) => fields_usage(&fields),
-            None if n % READ_EVERY == 0 => return self.month(month).await.ok(),
+            None if n.is_multiple_of(READ_EVERY) => return self.month(month).await.ok(),
             None => return None,
         };
         self.add_pending(&mut usage, month);
