@@ -5,6 +5,9 @@
 
 mod common;
 
+use std::process::Command;
+
+use common::process::{run, BIN};
 use common::redis_server::RedisServer;
 use common::*;
 use tile_proxy::base::clock::Clock;
@@ -189,6 +192,36 @@ async fn two_pods_sharing_redis_add_up_and_the_bill_outlives_them() {
     let bill = bill(&c, "").await;
     assert_eq!(usage(&bill, "fleet", "raster"), (2, 2), "{bill}");
     assert_eq!(bill["indices"]["fleet"]["cost"].as_f64(), Some(0.008), "2 x 2.0 + 1 x 4.0 per 1,000: {bill}");
+
+    // `tile-proxy stats` prints the bill as a second table; --month picks another month.
+    let stats = |extra: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["stats", "--url", &c.base]).args(extra).env("TILE_PROXY_ADMIN_TOKEN", ADMIN);
+        cmd
+    };
+    let out = run(stats(&[])).await;
+    assert!(out.status.success(), "{} {}", out.stdout, out.stderr);
+    let table = &out.stdout;
+    assert!(table.contains(&format!("bill {month} (UTC; counts from redis, the fleet's)")), "{table}");
+    let bill_part = table.split_once("\nbill ").map_or("", |(_, b)| b);
+    let row = |name: &str, api: &str| -> Vec<String> {
+        let line =
+            bill_part.lines().find(|l| l.starts_with(name) && l.contains(api)).unwrap_or_else(|| panic!("{table}"));
+        line.split_whitespace().map(String::from).collect()
+    };
+    assert_eq!(row("fleet ", "raster"), ["fleet", "raster", "2", "2", "0.00", "0.00"], "{table}");
+    assert_eq!(row("fleet ", "vector"), ["fleet", "vector", "1", "0", "0.00", "0.00"], "{table}");
+    assert!(table.lines().any(|l| l.starts_with("(total)")), "{table}");
+    let before = Month::of_day(Month::of_ms(c.clock.now_ms()).first_day() - 1).to_string();
+    let out = run(stats(&["--month", &before])).await;
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(out.stdout.contains(&format!("bill {before} ")), "{}", out.stdout);
+    let bill_part = out.stdout.split_once("\nbill ").map_or("", |(_, b)| b);
+    assert!(bill_part.contains("(total)"), "{}", out.stdout);
+    assert!(!bill_part.lines().any(|l| l.starts_with("fleet ")), "last month had none: {}", out.stdout);
+    let out = run(stats(&["--month", "2026-13"])).await;
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("--month 2026-13"), "{}", out.stderr);
     c.stop().await;
 }
 
