@@ -206,12 +206,17 @@ async fn direct_seeding_fills_the_cache_that_a_proxy_then_serves_as_hits() {
     assert_eq!(fetched(&up).into_iter().collect::<BTreeSet<_>>(), want);
 
     up.reset();
-    let p = Proxy::start_in(&up, cache, |_| {}).await;
+    let token = "bill-admin-token-0123456789";
+    let p = Proxy::start_in(&up, cache, |f| f.admin_token = Some(token.into())).await;
     for (z, x, y) in &want {
         let r = p.get(&format!("/v3/base/mc/{z}/{x}/{y}/png?indice=seed3")).await;
         assert_eq!((r.status.as_u16(), r.x_cache()), (200, "HIT"), "{z}/{x}/{y}");
     }
     assert_eq!(up.total(), 0, "every seeded tile came from the cache");
+    // The seed's upstream transactions are on the month's bill (bill.json), the hits after it too.
+    let stats = p.get_with("/admin/stats", &[("Authorization", &format!("Bearer {token}"))]).await.json();
+    let raster = &stats["bill"]["indices"]["seed3"]["apis"]["raster"];
+    assert_eq!((raster["transactions"].as_u64(), raster["hits"].as_u64()), (Some(n), Some(n)), "{stats}");
 }
 
 #[actix_rt::test]

@@ -59,6 +59,9 @@ pub struct StatsArgs {
     /// Print the JSON document instead of a table
     #[arg(long)]
     pub json: bool,
+    /// The bill of this UTC month (YYYY-MM) instead of the current one
+    #[arg(long, value_name = "YYYY-MM")]
+    pub month: Option<String>,
 }
 
 /// The flags of `healthcheck`.

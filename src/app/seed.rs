@@ -183,6 +183,10 @@ async fn seed_direct(args: &SeedArgs, job: Job, done: Done, state_path: &Path) -
     let client = crate::upstream::build_client(&state.settings.upstream);
     let fetcher = Direct { service: TileService::new(state.core.clone()), client };
     let code = seed(args, &job, &fetcher, done, state_path).await;
+    // The seed's upstream transactions go on the month's bill (no housekeeping tick runs here).
+    if let Err(e) = state.bill.close().await {
+        tracing::warn!(error = %e, "seed: the bill's counts could not be stored");
+    }
     state.cache.close().await;
     drop(built);
     code

@@ -252,6 +252,15 @@ async fn assemble(settings: Settings, opts: StartOptions, held: &mut Option<DirL
     };
     let protect = crate::protect::Protect::new(&settings, redis.clone(), clock.clone(), metrics.clone());
     let compressor = crate::http::negotiate::Compressor::new(&settings, metrics.clone());
+    let bill_store = match (&redis, &purge_file) {
+        (Some(redis), _) => crate::store::bill::Store::Redis(redis.clone()),
+        (None, Some(_)) => crate::store::bill::Store::File(settings.cache_dir.join(crate::store::bill::FILE_NAME)),
+        (None, None) => {
+            tracing::warn!("no Redis and no disk tier: the bill's counts are kept in memory and restart from 0");
+            crate::store::bill::Store::Memory
+        }
+    };
+    let bill = Arc::new(crate::store::bill::Ledger::new(bill_store, settings.billing.bill_not_modified, clock.clone()));
     let core = Arc::new(Core {
         upstream: Arc::new(UpstreamConfig::from_settings(&settings)),
         settings: settings.clone(),
@@ -269,6 +278,7 @@ async fn assemble(settings: Settings, opts: StartOptions, held: &mut Option<DirL
         purges,
         protect,
         cache_map: Arc::new(crate::observe::cache_map::CacheMap::new(settings.cache_map_tiles)),
+        bill,
     });
     let state = Arc::new(AppState {
         tiles: TileService::new(core.clone()),
@@ -413,6 +423,8 @@ impl Running {
             tracing::info!(?delay, "not ready; serving on before draining");
             tokio::time::sleep(delay).await;
         }
+        // The bill's counts so far, while every runtime still runs; the drain's are flushed after.
+        flush_bill(&self.state, false).await;
         for served in std::iter::once(self.tiles).chain(self.admin) {
             served.handle.stop(true).await;
             match served.task.await {
@@ -421,6 +433,8 @@ impl Running {
                 Err(e) => tracing::error!(error = %e, "server task failed"),
             }
         }
+        // The bill's last counts (a store that fails now loses them: logged).
+        flush_bill(&self.state, true).await;
         self.state.cache.close().await;
         tracing::info!("cache closed; bye");
     }
@@ -430,6 +444,25 @@ impl Running {
         wait_for_signal().await;
         tracing::info!("signal received; draining");
         self.shutdown().await;
+    }
+}
+
+/// Stores the bill's pending counts (`last`: and closes the ledger), in a task of its own: a
+/// Redis connection that was reconnecting on an HTTP worker's runtime, stopped meanwhile, panics
+/// when polled (its timer's runtime is gone); that costs this flush (logged), not the shutdown.
+async fn flush_bill(state: &Arc<AppState>, last: bool) {
+    let ledger = state.bill.clone();
+    let flushed = actix_web::rt::spawn(async move {
+        if last {
+            ledger.close().await
+        } else {
+            ledger.flush().await
+        }
+    });
+    match flushed.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "the bill's last counts could not be stored"),
+        Err(e) => tracing::error!(error = %e, "the bill's last counts could not be stored (flush failed)"),
     }
 }
 

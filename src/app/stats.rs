@@ -1,4 +1,5 @@
-//! `tile-proxy stats`: a running proxy's per-index statistics (`GET /admin/stats`) as a table.
+//! `tile-proxy stats`: a running proxy's per-index statistics (`GET /admin/stats`) as a table,
+//! and the month's HERE bill (its `bill`) as a second one; `--month YYYY-MM` picks the month.
 
 use std::process::ExitCode;
 
@@ -38,13 +39,24 @@ pub fn table(doc: &serde_json::Value) -> String {
         }
     }
     rows.push(row("(total)", &doc["totals"]));
-    let widths: Vec<usize> =
-        (0..header.len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    out.push_str(&aligned(&rows, 1));
+    if doc["bill"].is_object() {
+        out.push('\n');
+        out.push_str(&bill_table(&doc["bill"]));
+    }
+    out
+}
+
+/// Rows as columns, the first `left` of them left-aligned, the rest right-aligned.
+fn aligned(rows: &[Vec<String>], left: usize) -> String {
+    let n = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..n).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
     for r in rows {
         let cells: Vec<String> = r
             .iter()
             .enumerate()
-            .map(|(i, c)| if i == 0 { format!("{c:<w$}", w = widths[i]) } else { format!("{c:>w$}", w = widths[i]) })
+            .map(|(i, c)| if i < left { format!("{c:<w$}", w = widths[i]) } else { format!("{c:>w$}", w = widths[i]) })
             .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
@@ -52,9 +64,74 @@ pub fn table(doc: &serde_json::Value) -> String {
     out
 }
 
+/// The `bill` object as a table: a line per index and API (transactions at list price, hits
+/// and what they saved), a line per API for the account (free transactions deducted), the total.
+pub fn bill_table(bill: &serde_json::Value) -> String {
+    let mut out = format!(
+        "bill {} (UTC; counts from {}{})\n",
+        bill["month"].as_str().unwrap_or("?"),
+        bill["store"].as_str().unwrap_or("?"),
+        if bill["store"] == "redis" { ", the fleet's" } else { ", this pod's" }
+    );
+    if let Some(e) = bill["error"].as_str() {
+        out.push_str(e);
+        out.push('\n');
+        return out;
+    }
+    let money = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.2}"));
+    let mut rows = vec![["index", "api", "transactions", "hits", "cost", "saved"].map(String::from).to_vec()];
+    if let Some(indices) = bill["indices"].as_object() {
+        for (name, ib) in indices {
+            for (api, line) in ib["apis"].as_object().into_iter().flatten() {
+                rows.push(vec![
+                    name.clone(),
+                    api.clone(),
+                    line["transactions"].to_string(),
+                    line["hits"].to_string(),
+                    money(&line["cost"]),
+                    money(&line["saved"]),
+                ]);
+            }
+        }
+    }
+    for (api, ab) in bill["apis"].as_object().into_iter().flatten() {
+        if ab["transactions"].as_u64().unwrap_or(0) + ab["hits"].as_u64().unwrap_or(0) == 0 {
+            continue;
+        }
+        rows.push(vec![
+            format!("(account, {} free)", ab["free_per_month"]),
+            api.clone(),
+            ab["transactions"].to_string(),
+            ab["hits"].to_string(),
+            money(&ab["cost"]),
+            money(&ab["saved"]),
+        ]);
+    }
+    let t = &bill["totals"];
+    rows.push(vec![
+        "(total)".into(),
+        String::new(),
+        t["transactions"].to_string(),
+        t["hits"].to_string(),
+        money(&t["cost"]),
+        money(&t["saved"]),
+    ]);
+    out.push_str(&aligned(&rows, 2));
+    out.push_str("cost: per index at list price; account and total lines after the free transactions\n");
+    out
+}
+
 /// `tile-proxy stats`.
 pub fn run_cli(args: &StatsArgs) -> ExitCode {
-    let fetched = crate::app::admin_client::call(&args.url, "/admin/stats", args.token.as_deref(), None);
+    let mut path = "/admin/stats".to_string();
+    if let Some(month) = &args.month {
+        if crate::domain::bill::Month::parse(month).is_none() {
+            eprintln!("tile-proxy stats: --month {month}: not a month (YYYY-MM, e.g. 2026-12)");
+            return ExitCode::FAILURE;
+        }
+        path.push_str(&format!("?month={month}"));
+    }
+    let fetched = crate::app::admin_client::call(&args.url, &path, args.token.as_deref(), None);
     match fetched {
         Ok(doc) if args.json => {
             println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
@@ -93,5 +170,30 @@ mod tests {
         let row: Vec<&str> = lines[2].split_whitespace().collect();
         assert_eq!(row, ["123", "9", "0", "1", "90.0", "1", "2KiB", "3", "1/100", "-"], "{t}");
         assert!(lines[3].starts_with("(total)"), "{t}");
+        assert_eq!(lines.len(), 4, "no bill in the document, no bill table: {t}");
+    }
+
+    #[test]
+    fn the_bill_table_shows_each_index_and_api_the_account_and_the_total() {
+        let bill = json!({
+            "month": "2026-12", "store": "redis",
+            "indices": {"123": {"transactions": 40_000, "hits": 80_000, "cost": 33.2, "saved": 66.4,
+                "apis": {"raster": {"transactions": 40_000, "hits": 80_000, "cost": 33.2, "saved": 66.4}}}},
+            "apis": {
+                "raster": {"transactions": 40_000, "hits": 80_000, "free_per_month": 30_000, "cost": 8.3, "saved": 66.4},
+                "vector": {"transactions": 0, "hits": 0, "free_per_month": 0, "cost": 0.0, "saved": 0.0}},
+            "totals": {"transactions": 40_000, "hits": 80_000, "cost": 8.3, "saved": 66.4},
+        });
+        let t = bill_table(&bill);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "bill 2026-12 (UTC; counts from redis, the fleet's)", "{t}");
+        let cells = |i: usize| lines[i].split_whitespace().collect::<Vec<_>>();
+        assert_eq!(cells(1), ["index", "api", "transactions", "hits", "cost", "saved"], "{t}");
+        assert_eq!(cells(2), ["123", "raster", "40000", "80000", "33.20", "66.40"], "{t}");
+        assert_eq!(cells(3), ["(account,", "30000", "free)", "raster", "40000", "80000", "8.30", "66.40"], "{t}");
+        assert_eq!(cells(4), ["(total)", "40000", "80000", "8.30", "66.40"], "{t}");
+        assert!(lines[5].starts_with("cost: per index at list price"), "{t}");
+        let doc = json!({"scope": "pod", "pods": 1, "indices": {}, "totals": {}, "bill": bill});
+        assert!(table(&doc).contains("bill 2026-12"), "the stats table carries the bill");
     }
 }

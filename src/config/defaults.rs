@@ -82,3 +82,8 @@ pub const DEFAULT_RATE_LIMIT: f64 = 100.0;
 /// The default bucket: 1000 requests at once (five full 4K screens of 256 px tiles with the
 /// overlay), refilled in 10 s at [`DEFAULT_RATE_LIMIT`].
 pub const DEFAULT_RATE_BURST: u32 = 1000;
+
+/// `[billing] bill_not_modified`: a 304 revalidation counts as a billable transaction.
+pub const DEFAULT_BILL_NOT_MODIFIED: bool = true;
+/// Highest `price_per_1000` accepted (a typo guard).
+pub const MAX_PRICE_PER_1000: f64 = 1_000_000.0;

@@ -151,6 +151,8 @@ pub struct FileConfig {
     pub defaults: PolicyFileConfig,
     /// Per-index policies: `[index.<name>]`.
     pub index: BTreeMap<String, PolicyFileConfig>,
+    /// `[billing]`: what HERE charges per API, for the monthly bill of `/admin/stats`.
+    pub billing: BillingFileConfig,
 }
 
 impl Default for FileConfig {
@@ -208,8 +210,50 @@ impl Default for FileConfig {
             rate_limit_shared: true,
             defaults: PolicyFileConfig::default(),
             index: BTreeMap::new(),
+            billing: BillingFileConfig::default(),
         }
     }
+}
+
+/// `[billing]`: how upstream transactions are counted and priced. Prices default to 0 (no
+/// price is assumed): set your contract's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BillingFileConfig {
+    /// Count a `304 Not Modified` (a revalidation) as a billable transaction (default true:
+    /// HERE counts a transaction per request, and its tile APIs call a 304 a success).
+    pub bill_not_modified: bool,
+    /// `[billing.raster]`: Raster Tile API v3.
+    pub raster: PriceFileConfig,
+    /// `[billing.vector]`: Vector Tile API v2.
+    pub vector: PriceFileConfig,
+    /// `[billing.traffic_raster]`: Traffic Raster Tile API v3.
+    pub traffic_raster: PriceFileConfig,
+    /// `[billing.traffic_vector]`: Traffic Vector Tile API v2.
+    pub traffic_vector: PriceFileConfig,
+}
+
+impl Default for BillingFileConfig {
+    fn default() -> Self {
+        Self {
+            bill_not_modified: DEFAULT_BILL_NOT_MODIFIED,
+            raster: PriceFileConfig::default(),
+            vector: PriceFileConfig::default(),
+            traffic_raster: PriceFileConfig::default(),
+            traffic_vector: PriceFileConfig::default(),
+        }
+    }
+}
+
+/// One HERE API's price.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PriceFileConfig {
+    /// Price of 1,000 transactions, in your contract's currency (default 0).
+    #[serde(with = "units::decimal")]
+    pub price_per_1000: f64,
+    /// Transactions each month that cost nothing, once for the whole account (default 0).
+    pub free_per_month: u64,
 }
 
 /// `[upstream]`: timeouts, retries, protocols and trust for calls to HERE.

@@ -637,6 +637,27 @@ mod tests {
     }
 
     #[test]
+    fn billing_prices_keep_their_decimals_and_bad_ones_are_named() {
+        let (_dir, path) = file("[billing.vector]\nprice_per_1000 = 1.25\nfree_per_month = 250000\n");
+        let env = [("HERE_API_KEY", "k"), ("TILE_PROXY_BILLING__RASTER__PRICE_PER_1000", "0.83")];
+        let (s, f) = load_ok(&Flags::file(&path), &env);
+        assert_eq!(s.billing.prices[0].per_1000, 0.83, "not 0.8299999833 (figment reads short strings as f32)");
+        assert_eq!((s.billing.prices[1].per_1000, s.billing.prices[1].free_per_month), (1.25, 250_000));
+        assert!(s.billing.bill_not_modified, "the default");
+        let shown: FileConfig = toml::from_str(&f.effective_toml(&s)).unwrap();
+        assert_eq!(shown.billing, f.billing, "check-config shows [billing] as it applies");
+
+        let (_dir, path) = file("[billing.traffic_vector]\nprice_per_1000 = -1\n");
+        let errs = load_err(&Flags::file(&path), &[("HERE_API_KEY", "k")]);
+        assert!(errs.iter().any(|e| e.contains("billing.traffic_vector.price_per_1000")), "{errs:?}");
+        let errs = load_err(
+            &Flags::default(),
+            &[("HERE_API_KEY", "k"), ("TILE_PROXY_BILLING__RASTER__PRICE_PER_1000", "cheap")],
+        );
+        assert!(errs.iter().any(|e| e.contains("TILE_PROXY_BILLING__RASTER__PRICE_PER_1000")), "{errs:?}");
+    }
+
+    #[test]
     fn environment_names() {
         let cases: [(&str, Option<&[&str]>); 8] = [
             ("TILE_PROXY_LISTEN", Some(&["listen"])),

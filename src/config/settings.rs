@@ -225,6 +225,33 @@ pub struct Settings {
     pub rate_limit_shared: bool,
     /// Tiles the cache map keeps (default 200,000; 0: off).
     pub cache_map_tiles: usize,
+    /// `[billing]`, resolved.
+    pub billing: Billing,
+}
+
+/// One HERE API's price, resolved.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Price {
+    /// Price of 1,000 transactions (finite, 0 to [`crate::config::MAX_PRICE_PER_1000`]).
+    pub per_1000: f64,
+    /// Transactions a month that cost nothing (once per account).
+    pub free_per_month: u64,
+}
+
+/// How upstream transactions are counted and priced.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Billing {
+    /// A 304 counts as a transaction (default true).
+    pub bill_not_modified: bool,
+    /// Per API, in `domain::routes::Api::ALL` order (raster, vector, traffic raster, traffic
+    /// vector).
+    pub prices: [Price; 4],
+}
+
+impl Default for Billing {
+    fn default() -> Self {
+        Billing { bill_not_modified: super::DEFAULT_BILL_NOT_MODIFIED, prices: [Price::default(); 4] }
+    }
 }
 
 impl std::fmt::Debug for Settings {
@@ -277,6 +304,7 @@ impl std::fmt::Debug for Settings {
             .field("rate_limit_clients", &self.rate_limit_clients)
             .field("cache_map_tiles", &self.cache_map_tiles)
             .field("rate_limit_shared", &self.rate_limit_shared)
+            .field("billing", &self.billing)
             .finish()
     }
 }

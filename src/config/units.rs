@@ -102,6 +102,52 @@ impl Visitor<'_> for SizeVisitor {
     }
 }
 
+/// `#[serde(with = "units::decimal")]`: an `f64` written as a number or a string. The
+/// environment's strings of up to 7 characters reach serde as `f32` (figment reads them so):
+/// `0.83` would become 0.8299999833106995. Such an `f32` is read back through its shortest
+/// decimal form, which is the one written, so `0.83` stays 0.83.
+pub mod decimal {
+    use super::*;
+
+    struct DecimalVisitor;
+
+    impl de::Visitor<'_> for DecimalVisitor {
+        type Value = f64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a number such as 0.83")
+        }
+
+        fn visit_f32<E: de::Error>(self, v: f32) -> Result<f64, E> {
+            v.to_string().parse().map_err(E::custom)
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<f64, E> {
+            Ok(v)
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<f64, E> {
+            v.trim().parse().map_err(|_| E::custom(format!("`{v}` is not a number")))
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        d.deserialize_any(DecimalVisitor)
+    }
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(*v)
+    }
+}
+
 /// `#[serde(with = "units::duration")]`
 pub mod duration {
     use super::*;

@@ -268,6 +268,7 @@ pub(super) fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings
         }
     }
     let redis = resolve_redis(file, &upstream, &mut c);
+    let billing = resolve_billing(&file.billing, &mut c);
     let admin_token = resolve_admin_token(file, &mut c);
     if !c.problems.is_empty() {
         return Err(c.problems);
@@ -320,7 +321,29 @@ pub(super) fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings
         rate_limit_clients: file.rate_limit_clients,
         rate_limit_shared: file.rate_limit_shared,
         cache_map_tiles: file.cache_map_tiles.min(MAX_CACHE_MAP_TILES) as usize,
+        billing,
     })
+}
+
+/// `[billing]`: each price finite and within 0 to [`MAX_PRICE_PER_1000`].
+fn resolve_billing(b: &BillingFileConfig, c: &mut Check) -> Billing {
+    let apis = [
+        ("raster", &b.raster),
+        ("vector", &b.vector),
+        ("traffic_raster", &b.traffic_raster),
+        ("traffic_vector", &b.traffic_vector),
+    ];
+    let prices = apis.map(|(name, p)| {
+        let ok = p.price_per_1000.is_finite() && (0.0..=MAX_PRICE_PER_1000).contains(&p.price_per_1000);
+        if !ok {
+            c.push(
+                &["billing", name, "price_per_1000"],
+                format!("{} is out of range: 0 to {MAX_PRICE_PER_1000}", p.price_per_1000),
+            );
+        }
+        Price { per_1000: if ok { p.price_per_1000 } else { 0.0 }, free_per_month: p.free_per_month }
+    });
+    Billing { bill_not_modified: b.bill_not_modified, prices }
 }
 
 fn resolve_redis(file: &FileConfig, upstream: &UpstreamSettings, c: &mut Check) -> Option<RedisSettings> {

@@ -106,6 +106,9 @@ async fn answer(
         Ok(answer) => {
             access_log::note(req, |a| a.cache = answer.label);
             index.count_request(answer.label);
+            if matches!(answer.label, "hit" | "stale") {
+                state.bill.hit(index.label(), t.api);
+            }
             if let Some(source) = answer.source {
                 if answer.label != "stale" {
                     index.count_hit(source);

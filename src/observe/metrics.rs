@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use crate::base::hashing::Fnv;
 use crate::domain::entry::HitSource;
@@ -152,11 +152,68 @@ pub struct Metrics {
     /// `tile_proxy_compression_bytes_total{encoding, body}`: body bytes of the answers sent
     /// compressed, `identity` (before) and `encoded` (sent): the saving is their difference.
     pub compression_bytes: IntCounterVec,
+    /// The month's bill, from the shared store ([`BillGauges`]).
+    pub bill: BillGauges,
     /// Each index label's handles, resolved once (the first `max_indices` indices and the
     /// configured ones; the rest share `other`).
     indices: RwLock<HashMap<Box<str>, Arc<IndexMetrics>, Fnv>>,
     other: Arc<IndexMetrics>,
     max_indices: usize,
+}
+
+/// The current UTC month's bill as gauges, set every housekeeping tick from the shared store
+/// (Redis, else this pod's `bill.json`), so with Redis every pod shows the fleet's value:
+/// `max by (index, api)` is the fleet's, not `sum`.
+pub struct BillGauges {
+    /// `tile_proxy_bill_month_transactions{index, api}`: billable upstream transactions.
+    pub transactions: IntGaugeVec,
+    /// `tile_proxy_bill_month_hits{index, api}`: answers served from the cache (fresh or stale).
+    pub hits: IntGaugeVec,
+    /// `tile_proxy_bill_month_cost{index, api}`: the transactions at list price.
+    pub cost: GaugeVec,
+    /// `tile_proxy_bill_month_saved{index, api}`: the hits at list price.
+    pub saved: GaugeVec,
+    /// `tile_proxy_bill_month_account_cost{api}`: the account's estimated bill (the free
+    /// transactions of the month deducted once).
+    pub account_cost: GaugeVec,
+}
+
+impl BillGauges {
+    fn new(registry: &Registry) -> prometheus::Result<BillGauges> {
+        let int = |name: &str, help: &str| -> prometheus::Result<IntGaugeVec> {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["index", "api"])?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let money = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<GaugeVec> {
+            let g = GaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let gauges = BillGauges {
+            transactions: int("tile_proxy_bill_month_transactions", "Billable HERE transactions this UTC month")?,
+            hits: int("tile_proxy_bill_month_hits", "Tile answers served from the cache this UTC month")?,
+            cost: money(
+                "tile_proxy_bill_month_cost",
+                "This UTC month's transactions at list price ([billing])",
+                &["index", "api"],
+            )?,
+            saved: money(
+                "tile_proxy_bill_month_saved",
+                "This UTC month's cache hits at list price: what the cache saved",
+                &["index", "api"],
+            )?,
+            account_cost: money(
+                "tile_proxy_bill_month_account_cost",
+                "This UTC month's estimated HERE bill per API, free transactions deducted",
+                &["api"],
+            )?,
+        };
+        for api in ["raster", "vector", "traffic_raster", "traffic_vector"] {
+            gauges.account_cost.with_label_values(&[api]).set(0.0);
+        }
+        Ok(gauges)
+    }
 }
 
 /// Cache results a tile request is counted under (`tile_proxy_requests_total{cache}`) whose
@@ -377,6 +434,7 @@ impl Metrics {
                 "Body bytes of answers sent compressed, before (identity) and after (encoded)",
                 &["encoding", "body"],
             )?,
+            bill: BillGauges::new(registry)?,
             indices: RwLock::default(),
             other: Arc::new(IndexMetrics::with_vecs(OTHER_INDEX, &requests, &bytes_served, &hits_by_tier)),
             max_indices,

@@ -13,6 +13,7 @@ use crate::observe::cache_map::CacheMap;
 use crate::observe::health::Health;
 use crate::observe::metrics::Metrics;
 use crate::protect::Protect;
+use crate::store::bill::Ledger;
 use crate::store::cache::TileCache;
 use crate::store::flight::{FillLock, Flights};
 use crate::upstream::UpstreamConfig;
@@ -38,4 +39,6 @@ pub struct Core {
     pub protect: Protect,
     /// What was requested and cached where (`cache_map_tiles`; the admin API draws it).
     pub cache_map: Arc<CacheMap>,
+    /// The HERE bill's counts (billable transactions, hits) per index and API.
+    pub bill: Arc<Ledger>,
 }

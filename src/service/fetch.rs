@@ -108,6 +108,9 @@ async fn fetch(writer: FlightWriter, ctx: &FetchCtx) -> bool {
             attempts += 1;
             head_time = log.elapsed;
             transport_error = log.error;
+            if let Ok(status) = log.status_label.parse::<u16>() {
+                st.bill.upstream_answer(index, ctx.tile.api, status);
+            }
             m.upstream_requests
                 .with_label_values(&[index, &log.status_label, log.protocol, ctx.tile.api.as_str()])
                 .inc();

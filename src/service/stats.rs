@@ -118,8 +118,8 @@ pub fn new_pod_id() -> String {
     format!("{}-{}-{}", host.trim(), std::process::id(), &crate::store::redis::token()[..8])
 }
 
-/// Every [`TICK`]: roll the budget gauges over to the current windows and, with Redis, write
-/// this pod's snapshot. Runs until the server's runtime stops.
+/// Every [`TICK`]: roll the budget gauges over to the current windows, store the bill's counts
+/// and set its gauges (`service::bill::tick`) and, with Redis, write this pod's snapshot. Runs until the server's runtime stops.
 pub fn spawn_housekeeping(core: Arc<Core>, redis: Option<Arc<Redis>>, pod_id: String) {
     actix_web::rt::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
@@ -128,6 +128,7 @@ pub fn spawn_housekeeping(core: Arc<Core>, redis: Option<Arc<Redis>>, pod_id: St
             tick.tick().await;
             let settings = core.settings.clone();
             core.protect.budgets.tick(|index, account| budget_of(&settings, index, account));
+            crate::service::bill::tick(&core).await;
             if let Some(redis) = &redis {
                 let snapshot = Snapshot { at_ms: core.clock.now_ms(), indices: local_counts(&core) };
                 let Ok(json) = serde_json::to_string(&snapshot) else { continue };

@@ -18,6 +18,8 @@
 //! * `<prefix>:{<h>}:l`: the fetch lease (a random token, `PX` the lease);
 //! * `<prefix>:{<h>}:x`: "too large to share" marker (skip the lease);
 //! * `<prefix>:purges`: hash of purge rules (id -> JSON);
+//! * `<prefix>:{bill}:<YYYY-MM>` and `<prefix>:{bill}:<YYYY-MM-DD>`: the bill's counts
+//!   ([`crate::store::bill`]);
 //! * channels `<prefix>:filled` (payload `<h>`) and `<prefix>:purge` (payload a rule's JSON).
 //!
 //! `<h>` is a hash of the cache key, which itself holds only a hash of the credential: nothing in
@@ -122,6 +124,13 @@ impl Keys {
     /// A client's token bucket for one index.
     pub fn client(&self, ip: &str, index: &str) -> String {
         format!("{}:rl:{{{ip}}}:{index}", self.prefix)
+    }
+
+    /// The bill's counts of one UTC month (`2026-12`) or day (`2026-12-06`): a hash of
+    /// `index|api|tx` and `index|api|hits` (`domain::bill::field`). One hash tag for all, so
+    /// one script updates several.
+    pub fn bill(&self, period: &str) -> String {
+        format!("{}:{{bill}}:{period}", self.prefix)
     }
 
     /// The hash of per-pod statistics snapshots (field: pod id).
