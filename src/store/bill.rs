@@ -68,7 +68,7 @@ pub enum Store {
 }
 
 /// Deltas not yet in the store, by day number, index label, API.
-type Pending = BTreeMap<u32, HashMap<Box<str>, [Usage; 4]>>;
+type Pending = BTreeMap<u32, HashMap<Box<str>, [Usage; 4], crate::base::hashing::Fnv>>;
 
 /// The stored counts (`bill.json`, and the memory-only store): period (`YYYY-MM` or
 /// `YYYY-MM-DD`) -> field -> count, as the Redis hashes hold them.
