@@ -35,7 +35,13 @@ command -v valgrind >/dev/null && command -v callgrind_control >/dev/null && com
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 measure() {
-    local target=$1 tmp up_port px_port up px
+    local target=$1 tmp up_port px_port up px b
+    for b in tile-proxy test-upstream; do
+        [ -x "$target/release/$b" ] || {
+            echo "instructions.sh: $target/release/$b is missing (cargo build --release --bins -p tile-proxy -p test-upstream)" >&2
+            return 1
+        }
+    done
     tmp=$(mktemp -d)
     up_port=$(free_port); px_port=$(free_port)
     local redis_env=() rd=""
@@ -60,7 +66,9 @@ measure() {
         valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.out" "$target/release/tile-proxy" serve \
         >"$tmp/proxy.log" 2>&1 &
     px=$!
+    # RETURN for a normal end; EXIT too, as `set -e` ends the script from inside (a failed curl).
     trap 'kill $px $up $rd 2>/dev/null || true; rm -rf "$tmp"' RETURN
+    trap 'kill $px $up $rd 2>/dev/null || true; rm -rf "$tmp"' EXIT
     local ok=0
     for _ in $(seq 1 120); do
         if curl -sf -o /dev/null "http://127.0.0.1:$px_port/live"; then ok=1; break; fi
