@@ -147,9 +147,7 @@ fn pod_binary(up: &Upstream, redis: &RedisServer, dir: &std::path::Path) -> Proc
 async fn a_job_whose_pod_is_killed_halfway_is_finished_by_another_pod_without_fetching_a_tile_twice() {
     let redis = RedisServer::start();
     let up = upstream(400);
-    // Slow enough that the running pod writes a checkpoint (about every second) before it
-    // reaches the tile where it is killed.
-    up.set_latency(Duration::from_millis(50));
+    up.set_latency(Duration::from_millis(20));
     let dir = tempfile::tempdir().unwrap();
     let mut a = pod_binary(&up, &redis, dir.path());
     let a_base = format!("http://{}", a.listening().await);
@@ -158,11 +156,15 @@ async fn a_job_whose_pod_is_killed_halfway_is_finished_by_another_pod_without_fe
     let body = r#"{"index": "fleet2", "bbox": [5.0, 45.0, 8.0, 47.0], "zoom": [6, 10], "size": 512, "concurrency": 1}"#;
     let paths = tile_paths(body);
     let n = paths.len() as u64;
-    // The tile at position k hangs at the upstream: pod a is killed while waiting for it.
-    let k = paths.len() * 2 / 3;
-    assert!(k >= 40, "the job is long enough ({n} tiles)");
+    // The tile at position k, halfway, hangs at the upstream: pod a is killed while it waits
+    // for it. The one 3 tiles before takes over a second, so pod a saves its done positions
+    // (at most once a second, when a tile completes) as that tile completes: its checkpoint
+    // then leaves out the 3 tiles fetched after it.
+    let k = paths.len() / 2;
+    assert!(k >= 20, "the job is long enough ({n} tiles)");
     let hung = paths[k].clone();
     up.fail(&hung, Fault::Hang, 1);
+    up.fail(&paths[k - 4], Fault::Delay(Duration::from_millis(1200)), 1);
 
     let started = post_seed(&b.client, &a_base, body).await;
     assert_eq!(started.status.as_u16(), 202, "{:?}", started.body);
@@ -204,4 +206,42 @@ async fn a_job_whose_pod_is_killed_halfway_is_finished_by_another_pod_without_fe
     wanted.insert(hung.clone(), 2);
     assert_eq!(counts, wanted);
     assert_eq!(up.total(), n + 1, "n answered tiles and the one request pod a died waiting on");
+}
+
+#[actix_rt::test]
+async fn a_pod_that_stalls_past_its_lease_loses_the_job_to_another_and_stops_at_its_next_checkpoint() {
+    let redis = RedisServer::start();
+    let up = upstream(400);
+    up.set_latency(Duration::from_millis(20));
+    let dir = tempfile::tempdir().unwrap();
+    let a = pod_binary(&up, &redis, dir.path());
+    let a_base = format!("http://{}", a.listening().await);
+    let b = Proxy::start(&up, pod(&redis)).await;
+
+    let body = r#"{"index": "fleet3", "bbox": [5.0, 45.0, 8.0, 47.0], "zoom": [6, 10], "size": 512, "concurrency": 1}"#;
+    let paths = tile_paths(body);
+    let n = paths.len() as u64;
+    let started = post_seed(&b.client, &a_base, body).await.json();
+    let id = started["id"].as_str().unwrap().to_string();
+    let url = started["status_url"].as_str().unwrap().to_string();
+    let key = format!("tile-proxy:{{seed}}:job:{id}");
+    let field = |name: &str| -> u64 {
+        redis.cmd::<Option<String>>(&["HGET", &key, name]).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    eventually("pod a has fetched some tiles", async || up.total() >= 10).await;
+
+    // Frozen past its lease: pod b takes the job over.
+    a.signal(libc::SIGSTOP);
+    eventually("pod b takes the job over", async || field("takeovers") == 1).await;
+    a.signal(libc::SIGCONT);
+    a.line("pod a learns it lost the job", |l| l.contains("seed job taken over by another pod")).await;
+
+    let job = job_when_over(&b, &url).await;
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!((job["done"].as_u64(), job["failed"].as_u64(), job["takeovers"].as_u64()), (Some(n), Some(0), Some(1)));
+    // Every tile fetched; twice at most the one pod a had in flight when it froze (pod b's
+    // request for it came after pod a's fetch lease had expired).
+    let counts = per_tile(&up);
+    assert!(paths.iter().all(|p| counts.contains_key(p)), "every tile fetched");
+    assert!(up.total() <= n + 1, "{} upstream requests for {n} tiles", up.total());
 }

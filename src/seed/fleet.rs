@@ -304,7 +304,13 @@ impl FleetJobs {
             if !matches!(r.eval::<i64>("seed_write", Deadline::Write, &CLAIM, &keys, &args).await, Ok(1)) {
                 continue;
             }
-            match self.load(&id, &token).await {
+            let record = match self.record(&id).await {
+                Ok(Some(record)) => record,
+                Ok(None) => continue,
+                // Its lease lapses, and the job is claimed again later.
+                Err(_) => return None,
+            };
+            match self.load(&id, &token, record).await {
                 Ok(taken) => {
                     tracing::warn!(%id, done = taken.done.count(), "seed job taken over: its pod's lease expired");
                     return Some(taken);
@@ -323,9 +329,8 @@ impl FleetJobs {
         None
     }
 
-    /// The job `id` as stored, rebuilt to resume it.
-    async fn load(&self, id: &str, token: &str) -> Result<Taken, String> {
-        let record = self.record(id).await.map_err(|e| e.to_string())?.ok_or("its record is gone")?;
+    /// The job `id` rebuilt from its `record`, to resume it.
+    async fn load(&self, id: &str, token: &str, record: BTreeMap<String, String>) -> Result<Taken, String> {
         let spec = record.get("spec").cloned().ok_or("no spec")?;
         let (job, concurrency) = tokio::task::spawn_blocking(move || super::spec::build(spec.as_bytes()))
             .await
