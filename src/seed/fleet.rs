@@ -39,6 +39,8 @@ use crate::store::redis::{token, Deadline, Lua, Redis, RedisError};
 
 /// How long a finished job's record stays in Redis.
 pub const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The longest time between two looks for jobs to take over.
+pub const WATCH_MAX: Duration = Duration::from_secs(5);
 /// Jobs listed by `GET /admin/seed` (the newest); older ids leave the list.
 pub const LISTED: usize = 100;
 
@@ -127,9 +129,11 @@ impl FleetJobs {
         (self.redis.settings.lease / 3).clamp(Duration::from_millis(50), Duration::from_secs(1))
     }
 
-    /// How often a pod looks for jobs to take over.
+    /// How often a pod looks for jobs to take over: half the lease, [`WATCH_MAX`] at most (a
+    /// takeover waits for the lease to expire anyway; an idle fleet's pods cost Redis one
+    /// `SMEMBERS` each per tick).
     fn watch_every(&self) -> Duration {
-        (self.redis.settings.lease / 2).clamp(Duration::from_millis(100), crate::service::stats::TICK)
+        (self.redis.settings.lease / 2).clamp(Duration::from_millis(100), WATCH_MAX)
     }
 
     fn job_key(&self, id: &str) -> String {
