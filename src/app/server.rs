@@ -280,13 +280,18 @@ async fn assemble(settings: Settings, opts: StartOptions, held: &mut Option<DirL
         cache_map: Arc::new(crate::observe::cache_map::CacheMap::new(settings.cache_map_tiles)),
         bill,
     });
+    let pod_id = crate::service::stats::new_pod_id();
+    let tiles = TileService::new(core.clone());
+    let fleet_seeds =
+        redis.as_ref().map(|r| crate::seed::fleet::FleetJobs::new(r.clone(), tiles.clone(), pod_id.clone()));
     let state = Arc::new(AppState {
-        tiles: TileService::new(core.clone()),
+        tiles,
         core,
         purge_file,
         redis,
-        pod_id: crate::service::stats::new_pod_id(),
+        pod_id,
         seeds: crate::seed::jobs::Jobs::default(),
+        fleet_seeds,
         metadata: crate::service::metadata::MetadataCache::default(),
         compressor,
     });
@@ -307,6 +312,7 @@ fn admin_routes(cfg: &mut web::ServiceConfig) {
                 .route("/purges", web::get().to(purge::purges))
                 .route("/stats", web::get().to(crate::http::admin::stats::api))
                 .route("/seed", web::post().to(crate::http::admin::seed::api_start))
+                .route("/seed", web::get().to(crate::http::admin::seed::api_list))
                 .route("/seed/{id}", web::get().to(crate::http::admin::seed::api_status))
                 .route("/cache-map", web::get().to(crate::http::admin::cache_map::geojson))
                 .route("/cache-map/{z}/{x}/{y}", web::get().to(crate::http::admin::cache_map::png)),
@@ -394,6 +400,10 @@ fn serve(
         }
     };
     crate::service::stats::spawn_housekeeping(state.core.clone(), state.redis.clone(), state.pod_id.clone());
+    if let Some(fleet) = &state.fleet_seeds {
+        // Takes over the seed jobs of pods that died.
+        fleet.spawn_watch(&settings.upstream);
+    }
     state.health.set_ready(true);
     Ok(Running { addrs, tiles, admin, state, _dir_lock: dir_lock })
 }

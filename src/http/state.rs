@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use crate::http::negotiate::Compressor;
+use crate::seed::fleet::FleetJobs;
 use crate::seed::jobs::Jobs;
 use crate::service::core::Core;
 use crate::service::metadata::MetadataCache;
@@ -24,8 +25,11 @@ pub struct AppState {
     pub redis: Option<Arc<Redis>>,
     /// This server's id among the fleet's statistics snapshots.
     pub pod_id: String,
-    /// Seed jobs started through `POST /admin/seed`.
+    /// Seed jobs started through `POST /admin/seed` that are this pod's own (no Redis, or it
+    /// did not answer).
     pub seeds: Jobs,
+    /// With Redis: the fleet's seed jobs.
+    pub fleet_seeds: Option<Arc<FleetJobs>>,
     /// HERE's metadata answers (`/v3/info`, copyright, ...), cached apart from tiles.
     pub metadata: MetadataCache,
     /// Compression of whole non-tile answers ([`Compressor::encode_response`]).

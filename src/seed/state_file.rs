@@ -49,7 +49,8 @@ impl Done {
         self.ranges.get(&0).copied().unwrap_or(0)
     }
 
-    fn from_ranges(list: &[[u64; 2]]) -> Option<Done> {
+    /// The set from `[start, end)` ranges, sorted and disjoint; `None` when they are not.
+    pub fn from_ranges(list: &[[u64; 2]]) -> Option<Done> {
         let mut done = Done::default();
         for &[start, end] in list {
             if start >= end || done.ranges.last_key_value().is_some_and(|(_, e)| *e >= start) {
@@ -61,7 +62,8 @@ impl Done {
         Some(done)
     }
 
-    fn to_ranges(&self) -> Vec<[u64; 2]> {
+    /// The set as sorted `[start, end)` ranges.
+    pub fn to_ranges(&self) -> Vec<[u64; 2]> {
         self.ranges.iter().map(|(s, e)| [*s, *e]).collect()
     }
 }

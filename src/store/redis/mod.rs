@@ -18,6 +18,8 @@
 //! * `<prefix>:{<h>}:l`: the fetch lease (a random token, `PX` the lease);
 //! * `<prefix>:{<h>}:x`: "too large to share" marker (skip the lease);
 //! * `<prefix>:purges`: hash of purge rules (id -> JSON);
+//! * `<prefix>:{seed}:jobs`, `:running`, `:job:<id>`, `:lease:<id>`: fleet seed jobs
+//!   ([`crate::seed::fleet`]);
 //! * `<prefix>:{bill}:<YYYY-MM>` and `<prefix>:{bill}:<YYYY-MM-DD>`: the bill's counts
 //!   ([`crate::store::bill`]);
 //! * channels `<prefix>:filled` (payload `<h>`) and `<prefix>:purge` (payload a rule's JSON).
@@ -136,6 +138,13 @@ impl Keys {
     /// The hash of per-pod statistics snapshots (field: pod id).
     pub fn stats(&self) -> String {
         format!("{}:stats", self.prefix)
+    }
+
+    /// Fleet seed jobs ([`crate::seed::fleet`]), one hash tag for all so a script touches
+    /// several: `jobs` (sorted set of ids by start time), `running` (set of ids), `job:<id>`
+    /// (hash: spec and progress) and `lease:<id>` (the running pod's token).
+    pub fn seed(&self, what: &str) -> String {
+        format!("{}:{{seed}}:{what}", self.prefix)
     }
 }
 
