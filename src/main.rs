@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tile_proxy::app::cli::{Cli, Command, HealthcheckArgs};
-use tile_proxy::app::{server, telemetry};
+use tile_proxy::app::{reload, server, telemetry};
 use tile_proxy::config::Settings;
 
 // The binary's allocator (only the binary: tests and the library use the system one). glibc
@@ -47,6 +47,10 @@ fn main() -> ExitCode {
         let listen = settings.listen;
         match server::start(settings).await {
             Ok(running) => {
+                // SIGHUP and a change of a file the configuration reads load it again (handled
+                // before the listening line: from then on SIGHUP is safe to send).
+                let reloader = reload::Reloader::new(running.live().clone(), args.flags());
+                std::sync::Arc::new(reloader).spawn();
                 let admin = running.admin_addr().map(|a| a.to_string());
                 tracing::info!(addr = %running.addr(), admin_addr = admin.as_deref(), "tile-proxy listening");
                 running.run_until_signal().await;

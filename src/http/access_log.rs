@@ -255,7 +255,7 @@ pub(crate) fn log<B: MessageBody>(outcome: &Result<ServiceResponse<B>, Error>, s
         }
     }
     let req = res.request();
-    let trusted = crate::http::client_ip::trusted_proxies(req);
+    let trusted = &crate::http::client_ip::trusted_proxies(req);
     let from_proxy = req
         .peer_addr()
         .filter(|peer| trusted.iter().any(|n| n.contains(&peer.ip())))

@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use crate::domain::geo::Shape;
 use crate::http::admin::auth::admit;
 use crate::http::error::ProxyError;
-use crate::http::state::AppState;
+use crate::http::state::State;
 use crate::seed::fetchers::{self, Direct};
 use crate::seed::jobs::{ApiJob, MAX_JOBS};
 use crate::seed::run::{self, Ending, Progress, Stop, StopReason};
@@ -28,7 +28,7 @@ const MAX_CONCURRENCY: u64 = 64;
 pub async fn api_start(
     req: HttpRequest,
     body: web::Bytes,
-    state: web::Data<AppState>,
+    state: State,
     client: web::Data<awc::Client>,
 ) -> HttpResponse {
     let state = state.get_ref();
@@ -66,7 +66,7 @@ pub async fn api_start(
 }
 
 /// `GET /admin/seed/{id}`: the job's progress.
-pub async fn api_status(req: HttpRequest, id: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+pub async fn api_status(req: HttpRequest, id: web::Path<String>, state: State) -> HttpResponse {
     let state = state.get_ref();
     if let Err(e) = admit(&req, state, None) {
         return e.response();
