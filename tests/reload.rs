@@ -120,10 +120,13 @@ async fn sighup_reloads_a_changed_key_file_keeps_the_process_and_health_shows_th
     assert!(!logs.contains("KEYONE1234") && !logs.contains("KEYTWO5678"), "a key in the logs");
 }
 
-/// The TOML file in `dir`, (re)written in place.
+/// The TOML file in `dir`, (re)written whole as editors and `kubectl cp` do: a new file renamed
+/// over the old one (the reloader never reads half a file).
 fn write_config(dir: &Path, text: &str) -> String {
     let path = dir.join("tile-proxy.toml");
-    std::fs::write(&path, text).unwrap();
+    let new = dir.join(".tile-proxy.toml.new");
+    std::fs::write(&new, text).unwrap();
+    std::fs::rename(&new, &path).unwrap();
     path.to_str().unwrap().to_string()
 }
 

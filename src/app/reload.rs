@@ -52,42 +52,75 @@ impl Outcome {
     }
 }
 
+/// The files a configuration read, and what they held when it was loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Baseline {
+    files: Vec<PathBuf>,
+    contents: Vec<Option<Vec<u8>>>,
+}
+
+impl Baseline {
+    /// Right after loading `file` with `flags` (at start: before the cache opens, so a change
+    /// made meanwhile is seen).
+    pub fn read(flags: &Flags, file: &crate::config::FileConfig) -> Baseline {
+        let files = read_files(flags, file);
+        Baseline { contents: contents(&files), files }
+    }
+
+    /// Whether a watched file now holds something else.
+    fn changed(&self) -> bool {
+        contents(&self.files) != self.contents
+    }
+}
+
 /// Loads the configuration again and swaps it in.
 pub struct Reloader {
     live: Live,
     flags: Flags,
-    /// The files the last configuration read.
-    files: Mutex<Vec<PathBuf>>,
-    /// Serialises reloads (SIGHUP and a file change at once).
-    busy: Mutex<()>,
+    /// What the loaded configuration read (serialises reloads too: SIGHUP and a file change).
+    seen: Mutex<Baseline>,
 }
 
 impl Reloader {
-    /// For the server whose state is `live`, loading with `flags` (the command line's, as at start).
-    pub fn new(live: Live, flags: Flags) -> Reloader {
-        let files = match Settings::load_effective(&flags) {
-            Ok((_, file)) => read_files(&flags, &file),
-            Err(_) => flags.config.iter().cloned().collect(),
-        };
-        Reloader { live, flags, files: Mutex::new(files), busy: Mutex::new(()) }
+    /// For the server whose state is `live`, loading with `flags` (the command line's, as at
+    /// start); `seen`: what the loaded configuration read.
+    pub fn new(live: Live, flags: Flags, seen: Baseline) -> Reloader {
+        Reloader { live, flags, seen: Mutex::new(seen) }
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Baseline> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The files the configuration read, watched for changes.
     pub fn files(&self) -> Vec<PathBuf> {
-        self.files.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.seen().files.clone()
     }
 
     /// Loads the configuration again (`why`: what asked, for the log) and applies it if valid.
     pub fn reload(&self, why: &str) -> Outcome {
-        let _busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = self.seen();
+        // Read before loading: a write after this is a change still to load.
+        let before = contents(&seen.files);
         let old = self.live.load_full();
-        let outcome = match Settings::load_effective(&self.flags) {
+        // Counted before it is logged: whoever reads the log line finds the count.
+        let count = |outcome: Outcome| {
+            old.metrics.config_reloads.with_label_values(&[outcome.label()]).inc();
+            outcome
+        };
+        match Settings::load_effective(&self.flags) {
             Err(e) => {
+                seen.contents = before;
+                let outcome = count(Outcome::Invalid);
                 tracing::error!(why, "configuration reload refused, the loaded one stays: {e}");
-                Outcome::Invalid
+                outcome
             }
             Ok((mut settings, file)) => {
-                *self.files.lock().unwrap_or_else(|p| p.into_inner()) = read_files(&self.flags, &file);
+                let files = read_files(&self.flags, &file);
+                *seen = match files == seen.files {
+                    true => Baseline { files, contents: before },
+                    false => Baseline { contents: contents(&files), files },
+                };
                 let needs_restart = keep_restart_only(&old.settings, &mut settings);
                 if !needs_restart.is_empty() {
                     tracing::warn!(
@@ -104,16 +137,16 @@ impl Reloader {
                     self.live.store(Arc::new(rebuild(&old, settings, loaded)));
                 }
                 if changed {
+                    let outcome = count(Outcome::Applied(hash.clone()));
                     tracing::info!(why, hash, "configuration reloaded");
-                    Outcome::Applied(hash)
+                    outcome
                 } else {
+                    let outcome = count(Outcome::Unchanged);
                     tracing::info!(why, hash, "configuration reload: nothing changed");
-                    Outcome::Unchanged
+                    outcome
                 }
             }
-        };
-        old.metrics.config_reloads.with_label_values(&[outcome.label()]).inc();
-        outcome
+        }
     }
 
     /// Reloads on SIGHUP and on changes of the files the configuration reads, until the
@@ -145,21 +178,23 @@ impl Reloader {
                 return;
             }
         };
+        // Watching before this returns (and before the proxy says it listens).
+        let mut watched = BTreeSet::new();
+        watch_folders(&mut watcher, &self.files(), &mut watched);
         actix_web::rt::spawn(async move {
-            let mut watched = BTreeSet::new();
-            let mut seen = contents(&self.files());
-            watch_folders(&mut watcher, &self.files(), &mut watched);
-            while rx.recv().await.is_some() {
+            loop {
+                // First: changed since it was loaded, before the watches were in place.
+                let changed = self.seen().changed();
+                if changed {
+                    self.reload("a configuration file changed");
+                    // The new configuration may read other files.
+                    watch_folders(&mut watcher, &self.files(), &mut watched);
+                }
+                if rx.recv().await.is_none() {
+                    return;
+                }
                 // Debounce: wait until the folders are quiet.
                 while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
-                let now = contents(&self.files());
-                if now == seen {
-                    continue;
-                }
-                self.reload("a configuration file changed");
-                // The new configuration may read other files.
-                watch_folders(&mut watcher, &self.files(), &mut watched);
-                seen = contents(&self.files());
             }
         });
     }
