@@ -8,9 +8,10 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use common::process::{Process, BIN};
-use common::{metric, raw_get_at};
+use common::{eventually, metric, raw_get_at};
 use test_upstream::{Options, Upstream};
 
 /// A test upstream that takes any key (the tests read the key it was sent).
@@ -239,5 +240,30 @@ async fn a_kubernetes_secret_update_by_symlink_swap_is_picked_up() {
     assert_eq!(p.get("/here-proxy/mc/5/5/2/png?indice=rl5").0, 200);
     assert_eq!(last_key(&up), "K8SKEYTWO");
     assert_eq!(p.reloads("applied"), 1.0);
+    p.process.terminate().await;
+}
+
+#[actix_rt::test]
+async fn a_request_in_flight_finishes_with_the_configuration_it_started_with() {
+    let up = any_key_upstream();
+    let conf = tempfile::tempdir().unwrap();
+    let path = write_config(conf.path(), "[index.rl6]\nttl = \"1h\"\n");
+    let p = spawn(&up, &[("TILE_PROXY_CONFIG", &path), ("HERE_API_KEY", "KEYRL6")]).await;
+    let tile = "/here-proxy/mc/5/6/1/png?indice=rl6";
+    // A miss that waits on the upstream while the configuration changes under it.
+    up.set_latency(Duration::from_secs(3));
+    let addr = p.addr.clone();
+    let slow = std::thread::spawn(move || raw_get_at(&addr, tile));
+    eventually("the miss reached the upstream", async || up.total() == 1).await;
+    write_config(conf.path(), "[index.rl6]\nttl = \"2h\"\n");
+    p.reloaded(FILE_WHY).await;
+    up.set_latency(Duration::ZERO);
+
+    let (head, _) = slow.join().unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200") && head.contains("x-cache: miss"), "{head}");
+    assert!(max_age(&head) <= 3600, "the TTL it started with: {head}");
+    let (_, head, _) = p.get(tile);
+    assert!(head.contains("x-cache: hit") && max_age(&head) > 7000, "the next one has the new TTL: {head}");
     p.process.terminate().await;
 }
