@@ -4,10 +4,10 @@
 //!
 //! Restart-only settings are those something was built from once at start: the sockets and
 //! the actix workers (listen addresses, workers, CORS, shutdown timeout), the cache tiers and
-//! their folder, Redis's client, the per-worker upstream clients (connect timeout, connection
-//! limit, HTTP/2, CA file), the breakers, the rate cap and the client limiter's table, the
-//! compressor, the cache map, the logs. Everything else (the HERE keys, upstream URLs and
-//! timeouts, retries, index policies with their TTLs, budgets and rate limits, the admin token,
+//! their folder, Redis's client, the per-worker upstream clients (connect and head timeouts,
+//! connection limit, HTTP/2, CA file), the breakers, the rate cap and the client limiter's table, the
+//! compressor, the cache map, the logs. Everything else (the HERE keys, upstream URLs, the
+//! body timeout, retries, index policies with their TTLs, budgets and rate limits, the admin token,
 //! trusted proxies, prices...) is read per request from the current snapshot.
 
 use std::path::PathBuf;
@@ -44,6 +44,7 @@ pub fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str
         "cors_origins" => cors_origins,
         "shutdown_timeout" => shutdown_timeout,
         "upstream.connect_timeout" => upstream.connect_timeout,
+        "upstream.head_timeout" => upstream.head_timeout,
         "upstream.max_connections" => upstream.max_connections,
         "upstream.http2" => upstream.http2,
         "upstream.ca_file" => upstream.ca_pem,
