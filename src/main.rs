@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tile_proxy::app::cli::{Cli, Command, HealthcheckArgs};
-use tile_proxy::app::{server, telemetry};
+use tile_proxy::app::{reload, server, telemetry};
 use tile_proxy::config::Settings;
 
 // The binary's allocator (only the binary: tests and the library use the system one). glibc
@@ -41,12 +41,18 @@ fn main() -> ExitCode {
         print!("{}", effective.effective_toml(&settings));
         return ExitCode::SUCCESS;
     }
+    // What the configuration read, as loaded: a change from here on is reloaded.
+    let baseline = reload::Baseline::read(&args.flags(), &effective);
     let _log_guard = telemetry::init(settings.log_json, settings.access_log);
     raise_open_files_limit();
     actix_web::rt::System::new().block_on(async move {
         let listen = settings.listen;
         match server::start(settings).await {
             Ok(running) => {
+                // SIGHUP and a change of a file the configuration reads load it again (handled
+                // before the listening line: from then on SIGHUP is safe to send).
+                let reloader = reload::Reloader::new(running.live().clone(), args.flags(), baseline);
+                std::sync::Arc::new(reloader).spawn();
                 let admin = running.admin_addr().map(|a| a.to_string());
                 tracing::info!(addr = %running.addr(), admin_addr = admin.as_deref(), "tile-proxy listening");
                 running.run_until_signal().await;

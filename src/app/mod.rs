@@ -1,4 +1,5 @@
-//! The top layer: wiring. The server built and run ([`server`]), logging ([`telemetry`]), the
+//! The top layer: wiring. The server built and run ([`server`]) and its configuration reloaded
+//! ([`reload`]), logging ([`telemetry`]), the
 //! container probe ([`healthcheck`]), the `seed` command ([`seed`]), and the commands that call
 //! a running proxy's admin API ([`stats`], [`purge`], through [`admin_client`]).
 
@@ -6,6 +7,7 @@ pub mod admin_client;
 pub mod cli;
 pub mod healthcheck;
 pub mod purge;
+pub mod reload;
 pub mod seed;
 pub mod server;
 pub mod stats;

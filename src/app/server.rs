@@ -16,7 +16,7 @@ use crate::domain::purge::PurgeRules;
 use crate::http::admin::health;
 use crate::http::admin::purge;
 use crate::http::http_metrics::{HttpMetrics, Observe};
-use crate::http::state::AppState;
+use crate::http::state::{AppState, Live, Loaded, WorkerState};
 use crate::http::tile;
 use crate::observe::health::Health;
 use crate::observe::metrics::Metrics;
@@ -63,6 +63,8 @@ pub struct Running {
     tiles: Served,
     admin: Option<Served>,
     state: Arc<AppState>,
+    /// The current state (a reload swaps it; `state` stays the first one).
+    live: Live,
     _dir_lock: Option<DirLock>,
 }
 
@@ -276,7 +278,7 @@ async fn assemble(settings: Settings, opts: StartOptions, held: &mut Option<DirL
         clock,
         early_refresh_draw: opts.early_refresh_draw.unwrap_or(crate::domain::freshness::draw_unit),
         purges,
-        protect,
+        protect: Arc::new(protect),
         cache_map: Arc::new(crate::observe::cache_map::CacheMap::new(settings.cache_map_tiles)),
         bill,
     });
@@ -284,16 +286,22 @@ async fn assemble(settings: Settings, opts: StartOptions, held: &mut Option<DirL
     let tiles = TileService::new(core.clone());
     let fleet_seeds =
         redis.as_ref().map(|r| crate::seed::fleet::FleetJobs::new(r.clone(), tiles.clone(), pod_id.clone()));
+    let loaded = Loaded {
+        hash: crate::config::reload::config_hash(&settings),
+        at_ms: core.clock.now_ms(),
+        needs_restart: Vec::new(),
+    };
     let state = Arc::new(AppState {
         tiles,
         core,
         purge_file,
         redis,
         pod_id,
-        seeds: crate::seed::jobs::Jobs::default(),
+        seeds: Arc::default(),
         fleet_seeds,
-        metadata: crate::service::metadata::MetadataCache::default(),
-        compressor,
+        metadata: Arc::default(),
+        compressor: Arc::new(compressor),
+        loaded,
     });
     Ok(Built { state, http, dir_lock: held.take() })
 }
@@ -333,18 +341,19 @@ fn serve(
     admin_listener: Option<TcpListener>,
 ) -> Result<Running, StartError> {
     let settings = state.settings.clone();
-    let app_state = web::Data::from(state.clone());
+    let live: Live = Arc::new(arc_swap::ArcSwap::new(state.clone()));
+    let app_state = live.clone();
     let upstream_settings = settings.upstream.clone();
     let origins = settings.cors_origins.clone();
     let http_data = web::Data::from(http.clone());
     let admin_here = admin_listener.is_none();
-    let (data, metrics) = (app_state.clone(), http.clone());
+    let (data, metrics) = (live.clone(), http.clone());
     let (http_data2, upstream2) = (http_data.clone(), upstream_settings.clone());
     let server = HttpServer::new(move || {
         // One awc client per worker: awc is not Send, and its pool is per client.
         let client = web::Data::new(upstream::build_client(&upstream_settings));
         App::new()
-            .app_data(app_state.clone())
+            .app_data(WorkerState::new(app_state.clone()))
             .app_data(client)
             .app_data(http_data.clone())
             .wrap(crate::http::bypass::TilesFirst)
@@ -381,7 +390,7 @@ fn serve(
             let server = HttpServer::new(move || {
                 let client = web::Data::new(upstream::build_client(&upstream2));
                 App::new()
-                    .app_data(data.clone())
+                    .app_data(WorkerState::new(data.clone()))
                     .app_data(client)
                     .app_data(http_data2.clone())
                     .wrap(Observe(metrics.clone()))
@@ -399,13 +408,18 @@ fn serve(
             Some(Served { handle: server.handle(), task: actix_web::rt::spawn(server) })
         }
     };
-    crate::service::stats::spawn_housekeeping(state.core.clone(), state.redis.clone(), state.pod_id.clone());
+    let current = live.clone();
+    crate::service::stats::spawn_housekeeping(
+        move || current.load().core.clone(),
+        state.redis.clone(),
+        state.pod_id.clone(),
+    );
     if let Some(fleet) = &state.fleet_seeds {
         // Takes over the seed jobs of pods that died.
         fleet.spawn_watch(&settings.upstream);
     }
     state.health.set_ready(true);
-    Ok(Running { addrs, tiles, admin, state, _dir_lock: dir_lock })
+    Ok(Running { addrs, tiles, admin, state, live, _dir_lock: dir_lock })
 }
 
 impl Running {
@@ -419,16 +433,27 @@ impl Running {
         self.admin.as_ref().and_then(|_| self.addrs.last().copied())
     }
 
-    /// Shared state (tests read metrics and the cache through it).
+    /// Shared state as started (tests read metrics and the cache through it; the cache,
+    /// metrics and guards are the same in every later snapshot).
     pub fn state(&self) -> &Arc<AppState> {
         &self.state
+    }
+
+    /// The state of the configuration loaded now.
+    pub fn current(&self) -> Arc<AppState> {
+        self.live.load_full()
+    }
+
+    /// Where a reload puts a new state ([`crate::app::reload`]).
+    pub fn live(&self) -> &Live {
+        &self.live
     }
 
     /// Graceful stop: not ready, finish in-flight requests, then close the cache (its write
     /// buffers reach disk, so entries come back on the next start).
     pub async fn shutdown(self) {
         self.state.health.set_ready(false);
-        let delay = self.state.settings.drain_delay;
+        let delay = self.current().settings.drain_delay;
         if !delay.is_zero() {
             tracing::info!(?delay, "not ready; serving on before draining");
             tokio::time::sleep(delay).await;

@@ -16,6 +16,7 @@
 mod defaults;
 mod file;
 mod layers;
+pub mod reload;
 mod settings;
 pub mod units;
 mod validate;

@@ -255,7 +255,8 @@ pub(crate) fn log<B: MessageBody>(outcome: &Result<ServiceResponse<B>, Error>, s
         }
     }
     let req = res.request();
-    let trusted = crate::http::client_ip::trusted_proxies(req);
+    let state = crate::http::state::State::of(req);
+    let trusted = state.as_ref().map_or(&[][..], |s| s.settings.trusted_proxies.as_slice());
     let from_proxy = req
         .peer_addr()
         .filter(|peer| trusted.iter().any(|n| n.contains(&peer.ip())))

@@ -2,7 +2,7 @@
 
 use actix_web::web;
 
-use crate::http::state::AppState;
+use crate::http::state::State;
 use crate::http::tile::tile;
 
 /// Sends every request the router would give to [`tile`] (its default service) straight there:
@@ -60,7 +60,7 @@ where
     fn call(&self, req: actix_web::dev::ServiceRequest) -> Self::Future {
         use futures_util::future::Either;
         let found = || {
-            let state = req.app_data::<web::Data<AppState>>()?.clone();
+            let state = State::of(req.request())?;
             let client = req.app_data::<web::Data<awc::Client>>()?.clone();
             Some((state, client))
         };

@@ -28,13 +28,6 @@ pub fn untrusted_forwarder(req: &actix_web::HttpRequest, trusted: &[IpNet]) -> O
     (!trusted.iter().any(|n| n.contains(&peer))).then_some(peer)
 }
 
-/// The proxies whose forwarding headers are believed (`trusted_proxies`).
-pub fn trusted_proxies(req: &actix_web::HttpRequest) -> &[ipnet::IpNet] {
-    req.app_data::<actix_web::web::Data<crate::http::state::AppState>>()
-        .map(|s| s.settings.trusted_proxies.as_slice())
-        .unwrap_or(&[])
-}
-
 /// The client address given the TCP peer, the `X-Forwarded-For` values (in order) and the
 /// trusted proxies.
 pub fn client_ip(peer: IpAddr, forwarded_for: &[&str], trusted: &[IpNet]) -> IpAddr {

@@ -23,7 +23,7 @@ use crate::domain::routes::{self, ParseOptions};
 use crate::http::access_log::{self, TileId};
 use crate::http::conditional::not_modified_since;
 use crate::http::error::ProxyError;
-use crate::http::state::AppState;
+use crate::http::state::{AppState, State};
 use crate::observe::metrics::IndexMetrics;
 use crate::service::tiles::{Answer, Body};
 
@@ -33,7 +33,7 @@ const X_CACHE_TIER: header::HeaderName = header::HeaderName::from_static("x-cach
 const X_CACHE_REASON: header::HeaderName = header::HeaderName::from_static("x-cache-reason");
 
 /// GET/HEAD on every tile route.
-pub async fn tile(req: HttpRequest, state: web::Data<AppState>, client: web::Data<awc::Client>) -> HttpResponse {
+pub async fn tile(req: HttpRequest, state: State, client: web::Data<awc::Client>) -> HttpResponse {
     let opts = ParseOptions { reject_unknown_params: state.settings.reject_unknown_params };
     let parsed = routes::parse(req.path(), req.query_string(), opts);
     if req.method() != Method::GET && req.method() != Method::HEAD {

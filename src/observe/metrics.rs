@@ -154,6 +154,9 @@ pub struct Metrics {
     pub compression_bytes: IntCounterVec,
     /// The month's bill, from the shared store ([`BillGauges`]).
     pub bill: BillGauges,
+    /// `tile_proxy_config_reloads_total{outcome}`: configuration reloads (SIGHUP, a changed
+    /// file) by outcome: `applied`, `invalid` (the old one stays), `unchanged`.
+    pub config_reloads: IntCounterVec,
     /// Each index label's handles, resolved once (the first `max_indices` indices and the
     /// configured ones; the rest share `other`).
     indices: RwLock<HashMap<Box<str>, Arc<IndexMetrics>, Fnv>>,
@@ -435,6 +438,12 @@ impl Metrics {
                 &["encoding", "body"],
             )?,
             bill: BillGauges::new(registry)?,
+            config_reloads: counter(
+                registry,
+                "tile_proxy_config_reloads_total",
+                "Configuration reloads by outcome (applied, invalid, unchanged)",
+                &["outcome"],
+            )?,
             indices: RwLock::default(),
             other: Arc::new(IndexMetrics::with_vecs(OTHER_INDEX, &requests, &bytes_served, &hits_by_tier)),
             max_indices,
@@ -454,6 +463,9 @@ impl Metrics {
         }
         for what in ["cap", "budget", "client"] {
             metrics.protect_fallback.with_label_values(&[what]);
+        }
+        for outcome in ["applied", "invalid", "unchanged"] {
+            metrics.config_reloads.with_label_values(&[outcome]);
         }
         for status in ["401", "403"] {
             metrics.auth_failures.with_label_values(&[status]);

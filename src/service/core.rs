@@ -1,6 +1,6 @@
 //! What serving a tile needs, shared by every worker ([`Core`]): settings, the cache tiers, who
 //! fills a missing key, metrics, the upstream's config, health, the breakers, the clock, the
-//! purge rules and the bill's guards. Built once by the app (`app::server::build`); the HTTP
+//! purge rules and the bill's guards. Built by the app (`app::server::build`, `app::reload`); the HTTP
 //! side keeps it inside its own state, and `seed --direct` uses it without HTTP.
 
 use std::sync::Arc;
@@ -18,7 +18,8 @@ use crate::store::cache::TileCache;
 use crate::store::flight::{FillLock, Flights};
 use crate::upstream::UpstreamConfig;
 
-/// Shared by every worker and every fetch task.
+/// Shared by every worker and every fetch task. A reload of the configuration builds a new one
+/// with new `settings` and `upstream` around the same parts (`app::reload`).
 pub struct Core {
     pub settings: Arc<Settings>,
     pub cache: Arc<TileCache>,
@@ -35,8 +36,8 @@ pub struct Core {
     pub early_refresh_draw: fn() -> f64,
     /// Active purge rules (checked on every lookup).
     pub purges: Arc<PurgeRules>,
-    /// Rate cap, budgets and client limits.
-    pub protect: Protect,
+    /// Rate cap, budgets and client limits (kept across reloads: their state is the point).
+    pub protect: Arc<Protect>,
     /// What was requested and cached where (`cache_map_tiles`; the admin API draws it).
     pub cache_map: Arc<CacheMap>,
     /// The HERE bill's counts (billable transactions, hits) per index and API.

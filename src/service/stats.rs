@@ -120,12 +120,14 @@ pub fn new_pod_id() -> String {
 
 /// Every [`TICK`]: roll the budget gauges over to the current windows, store the bill's counts
 /// and set its gauges (`service::bill::tick`) and, with Redis, write this pod's snapshot. Runs until the server's runtime stops.
-pub fn spawn_housekeeping(core: Arc<Core>, redis: Option<Arc<Redis>>, pod_id: String) {
+/// `current` gives the core of the configuration loaded now (a reload swaps it).
+pub fn spawn_housekeeping(current: impl Fn() -> Arc<Core> + 'static, redis: Option<Arc<Redis>>, pod_id: String) {
     actix_web::rt::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            let core = current();
             let settings = core.settings.clone();
             core.protect.budgets.tick(|index, account| budget_of(&settings, index, account));
             crate::service::bill::tick(&core).await;

@@ -26,7 +26,7 @@ use crate::domain::geo::{lat_to_v, lon_to_u, span, tile_bounds};
 use crate::domain::purge::MAX_ZOOM;
 use crate::http::admin::auth::admit;
 use crate::http::error::ProxyError;
-use crate::http::state::AppState;
+use crate::http::state::{AppState, State};
 use crate::observe::cache_map::{TileSeen, TileState};
 
 /// Features in one GeoJSON answer unless `limit` says otherwise.
@@ -199,7 +199,7 @@ impl Judge {
 }
 
 /// `GET /admin/cache-map`.
-pub async fn geojson(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+pub async fn geojson(req: HttpRequest, state: State) -> HttpResponse {
     let state = state.get_ref();
     if let Err(e) = admit(&req, state, None) {
         return e.response();
@@ -258,11 +258,7 @@ fn geojson_body(req: &HttpRequest, state: &AppState) -> Result<Value, ProxyError
 }
 
 /// `GET /admin/cache-map/{z}/{x}/{y}.png`.
-pub async fn png(
-    req: HttpRequest,
-    path: web::Path<(String, String, String)>,
-    state: web::Data<AppState>,
-) -> HttpResponse {
+pub async fn png(req: HttpRequest, path: web::Path<(String, String, String)>, state: State) -> HttpResponse {
     let state = state.get_ref();
     if let Err(e) = admit(&req, state, None) {
         return e.response();

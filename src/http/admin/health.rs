@@ -7,12 +7,12 @@
 //!   recently, the last upstream call failed, a breaker is not closed, or a cache tier has a
 //!   problem (e.g. the disk tier could not be opened or reserved).
 
-use actix_web::{web, HttpResponse};
+use actix_web::HttpResponse;
 use serde_json::json;
 
 use crate::domain::breaker::BreakerState;
 use crate::domain::routes::Api;
-use crate::http::state::AppState;
+use crate::http::state::State;
 
 /// `GET /live`.
 pub async fn live() -> HttpResponse {
@@ -20,7 +20,7 @@ pub async fn live() -> HttpResponse {
 }
 
 /// `GET /ready`.
-pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+pub async fn ready(state: State) -> HttpResponse {
     let state = state.get_ref();
     if state.health.is_ready() {
         HttpResponse::Ok().json(json!({"ready": true}))
@@ -30,7 +30,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// `GET /health`.
-pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+pub async fn health(state: State) -> HttpResponse {
     let state = state.get_ref();
     let h = &state.health;
     let auth = h.recent_auth_failure();
@@ -75,5 +75,17 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         "upstream": upstream,
         "circuit_breakers": breakers,
         "upstream_auth_failure_unix_ms": auth.map(|(at, _)| at),
+        "config": config_json(&state.loaded),
     }))
+}
+
+/// The loaded configuration: its hash, when it was loaded, and what waits for a restart.
+fn config_json(loaded: &crate::http::state::Loaded) -> serde_json::Value {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(loaded.at_ms);
+    json!({
+        "hash": loaded.hash,
+        "loaded_unix_ms": loaded.at_ms,
+        "loaded_at": httpdate::fmt_http_date(at),
+        "needs_restart": loaded.needs_restart,
+    })
 }

@@ -14,7 +14,7 @@ use crate::domain::purge::{PurgeRequest, Rule};
 use crate::domain::routes::{self, ParseOptions};
 use crate::http::admin::auth::admit;
 use crate::http::error::ProxyError;
-use crate::http::state::AppState;
+use crate::http::state::{AppState, State};
 use crate::store::redis::{Deadline, Lua};
 
 /// `KEYS`: rule hash. `ARGV`: id, JSON, hash lifetime ms, channel.
@@ -43,7 +43,7 @@ fn tile_of(url: &str, state: &AppState) -> Result<(String, String), String> {
 }
 
 /// `POST /admin/purge`.
-pub async fn purge(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+pub async fn purge(req: HttpRequest, body: web::Bytes, state: State) -> HttpResponse {
     let state = state.get_ref();
     if let Err(e) = admit(&req, state, Some(&body)) {
         return e.response();
@@ -122,7 +122,7 @@ pub fn save_local(state: &AppState) {
 }
 
 /// `GET /admin/purges`.
-pub async fn purges(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+pub async fn purges(req: HttpRequest, state: State) -> HttpResponse {
     let state = state.get_ref();
     if let Err(e) = admit(&req, state, None) {
         return e.response();

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use crate::http::admin::auth::admit;
 use crate::http::error::ProxyError;
-use crate::http::state::AppState;
+use crate::http::state::State;
 use crate::seed::fetchers::{self, Direct};
 use crate::seed::jobs::{state_of, ApiJob, MAX_JOBS};
 use crate::seed::run::{self, Progress, Stop};
@@ -26,7 +26,7 @@ use crate::seed::tiles::JobError;
 pub async fn api_start(
     req: HttpRequest,
     body: web::Bytes,
-    state: web::Data<AppState>,
+    state: State,
     client: web::Data<awc::Client>,
 ) -> HttpResponse {
     let state = state.get_ref();
@@ -83,7 +83,7 @@ pub async fn api_start(
 }
 
 /// `GET /admin/seed/{id}`: the job's progress, from Redis (any pod's job) or this pod's own.
-pub async fn api_status(req: HttpRequest, id: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+pub async fn api_status(req: HttpRequest, id: web::Path<String>, state: State) -> HttpResponse {
     let state = state.get_ref();
     if let Err(e) = admit(&req, state, None) {
         return e.response();
@@ -104,7 +104,7 @@ pub async fn api_status(req: HttpRequest, id: web::Path<String>, state: web::Dat
 }
 
 /// `GET /admin/seed`: every job, newest first: the fleet's (with Redis) and this pod's own.
-pub async fn api_list(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+pub async fn api_list(req: HttpRequest, state: State) -> HttpResponse {
     let state = state.get_ref();
     if let Err(e) = admit(&req, state, None) {
         return e.response();

@@ -3,15 +3,15 @@
 //! bill (400 naming `month` when it is not one).
 
 use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{HttpRequest, HttpResponse};
 
 use crate::domain::bill::Month;
 use crate::http::error::ProxyError;
-use crate::http::state::AppState;
+use crate::http::state::State;
 use crate::service::stats::document;
 
 /// `GET /admin/stats`.
-pub async fn api(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+pub async fn api(req: HttpRequest, state: State) -> HttpResponse {
     let state = state.get_ref();
     if let Err(e) = crate::http::admin::auth::admit(&req, state, None) {
         return e.response();
