@@ -150,6 +150,8 @@ pub struct RedisMetrics {
     /// `tile_proxy_redis_lease_wakeups_total{by}`: a waiting pod woken by the holder's
     /// `notification` or by its own `poll`.
     pub wakeups: IntCounterVec,
+    /// `tile_proxy_redis_leases_held`: fetch leases this pod holds (and renews) now.
+    pub leases_held: IntGauge,
 }
 
 impl RedisMetrics {
@@ -171,19 +173,30 @@ impl RedisMetrics {
             &["by"],
         )?;
         registry.register(Box::new(wakeups.clone()))?;
+        let leases_held =
+            IntGauge::new("tile_proxy_redis_leases_held", "Fleet fetch leases this pod holds and renews now")?;
+        registry.register(Box::new(leases_held.clone()))?;
         // Series dashboards and alerts read exist from the start, at 0.
         for outcome in ["ok", "error", "timeout", "rejected"] {
             ops.with_label_values(&["get", outcome]);
         }
-        for outcome in
-            ["acquired", "filled", "waited_filled", "too_large", "wait_expired", "unavailable", "refresh_elsewhere"]
-        {
+        for outcome in [
+            "acquired",
+            "filled",
+            "waited_filled",
+            "too_large",
+            "wait_expired",
+            "unavailable",
+            "refresh_elsewhere",
+            "renewed",
+            "lost",
+        ] {
             lease.with_label_values(&[outcome]);
         }
         for by in ["notification", "poll"] {
             wakeups.with_label_values(&[by]);
         }
-        Ok(RedisMetrics { ops, up, lease, wakeups })
+        Ok(RedisMetrics { ops, up, lease, wakeups, leases_held })
     }
 }
 

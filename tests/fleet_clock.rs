@@ -1,0 +1,121 @@
+//! The fleet's fetch lease and its clock, with a real `redis-server`: a lease is renewed while
+//! its flight streams a body longer than the lease (a second pod waits for it instead of
+//! fetching again) and stops being renewed when the flight ends, however it ends; purge rules
+//! and stored entries are compared on Redis's `TIME`, so a pod whose clock lags by minutes
+//! neither serves copies purged on another pod nor refetches copies stored after a purge.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::redis_server::RedisServer;
+use common::*;
+use tile_proxy::config::FileConfig;
+use tile_proxy::store::redis::Redis;
+
+fn redis_of(p: &Proxy) -> &Arc<Redis> {
+    p.state().redis.as_ref().expect("redis configured")
+}
+
+fn renewed(p: &Proxy) -> u64 {
+    redis_of(p).metrics.lease.with_label_values(&["renewed"]).get()
+}
+
+fn lease_keys(redis: &RedisServer) -> usize {
+    redis.dump().iter().filter(|(k, _)| k.ends_with(":l")).count()
+}
+
+/// Shared through `redis`, with a 300 ms lease that the pods wait for up to 30 s.
+fn short_lease(redis: &RedisServer) -> impl Fn(&mut FileConfig) + '_ {
+    move |f: &mut FileConfig| {
+        redis.share(f);
+        f.redis.lease = Some(dur("300ms"));
+        f.redis.lease_wait = Some(dur("30s"));
+    }
+}
+
+#[actix_rt::test]
+async fn a_lease_is_renewed_while_a_slow_body_streams_and_the_other_pod_waits_for_it() {
+    let redis = RedisServer::start();
+    let up = upstream(40_000);
+    let path = "/v3/base/mc/9/300/170/png";
+    // 40 KB in 2 KB pieces every 150 ms: about 3 s, ten leases.
+    up.fail_always(path, Fault::SlowBody { chunk: 2_000, interval: Duration::from_millis(150) });
+    let a = Proxy::start(&up, short_lease(&redis)).await;
+    let b = Proxy::start(&up, short_lease(&redis)).await;
+    eventually("both pods subscribed to tile-proxy:filled", async || {
+        redis.cmd::<(String, u64)>(&["PUBSUB", "NUMSUB", "tile-proxy:filled"]).1 == 2
+    })
+    .await;
+    let on_b = async {
+        eventually("A's fetch started", async || up.count(path) == 1).await;
+        // Redis expires a lease on its own clock: real time has to pass, three leases of it.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert!(!a.state().flights.is_empty(), "A's flight still streams");
+        assert_eq!(lease_keys(&redis), 1, "A's lease outlived three lease times");
+        assert!(renewed(&a) >= 3, "renewed every 100 ms: {}", renewed(&a));
+        b.get(path).await
+    };
+    let (on_a, on_b) = futures_util::join!(a.get(path), on_b);
+    assert_eq!((on_a.status.as_u16(), on_a.x_cache()), (200, "MISS"));
+    assert_eq!(on_b.status, 200);
+    assert_eq!(on_b.bytes(), on_a.bytes());
+    assert_eq!(up.count(path), 1, "B waited for A's fetch instead of starting a second one");
+    let b_leases = |outcome: &str| redis_of(&b).metrics.lease.with_label_values(&[outcome]).get();
+    assert_eq!((b_leases("waited_filled"), b_leases("acquired")), (1, 0), "B waited and took A's copy from redis");
+    assert!(renewed(&a) >= 10, "renewed all along the 3 s body: {}", renewed(&a));
+    // Released when the flight ended, and no longer renewed.
+    eventually("A's lease released", async || lease_keys(&redis) == 0).await;
+    eventually("A's renewal stopped", async || redis_of(&a).metrics.leases_held.get() == 0).await;
+    let m = a.metrics().await;
+    assert_eq!(metric(&m, "tile_proxy_redis_lease_total", &["outcome=\"lost\""]), 0.0);
+    assert!(metric(&m, "tile_proxy_redis_ops_total", &["op=\"lease_renew\"", "outcome=\"ok\""]) >= 10.0);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_lease_renewal_ends_with_its_flight_when_the_upstream_fails_or_the_client_goes() {
+    let redis = RedisServer::start();
+    // 300 KB: above max_entry_size (256 KiB), so nothing is stored and the fetch stops as soon
+    // as its last client goes.
+    let up = upstream(300_000);
+    let a = Proxy::start(&up, |f: &mut FileConfig| {
+        short_lease(&redis)(f);
+        f.upstream.head_timeout = dur("500ms");
+        f.upstream.retry_attempts = 2;
+    })
+    .await;
+    let held = || redis_of(&a).metrics.leases_held.get();
+
+    // The upstream never answers: two attempts of 500 ms, then a failure.
+    let hang = "/v3/base/mc/9/301/170/png";
+    up.fail_always(hang, Fault::Hang);
+    let r = a.get(hang).await;
+    assert!(r.status.is_server_error(), "{}", r.status);
+    assert!(renewed(&a) >= 1, "renewed while waiting for the head");
+    eventually("the renewal stopped with the failed flight", async || held() == 0).await;
+    eventually("the lease released", async || lease_keys(&redis) == 0).await;
+
+    // The client goes mid-body: 10 KB every 100 ms would take 3 s.
+    let gone = "/v3/base/mc/9/302/170/png";
+    up.fail_always(gone, Fault::SlowBody { chunk: 10_000, interval: Duration::from_millis(100) });
+    let before = renewed(&a);
+    let addr = a.base.trim_start_matches("http://").to_string();
+    let client = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+        write!(s, "GET {gone} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+        let mut buf = [0u8; 4096];
+        s.read(&mut buf).expect("the head and some body")
+        // Dropped here: the connection closes.
+    });
+    eventually("the lease renewed while the body streams", async || renewed(&a) > before).await;
+    assert!(client.await.expect("client") > 0);
+    eventually("the abandoned flight ended", async || a.state().flights.is_empty()).await;
+    eventually("its renewal stopped with it", async || held() == 0).await;
+    eventually("and its lease was released", async || lease_keys(&redis) == 0).await;
+    assert!(up.count(gone) == 1);
+    a.stop().await;
+}
