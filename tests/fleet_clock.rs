@@ -11,8 +11,11 @@ use std::time::Duration;
 
 use common::redis_server::RedisServer;
 use common::*;
+use tile_proxy::base::clock::{Clock, ManualClock};
 use tile_proxy::config::FileConfig;
 use tile_proxy::store::redis::Redis;
+
+const ADMIN: &str = "admin-token-0123456789abcdef";
 
 fn redis_of(p: &Proxy) -> &Arc<Redis> {
     p.state().redis.as_ref().expect("redis configured")
@@ -118,4 +121,110 @@ async fn a_lease_renewal_ends_with_its_flight_when_the_upstream_fails_or_the_cli
     eventually("and its lease was released", async || lease_keys(&redis) == 0).await;
     assert!(up.count(gone) == 1);
     a.stop().await;
+}
+
+/// Shared through `redis` with the fleet clock on (the harness turns it off for tests that
+/// move pod clocks).
+fn fleet(redis: &RedisServer) -> impl Fn(&mut FileConfig) + '_ {
+    move |f: &mut FileConfig| {
+        redis.share(f);
+        f.redis.fleet_clock = true;
+        f.admin_token = Some(ADMIN.into());
+    }
+}
+
+async fn purge(p: &Proxy, url: &str) -> u64 {
+    let body = format!(r#"{{"url": "{url}"}}"#);
+    let mut res = p
+        .client
+        .post(p.url("/admin/purge"))
+        .insert_header(("Content-Type", "application/json"))
+        .insert_header(("Authorization", format!("Bearer {ADMIN}")))
+        .send_body(body)
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 200);
+    let json: serde_json::Value = serde_json::from_slice(&res.body().await.expect("body")).expect("json");
+    assert_eq!(json["shared"]["redis"], true, "{json}");
+    json["rule"]["at_ms"].as_u64().expect("at_ms")
+}
+
+/// Redis's clock, as the test reads it.
+fn redis_ms(redis: &RedisServer) -> u64 {
+    let (secs, micros): (u64, u64) = redis.cmd(&["TIME"]);
+    secs * 1000 + micros / 1000
+}
+
+/// Waits until each pod's fleet clock is past `t`. The pods' own clocks stand still (they are
+/// ManualClocks); their fleet clocks follow Redis's TIME at each measurement (every 2 s).
+async fn past(pods: [&Proxy; 2], t: u64) {
+    for p in pods {
+        eventually("the pod's fleet clock passed the mark", async || p.state().clock.now_ms() > t).await;
+    }
+}
+
+#[actix_rt::test]
+async fn purges_and_stored_entries_compare_on_redis_time_when_a_pod_clock_lags_by_minutes() {
+    const LAG_MS: u64 = 5 * 60_000;
+    let redis = RedisServer::start();
+    let up = upstream(5_000);
+    let a = Proxy::start(&up, fleet(&redis)).await;
+    let b_clock = ManualClock::at(tile_proxy::base::clock::SystemClock.now_ms() - LAG_MS);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let b = Proxy::start_clocked(&up, dir, fleet(&redis), Default::default(), b_clock).await;
+
+    // Each pod measured its offset at start: B's is about 5 minutes more than A's.
+    let offset = |p: &Proxy| redis_of(p).status()["clock_offset_ms"].as_i64().expect("measured at start");
+    let gap = offset(&b) - offset(&a);
+    assert!((LAG_MS as i64 - 30_000..LAG_MS as i64 + 30_000).contains(&gap), "B's offset minus A's: {gap}");
+    let m = b.metrics().await;
+    assert!(metric(&m, "tile_proxy_redis_clock_offset_ms", &[]) >= (LAG_MS - 30_000) as f64, "the offset is a metric");
+    let health = b.get("/health").await.json();
+    let tier = health["cache"].as_array().unwrap().iter().find(|t| t["tier"] == "redis").cloned().unwrap();
+    assert_eq!(tier["fleet_clock"], true, "{tier}");
+    assert!(tier["clock_offset_ms"].as_i64().unwrap() >= LAG_MS as i64 - 30_000, "{tier}");
+    for p in [&a, &b] {
+        let now = p.state().clock.now_ms();
+        assert!(now.abs_diff(redis_ms(&redis)) < 30_000, "each pod reads Redis's time, not its own clock");
+    }
+
+    // x is cached by B (the lagging pod), y by A; both reach Redis.
+    let x = "/v3/base/mc/9/303/170/png";
+    let y = "/v3/base/mc/9/304/170/png";
+    assert_eq!(b.get(x).await.x_cache(), "MISS");
+    assert_eq!(a.get(y).await.x_cache(), "MISS");
+    eventually("both stored in every tier", async || {
+        a.state().flights.is_empty()
+            && b.state().flights.is_empty()
+            && redis.dump().iter().filter(|(k, _)| k.ends_with(":e")).count() == 2
+    })
+    .await;
+    past([&a, &b], a.state().clock.now_ms().max(b.state().clock.now_ms())).await;
+
+    // A (on time) purges x; B (5 minutes behind) purges y. Both rules carry Redis's time.
+    let x_at = purge(&a, x).await;
+    let y_at = purge(&b, y).await;
+    assert!(y_at > b.clock.now_ms() + LAG_MS - 30_000, "B's rule is not on B's own clock");
+    assert!(y_at.abs_diff(redis_ms(&redis)) < 30_000 && x_at.abs_diff(redis_ms(&redis)) < 30_000);
+    for p in [&a, &b] {
+        eventually("both rules reached both pods", async || p.state().purges.len() == 2).await;
+    }
+    past([&a, &b], x_at.max(y_at)).await;
+
+    // B's older copy of x is purged (memory and redis): fetched again.
+    assert_eq!(b.get(x).await.x_cache(), "MISS", "B's copy stored before A's purge");
+    // A's older copy of y is purged by the rule the lagging pod made.
+    assert_eq!(a.get(y).await.x_cache(), "MISS", "A's copy stored before B's purge");
+    assert_eq!((up.count(x), up.count(y)), (2, 2));
+    eventually("the new copies stored", async || a.state().flights.is_empty() && b.state().flights.is_empty()).await;
+
+    // The copies stored after the purges are not purged, on either pod.
+    assert_eq!(b.get(x).await.x_cache(), "HIT", "B's copy stored after the purge, on B");
+    assert_eq!(a.get(y).await.x_cache(), "HIT", "A's copy stored after the purge, on A");
+    let (ax, by) = (a.get(x).await, b.get(y).await);
+    assert_eq!((ax.x_cache(), ax.header("x-cache-tier")), ("HIT", Some("redis")), "B's new copy, on A");
+    assert_eq!((by.x_cache(), by.header("x-cache-tier")), ("HIT", Some("redis")), "A's new copy, on B");
+    assert_eq!((up.count(x), up.count(y)), (2, 2), "no refetch of a copy newer than the purge");
+    a.stop().await;
+    b.stop().await;
 }
