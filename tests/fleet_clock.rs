@@ -1,4 +1,5 @@
-//! The fleet's fetch lease and its clock, with a real `redis-server`: a lease is renewed while
+//! The fleet's fetch lease and its clock, with a real `redis-server` and pods whose clocks are
+//! minutes apart: a lease is renewed while
 //! its flight streams a body longer than the lease (a second pod waits for it instead of
 //! fetching again) and stops being renewed when the flight ends, however it ends; purge rules
 //! and stored entries are compared on Redis's `TIME`, so a pod whose clock lags by minutes
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use common::redis_server::RedisServer;
 use common::*;
-use tile_proxy::base::clock::{Clock, ManualClock};
+use tile_proxy::base::clock::{Clock, ManualClock, SystemClock};
 use tile_proxy::config::FileConfig;
 use tile_proxy::store::redis::Redis;
 
@@ -45,8 +46,13 @@ async fn a_lease_is_renewed_while_a_slow_body_streams_and_the_other_pod_waits_fo
     let path = "/v3/base/mc/9/300/170/png";
     // 40 KB in 2 KB pieces every 150 ms: about 3 s, ten leases.
     up.fail_always(path, Fault::SlowBody { chunk: 2_000, interval: Duration::from_millis(150) });
+    // Pod clocks play no part in a lease (Redis expires it): A's runs 10 minutes ahead, B's
+    // 5 minutes behind.
     let a = Proxy::start(&up, short_lease(&redis)).await;
-    let b = Proxy::start(&up, short_lease(&redis)).await;
+    a.clock.advance_secs(600);
+    let b_clock = ManualClock::at(SystemClock.now_ms() - 300_000);
+    let b =
+        Proxy::start_clocked(&up, tempfile::tempdir().unwrap(), short_lease(&redis), Default::default(), b_clock).await;
     eventually("both pods subscribed to tile-proxy:filled", async || {
         redis.cmd::<(String, u64)>(&["PUBSUB", "NUMSUB", "tile-proxy:filled"]).1 == 2
     })
@@ -90,6 +96,7 @@ async fn a_lease_renewal_ends_with_its_flight_when_the_upstream_fails_or_the_cli
         f.upstream.retry_attempts = 2;
     })
     .await;
+    a.clock.advance_secs(600);
     let held = || redis_of(&a).metrics.leases_held.get();
 
     // The upstream never answers: two attempts of 500 ms, then a failure.
@@ -169,7 +176,7 @@ async fn purges_and_stored_entries_compare_on_redis_time_when_a_pod_clock_lags_b
     let redis = RedisServer::start();
     let up = upstream(5_000);
     let a = Proxy::start(&up, fleet(&redis)).await;
-    let b_clock = ManualClock::at(tile_proxy::base::clock::SystemClock.now_ms() - LAG_MS);
+    let b_clock = ManualClock::at(SystemClock.now_ms() - LAG_MS);
     let dir = tempfile::tempdir().expect("temp dir");
     let b = Proxy::start_clocked(&up, dir, fleet(&redis), Default::default(), b_clock).await;
 
