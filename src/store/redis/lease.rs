@@ -159,10 +159,13 @@ async fn renew(redis: Arc<Redis>, key: String, token: String, mut stop: tokio::s
     let _held = Held(&redis.metrics.leases_held);
     let every = (redis.settings.lease / 3).max(Duration::from_millis(10));
     let lease_ms = redis.settings.lease.as_millis().to_string();
+    // A steady rate: a slow renewal does not push the next one out.
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = &mut stop => return,
-            _ = tokio::time::sleep(every) => {}
+            _ = ticks.tick() => {}
         }
         let (keys, args) = ([key.as_str()], [token.as_str(), lease_ms.as_str()]);
         let call = redis.eval::<i64>("lease_renew", Deadline::Read, &RENEW, &keys, &args);
