@@ -77,7 +77,7 @@ async fn a_lease_is_renewed_while_a_slow_body_streams_and_the_other_pod_waits_fo
     assert_eq!(up.count(path), 1, "B waited for A's fetch instead of starting a second one");
     let b_leases = |outcome: &str| redis_of(&b).metrics.lease.with_label_values(&[outcome]).get();
     assert_eq!((b_leases("waited_filled"), b_leases("acquired")), (1, 0), "B waited and took A's copy from redis");
-    assert!(renewed(&a) >= 6, "renewed all along the 7 s body: {}", renewed(&a));
+    assert!(renewed(&a) >= 4, "renewed all along the 7 s body: {}", renewed(&a));
     // Released when the flight ended, and no longer renewed.
     eventually("A's lease released", async || lease_keys(&redis) == 0).await;
     eventually("A's renewal stopped", async || redis_of(&a).metrics.leases_held.get() == 0).await;
