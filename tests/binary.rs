@@ -402,6 +402,7 @@ async fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it
         ("redis.breaker_cooldown", same("7s")),
         ("redis.lease", same("20s")),
         ("redis.lease_wait", same("15s")),
+        ("redis.fleet_clock", ("false".into(), toml::Value::Boolean(false))),
         ("redis.prefix", same("tp-test")),
         ("redis.ca_file", same(ca_file)),
         ("admin_token", ("ENV-ADMIN-TOKEN-0123456789".into(), s("(left out)"))),

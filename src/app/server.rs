@@ -211,6 +211,17 @@ async fn assemble(settings: Settings, opts: StartOptions, held: &mut Option<DirL
         Some(r) => Some(Redis::new(r, clock.clone(), http.registry()).map_err(StartError::Redis)?),
         None => None,
     };
+    // With `fleet_clock` everything below reads the pod clock corrected to Redis's TIME (stored
+    // times, purge rules, freshness), measured now and on every housekeeping tick.
+    let clock = match redis.as_ref().and_then(|r| r.fleet_clock().map(|c| (r, c))) {
+        Some((redis, fleet)) => {
+            if let Err(e) = redis.sync_clock().await {
+                tracing::warn!(error = %e, "cannot read Redis TIME at start; the pod clock is used until it answers");
+            }
+            fleet
+        }
+        None => clock,
+    };
     let mut tiers = tiers;
     if let Some(redis) = &redis {
         tiers.push(Box::new(RedisTier::new(redis.clone(), settings.max_entry_size)));

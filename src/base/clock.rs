@@ -4,7 +4,7 @@
 //! and call [`ManualClock::advance_ms`]: an entry's expiry, stale windows, `Age` and the circuit
 //! breaker's cool-down all follow it, with no sleeping and no dependence on machine load.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -33,6 +33,11 @@ impl ManualClock {
         Arc::new(ManualClock(AtomicU64::new(SystemClock.now_ms())))
     }
 
+    /// Starts at `unix_ms` (a pod whose clock is off: `now - 5 minutes`).
+    pub fn at(unix_ms: u64) -> Arc<ManualClock> {
+        Arc::new(ManualClock(AtomicU64::new(unix_ms)))
+    }
+
     pub fn advance_ms(&self, ms: u64) {
         self.0.fetch_add(ms, Ordering::SeqCst);
     }
@@ -50,6 +55,43 @@ impl Clock for ManualClock {
 
 /// The clock type the server holds.
 pub type SharedClock = Arc<dyn Clock>;
+
+/// A pod's clock corrected to a clock the whole fleet shares (Redis's `TIME`): `now_ms` is the
+/// pod clock plus the offset last measured, so reading it costs no call. Until a first
+/// measurement ([`FleetClock::set_offset_ms`]) it is the pod clock itself.
+pub struct FleetClock {
+    pod: SharedClock,
+    offset_ms: AtomicI64,
+    measured: AtomicBool,
+}
+
+impl FleetClock {
+    pub fn new(pod: SharedClock) -> Arc<FleetClock> {
+        Arc::new(FleetClock { pod, offset_ms: AtomicI64::new(0), measured: AtomicBool::new(false) })
+    }
+
+    /// The pod's own clock.
+    pub fn pod(&self) -> &SharedClock {
+        &self.pod
+    }
+
+    /// Sets the fleet clock's lead over the pod clock (negative: the pod clock is ahead).
+    pub fn set_offset_ms(&self, offset_ms: i64) {
+        self.offset_ms.store(offset_ms, Ordering::Release);
+        self.measured.store(true, Ordering::Release);
+    }
+
+    /// The offset in use; `None` before the first measurement.
+    pub fn offset_ms(&self) -> Option<i64> {
+        self.measured.load(Ordering::Acquire).then(|| self.offset_ms.load(Ordering::Acquire))
+    }
+}
+
+impl Clock for FleetClock {
+    fn now_ms(&self) -> u64 {
+        self.pod.now_ms().saturating_add_signed(self.offset_ms.load(Ordering::Acquire))
+    }
+}
 
 /// The UTC calendar year of a Unix time in milliseconds (proleptic Gregorian; for copyright
 /// notices such as TileJSON's `© HERE <year>`).
@@ -77,6 +119,19 @@ mod tests {
         c.advance_secs(6);
         assert_eq!(c.now_ms(), t + 6000);
         assert!(SystemClock.now_ms() > 1_600_000_000_000);
+    }
+
+    #[test]
+    fn a_fleet_clock_is_the_pod_clock_until_measured_then_shifted_by_the_offset() {
+        let pod = ManualClock::at(1_000_000);
+        let fleet = FleetClock::new(pod.clone());
+        assert_eq!((fleet.now_ms(), fleet.offset_ms()), (1_000_000, None));
+        fleet.set_offset_ms(300_000);
+        assert_eq!((fleet.now_ms(), fleet.offset_ms()), (1_300_000, Some(300_000)));
+        pod.advance_ms(5);
+        assert_eq!(fleet.now_ms(), 1_300_005, "moves with the pod clock");
+        fleet.set_offset_ms(-2_000_000);
+        assert_eq!(fleet.now_ms(), 0, "never below 0");
     }
 
     #[test]

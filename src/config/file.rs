@@ -339,6 +339,9 @@ pub struct RedisFileConfig {
     /// Longest a pod waits for another pod's fetch before fetching itself; default: the lease.
     #[serde(with = "units::opt_duration")]
     pub lease_wait: Option<Duration>,
+    /// Compare purge rules and stored entries on Redis's `TIME` instead of each pod's clock
+    /// (the pod clock plus an offset measured every 2 s; default on).
+    pub fleet_clock: bool,
     /// Prefix of every Redis key and channel (several deployments can share one Redis).
     pub prefix: String,
     /// PEM file of the CA that signed the server's certificate, for `rediss://` with a private
@@ -357,6 +360,7 @@ impl Default for RedisFileConfig {
             breaker_cooldown: Duration::from_secs(5),
             lease: None,
             lease_wait: None,
+            fleet_clock: true,
             prefix: "tile-proxy".into(),
             ca_file: None,
         }

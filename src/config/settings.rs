@@ -24,6 +24,8 @@ pub struct RedisSettings {
     pub breaker_cooldown: Duration,
     pub lease: Duration,
     pub lease_wait: Duration,
+    /// Time entries and purge rules on Redis's `TIME` (see `base::clock::FleetClock`).
+    pub fleet_clock: bool,
     pub prefix: String,
     /// PEM of an extra CA for `rediss://`.
     pub ca_pem: Option<Vec<u8>>,
@@ -42,6 +44,7 @@ impl std::fmt::Debug for RedisSettings {
             .field("breaker_cooldown", &self.breaker_cooldown)
             .field("lease", &self.lease)
             .field("lease_wait", &self.lease_wait)
+            .field("fleet_clock", &self.fleet_clock)
             .field("prefix", &self.prefix)
             .field("ca_pem", &self.ca_pem.as_ref().map(|p| p.len()))
             .finish()

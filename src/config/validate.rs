@@ -395,6 +395,7 @@ fn resolve_redis(file: &FileConfig, upstream: &UpstreamSettings, c: &mut Check) 
         breaker_cooldown,
         lease,
         lease_wait,
+        fleet_clock: r.fleet_clock,
         prefix: r.prefix.clone(),
         ca_pem,
     })

@@ -119,7 +119,8 @@ pub fn new_pod_id() -> String {
 }
 
 /// Every [`TICK`]: roll the budget gauges over to the current windows, store the bill's counts
-/// and set its gauges (`service::bill::tick`) and, with Redis, write this pod's snapshot. Runs until the server's runtime stops.
+/// and set its gauges (`service::bill::tick`) and, with Redis, measure the fleet clock's offset
+/// (`Redis::sync_clock`) and write this pod's snapshot. Runs until the server's runtime stops.
 /// `current` gives the core of the configuration loaded now (a reload swaps it).
 pub fn spawn_housekeeping(current: impl Fn() -> Arc<Core> + 'static, redis: Option<Arc<Redis>>, pod_id: String) {
     actix_web::rt::spawn(async move {
@@ -132,6 +133,8 @@ pub fn spawn_housekeeping(current: impl Fn() -> Arc<Core> + 'static, redis: Opti
             core.protect.budgets.tick(|index, account| budget_of(&settings, index, account));
             crate::service::bill::tick(&core).await;
             if let Some(redis) = &redis {
+                // The fleet clock's offset to Redis TIME (an error keeps the last one).
+                let _ = redis.sync_clock().await;
                 let snapshot = Snapshot { at_ms: core.clock.now_ms(), indices: local_counts(&core) };
                 let Ok(json) = serde_json::to_string(&snapshot) else { continue };
                 let mut cmd = redis::cmd("HSET");

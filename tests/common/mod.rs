@@ -111,10 +111,20 @@ impl Proxy {
         tweak: impl FnOnce(&mut FileConfig),
         opts: StartOptions,
     ) -> Proxy {
+        Self::start_clocked(upstream, dir, tweak, opts, ManualClock::new()).await
+    }
+
+    /// [`Proxy::start_opts`] with this pod clock (one set apart from the others: a skewed pod).
+    pub async fn start_clocked(
+        upstream: &Upstream,
+        dir: tempfile::TempDir,
+        tweak: impl FnOnce(&mut FileConfig),
+        opts: StartOptions,
+        clock: Arc<ManualClock>,
+    ) -> Proxy {
         let mut f = config(upstream, dir.path());
         tweak(&mut f);
         let settings = Settings::from_file_config(f).expect("valid test config");
-        let clock = ManualClock::new();
         let running = server::start_with(settings, StartOptions { clock: Some(clock.clone()), ..opts })
             .await
             .expect("proxy starts");

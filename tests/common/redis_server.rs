@@ -75,6 +75,10 @@ impl RedisServer {
         f.redis.timeout = super::dur("3s");
         f.redis.write_timeout = super::dur("3s");
         f.redis.connect_timeout = super::dur("3s");
+        // Tests make time pass by moving each pod's ManualClock, which Redis's TIME does not
+        // follow: the fleet clock would undo those moves at its next measurement. The tests of
+        // the fleet clock (tests/fleet_clock.rs) turn it back on.
+        f.redis.fleet_clock = false;
     }
 
     /// The URL a proxy is configured with.

@@ -9,6 +9,13 @@
 //! `lease_wait`, for that notification (with polling behind it should a message be lost), then
 //! runs the script again: the entry is there (answer from it), or the holder failed and its lease
 //! is gone (compete again). Redis down or slow: it fetches itself at once.
+//!
+//! A held lease is renewed while its flight runs: every third of the lease a compare-and-extend
+//! script (`PEXPIRE` only while the value is still our token) pushes its expiry out again, so a
+//! large body streaming for longer than the lease does not let a second pod start a duplicate
+//! fetch. The renewal task belongs to the [`Lease`]: it stops when the lease is dropped with the
+//! flight's writer (stored, failed, client gone, task killed), or when the lease is found lost.
+//! A renewal that fails (deadline, breaker open) is skipped and never fails the flight.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -51,6 +58,14 @@ const RELEASE_LUA: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
+";
+
+/// `KEYS`: lease. `ARGV`: token, lease ms. Extends the lease only while it is still ours.
+/// Returns 1 when extended, 0 when the lease is gone or another pod's.
+static RENEW: LazyLock<Lua> = LazyLock::new(|| Lua::new(RENEW_LUA));
+const RENEW_LUA: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
 ";
 
 /// Local waiters for `filled` notifications, by tag.
@@ -107,13 +122,70 @@ impl Drop for WaitGuard {
     }
 }
 
-/// A held lease; dropping it (with the flight's writer, after the entry was stored) releases
-/// it in the background.
+/// A held lease; dropping it (with the flight's writer, after the entry was stored) stops its
+/// renewal and releases it in the background.
 struct Lease {
     redis: Arc<Redis>,
     key: String,
     token: String,
     tag: String,
+    /// Dropped with the lease: ends the renewal task.
+    _renewal: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Lease {
+    /// A lease just taken: starts renewing it every third of the lease.
+    fn held(redis: &Arc<Redis>, key: String, token: String, tag: String) -> Lease {
+        let (stop_tx, stop) = tokio::sync::oneshot::channel();
+        let (r, k, t) = (redis.clone(), key.clone(), token.clone());
+        redis.spawn(renew(r, k, t, stop));
+        Lease { redis: redis.clone(), key, token, tag, _renewal: stop_tx }
+    }
+}
+
+/// Counts a running renewal task in `tile_proxy_redis_leases_held` for as long as it lives.
+struct Held<'a>(&'a prometheus::IntGauge);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Renews the lease `key` (ours while it holds `token`) every third of the lease until `stop`
+/// resolves (the [`Lease`] was dropped) or the lease is found lost.
+async fn renew(redis: Arc<Redis>, key: String, token: String, mut stop: tokio::sync::oneshot::Receiver<()>) {
+    redis.metrics.leases_held.inc();
+    let _held = Held(&redis.metrics.leases_held);
+    let every = (redis.settings.lease / 3).max(Duration::from_millis(10));
+    let lease_ms = redis.settings.lease.as_millis().to_string();
+    // A steady rate: a slow renewal does not push the next one out.
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = ticks.tick() => {}
+        }
+        let (keys, args) = ([key.as_str()], [token.as_str(), lease_ms.as_str()]);
+        let call = redis.eval::<i64>("lease_renew", Deadline::Read, &RENEW, &keys, &args);
+        let outcome = tokio::select! {
+            _ = &mut stop => return,
+            r = call => r,
+        };
+        match outcome {
+            Ok(1) => redis.metrics.lease.with_label_values(&["renewed"]).inc(),
+            Ok(_) => {
+                // Expired (Redis unreachable for longer than the lease) and maybe taken by
+                // another pod: nothing left to renew. The flight goes on; its store is harmless.
+                redis.metrics.lease.with_label_values(&["lost"]).inc();
+                tracing::warn!("fetch lease lost while its flight ran; another pod may fetch the tile too");
+                return;
+            }
+            // Counted in tile_proxy_redis_ops_total{op="lease_renew"}; the next period tries again.
+            Err(_) => {}
+        }
+    }
 }
 
 impl Drop for Lease {
@@ -173,7 +245,7 @@ impl FleetFill {
             let outcome = match r.eval::<i64>("lease", Deadline::Read, script, &keys, &[&token, &lease_ms]).await {
                 Ok(1) => {
                     r.metrics.lease.with_label_values(&["acquired"]).inc();
-                    return Some(Lease { redis: r.clone(), key: keys[lease_key].to_string(), token, tag });
+                    return Some(Lease::held(r, keys[lease_key].to_string(), token, tag));
                 }
                 Ok(2) if expired => "too_large",
                 Ok(3) => {
@@ -218,7 +290,7 @@ impl FleetFill {
         let keys = [large.as_str(), lease.as_str()];
         let (outcome, result) =
             match r.eval::<i64>("lease", Deadline::Read, &ACQUIRE_REFRESH, &keys, &[&token, &lease_ms]).await {
-                Ok(1) => ("acquired", Ok(Some(Lease { redis: r.clone(), key: lease, token, tag }))),
+                Ok(1) => ("acquired", Ok(Some(Lease::held(r, lease, token, tag)))),
                 Ok(2) => ("too_large", Ok(None)),
                 Ok(_) => ("refresh_elsewhere", Err(())),
                 Err(_) => ("unavailable", Ok(None)),

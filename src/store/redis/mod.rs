@@ -24,6 +24,12 @@
 //!   ([`crate::store::bill`]);
 //! * channels `<prefix>:filled` (payload `<h>`) and `<prefix>:purge` (payload a rule's JSON).
 //!
+//! Time: with `fleet_clock` (the default) the pod's clock is corrected to Redis's `TIME`
+//! ([`Redis::fleet_clock`], [`Redis::sync_clock`]): the offset is measured at start and on every
+//! housekeeping tick, and the server reads that corrected clock everywhere, so an entry's stored
+//! time (written on one pod, read on all) and a purge rule's `at_ms` (made on one pod, applied
+//! on all) are on one clock whatever each pod's own clock says.
+//!
 //! `<h>` is a hash of the cache key, which itself holds only a hash of the credential: nothing in
 //! Redis can reveal the HERE key.
 
@@ -39,11 +45,15 @@ use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, FromRedisValue};
 
-use crate::base::clock::SharedClock;
+use crate::base::clock::{FleetClock, SharedClock};
 use crate::base::hashing::stable_hash;
 use crate::config::RedisSettings;
 use crate::domain::breaker::{Breaker, BreakerState, Permit};
 use crate::domain::key::CacheKey;
+
+/// A new measurement of the fleet clock's offset within this many ms (plus half the call's round
+/// trip) of the one in use leaves it in place.
+const CLOCK_JITTER_MS: u64 = 2;
 
 /// Why a Redis call gave no answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -159,6 +169,10 @@ pub struct RedisMetrics {
     /// `tile_proxy_redis_lease_wakeups_total{by}`: a waiting pod woken by the holder's
     /// `notification` or by its own `poll`.
     pub wakeups: IntCounterVec,
+    /// `tile_proxy_redis_leases_held`: fetch leases this pod holds (and renews) now.
+    pub leases_held: IntGauge,
+    /// `tile_proxy_redis_clock_offset_ms`: Redis's `TIME` minus this pod's clock, last measured.
+    pub clock_offset: IntGauge,
 }
 
 impl RedisMetrics {
@@ -180,19 +194,35 @@ impl RedisMetrics {
             &["by"],
         )?;
         registry.register(Box::new(wakeups.clone()))?;
+        let leases_held =
+            IntGauge::new("tile_proxy_redis_leases_held", "Fleet fetch leases this pod holds and renews now")?;
+        registry.register(Box::new(leases_held.clone()))?;
+        let clock_offset = IntGauge::new(
+            "tile_proxy_redis_clock_offset_ms",
+            "Redis TIME minus this pod's clock in ms, last measured (the correction the fleet clock applies)",
+        )?;
+        registry.register(Box::new(clock_offset.clone()))?;
         // Series dashboards and alerts read exist from the start, at 0.
         for outcome in ["ok", "error", "timeout", "rejected"] {
             ops.with_label_values(&["get", outcome]);
         }
-        for outcome in
-            ["acquired", "filled", "waited_filled", "too_large", "wait_expired", "unavailable", "refresh_elsewhere"]
-        {
+        for outcome in [
+            "acquired",
+            "filled",
+            "waited_filled",
+            "too_large",
+            "wait_expired",
+            "unavailable",
+            "refresh_elsewhere",
+            "renewed",
+            "lost",
+        ] {
             lease.with_label_values(&[outcome]);
         }
         for by in ["notification", "poll"] {
             wakeups.with_label_values(&[by]);
         }
-        Ok(RedisMetrics { ops, up, lease, wakeups })
+        Ok(RedisMetrics { ops, up, lease, wakeups, leases_held, clock_offset })
     }
 }
 
@@ -216,6 +246,8 @@ pub struct Redis {
     pub settings: RedisSettings,
     pub keys: Keys,
     clock: SharedClock,
+    /// The pod clock corrected to Redis's `TIME` (`fleet_clock`); `None` when off.
+    fleet: Option<Arc<FleetClock>>,
     pub metrics: RedisMetrics,
     last_error: Mutex<Option<(u64, String)>>,
     runtime: RuntimeBox,
@@ -260,6 +292,7 @@ impl Redis {
             breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown),
             keys: Keys::new(&settings.prefix),
             settings: settings.clone(),
+            fleet: settings.fleet_clock.then(|| FleetClock::new(clock.clone())),
             clock,
             metrics,
             last_error: Mutex::new(None),
@@ -393,6 +426,38 @@ impl Redis {
         }
     }
 
+    /// The clock the server reads when `fleet_clock` is on: the pod clock plus the offset to
+    /// Redis's `TIME` that [`Redis::sync_clock`] keeps current. `None` when off.
+    pub fn fleet_clock(&self) -> Option<SharedClock> {
+        self.fleet.clone().map(|f| f as SharedClock)
+    }
+
+    /// Measures Redis's `TIME` against the pod clock and sets the fleet clock's offset (one
+    /// read-deadline call, through the breaker; the middle of the call's round trip on the pod
+    /// clock is taken as the moment Redis read its clock). Returns the offset in ms; on an error
+    /// the last offset stays. Does nothing (`Ok(0)`) when `fleet_clock` is off.
+    pub async fn sync_clock(&self) -> Result<i64, RedisError> {
+        let Some(fleet) = &self.fleet else { return Ok(0) };
+        let pod = fleet.pod();
+        let before = pod.now_ms();
+        let (secs, micros): (u64, u64) = self.call("time", Deadline::Read, &redis::cmd("TIME")).await?;
+        let after = pod.now_ms();
+        let redis_ms = secs.saturating_mul(1000).saturating_add(micros / 1000);
+        let pod_ms = before + after.saturating_sub(before) / 2;
+        let offset = redis_ms as i64 - pod_ms as i64;
+        // Within the measurement's own error the last offset stays: the fleet clock does not
+        // wobble back and forth by a millisecond every tick.
+        let error = (after.saturating_sub(before) / 2 + CLOCK_JITTER_MS) as i64;
+        match fleet.offset_ms() {
+            Some(old) if (old - offset).abs() <= error => return Ok(old),
+            Some(old) if (old - offset).abs() <= 1_000 => {}
+            _ => tracing::info!(offset_ms = offset, "fleet clock: Redis TIME minus this pod's clock"),
+        }
+        fleet.set_offset_ms(offset);
+        self.metrics.clock_offset.set(offset);
+        Ok(offset)
+    }
+
     /// Breaker state now.
     pub fn state(&self) -> BreakerState {
         self.breaker.state(self.clock.now_ms())
@@ -424,6 +489,8 @@ impl Redis {
             "last_error": last.as_ref().map(|(_, e)| e.as_str()),
             "last_error_unix_ms": last.map(|(at, _)| at),
             "max_value_bytes": self.settings.max_value,
+            "fleet_clock": self.fleet.is_some(),
+            "clock_offset_ms": self.fleet.as_ref().and_then(|f| f.offset_ms()),
         })
     }
 
