@@ -22,6 +22,26 @@ pub enum UnknownIndices {
     Reject,
 }
 
+/// How the shared tier reaches Redis (`redis_mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One Redis node at `redis_url` (the default).
+    #[default]
+    Single,
+    /// A Redis Cluster found from the seed nodes `redis_nodes` (or `redis_url` alone).
+    Cluster,
+}
+
+impl RedisMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisMode::Single => "single",
+            RedisMode::Cluster => "cluster",
+        }
+    }
+}
+
 /// The whole configuration as the file spells it. Unknown keys are rejected.
 ///
 /// Tests build one with struct update syntax:
@@ -103,6 +123,13 @@ pub struct FileConfig {
     /// Redis shared tier (`REDIS_URL`): `redis://[:password@]host:port[/db]` or `rediss://` (TLS).
     /// Unset: every pod caches on its own.
     pub redis_url: Option<String>,
+    /// `single` (one node at `redis_url`) or `cluster` (a Redis Cluster, found from
+    /// `redis_nodes`).
+    pub redis_mode: RedisMode,
+    /// Cluster mode: seed nodes (`redis://host:port`, a few of the cluster's nodes; the rest are
+    /// found from them). Empty: `redis_url` is the one seed.
+    #[serde(deserialize_with = "units::list")]
+    pub redis_nodes: Vec<String>,
     /// Entries larger than this stay in the local tiers (and skip the fleet-wide lease).
     #[serde(with = "units::size")]
     pub redis_max_value: ByteSize,
@@ -191,6 +218,8 @@ impl Default for FileConfig {
             drain_delay: Duration::ZERO,
             upstream: UpstreamFileConfig::default(),
             redis_url: None,
+            redis_mode: RedisMode::Single,
+            redis_nodes: Vec::new(),
             redis_max_value: DEFAULT_REDIS_MAX_VALUE,
             redis: RedisFileConfig::default(),
             admin_token: None,

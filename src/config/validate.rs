@@ -371,7 +371,33 @@ fn resolve_redis(file: &FileConfig, upstream: &UpstreamSettings, c: &mut Check) 
     }
     .max(Duration::from_millis(100));
     let lease_wait = c.duration(&["redis", "lease_wait"], r.lease_wait.unwrap_or(lease), MAX_TIMEOUT);
-    let url = file.redis_url.as_deref().map(str::trim).filter(|u| !u.is_empty())?;
+    let url = file.redis_url.as_deref().map(str::trim).filter(|u| !u.is_empty());
+    let nodes: Vec<&str> = file.redis_nodes.iter().map(|n| n.trim()).filter(|n| !n.is_empty()).collect();
+    let (url, mode) = match file.redis_mode {
+        RedisMode::Single => {
+            if !nodes.is_empty() {
+                c.push(&["redis_nodes"], "only used with redis_mode = \"cluster\"");
+            }
+            (url?, RedisTopology::Single)
+        }
+        RedisMode::Cluster => {
+            let seeds: Vec<&str> = if nodes.is_empty() { url.into_iter().collect() } else { nodes };
+            if seeds.is_empty() {
+                c.push(&["redis_nodes"], "redis_mode = \"cluster\" needs seed nodes (redis_nodes, or redis_url)");
+                return None;
+            }
+            for seed in &seeds {
+                if let Err(e) = redis::Client::open(*seed) {
+                    let shown = redact_url(seed);
+                    c.push(
+                        &["redis_nodes"],
+                        format!("`{shown}` is not a Redis URL (redis://[:password@]host:port): {e}"),
+                    );
+                }
+            }
+            (seeds[0], RedisTopology::Cluster { nodes: seeds.iter().map(|s| s.to_string()).collect() })
+        }
+    };
     let ca_pem = r.ca_file.as_deref().and_then(|path| read_ca_file(&["redis", "ca_file"], path, c));
     if ca_pem.is_some() && !url.starts_with("rediss://") {
         c.push(&["redis", "ca_file"], "only used with a rediss:// redis_url");
@@ -397,6 +423,7 @@ fn resolve_redis(file: &FileConfig, upstream: &UpstreamSettings, c: &mut Check) 
         lease_wait,
         prefix: r.prefix.clone(),
         ca_pem,
+        mode,
     })
 }
 

@@ -5,6 +5,7 @@
 
 pub mod nginx;
 pub mod process;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod tls;
 

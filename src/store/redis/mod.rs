@@ -8,7 +8,11 @@
 //! answer" and goes on with the local tiers and the upstream.
 //!
 //! The connections are a few lazily connecting `ConnectionManager`s used round-robin (a small GET
-//! does not queue behind a 4 MB reply on the same multiplexed connection). They and the
+//! does not queue behind a 4 MB reply on the same multiplexed connection). In cluster mode
+//! (`redis_mode = "cluster"`) they are as many `cluster_async::ClusterConnection`s, each of which
+//! holds one connection per node, follows the slot map (MOVED, ASK, a replica promoted after its
+//! primary died) and reconnects by itself; every command and script goes to the node of its
+//! keys' slot, and the keys of each script share one hash tag (below). They and the
 //! subscriber ([`pubsub`]) live on a small runtime of their own, so reconnecting never runs on an
 //! HTTP worker.
 //!
@@ -18,6 +22,9 @@
 //! * `<prefix>:{<h>}:l`: the fetch lease (a random token, `PX` the lease);
 //! * `<prefix>:{<h>}:x`: "too large to share" marker (skip the lease);
 //! * `<prefix>:purges`: hash of purge rules (id -> JSON);
+//! * `<prefix>:cap:<api>`, `<prefix>:rl:{<ip>}:<index>`, `<prefix>:budget:{<index>}:<h|d>:<n>`,
+//!   `<prefix>:stats`: the rate cap, client buckets, budgets (both windows of one index in one
+//!   slot) and per-pod statistics;
 //! * `<prefix>:{bill}:<YYYY-MM>` and `<prefix>:{bill}:<YYYY-MM-DD>`: the bill's counts
 //!   ([`crate::store::bill`]);
 //! * channels `<prefix>:filled` (payload `<h>`) and `<prefix>:purge` (payload a rule's JSON).
@@ -35,11 +42,13 @@ use std::time::Duration;
 
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, FromRedisValue};
+use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, FromRedisValue, RedisResult};
 
 use crate::base::clock::SharedClock;
 use crate::base::hashing::stable_hash;
-use crate::config::RedisSettings;
+use crate::config::{RedisSettings, RedisTopology};
 use crate::domain::breaker::{Breaker, BreakerState, Permit};
 use crate::domain::key::CacheKey;
 
@@ -198,10 +207,28 @@ impl Drop for RuntimeBox {
     }
 }
 
+/// One connection of the pool: to one node, or to a whole cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> RedisResult<T> {
+        match self {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+}
+
 /// The shared Redis client. See the module docs.
 pub struct Redis {
-    client: redis::Client,
-    conns: Vec<ConnectionManager>,
+    /// The nodes a subscriber may listen on: the one node, or the cluster's seed nodes (a
+    /// classic PUBLISH reaches subscribers on every node of a cluster).
+    subscribe_to: Vec<redis::Client>,
+    conns: Vec<Conn>,
     next: AtomicUsize,
     breaker: Breaker,
     pub settings: RedisSettings,
@@ -215,37 +242,68 @@ pub struct Redis {
 impl Redis {
     /// Builds the client; connects lazily (a Redis that is down at start is not an error).
     pub fn new(settings: &RedisSettings, clock: SharedClock, registry: &Registry) -> Result<Arc<Redis>, String> {
-        let client = match &settings.ca_pem {
-            Some(pem) => redis::Client::build_with_tls(
-                settings.url.as_str(),
-                redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) },
-            ),
-            None => redis::Client::open(settings.url.as_str()),
-        }
-        .map_err(|e| format!("redis_url: {}", crate::config::redact_url(&e.to_string())))?;
+        let open = |url: &str| {
+            match &settings.ca_pem {
+                Some(pem) => redis::Client::build_with_tls(
+                    url,
+                    redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) },
+                ),
+                None => redis::Client::open(url),
+            }
+            .map_err(|e| format!("redis_url: {}", crate::config::redact_url(&e.to_string())))
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("redis")
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the Redis runtime: {e}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.connect_timeout))
-            // Our own deadlines bound every call; this only bounds what is left behind.
-            .set_response_timeout(Some(settings.write_timeout.max(settings.timeout) * 4))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conns = {
-            let _enter = runtime.enter();
-            (0..settings.connections)
-                .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("redis connection: {e}"))?
+        // Our own deadlines bound every call; this only bounds what is left behind.
+        let response_timeout = settings.write_timeout.max(settings.timeout) * 4;
+        let (subscribe_to, conns) = match &settings.mode {
+            RedisTopology::Single => {
+                let client = open(settings.url.as_str())?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(settings.connect_timeout))
+                    .set_response_timeout(Some(response_timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500));
+                let _enter = runtime.enter();
+                let conns = (0..settings.connections)
+                    .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()).map(Conn::Single))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("redis connection: {e}"))?;
+                (vec![client], conns)
+            }
+            RedisTopology::Cluster { nodes } => {
+                let subscribe_to = nodes.iter().map(|n| open(n)).collect::<Result<Vec<_>, _>>()?;
+                let mut builder = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+                    .connection_timeout(settings.connect_timeout)
+                    .response_timeout(response_timeout)
+                    .retries(2)
+                    .min_retry_wait(10)
+                    .max_retry_wait(200);
+                if let Some(pem) = &settings.ca_pem {
+                    builder = builder.certs(redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) });
+                }
+                let client = builder
+                    .build()
+                    .map_err(|e| format!("redis_nodes: {}", crate::config::redact_url(&e.to_string())))?;
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(settings.connect_timeout)
+                    .set_response_timeout(response_timeout);
+                let _enter = runtime.enter();
+                // Connects in the background: a cluster that is down at start is not an error.
+                let conns = (0..settings.connections)
+                    .map(|_| Conn::Cluster(client.get_pending_async_connection_with_config(config.clone())))
+                    .collect();
+                (subscribe_to, conns)
+            }
         };
         let metrics = RedisMetrics::new(registry).map_err(|e| e.to_string())?;
         metrics.up.set(1);
         Ok(Arc::new(Redis {
-            client,
+            subscribe_to,
             conns,
             next: AtomicUsize::new(0),
             breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown),
@@ -293,7 +351,7 @@ impl Redis {
             }
             Ok(i) => {
                 let mut conn = self.conns[i].clone();
-                match tokio::time::timeout_at(deadline, cmd.query_async::<T>(&mut conn)).await {
+                match tokio::time::timeout_at(deadline, conn.query::<T>(cmd)).await {
                     Ok(Ok(v)) => Ok(v),
                     Ok(Err(e)) => {
                         reachable = !(e.is_io_error()
@@ -346,12 +404,18 @@ impl Redis {
     /// good probe failed on the others (three failures re-open it): recovering took up to
     /// `connections` cool-downs. The PINGs, run to their end on the Redis runtime, make every
     /// dead connection reconnect now; the probe itself goes to one that answered.
+    ///
+    /// A cluster connection reconnects to each node by itself, and a PING goes to every node (one
+    /// dead primary would fail it even after its replica took over): there the probe is the call.
     async fn answering(&self, deadline: tokio::time::Instant) -> Result<usize, RedisError> {
+        if matches!(self.settings.mode, RedisTopology::Cluster { .. }) {
+            return Ok(self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len());
+        }
         let (tx, mut answers) = tokio::sync::mpsc::channel(self.conns.len());
         for (i, conn) in self.conns.iter().enumerate() {
             let (mut conn, tx) = (conn.clone(), tx.clone());
             self.spawn(async move {
-                let ping = redis::cmd("PING").query_async::<redis::Value>(&mut conn).await;
+                let ping = conn.query::<redis::Value>(&redis::cmd("PING")).await;
                 let _ = tx.send((i, ping.map(drop).map_err(|e| e.to_string()))).await;
             });
         }
@@ -389,9 +453,10 @@ impl Redis {
         self.breaker.state(self.clock.now_ms())
     }
 
-    /// The client (for the subscriber's own connection).
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// The nodes the subscriber may listen on (it tries them in turn): the one node, or the
+    /// cluster's seed nodes.
+    pub fn subscribe_to(&self) -> &[redis::Client] {
+        &self.subscribe_to
     }
 
     /// Runs `fut` on the Redis runtime (background work that must outlive a request).
@@ -410,6 +475,8 @@ impl Redis {
         serde_json::json!({
             "tier": "redis",
             "url": crate::config::redact_url(&self.settings.url),
+            "mode": self.settings.mode.name(),
+            "nodes": self.settings.mode.shown(&self.settings.url),
             "breaker": self.state().as_str(),
             "consecutive_failures": self.breaker.failures(),
             "last_error": last.as_ref().map(|(_, e)| e.as_str()),
