@@ -401,6 +401,7 @@ async fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it
                 toml::Value::Array(vec![s("rediss://cache:6380"), s("rediss://cache2:6380")]),
             ),
         ),
+        ("redis_master_name", same("tile-cache")),
         ("redis_max_value", same("2MiB")),
         ("redis.timeout", same("40ms")),
         ("redis.write_timeout", same("400ms")),

@@ -6,12 +6,17 @@
 //! pod); purges reach every pod; budgets, client buckets, the fleet's stats and the bill are
 //! shared; and a primary killed under load fails no request, the replica takes over and
 //! sharing resumes without restarting a pod.
+//!
+//! And over a primary, its replica and 3 Sentinels (`redis_mode = "sentinel"`,
+//! `common::redis_sentinel`): the same sharing, and a primary SIGKILLed under load fails no
+//! request; the pods follow the promoted replica, with no restart.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::redis_cluster::RedisCluster;
+use common::redis_sentinel::RedisSentinel;
 use common::*;
 use futures_util::future::join_all;
 use tile_proxy::base::clock::Clock;
@@ -279,6 +284,128 @@ async fn cluster_primary_killed_under_load_fails_no_request_and_sharing_resumes_
     assert_ne!(owner, victim, "the replica serves the dead primary's slots");
     let gap = shared_again.expect("after the failover a tile of the dead primary's slots is shared again");
     println!("cluster: seconds without sharing on the dead primary's slots: {:.1}", gap.as_secs_f64());
+    let health = a.get("/health").await.json();
+    assert_eq!(health["status"], "ok", "{health}");
+    a.stop().await;
+    b.stop().await;
+}
+
+fn sentinel_shared(s: &RedisSentinel) -> impl Fn(&mut FileConfig) + '_ {
+    move |f: &mut FileConfig| {
+        s.share(f);
+        f.admin_token = Some(ADMIN.into());
+    }
+}
+
+#[actix_rt::test]
+async fn sentinel_pods_share_tiles_and_one_cold_tile_costs_one_upstream_call() {
+    let sentinel = RedisSentinel::start();
+    let up = upstream(20_000);
+    let path = "/v3/base/mc/9/262/171/png";
+    up.fail_always(path, Fault::Delay(Duration::from_millis(600)));
+    let pods = [
+        Proxy::start(&up, sentinel_shared(&sentinel)).await,
+        Proxy::start(&up, sentinel_shared(&sentinel)).await,
+        Proxy::start(&up, sentinel_shared(&sentinel)).await,
+    ];
+    let primary = sentinel.primary();
+    eventually("every pod subscribed on the primary", async || {
+        sentinel.cmd_on::<(String, u64)>(primary, &["PUBSUB", "NUMSUB", "tile-proxy:filled"]).is_ok_and(|(_, n)| n == 3)
+    })
+    .await;
+    let answers = join_all((0..60).map(|i| pods[i % 3].get(path))).await;
+    for (i, r) in answers.iter().enumerate() {
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(r.bytes(), answers[0].bytes(), "request {i}");
+    }
+    assert_eq!(up.count(path), 1, "one upstream call across three pods");
+    let mut m = String::new();
+    for p in &pods {
+        m.push_str(&p.metrics().await);
+    }
+    assert_eq!(metric(&m, "tile_proxy_redis_lease_total", &["outcome=\"acquired\""]), 1.0, "one pod led");
+    assert!(metric(&m, "tile_proxy_redis_lease_wakeups_total", &["by=\"notification\""]) >= 2.0);
+    // A tile from one pod is a Redis hit on another.
+    let other = "/v3/base/mc/9/263/171/png";
+    assert_eq!(pods[0].get(other).await.x_cache(), "MISS");
+    eventually("the fill ended", async || pods[0].state().flights.is_empty()).await;
+    let r = pods[1].get(other).await;
+    assert_eq!((r.x_cache(), r.header("x-cache-tier")), ("HIT", Some("redis")));
+    assert!(sentinel.keys_on(primary).contains(&entry_key(&pods[0], other)), "stored on the primary");
+    let health = pods[1].get("/health").await.json();
+    let tier = health["cache"].as_array().unwrap().iter().find(|t| t["tier"] == "redis").cloned().unwrap();
+    assert_eq!(tier["mode"], "sentinel", "{tier}");
+    assert_eq!(tier["primary"], format!("127.0.0.1:{primary}"), "{tier}");
+    for p in pods {
+        p.stop().await;
+    }
+}
+
+#[actix_rt::test]
+async fn sentinel_primary_killed_under_load_fails_no_request_and_sharing_resumes_after_the_failover_with_no_pod_restart(
+) {
+    let mut sentinel = RedisSentinel::start();
+    let up = upstream(8_000);
+    let cfg = |f: &mut FileConfig| {
+        sentinel_shared(&sentinel)(f);
+        f.redis.timeout = dur("300ms");
+        f.redis.write_timeout = dur("500ms");
+        f.redis.connect_timeout = dur("300ms");
+    };
+    let a = Proxy::start(&up, cfg).await;
+    let b = Proxy::start(&up, cfg).await;
+    let warm = "/v3/base/mc/10/300/1/png";
+    assert_eq!(a.get(warm).await.status, 200);
+    eventually("A's fill ended", async || a.state().flights.is_empty()).await;
+    assert_eq!(b.get(warm).await.header("x-cache-tier"), Some("redis"), "shared before the failover");
+    let (mut errors, mut served) = (0, 0);
+    let mut killed = None;
+    for round in 0..40u32 {
+        if round == 15 {
+            killed = Some((sentinel.kill_primary(), Instant::now()));
+        }
+        let reqs = (0..10u32).map(|i| {
+            let p = if i % 2 == 0 { &a } else { &b };
+            p.get_owned(format!("/v3/base/mc/10/{}/{}/png", 300 + round, 2 + i % 5))
+        });
+        for r in join_all(reqs).await {
+            served += 1;
+            if r.status != 200 || r.body.is_err() {
+                errors += 1;
+            }
+        }
+    }
+    assert_eq!((errors, served), (0, 400), "the primary going away fails no request");
+    let (old, killed_at) = killed.unwrap();
+
+    // The Sentinels promote the replica (after down-after-milliseconds); the pods, not
+    // restarted, ask them again when the old primary does not answer, and the breaker's probe
+    // (each cool-down passed on the injected clocks) finds the new one. No signal tells a test
+    // the Sentinels failed over: poll.
+    let mut shared_again = None;
+    for n in 0..600u32 {
+        a.clock.advance_secs(6);
+        b.clock.advance_secs(6);
+        let path = format!("/v3/base/mc/11/{n}/300/png");
+        assert_eq!(a.get(&path).await.status, 200);
+        eventually("A's fill ended", async || a.state().flights.is_empty()).await;
+        let r = b.get(&path).await;
+        assert_eq!(r.status, 200);
+        if r.header("x-cache-tier") == Some("redis") {
+            shared_again = Some(killed_at.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gap = shared_again.expect("after the failover a tile fetched on A is a redis hit on B");
+    println!("sentinel: seconds without sharing after the primary was killed: {:.1}", gap.as_secs_f64());
+    let new = sentinel.primary();
+    assert_ne!(new, old, "the replica was promoted");
+    // The subscribers followed too: purge rules and lease notifications reach every pod.
+    eventually("both pods subscribed on the new primary", async || {
+        sentinel.cmd_on::<(String, u64)>(new, &["PUBSUB", "NUMSUB", "tile-proxy:purge"]).is_ok_and(|(_, n)| n == 2)
+    })
+    .await;
     let health = a.get("/health").await.json();
     assert_eq!(health["status"], "ok", "{health}");
     a.stop().await;

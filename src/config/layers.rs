@@ -1009,6 +1009,29 @@ mod tests {
             &[("HERE_API_KEY", "k"), ("REDIS_URL", "redis://r:1"), ("TILE_PROXY_REDIS_NODES", "redis://a:1")],
         );
         assert!(errs.iter().any(|e| e.contains("(redis_nodes)") && e.contains("only used with")), "{errs:#?}");
+        // Sentinel: the Sentinels and the name they monitor; redis_url gives the primary's password.
+        let (s, _) = load_ok(
+            &Flags::default(),
+            &[
+                ("HERE_API_KEY", "k"),
+                ("TILE_PROXY_REDIS_MODE", "sentinel"),
+                ("TILE_PROXY_REDIS_NODES", "redis://s0:26379,redis://s1:26379"),
+                ("TILE_PROXY_REDIS_MASTER_NAME", "tiles"),
+                ("REDIS_URL", "redis://:primarypass@ignored:1/2"),
+            ],
+        );
+        let r = s.redis.as_ref().expect("redis on");
+        assert_eq!(
+            r.mode,
+            RedisTopology::Sentinel {
+                sentinels: vec!["redis://s0:26379".into(), "redis://s1:26379".into()],
+                master: "tiles".into()
+            }
+        );
+        assert!(!format!("{s:?}").contains("primarypass"));
+        let errs = load_err(&Flags::default(), &[("HERE_API_KEY", "k"), ("TILE_PROXY_REDIS_MODE", "sentinel")]);
+        assert!(errs.iter().any(|e| e.starts_with("redis_master_name") && e.contains("needs the name")), "{errs:#?}");
+        assert!(errs.iter().any(|e| e.starts_with("redis_nodes") && e.contains("needs the Sentinels")), "{errs:#?}");
         let errs = load_err(&Flags::default(), &[("HERE_API_KEY", "k"), ("TILE_PROXY_REDIS_MODE", "ring")]);
         assert!(errs.iter().any(|e| e.contains("redis_mode")), "{errs:#?}");
     }

@@ -38,6 +38,9 @@ pub enum RedisTopology {
     Single,
     /// A Redis Cluster, found from these seed URLs (the first is `RedisSettings::url`).
     Cluster { nodes: Vec<String> },
+    /// The primary these Sentinels name `master`; `RedisSettings::url` gives its password and
+    /// database.
+    Sentinel { sentinels: Vec<String>, master: String },
 }
 
 /// Passwords redacted.
@@ -49,6 +52,11 @@ impl std::fmt::Debug for RedisTopology {
                 .debug_struct("Cluster")
                 .field("nodes", &nodes.iter().map(|n| redact_url(n)).collect::<Vec<_>>())
                 .finish(),
+            RedisTopology::Sentinel { sentinels, master } => f
+                .debug_struct("Sentinel")
+                .field("sentinels", &sentinels.iter().map(|n| redact_url(n)).collect::<Vec<_>>())
+                .field("master", master)
+                .finish(),
         }
     }
 }
@@ -58,6 +66,7 @@ impl RedisTopology {
         match self {
             RedisTopology::Single => "single",
             RedisTopology::Cluster { .. } => "cluster",
+            RedisTopology::Sentinel { .. } => "sentinel",
         }
     }
 
@@ -66,6 +75,7 @@ impl RedisTopology {
         match self {
             RedisTopology::Single => vec![redact_url(url)],
             RedisTopology::Cluster { nodes } => nodes.iter().map(|n| redact_url(n)).collect(),
+            RedisTopology::Sentinel { sentinels, .. } => sentinels.iter().map(|n| redact_url(n)).collect(),
         }
     }
 }

@@ -6,6 +6,7 @@
 pub mod nginx;
 pub mod process;
 pub mod redis_cluster;
+pub mod redis_sentinel;
 pub mod redis_server;
 pub mod tls;
 

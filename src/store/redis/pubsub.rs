@@ -6,7 +6,8 @@
 //! dead connection.
 //!
 //! In cluster mode it listens on one seed node, and on the next after a failure: a classic
-//! PUBLISH, on whichever node it runs, reaches the subscribers of every node.
+//! PUBLISH, on whichever node it runs, reaches the subscribers of every node. In Sentinel mode it
+//! listens on the primary the Sentinels named last, and after a failure has them asked again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +44,7 @@ pub fn start(
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(e) => {
                     tracing::debug!(error = %e, "redis subscriber disconnected");
+                    r.primary_lost();
                     node = node.wrapping_add(1);
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
@@ -77,8 +79,7 @@ async fn session(
     on_change: &OnChange,
 ) -> Result<(), String> {
     let limit = redis.settings.connect_timeout;
-    let nodes = redis.subscribe_to();
-    let client = nodes.get(node % nodes.len().max(1)).ok_or("no redis node")?;
+    let client = redis.subscriber(node).ok_or("no redis primary known yet")?;
     let pubsub = tokio::time::timeout(limit, client.get_async_pubsub())
         .await
         .map_err(|_| "connect timed out".to_string())?
