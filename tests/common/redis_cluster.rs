@@ -40,21 +40,9 @@ impl RedisCluster {
         let dir = tempfile::tempdir().expect("a folder for the cluster");
         let mut nodes = Vec::new();
         for i in 0..6 {
-            let port = free_port();
-            let bus = free_port();
             let node_dir = dir.path().join(format!("node{i}"));
             std::fs::create_dir_all(&node_dir).expect("node folder");
-            let mut cmd = Command::new("redis-server");
-            cmd.args(["--port", &port.to_string(), "--cluster-port", &bus.to_string()]);
-            cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
-            cmd.args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()]);
-            cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
-            cmd.args(["--daemonize", "no", "--loglevel", "notice", "--dir", &node_dir.to_string_lossy()]);
-            let process = Process::spawn(cmd);
-            process.line_blocking("redis-server ready (apt-get install redis-server)", |l| {
-                l.contains("Ready to accept connections")
-            });
-            nodes.push(Node { port, process: Some(process) });
+            nodes.push(start_node(&node_dir));
         }
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");
@@ -209,6 +197,27 @@ impl RedisCluster {
     pub fn wait_for_failover(&self) {
         self.wait_until("a replica took over the killed primary's slots", |c| c.healthy(3, 2));
     }
+}
+
+/// One cluster node on free ports (again on others if one was taken before it bound it).
+fn start_node(dir: &std::path::Path) -> Node {
+    let mut output = String::new();
+    for _ in 0..5 {
+        let port = free_port();
+        let bus = free_port();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--cluster-port", &bus.to_string()]);
+        cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
+        cmd.args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()]);
+        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        cmd.args(["--daemonize", "no", "--loglevel", "notice", "--dir", &dir.to_string_lossy()]);
+        let process = Process::spawn(cmd);
+        match process.try_line_blocking("redis-server ready", |l| l.contains("Ready to accept connections")) {
+            Ok(_) => return Node { port, process: Some(process) },
+            Err(out) => output = out,
+        }
+    }
+    panic!("redis-server (cluster node) did not start (apt-get install redis-server):\n{output}");
 }
 
 /// `<id> <ip:port@bus> <flags> <primary> <ping> <pong> <epoch> <link> <slot>...`

@@ -19,33 +19,47 @@ pub struct RedisSentinel {
     _dir: tempfile::TempDir,
 }
 
-fn server(port: u16, args: &[&str]) -> Process {
-    let mut cmd = Command::new("redis-server");
-    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
-    cmd.args(["--daemonize", "no", "--loglevel", "notice", "--dir", &std::env::temp_dir().to_string_lossy()]);
-    cmd.args(args);
-    let p = Process::spawn(cmd);
-    p.line_blocking("redis-server ready (apt-get install redis-server)", |l| l.contains("Ready to accept connections"));
-    p
+/// A redis-server (or, with `conf`, a Sentinel) on a free port, again on another if that one was
+/// taken before it bound it. `args` get the port as `{port}`.
+fn spawn_ready(conf: Option<&std::path::Path>, args: &[&str], ready: &str) -> (u16, Process) {
+    let mut output = String::new();
+    for _ in 0..5 {
+        let port = free_port();
+        let mut cmd = Command::new("redis-server");
+        if let Some(conf) = conf {
+            cmd.arg(conf).arg("--sentinel");
+        }
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"]);
+        cmd.args(["--daemonize", "no", "--loglevel", "notice"]);
+        cmd.args(args);
+        let p = Process::spawn(cmd);
+        match p.try_line_blocking(ready, |l| l.contains(ready)) {
+            Ok(_) => return (port, p),
+            Err(out) => output = out,
+        }
+    }
+    panic!("redis-server did not start (apt-get install redis-server):\n{output}");
 }
 
 impl RedisSentinel {
     pub fn start() -> RedisSentinel {
         let dir = tempfile::tempdir().expect("a folder for the sentinels");
-        let primary = free_port();
-        let replica = free_port();
-        let servers = vec![
-            (primary, Some(server(primary, &[]))),
-            (replica, Some(server(replica, &["--replicaof", "127.0.0.1", &primary.to_string()]))),
-        ];
+        let tmp = std::env::temp_dir().to_string_lossy().to_string();
+        let plain = ["--save", "", "--appendonly", "no", "--dir", tmp.as_str()];
+        let (primary, p) = spawn_ready(None, &plain, "Ready to accept connections");
+        let primary_s = primary.to_string();
+        let mut replica_args = plain.to_vec();
+        replica_args.extend(["--replicaof", "127.0.0.1", primary_s.as_str()]);
+        let (replica, r) = spawn_ready(None, &replica_args, "Ready to accept connections");
+        let servers = vec![(primary, Some(p)), (replica, Some(r))];
         let mut sentinels = Vec::new();
         for i in 0..3 {
-            let port = free_port();
+            // Each Sentinel rewrites its own file: one each.
             let conf = dir.path().join(format!("sentinel{i}.conf"));
             std::fs::write(
                 &conf,
                 format!(
-                    "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                    "dir {dir}\n\
                      sentinel monitor {MASTER} 127.0.0.1 {primary} 2\n\
                      sentinel down-after-milliseconds {MASTER} 1000\n\
                      sentinel failover-timeout {MASTER} 5000\n\
@@ -54,11 +68,7 @@ impl RedisSentinel {
                 ),
             )
             .expect("sentinel.conf");
-            let mut cmd = Command::new("redis-server");
-            cmd.arg(&conf).arg("--sentinel");
-            let p = Process::spawn(cmd);
-            p.line_blocking("a sentinel monitoring the primary", |l| l.contains("+monitor master"));
-            sentinels.push((port, p));
+            sentinels.push(spawn_ready(Some(&conf), &[], "+monitor master"));
         }
         let s = RedisSentinel { servers, sentinels, _dir: dir };
         s.wait_until("the replica in sync and every sentinel knowing the others", |s| {
