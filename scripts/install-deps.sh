@@ -16,7 +16,10 @@ if command -v rustup >/dev/null 2>&1; then
   done
 fi
 missing=()
+# redis-server also runs the Sentinels of tests/redis_cluster.rs (`redis-server FILE --sentinel`);
+# redis-cli (redis-tools) joins its Redis Cluster (`redis-cli --cluster create`).
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # tests/http2.rs runs /usr/sbin/nginx (not on every user's PATH).
 [ -x /usr/sbin/nginx ] || missing+=(nginx)

@@ -393,6 +393,15 @@ async fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it
         ("upstream.http2", ("false".into(), toml::Value::Boolean(false))),
         ("upstream.ca_file", same(ca_file)),
         ("redis_url", ("rediss://:REDISPASS99@cache:6380/2".into(), s("rediss://cache:6380/2"))),
+        ("redis_mode", same("cluster")),
+        (
+            "redis_nodes",
+            (
+                "rediss://:REDISPASS99@cache:6380,rediss://cache2:6380".into(),
+                toml::Value::Array(vec![s("rediss://cache:6380"), s("rediss://cache2:6380")]),
+            ),
+        ),
+        ("redis_master_name", same("tile-cache")),
         ("redis_max_value", same("2MiB")),
         ("redis.timeout", same("40ms")),
         ("redis.write_timeout", same("400ms")),

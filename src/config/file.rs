@@ -22,6 +22,30 @@ pub enum UnknownIndices {
     Reject,
 }
 
+/// How the shared tier reaches Redis (`redis_mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One Redis node at `redis_url` (the default).
+    #[default]
+    Single,
+    /// A Redis Cluster found from the seed nodes `redis_nodes` (or `redis_url` alone).
+    Cluster,
+    /// A primary watched by the Sentinels `redis_nodes`, named `redis_master_name`; followed
+    /// after a failover.
+    Sentinel,
+}
+
+impl RedisMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisMode::Single => "single",
+            RedisMode::Cluster => "cluster",
+            RedisMode::Sentinel => "sentinel",
+        }
+    }
+}
+
 /// The whole configuration as the file spells it. Unknown keys are rejected.
 ///
 /// Tests build one with struct update syntax:
@@ -103,6 +127,17 @@ pub struct FileConfig {
     /// Redis shared tier (`REDIS_URL`): `redis://[:password@]host:port[/db]` or `rediss://` (TLS).
     /// Unset: every pod caches on its own.
     pub redis_url: Option<String>,
+    /// `single` (one node at `redis_url`), `cluster` (a Redis Cluster, found from
+    /// `redis_nodes`) or `sentinel` (the primary the Sentinels `redis_nodes` name).
+    pub redis_mode: RedisMode,
+    /// Cluster mode: seed nodes (`redis://host:port`, a few of the cluster's nodes; the rest are
+    /// found from them; empty: `redis_url` is the one seed). Sentinel mode: the Sentinels
+    /// (`redis://host:26379`).
+    #[serde(deserialize_with = "units::list")]
+    pub redis_nodes: Vec<String>,
+    /// Sentinel mode: the name the Sentinels monitor the primary under (`sentinel monitor NAME`).
+    /// `redis_url`, if set, gives the primary's password and database (its host is not used).
+    pub redis_master_name: Option<String>,
     /// Entries larger than this stay in the local tiers (and skip the fleet-wide lease).
     #[serde(with = "units::size")]
     pub redis_max_value: ByteSize,
@@ -191,6 +226,9 @@ impl Default for FileConfig {
             drain_delay: Duration::ZERO,
             upstream: UpstreamFileConfig::default(),
             redis_url: None,
+            redis_mode: RedisMode::Single,
+            redis_nodes: Vec::new(),
+            redis_master_name: None,
             redis_max_value: DEFAULT_REDIS_MAX_VALUE,
             redis: RedisFileConfig::default(),
             admin_token: None,

@@ -534,6 +534,11 @@ impl FileConfig {
                 shown.redis_url = Some(without);
             }
         }
+        let nodes: Vec<String> = shown.redis_nodes.iter().map(|n| without_password(n)).collect();
+        if nodes != shown.redis_nodes {
+            left_out.push("redis_nodes have passwords, not shown: add them back as redis://:PASSWORD@host".into());
+            shown.redis_nodes = nodes;
+        }
         if settings.default_policy.rate_limit.is_some_and(|r| r.shipped) {
             left_out.push(format!(
                 "[defaults] rate_limit: the built-in client limit applies ({} requests/s after a burst of {}, per \
@@ -957,6 +962,78 @@ mod tests {
         );
         assert!(errs.iter().any(|e| e.contains("(redis_url)") && e.contains("not a Redis URL")), "{errs:#?}");
         assert!(errs.iter().any(|e| e.contains("(admin_token)") && e.contains("at least 16")), "{errs:#?}");
+    }
+
+    #[test]
+    fn redis_cluster_mode_takes_seed_nodes_and_every_mistake_is_named() {
+        use crate::config::RedisTopology;
+        let (s, f) = load_ok(
+            &Flags::default(),
+            &[
+                ("HERE_API_KEY", "k"),
+                ("TILE_PROXY_REDIS_MODE", "cluster"),
+                ("TILE_PROXY_REDIS_NODES", "redis://:seedpass77@r0:6379, redis://r1:6379"),
+            ],
+        );
+        let r = s.redis.as_ref().expect("redis on");
+        assert_eq!(
+            r.mode,
+            RedisTopology::Cluster { nodes: vec!["redis://:seedpass77@r0:6379".into(), "redis://r1:6379".into()] }
+        );
+        let toml_text = f.effective_toml(&s);
+        assert!(toml_text.contains("redis_mode = \"cluster\""), "{toml_text}");
+        assert!(!toml_text.contains("seedpass77") && !format!("{s:?}").contains("seedpass77"), "{toml_text}");
+        assert!(toml_text.contains("# redis_nodes have passwords, not shown"), "{toml_text}");
+        // redis_url alone is the one seed.
+        let (s, _) = load_ok(
+            &Flags::default(),
+            &[("HERE_API_KEY", "k"), ("TILE_PROXY_REDIS_MODE", "cluster"), ("REDIS_URL", "redis://r:1")],
+        );
+        assert_eq!(s.redis.unwrap().mode, RedisTopology::Cluster { nodes: vec!["redis://r:1".into()] });
+        let errs = load_err(&Flags::default(), &[("HERE_API_KEY", "k"), ("TILE_PROXY_REDIS_MODE", "cluster")]);
+        assert!(errs.iter().any(|e| e.starts_with("redis_nodes") && e.contains("needs seed nodes")), "{errs:#?}");
+        let errs = load_err(
+            &Flags::default(),
+            &[
+                ("HERE_API_KEY", "k"),
+                ("TILE_PROXY_REDIS_MODE", "cluster"),
+                ("TILE_PROXY_REDIS_NODES", "redis://a:1,http://b"),
+            ],
+        );
+        assert!(
+            errs.iter().any(|e| e.contains("(redis_nodes)") && e.contains("`http://b` is not a Redis URL")),
+            "{errs:#?}"
+        );
+        let errs = load_err(
+            &Flags::default(),
+            &[("HERE_API_KEY", "k"), ("REDIS_URL", "redis://r:1"), ("TILE_PROXY_REDIS_NODES", "redis://a:1")],
+        );
+        assert!(errs.iter().any(|e| e.contains("(redis_nodes)") && e.contains("only used with")), "{errs:#?}");
+        // Sentinel: the Sentinels and the name they monitor; redis_url gives the primary's password.
+        let (s, _) = load_ok(
+            &Flags::default(),
+            &[
+                ("HERE_API_KEY", "k"),
+                ("TILE_PROXY_REDIS_MODE", "sentinel"),
+                ("TILE_PROXY_REDIS_NODES", "redis://s0:26379,redis://s1:26379"),
+                ("TILE_PROXY_REDIS_MASTER_NAME", "tiles"),
+                ("REDIS_URL", "redis://:primarypass@ignored:1/2"),
+            ],
+        );
+        let r = s.redis.as_ref().expect("redis on");
+        assert_eq!(
+            r.mode,
+            RedisTopology::Sentinel {
+                sentinels: vec!["redis://s0:26379".into(), "redis://s1:26379".into()],
+                master: "tiles".into()
+            }
+        );
+        assert!(!format!("{s:?}").contains("primarypass"));
+        let errs = load_err(&Flags::default(), &[("HERE_API_KEY", "k"), ("TILE_PROXY_REDIS_MODE", "sentinel")]);
+        assert!(errs.iter().any(|e| e.starts_with("redis_master_name") && e.contains("needs the name")), "{errs:#?}");
+        assert!(errs.iter().any(|e| e.starts_with("redis_nodes") && e.contains("needs the Sentinels")), "{errs:#?}");
+        let errs = load_err(&Flags::default(), &[("HERE_API_KEY", "k"), ("TILE_PROXY_REDIS_MODE", "ring")]);
+        assert!(errs.iter().any(|e| e.contains("redis_mode")), "{errs:#?}");
     }
 
     #[test]

@@ -29,6 +29,57 @@ pub struct RedisSettings {
     pub prefix: String,
     /// PEM of an extra CA for `rediss://`.
     pub ca_pem: Option<Vec<u8>>,
+    /// How Redis is reached: one node (`url`) or a cluster.
+    pub mode: RedisTopology,
+}
+
+/// How the shared tier reaches Redis, resolved from `redis_mode`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// One node at `RedisSettings::url`.
+    Single,
+    /// A Redis Cluster, found from these seed URLs (the first is `RedisSettings::url`).
+    Cluster { nodes: Vec<String> },
+    /// The primary these Sentinels name `master`; `RedisSettings::url` gives its password and
+    /// database.
+    Sentinel { sentinels: Vec<String>, master: String },
+}
+
+/// Passwords redacted.
+impl std::fmt::Debug for RedisTopology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RedisTopology::Single => f.write_str("Single"),
+            RedisTopology::Cluster { nodes } => f
+                .debug_struct("Cluster")
+                .field("nodes", &nodes.iter().map(|n| redact_url(n)).collect::<Vec<_>>())
+                .finish(),
+            RedisTopology::Sentinel { sentinels, master } => f
+                .debug_struct("Sentinel")
+                .field("sentinels", &sentinels.iter().map(|n| redact_url(n)).collect::<Vec<_>>())
+                .field("master", master)
+                .finish(),
+        }
+    }
+}
+
+impl RedisTopology {
+    pub fn name(&self) -> &'static str {
+        match self {
+            RedisTopology::Single => "single",
+            RedisTopology::Cluster { .. } => "cluster",
+            RedisTopology::Sentinel { .. } => "sentinel",
+        }
+    }
+
+    /// Every URL it names, passwords redacted (for `/health` and logs).
+    pub fn shown(&self, url: &str) -> Vec<String> {
+        match self {
+            RedisTopology::Single => vec![redact_url(url)],
+            RedisTopology::Cluster { nodes } => nodes.iter().map(|n| redact_url(n)).collect(),
+            RedisTopology::Sentinel { sentinels, .. } => sentinels.iter().map(|n| redact_url(n)).collect(),
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -47,6 +98,8 @@ impl std::fmt::Debug for RedisSettings {
             .field("fleet_clock", &self.fleet_clock)
             .field("prefix", &self.prefix)
             .field("ca_pem", &self.ca_pem.as_ref().map(|p| p.len()))
+            .field("mode", &self.mode.name())
+            .field("nodes", &self.mode.shown(&self.url))
             .finish()
     }
 }

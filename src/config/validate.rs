@@ -371,9 +371,62 @@ fn resolve_redis(file: &FileConfig, upstream: &UpstreamSettings, c: &mut Check) 
     }
     .max(Duration::from_millis(100));
     let lease_wait = c.duration(&["redis", "lease_wait"], r.lease_wait.unwrap_or(lease), MAX_TIMEOUT);
-    let url = file.redis_url.as_deref().map(str::trim).filter(|u| !u.is_empty())?;
+    let url = file.redis_url.as_deref().map(str::trim).filter(|u| !u.is_empty());
+    let nodes: Vec<&str> = file.redis_nodes.iter().map(|n| n.trim()).filter(|n| !n.is_empty()).collect();
+    let (url, mode) = match file.redis_mode {
+        RedisMode::Single => {
+            if !nodes.is_empty() {
+                c.push(&["redis_nodes"], "only used with redis_mode = \"cluster\" or \"sentinel\"");
+            }
+            (url?, RedisTopology::Single)
+        }
+        RedisMode::Cluster => {
+            let seeds: Vec<&str> = if nodes.is_empty() { url.into_iter().collect() } else { nodes };
+            if seeds.is_empty() {
+                c.push(&["redis_nodes"], "redis_mode = \"cluster\" needs seed nodes (redis_nodes, or redis_url)");
+                return None;
+            }
+            for seed in &seeds {
+                if let Err(e) = redis::Client::open(*seed) {
+                    let shown = redact_url(seed);
+                    c.push(
+                        &["redis_nodes"],
+                        format!("`{shown}` is not a Redis URL (redis://[:password@]host:port): {e}"),
+                    );
+                }
+            }
+            (seeds[0], RedisTopology::Cluster { nodes: seeds.iter().map(|s| s.to_string()).collect() })
+        }
+        RedisMode::Sentinel => {
+            let master = file.redis_master_name.as_deref().map(str::trim).unwrap_or_default();
+            if master.is_empty() {
+                c.push(&["redis_master_name"], "redis_mode = \"sentinel\" needs the name the Sentinels monitor");
+            }
+            if nodes.is_empty() {
+                c.push(&["redis_nodes"], "redis_mode = \"sentinel\" needs the Sentinels (redis://host:26379, ...)");
+            }
+            for node in &nodes {
+                if let Err(e) = redis::Client::open(*node) {
+                    let shown = redact_url(node);
+                    c.push(
+                        &["redis_nodes"],
+                        format!("`{shown}` is not a Redis URL (redis://[:password@]host:port): {e}"),
+                    );
+                }
+            }
+            if master.is_empty() || nodes.is_empty() {
+                return None;
+            }
+            // The primary's password and database, if any, come from redis_url.
+            let mode = RedisTopology::Sentinel {
+                sentinels: nodes.iter().map(|s| s.to_string()).collect(),
+                master: master.to_string(),
+            };
+            (url.unwrap_or("redis://sentinel-primary"), mode)
+        }
+    };
     let ca_pem = r.ca_file.as_deref().and_then(|path| read_ca_file(&["redis", "ca_file"], path, c));
-    if ca_pem.is_some() && !url.starts_with("rediss://") {
+    if ca_pem.is_some() && !url.starts_with("rediss://") && !matches!(mode, RedisTopology::Sentinel { .. }) {
         c.push(&["redis", "ca_file"], "only used with a rediss:// redis_url");
     }
     if let Err(e) = redis::Client::open(url) {
@@ -398,6 +451,7 @@ fn resolve_redis(file: &FileConfig, upstream: &UpstreamSettings, c: &mut Check) 
         fleet_clock: r.fleet_clock,
         prefix: r.prefix.clone(),
         ca_pem,
+        mode,
     })
 }
 

@@ -5,6 +5,8 @@
 
 pub mod nginx;
 pub mod process;
+pub mod redis_cluster;
+pub mod redis_sentinel;
 pub mod redis_server;
 pub mod tls;
 

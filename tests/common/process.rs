@@ -176,6 +176,12 @@ impl Process {
         found.unwrap_or_else(|output| panic!("{} ended before {what}:\n{output}", self.name))
     }
 
+    /// [`Process::line_blocking`] that gives the output back instead of panicking when the
+    /// process ends first (a caller that can retry, e.g. on a port taken meanwhile).
+    pub fn try_line_blocking(&self, what: &str, matches: impl Fn(&str) -> bool) -> Result<String, String> {
+        self.watch.until_blocking(what, |o| first_line(o, &matches))
+    }
+
     /// The address of a `tile-proxy` serving with JSON logs, from its `tile-proxy listening`
     /// line: it is ready once that line is out.
     pub async fn listening(&self) -> String {

@@ -8,7 +8,13 @@
 //! answer" and goes on with the local tiers and the upstream.
 //!
 //! The connections are a few lazily connecting `ConnectionManager`s used round-robin (a small GET
-//! does not queue behind a 4 MB reply on the same multiplexed connection). They and the
+//! does not queue behind a 4 MB reply on the same multiplexed connection). In cluster mode
+//! (`redis_mode = "cluster"`) they are as many `cluster_async::ClusterConnection`s, each of which
+//! holds one connection per node, follows the slot map (MOVED, ASK, a replica promoted after its
+//! primary died) and reconnects by itself; every command and script goes to the node of its
+//! keys' slot, and the keys of each script share one hash tag (below).
+//! In Sentinel mode (`redis_mode = "sentinel"`) they are `ConnectionManager`s of the primary the
+//! Sentinels name, replaced when they name another (`Pool`). They and the
 //! subscriber ([`pubsub`]) live on a small runtime of their own, so reconnecting never runs on an
 //! HTTP worker.
 //!
@@ -18,6 +24,9 @@
 //! * `<prefix>:{<h>}:l`: the fetch lease (a random token, `PX` the lease);
 //! * `<prefix>:{<h>}:x`: "too large to share" marker (skip the lease);
 //! * `<prefix>:purges`: hash of purge rules (id -> JSON);
+//! * `<prefix>:cap:<api>`, `<prefix>:rl:{<ip>}:<index>`, `<prefix>:budget:{<index>}:<h|d>:<n>`,
+//!   `<prefix>:stats`: the rate cap, client buckets, budgets (both windows of one index in one
+//!   slot) and per-pod statistics;
 //! * `<prefix>:{seed}:jobs`, `:running`, `:job:<id>`, `:lease:<id>`: fleet seed jobs
 //!   ([`crate::seed::fleet`]);
 //! * `<prefix>:{bill}:<YYYY-MM>` and `<prefix>:{bill}:<YYYY-MM-DD>`: the bill's counts
@@ -43,11 +52,14 @@ use std::time::Duration;
 
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, FromRedisValue};
+use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{Cmd, FromRedisValue, IntoConnectionInfo, RedisResult};
 
 use crate::base::clock::{FleetClock, SharedClock};
 use crate::base::hashing::stable_hash;
-use crate::config::RedisSettings;
+use crate::config::{RedisSettings, RedisTopology};
 use crate::domain::breaker::{Breaker, BreakerState, Permit};
 use crate::domain::key::CacheKey;
 
@@ -237,10 +249,28 @@ impl Drop for RuntimeBox {
     }
 }
 
+/// One connection of the pool: to one node, or to a whole cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> RedisResult<T> {
+        match self {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+}
+
 /// The shared Redis client. See the module docs.
 pub struct Redis {
-    client: redis::Client,
-    conns: Vec<ConnectionManager>,
+    /// The nodes a subscriber may listen on: the one node, or the cluster's seed nodes (a
+    /// classic PUBLISH reaches subscribers on every node of a cluster).
+    subscribe_to: Vec<redis::Client>,
+    pool: Arc<Pool>,
     next: AtomicUsize,
     breaker: Breaker,
     pub settings: RedisSettings,
@@ -256,38 +286,125 @@ pub struct Redis {
 impl Redis {
     /// Builds the client; connects lazily (a Redis that is down at start is not an error).
     pub fn new(settings: &RedisSettings, clock: SharedClock, registry: &Registry) -> Result<Arc<Redis>, String> {
-        let client = match &settings.ca_pem {
-            Some(pem) => redis::Client::build_with_tls(
-                settings.url.as_str(),
-                redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) },
-            ),
-            None => redis::Client::open(settings.url.as_str()),
-        }
-        .map_err(|e| format!("redis_url: {}", crate::config::redact_url(&e.to_string())))?;
+        let open = |url: &str| {
+            match &settings.ca_pem {
+                Some(pem) => redis::Client::build_with_tls(
+                    url,
+                    redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) },
+                ),
+                None => redis::Client::open(url),
+            }
+            .map_err(|e| format!("redis_url: {}", crate::config::redact_url(&e.to_string())))
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("redis")
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the Redis runtime: {e}"))?;
-        let config = ConnectionManagerConfig::new()
+        // Our own deadlines bound every call; this only bounds what is left behind.
+        let response_timeout = settings.write_timeout.max(settings.timeout) * 4;
+        let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.connect_timeout))
-            // Our own deadlines bound every call; this only bounds what is left behind.
-            .set_response_timeout(Some(settings.write_timeout.max(settings.timeout) * 4))
+            .set_response_timeout(Some(response_timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let conns = {
-            let _enter = runtime.enter();
-            (0..settings.connections)
-                .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("redis connection: {e}"))?
+        let (subscribe_to, pool) = match &settings.mode {
+            RedisTopology::Single => {
+                let client = open(settings.url.as_str())?;
+                let _enter = runtime.enter();
+                let conns = managers(&client, &manager_config, settings.connections)?;
+                (vec![client], Pool::fixed(conns))
+            }
+            RedisTopology::Cluster { nodes } => {
+                let subscribe_to = nodes.iter().map(|n| open(n)).collect::<Result<Vec<_>, _>>()?;
+                let mut builder = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+                    .connection_timeout(settings.connect_timeout)
+                    .response_timeout(response_timeout)
+                    .retries(2)
+                    .min_retry_wait(10)
+                    .max_retry_wait(200);
+                if let Some(pem) = &settings.ca_pem {
+                    builder = builder.certs(redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) });
+                }
+                let client = builder
+                    .build()
+                    .map_err(|e| format!("redis_nodes: {}", crate::config::redact_url(&e.to_string())))?;
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(settings.connect_timeout)
+                    .set_response_timeout(response_timeout);
+                let _enter = runtime.enter();
+                // Connects in the background: a cluster that is down at start is not an error.
+                let conns = (0..settings.connections)
+                    .map(|_| Conn::Cluster(client.get_pending_async_connection_with_config(config.clone())))
+                    .collect();
+                (subscribe_to, Pool::fixed(conns))
+            }
+            RedisTopology::Sentinel { sentinels, master } => {
+                let bad =
+                    |what: &str, e: redis::RedisError| format!("{what}: {}", crate::config::redact_url(&e.to_string()));
+                // The primary's password and database come from redis_url; the Sentinels' own
+                // from their URLs.
+                let primary = settings.url.as_str().into_connection_info().map_err(|e| bad("redis_url", e))?;
+                let primary = primary.redis_settings();
+                let mut addrs = Vec::new();
+                let mut sentinel_auth = None;
+                for url in sentinels {
+                    let info = url.as_str().into_connection_info().map_err(|e| bad("redis_nodes", e))?;
+                    if sentinel_auth.is_none() && info.redis_settings().password().is_some() {
+                        sentinel_auth = Some(info.redis_settings().clone());
+                    }
+                    addrs.push(info.addr().clone());
+                }
+                let mut b = SentinelClientBuilder::new(addrs, master.as_str(), SentinelServerType::Master)
+                    .map_err(|e| bad("redis_nodes", e))?
+                    .set_client_to_redis_db(primary.db());
+                if let Some(u) = primary.username() {
+                    b = b.set_client_to_redis_username(u);
+                }
+                if let Some(p) = primary.password() {
+                    b = b.set_client_to_redis_password(p);
+                }
+                if settings.url.starts_with("rediss://") {
+                    b = b.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+                }
+                if let Some(auth) = &sentinel_auth {
+                    if let Some(u) = auth.username() {
+                        b = b.set_client_to_sentinel_username(u);
+                    }
+                    if let Some(p) = auth.password() {
+                        b = b.set_client_to_sentinel_password(p);
+                    }
+                }
+                if let Some(pem) = &settings.ca_pem {
+                    let certs = || redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) };
+                    b = b.set_client_to_redis_certificates(certs()).set_client_to_sentinel_certificates(certs());
+                }
+                let client = b.build().map_err(|e| bad("redis_nodes", e))?;
+                let pool = Pool {
+                    conns: std::sync::RwLock::new(Arc::new(Vec::new())),
+                    sentinel: Some(SentinelState {
+                        client: tokio::sync::Mutex::new((client, None)),
+                        primary: std::sync::RwLock::new(None),
+                        manager_config: manager_config.clone(),
+                        connections: settings.connections,
+                        connect_timeout: settings.connect_timeout,
+                    }),
+                };
+                (Vec::new(), pool)
+            }
         };
+        let pool = Arc::new(pool);
+        if pool.sentinel.is_some() {
+            // Find the primary now, so the first requests need not wait for it.
+            let p = pool.clone();
+            runtime.spawn(async move { p.resolve().await });
+        }
         let metrics = RedisMetrics::new(registry).map_err(|e| e.to_string())?;
         metrics.up.set(1);
         Ok(Arc::new(Redis {
-            client,
-            conns,
+            subscribe_to,
+            pool,
             next: AtomicUsize::new(0),
             breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown),
             keys: Keys::new(&settings.prefix),
@@ -321,9 +438,18 @@ impl Redis {
             Deadline::Write => self.settings.write_timeout,
         };
         let deadline = tokio::time::Instant::now() + limit;
+        let sentinel = self.pool.sentinel.is_some();
+        let mut conns = self.pool.conns();
+        if sentinel && (conns.is_empty() || matches!(permit, Permit::Probe)) {
+            // No primary known yet, or the first call after the breaker opened (the primary may
+            // have failed over): ask the Sentinels first.
+            self.resolve_by(deadline).await;
+            conns = self.pool.conns();
+        }
         let conn = match permit {
-            Permit::Probe => self.answering(deadline).await,
-            Permit::Normal => Ok(self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len()),
+            _ if conns.is_empty() => Err(RedisError::Failed("no redis primary known (sentinel)".into())),
+            Permit::Probe => self.answering(&conns, deadline).await,
+            Permit::Normal => Ok(self.next.fetch_add(1, Ordering::Relaxed) % conns.len()),
         };
         // An error Redis answered with (NOSCRIPT, WRONGTYPE) shows it is up: only failures to
         // reach it count against the breaker.
@@ -334,8 +460,8 @@ impl Redis {
                 Err(e)
             }
             Ok(i) => {
-                let mut conn = self.conns[i].clone();
-                match tokio::time::timeout_at(deadline, cmd.query_async::<T>(&mut conn)).await {
+                let mut conn = conns[i].clone();
+                match tokio::time::timeout_at(deadline, conn.query::<T>(cmd)).await {
                     Ok(Ok(v)) => Ok(v),
                     Ok(Err(e)) => {
                         reachable = !(e.is_io_error()
@@ -353,6 +479,13 @@ impl Redis {
             }
         };
         let ok = reachable;
+        if sentinel
+            && (!reachable
+                || matches!(&result, Err(RedisError::Failed(m)) if m.to_ascii_uppercase().contains("READONLY")))
+        {
+            // The primary went away, or is one no more (a replica now): ask the Sentinels.
+            self.primary_lost();
+        }
         let mut changed = guard.record(ok, self.clock.now_ms());
         if matches!(result, Err(RedisError::Timeout)) {
             // A Redis that hangs: open at once, so no request pays a second deadline.
@@ -388,12 +521,18 @@ impl Redis {
     /// good probe failed on the others (three failures re-open it): recovering took up to
     /// `connections` cool-downs. The PINGs, run to their end on the Redis runtime, make every
     /// dead connection reconnect now; the probe itself goes to one that answered.
-    async fn answering(&self, deadline: tokio::time::Instant) -> Result<usize, RedisError> {
-        let (tx, mut answers) = tokio::sync::mpsc::channel(self.conns.len());
-        for (i, conn) in self.conns.iter().enumerate() {
+    ///
+    /// A cluster connection reconnects to each node by itself, and a PING goes to every node (one
+    /// dead primary would fail it even after its replica took over): there the probe is the call.
+    async fn answering(&self, conns: &[Conn], deadline: tokio::time::Instant) -> Result<usize, RedisError> {
+        if matches!(self.settings.mode, RedisTopology::Cluster { .. }) {
+            return Ok(self.next.fetch_add(1, Ordering::Relaxed) % conns.len());
+        }
+        let (tx, mut answers) = tokio::sync::mpsc::channel(conns.len());
+        for (i, conn) in conns.iter().enumerate() {
             let (mut conn, tx) = (conn.clone(), tx.clone());
             self.spawn(async move {
-                let ping = redis::cmd("PING").query_async::<redis::Value>(&mut conn).await;
+                let ping = conn.query::<redis::Value>(&redis::cmd("PING")).await;
                 let _ = tx.send((i, ping.map(drop).map_err(|e| e.to_string()))).await;
             });
         }
@@ -463,9 +602,38 @@ impl Redis {
         self.breaker.state(self.clock.now_ms())
     }
 
-    /// The client (for the subscriber's own connection).
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// The node the subscriber listens on, after `failures` failed sessions: the one node; a
+    /// cluster's seed nodes in turn; the primary the Sentinels named last (none yet: `None`,
+    /// and they are asked).
+    pub fn subscriber(&self, failures: usize) -> Option<redis::Client> {
+        match &self.pool.sentinel {
+            Some(s) => {
+                let primary = s.primary.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(_, c)| c.clone());
+                if primary.is_none() {
+                    self.primary_lost();
+                }
+                primary
+            }
+            None => self.subscribe_to.get(failures % self.subscribe_to.len().max(1)).cloned(),
+        }
+    }
+
+    /// Sentinel mode: the primary did not answer; ask the Sentinels which one it is now (in the
+    /// background, at most every `RESOLVE_EVERY`). Otherwise nothing.
+    pub fn primary_lost(&self) {
+        if self.pool.sentinel.is_some() {
+            let pool = self.pool.clone();
+            self.spawn(async move { pool.resolve().await });
+        }
+    }
+
+    /// Sentinel mode: asks the Sentinels for the primary, waiting at most until `deadline`.
+    async fn resolve_by(&self, deadline: tokio::time::Instant) {
+        let pool = self.pool.clone();
+        if let Some(rt) = &self.runtime.0 {
+            let task = rt.spawn(async move { pool.resolve().await });
+            let _ = tokio::time::timeout_at(deadline, task).await;
+        }
     }
 
     /// Runs `fut` on the Redis runtime (background work that must outlive a request).
@@ -484,6 +652,11 @@ impl Redis {
         serde_json::json!({
             "tier": "redis",
             "url": crate::config::redact_url(&self.settings.url),
+            "mode": self.settings.mode.name(),
+            "nodes": self.settings.mode.shown(&self.settings.url),
+            "primary": self.pool.sentinel.as_ref().and_then(|s| {
+                s.primary.read().ok().and_then(|p| p.as_ref().map(|(addr, _)| addr.clone()))
+            }),
             "breaker": self.state().as_str(),
             "consecutive_failures": self.breaker.failures(),
             "last_error": last.as_ref().map(|(_, e)| e.as_str()),
@@ -502,6 +675,81 @@ impl Redis {
                 let last = self.last_error.lock().ok().and_then(|l| l.clone()).map(|(_, e)| e).unwrap_or_default();
                 Some(format!("redis unavailable (breaker {}): {last}; serving from local tiers", s.as_str()))
             }
+        }
+    }
+}
+
+/// `connections` lazily connecting managers of one node.
+fn managers(client: &redis::Client, config: &ConnectionManagerConfig, connections: usize) -> Result<Vec<Conn>, String> {
+    (0..connections)
+        .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()).map(Conn::Single))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("redis connection: {e}"))
+}
+
+/// How often at most the Sentinels are asked for the primary.
+const RESOLVE_EVERY: Duration = Duration::from_millis(200);
+
+/// The connections in use. Fixed in single and cluster mode; in Sentinel mode replaced when the
+/// Sentinels name another primary (the crate does not follow `+switch-master` by itself).
+struct Pool {
+    conns: std::sync::RwLock<Arc<Vec<Conn>>>,
+    sentinel: Option<SentinelState>,
+}
+
+struct SentinelState {
+    /// The Sentinels' client, and when it was last asked.
+    client: tokio::sync::Mutex<(SentinelClient, Option<tokio::time::Instant>)>,
+    /// The primary in use: its address and a client of it (for the subscriber).
+    primary: std::sync::RwLock<Option<(String, redis::Client)>>,
+    manager_config: ConnectionManagerConfig,
+    connections: usize,
+    connect_timeout: Duration,
+}
+
+impl Pool {
+    fn fixed(conns: Vec<Conn>) -> Pool {
+        Pool { conns: std::sync::RwLock::new(Arc::new(conns)), sentinel: None }
+    }
+
+    fn conns(&self) -> Arc<Vec<Conn>> {
+        self.conns.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sentinel mode: asks the Sentinels for the primary (the crate checks it answers `ROLE` as
+    /// a master) and, when it is another than the one in use, connects to it. Runs on the
+    /// Redis runtime (the managers it makes live there).
+    async fn resolve(&self) {
+        let Some(s) = &self.sentinel else { return };
+        let mut guard = s.client.lock().await;
+        if guard.1.is_some_and(|at| at.elapsed() < RESOLVE_EVERY) {
+            return;
+        }
+        let found = tokio::time::timeout(s.connect_timeout * 2, guard.0.async_get_client()).await;
+        guard.1 = Some(tokio::time::Instant::now());
+        let client = match found {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %crate::config::redact_url(&e.to_string()), "the redis sentinels name no reachable primary");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("the redis sentinels did not answer in time");
+                return;
+            }
+        };
+        let addr = client.get_connection_info().addr().to_string();
+        let same = s.primary.read().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|(a, _)| *a == addr);
+        if same {
+            return;
+        }
+        match managers(&client, &s.manager_config, s.connections) {
+            Ok(conns) => {
+                *self.conns.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(conns);
+                *s.primary.write().unwrap_or_else(|p| p.into_inner()) = Some((addr.clone(), client));
+                tracing::info!(primary = %addr, "redis primary named by the sentinels");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot connect to the redis primary"),
         }
     }
 }

@@ -4,6 +4,10 @@
 //! lost) and reads the whole rule set again, so a pod that missed a purge while cut off from
 //! Redis catches up. It also pings and re-reads the rules every `REFRESH`, which finds a silently
 //! dead connection.
+//!
+//! In cluster mode it listens on one seed node, and on the next after a failure: a classic
+//! PUBLISH, on whichever node it runs, reaches the subscribers of every node. In Sentinel mode it
+//! listens on the primary the Sentinels named last, and after a failure has them asked again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,11 +37,15 @@ pub fn start(
     let r = redis.clone();
     redis.spawn(async move {
         let mut backoff = Duration::from_millis(100);
+        // In cluster mode, the seed node to listen on: the next one after each failure.
+        let mut node = 0usize;
         loop {
-            match session(&r, &waiters, &rules, &clock, &on_change).await {
+            match session(&r, node, &waiters, &rules, &clock, &on_change).await {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(e) => {
                     tracing::debug!(error = %e, "redis subscriber disconnected");
+                    r.primary_lost();
+                    node = node.wrapping_add(1);
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
@@ -64,13 +72,15 @@ pub async fn load_rules(redis: &Redis, rules: &PurgeRules, now_ms: u64) -> Resul
 
 async fn session(
     redis: &Arc<Redis>,
+    node: usize,
     waiters: &Waiters,
     rules: &PurgeRules,
     clock: &SharedClock,
     on_change: &OnChange,
 ) -> Result<(), String> {
     let limit = redis.settings.connect_timeout;
-    let pubsub = tokio::time::timeout(limit, redis.client().get_async_pubsub())
+    let client = redis.subscriber(node).ok_or("no redis primary known yet")?;
+    let pubsub = tokio::time::timeout(limit, client.get_async_pubsub())
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| e.to_string())?;
