@@ -75,6 +75,9 @@ impl RedisCluster {
         f.redis.timeout = super::dur("3s");
         f.redis.write_timeout = super::dur("3s");
         f.redis.connect_timeout = super::dur("3s");
+        // Pod time is moved by each pod's manual clock: as in RedisServer::share, the fleet
+        // clock (re-measured from Redis TIME every tick) would undo those moves.
+        f.redis.fleet_clock = false;
     }
 
     fn live_ports(&self) -> Vec<u16> {

@@ -99,6 +99,9 @@ impl RedisSentinel {
         f.redis.timeout = super::dur("3s");
         f.redis.write_timeout = super::dur("3s");
         f.redis.connect_timeout = super::dur("3s");
+        // Pod time is moved by each pod's manual clock: as in RedisServer::share, the fleet
+        // clock (re-measured from Redis TIME every tick) would undo those moves.
+        f.redis.fleet_clock = false;
     }
 
     /// Runs a command on the server or sentinel at `port`.
