@@ -64,16 +64,7 @@ fn admin(c: &mut FileConfig) {
 
 /// The z/x/y of every raster tile the upstream was asked for.
 fn fetched(up: &Upstream) -> BTreeSet<(u8, u32, u32)> {
-    up.requests()
-        .iter()
-        .filter_map(|r| {
-            let parts: Vec<&str> = r.path.trim_start_matches('/').split('/').collect();
-            match parts[..] {
-                ["v3", "base", "mc", z, x, y, "png"] => Some((z.parse().ok()?, x.parse().ok()?, y.parse().ok()?)),
-                _ => None,
-            }
-        })
-        .collect()
+    common::fetched_raster(up).into_iter().collect()
 }
 
 #[actix_rt::test]

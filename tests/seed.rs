@@ -42,16 +42,7 @@ fn expected(bbox: [f64; 4], zooms: std::ops::RangeInclusive<u8>) -> BTreeSet<(u8
 
 /// The z/x/y of every raster tile the upstream was asked for.
 fn fetched(up: &Upstream) -> Vec<(u8, u32, u32)> {
-    up.requests()
-        .iter()
-        .filter_map(|r| {
-            let parts: Vec<&str> = r.path.trim_start_matches('/').split('/').collect();
-            match parts[..] {
-                ["v3", "base", "mc", z, x, y, "png"] => Some((z.parse().ok()?, x.parse().ok()?, y.parse().ok()?)),
-                _ => None,
-            }
-        })
-        .collect()
+    common::fetched_raster(up)
 }
 
 /// `tile-proxy seed ARGS` started in `cwd` (where its state file goes).

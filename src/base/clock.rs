@@ -107,6 +107,21 @@ pub fn utc_year(unix_ms: u64) -> i64 {
     yoe + era * 400 + i64::from(month_from_march >= 10)
 }
 
+/// The UTC civil date (year, month 1-12, day 1-31) of a count of days since 1970-01-01
+/// (Howard Hinnant's `civil_from_days`). The access log's timestamps and the bill's months
+/// both use it.
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m as u32, d as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

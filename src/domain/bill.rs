@@ -27,18 +27,11 @@ pub fn day_number(unix_ms: u64) -> u32 {
     u32::try_from(unix_ms / DAY_MS).unwrap_or(u32::MAX)
 }
 
-/// The civil date (year, month 1-12, day 1-31) of a day number (Howard Hinnant's algorithm).
+/// The civil date (year, month 1-12, day 1-31) of a day number.
 pub fn civil(day: u32) -> (i32, u32, u32) {
-    let z = i64::from(day) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y as i32, m as u32, d as u32)
+    let (y, m, d) = crate::base::clock::civil_from_days(i64::from(day));
+    // Day numbers are u32: years stay far inside i32.
+    (y as i32, m, d)
 }
 
 /// The day number of a civil date (the inverse of [`civil`]).

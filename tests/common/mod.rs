@@ -233,6 +233,21 @@ impl Resp {
 }
 
 /// The value of a Prometheus sample line `name{labels} value`, labels matched as substrings.
+/// The z/x/y of every base raster tile (`/v3/base/mc/z/x/y/png`) the upstream was asked for,
+/// in the order asked.
+pub fn fetched_raster(up: &Upstream) -> Vec<(u8, u32, u32)> {
+    up.requests()
+        .iter()
+        .filter_map(|r| {
+            let parts: Vec<&str> = r.path.trim_start_matches('/').split('/').collect();
+            match parts[..] {
+                ["v3", "base", "mc", z, x, y, "png"] => Some((z.parse().ok()?, x.parse().ok()?, y.parse().ok()?)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
