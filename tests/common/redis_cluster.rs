@@ -86,13 +86,7 @@ impl RedisCluster {
 
     /// Runs a command on the node at `port`.
     pub fn cmd_on<T: redis::FromRedisValue>(&self, port: u16, args: &[&str]) -> redis::RedisResult<T> {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
-        let mut c = client.get_connection_with_timeout(Duration::from_secs(2))?;
-        let mut cmd = redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        cmd.query(&mut c)
+        super::redis_server::cmd_at(port, args)
     }
 
     /// `CLUSTER NODES` as a live node sees it.

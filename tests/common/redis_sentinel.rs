@@ -106,13 +106,7 @@ impl RedisSentinel {
 
     /// Runs a command on the server or sentinel at `port`.
     pub fn cmd_on<T: redis::FromRedisValue>(&self, port: u16, args: &[&str]) -> redis::RedisResult<T> {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
-        let mut c = client.get_connection_with_timeout(Duration::from_secs(2))?;
-        let mut cmd = redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        cmd.query(&mut c)
+        super::redis_server::cmd_at(port, args)
     }
 
     /// The primary's port, as the first Sentinel that answers names it.

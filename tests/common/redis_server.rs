@@ -171,3 +171,15 @@ impl RedisServer {
         }
     }
 }
+
+/// Runs `args` on the Redis server (or Sentinel) at `127.0.0.1:port`, on a fresh connection
+/// (the cluster and Sentinel harnesses talk to one node at a time).
+pub fn cmd_at<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> redis::RedisResult<T> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+    let mut c = client.get_connection_with_timeout(std::time::Duration::from_secs(2))?;
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query(&mut c)
+}
