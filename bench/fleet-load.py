@@ -118,7 +118,7 @@ def run(args):
                         status = 0
             ms = (time.time() - t0) * 1000.0
             with lock:
-                results.append((args.phase, t0, ms, status, xc, tier))
+                results.append((args.phase, t0, ms, status, xc, tier, path))
                 done[0] += 1
                 if args.mark_at and done[0] == args.mark_at:
                     open(args.mark_file, "w").close()
@@ -131,8 +131,8 @@ def run(args):
     for t in threads:
         t.join()
     with open(args.out, "a") as f:
-        for p, t0, ms, st, xc, tier in results:
-            f.write(f"{p}\t{t0:.6f}\t{ms:.3f}\t{st}\t{xc or '-'}\t{tier or '-'}\n")
+        for p, t0, ms, st, xc, tier, path in results:
+            f.write(f"{p}\t{t0:.6f}\t{ms:.3f}\t{st}\t{xc or '-'}\t{tier or '-'}\t{path}\n")
 
 
 def pct(sorted_ms, q):
@@ -149,16 +149,27 @@ def report(args):
                 parts = line.split()
                 if len(parts) == 2 and parts[0] == "kill":
                     kills.append(float(parts[1]))
-    phases, rows = [], {}
+    upstream, prev = {}, 0
+    if args.upstream and os.path.exists(args.upstream):
+        with open(args.upstream) as f:
+            for line in f:
+                name, total = line.rstrip("\n").split("\t")
+                upstream[name] = int(total) - prev
+                prev = int(total)
+    phases, rows, new, seen = [], {}, {}, set()
     with open(args.log) as f:
         for line in f:
-            p, t0, ms, st, xc, tier = line.rstrip("\n").split("\t")
+            p, t0, ms, st, xc, tier, path = line.rstrip("\n").split("\t")
             if p not in rows:
                 phases.append(p)
                 rows[p] = []
+                new[p] = 0
+            if path not in seen:
+                seen.add(path)
+                new[p] += 1
             rows[p].append((float(t0), float(ms), int(st), xc, tier))
     print(f"{'phase':<24} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'killed':>6} "
-          f"{'hit %':>6} {'memory':>7} {'disk':>6} {'redis':>6} {'miss':>6}")
+          f"{'hit %':>6} {'memory':>7} {'disk':>6} {'redis':>6} {'miss':>6} {'new tiles':>9} {'upstream':>8}")
     tot_err = tot_killed = 0
     for p in phases:
         rs = rows[p]
@@ -185,8 +196,25 @@ def report(args):
             return 100.0 * k / n if n else 0.0
         print(f"{p:<24} {n:>8} {pct(lat, 0.5):>8.1f} {pct(lat, 0.99):>8.1f} {err:>6} {killed:>6} "
               f"{share(hits):>6.1f} {share(tiers['memory']):>7.1f} {share(tiers['disk']):>6.1f} "
-              f"{share(tiers['redis']):>6.1f} {share(n - hits - err - killed):>6.1f}")
+              f"{share(tiers['redis']):>6.1f} {share(n - hits - err - killed):>6.1f} {new[p]:>9} {upstream.get(p, 0):>8}")
     print(f"client errors: {tot_err} (plus {tot_killed} in flight on the killed pod)")
+    if upstream:
+        first = phases[:3]
+        up3, new3 = sum(upstream.get(p, 0) for p in first), sum(new[p] for p in first)
+        print(f"upstream requests per new tile while scaling 2 -> 4 -> 2 (phases 1-3): "
+              f"{up3}/{new3} = {up3 / max(new3, 1):.3f}")
+        first = phases[:4]
+        up4, new4 = sum(upstream.get(p, 0) for p in first), sum(new[p] for p in first)
+        print(f"upstream requests per new tile, phases 1-4 (all but the Redis primary outage): "
+              f"{up4}/{new4} = {up4 / max(new4, 1):.3f}")
+        if args.ratio_out:
+            with open(args.ratio_out, "w") as f:
+                f.write(f"{up4 / max(new4, 1):.4f}\n")
+        if len(phases) > 4:
+            p5 = phases[4]
+            why = " (re-fetches while a primary's slots were unreachable)" if "Redis" in p5 else ""
+            print(f"phase {p5}: {upstream.get(p5, 0) - new[p5]} upstream requests beyond its "
+                  f"{new[p5]} new tiles{why}")
     return tot_err
 
 
@@ -212,6 +240,8 @@ def main():
     p.add_argument("--log", required=True)
     p.add_argument("--events", required=True)
     p.add_argument("--window", type=float, default=2.0)
+    p.add_argument("--upstream", default="")
+    p.add_argument("--ratio-out", default="")
     a = ap.parse_args()
     if a.cmd == "trace":
         tr = make_trace(a.tiles, a.requests, a.seed)
