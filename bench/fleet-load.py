@@ -212,7 +212,7 @@ def report(args):
                 f.write(f"{up4 / max(new4, 1):.4f}\n")
         if len(phases) > 4:
             p5 = phases[4]
-            why = " (re-fetches while a primary's slots were unreachable)" if "Redis" in p5 else ""
+            why = " (re-fetches while a primary's slots were unreachable)" if "Redis primary" in p5 else ""
             print(f"phase {p5}: {upstream.get(p5, 0) - new[p5]} upstream requests beyond its "
                   f"{new[p5]} new tiles{why}")
     return tot_err

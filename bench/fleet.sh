@@ -24,8 +24,12 @@
 #            no client error (either run) outside the killed pod's in-flight requests.
 # Env: BIN_DIR (tile-proxy + test-upstream; default target/release if built, else target/debug;
 #      full runs: build --release first), DISTINCT (100000), PHASE_REQUESTS (20000), CONNS (32),
-#      LATENCY_MS (30), JITTER_MS (50), KEEP_TMP=1 keeps the temp folder, RUNS ("redis off").
+#      LATENCY_MS (30), JITTER_MS (50), MEMORY_CACHE per pod (16MiB; smoke 4MiB: smaller than the
+#      working set, so the disk tier serves too), KEEP_TMP=1 keeps the temp folder, RUNS ("redis off").
 # Every process it starts is killed on exit (trap); every wait is bounded; loopback only.
+# SC2015: `A && B || die` means "die unless all hold", as intended. SC2016: literal ${...}
+# patterns. SC2317: cleanup and the event functions run from a trap or by name.
+# shellcheck disable=SC2015,SC2016,SC2317
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 BENCH_NAME=fleet.sh
@@ -44,10 +48,12 @@ if [ "$SMOKE" = 1 ]; then
     DISTINCT="${DISTINCT:-10000}"
     PHASE_REQUESTS="${PHASE_REQUESTS:-2400}"
     CONNS="${CONNS:-16}"
+    MEMORY_CACHE="${MEMORY_CACHE:-4MiB}"
 else
     DISTINCT="${DISTINCT:-100000}"
     PHASE_REQUESTS="${PHASE_REQUESTS:-20000}"
     CONNS="${CONNS:-32}"
+    MEMORY_CACHE="${MEMORY_CACHE:-16MiB}"
 fi
 LATENCY_MS="${LATENCY_MS:-30}"
 JITTER_MS="${JITTER_MS:-50}"
@@ -187,7 +193,7 @@ start_pod() { # N redis|off
     mkdir -p "$TMP/cache-$n"
     env -i PATH="$PATH" HOME="$TMP" RUST_LOG=info TILE_PROXY_ACCESS_LOG=false HERE_API_KEY="$KEY" \
         TILE_PROXY_LISTEN=127.0.0.1:0 TILE_PROXY_ADMIN_LISTEN=127.0.0.1:0 TILE_PROXY_CACHE_DIR="$TMP/cache-$n" \
-        TILE_PROXY_MEMORY_CACHE=64MiB TILE_PROXY_DISK_CACHE=256MiB TILE_PROXY_WORKERS=2 \
+        TILE_PROXY_MEMORY_CACHE="$MEMORY_CACHE" TILE_PROXY_DISK_CACHE=256MiB TILE_PROXY_WORKERS=2 \
         TILE_PROXY_RASTER_UPSTREAM="$UP" TILE_PROXY_VECTOR_UPSTREAM="$UP" \
         TILE_PROXY_TRAFFIC_RASTER_UPSTREAM="$UP" TILE_PROXY_TRAFFIC_VECTOR_UPSTREAM="$UP" \
         TILE_PROXY_TRUSTED_PROXIES=127.0.0.1 TILE_PROXY_LOG_FORMAT=json TILE_PROXY_SHUTDOWN_TIMEOUT=2s TILE_PROXY_DEFAULTS__RATE_LIMIT=0 \
@@ -391,7 +397,7 @@ for r in $RUNS; do
 done
 
 echo
-echo "fleet simulation: $DISTINCT distinct tiles (Zipf, hot city areas), $PHASE_REQUESTS requests a phase, $CONNS connections, upstream latency $LATENCY_MS-$((LATENCY_MS + JITTER_MS)) ms, binaries $BIN_DIR"
+echo "fleet simulation: $DISTINCT distinct tiles (Zipf, hot city areas), $PHASE_REQUESTS requests a phase, $CONNS connections, memory tier $MEMORY_CACHE a pod, upstream latency $LATENCY_MS-$((LATENCY_MS + JITTER_MS)) ms, binaries $BIN_DIR"
 for r in $RUNS; do
     echo
     if [ "$r" = redis ]; then echo "== Redis cluster on (6 nodes)"; else echo "== Redis off"; fi
