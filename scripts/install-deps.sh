@@ -23,6 +23,8 @@ command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # tests/http2.rs runs /usr/sbin/nginx (not on every user's PATH).
 [ -x /usr/sbin/nginx ] || missing+=(nginx)
+# bench/fleet.sh --smoke renders the nginx template with envsubst, as the official image does.
+command -v envsubst >/dev/null 2>&1 || missing+=(gettext-base)
 if [ "${#missing[@]}" -gt 0 ]; then
   sudo=()
   [ "$(id -u)" -eq 0 ] || sudo=(sudo)

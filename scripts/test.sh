@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (`.ci/run` calls this script).
 # Formatting, lints, every unit and integration test of both crates, the map page in headless
-# Chromium (scripts/check-browser.sh), then the deployment checks (scripts/check-deploy.sh).
+# Chromium (scripts/check-browser.sh), then the deployment checks (scripts/check-deploy.sh) and the
+# short fleet simulation (bench/fleet.sh --smoke).
 # The integration tests start their own servers on 127.0.0.1 (the proxy, the HERE-like test
 # upstream, private redis-server instances) and use temporary folders.
 #
@@ -43,6 +44,8 @@ fi
 
 step "browser test (map page)" scripts/check-browser.sh
 step "deployment checks" scripts/check-deploy.sh
+# The fleet simulation, short: nginx + 2-4 pods + a Redis Cluster, scale, SIGKILL, failover.
+step "fleet simulation (smoke)" bench/fleet.sh --smoke
 
 if [ "${#failed_steps[@]}" -gt 0 ]; then
     echo "failed steps: $(printf '%s; ' "${failed_steps[@]}" | sed 's/; $//')"

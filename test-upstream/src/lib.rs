@@ -119,6 +119,10 @@ pub struct Options {
     pub max_size: usize,
     /// Extra latency before every response head of counted requests. Default zero.
     pub latency: Duration,
+    /// On top of [`Options::latency`], a further delay drawn per counted request, uniform in
+    /// `[0, latency_jitter]` (a deterministic sequence, no seed to set). Default zero. With
+    /// `latency` 30 ms and `latency_jitter` 50 ms every answer takes 30-80 ms (bench/fleet.sh).
+    pub latency_jitter: Duration,
     /// `Cache-Control: max-age=N` on v3 raster tiles; default `None` (no header).
     pub raster_max_age: Option<u32>,
     /// `Cache-Control: max-age=N` on v2 vector tiles; default `Some(3600)` like HERE.
@@ -161,6 +165,7 @@ impl Default for Options {
             min_size: 2000,
             max_size: 2000,
             latency: Duration::ZERO,
+            latency_jitter: Duration::ZERO,
             raster_max_age: None,
             vector_max_age: Some(3600),
             images: false,

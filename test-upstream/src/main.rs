@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! test-upstream [--listen ADDR] [--key KEY | --no-auth] [--forbidden-key KEY]...
-//!               [--min-size N] [--max-size N] [--latency-ms N]
+//!               [--min-size N] [--max-size N] [--latency-ms N] [--latency-jitter-ms N]
 //!               [--raster-max-age N] [--vector-max-age N | --no-vector-max-age] [--images] [--mvt]
 //! ```
 //! Prints `listening on http://ADDR` on stdout once bound. `--help` also lists the control
@@ -25,6 +25,8 @@ USAGE: test-upstream [FLAGS]
   --min-size N             smallest tile body in bytes (default 2000)
   --max-size N             largest tile body in bytes (default: max(2000, min-size))
   --latency-ms N           delay before every response head (default 0)
+  --latency-jitter-ms N    plus a delay drawn per request, uniform in 0..=N ms (default 0;
+                           --latency-ms 30 --latency-jitter-ms 50: 30-80 ms)
   --raster-max-age N       Cache-Control max-age on /v3 tiles (default none)
   --vector-max-age N       Cache-Control max-age on /v2 tiles (default 3600)
   --no-vector-max-age      no Cache-Control on /v2 tiles
@@ -102,6 +104,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
             "--min-size" => opts.min_size = parse_num(&flag, value())?,
             "--max-size" => max_size = Some(parse_num(&flag, value())?),
             "--latency-ms" => opts.latency = Duration::from_millis(parse_num(&flag, value())?),
+            "--latency-jitter-ms" => opts.latency_jitter = Duration::from_millis(parse_num(&flag, value())?),
             "--raster-max-age" => opts.raster_max_age = Some(parse_num(&flag, value())?),
             "--vector-max-age" => opts.vector_max_age = Some(parse_num(&flag, value())?),
             "--no-vector-max-age" => opts.vector_max_age = None,
@@ -191,6 +194,7 @@ mod tests {
             "200",
             "--latency-ms",
             "5",
+            "--latency-jitter-ms=7",
             "--raster-max-age",
             "60",
             "--forbidden-key",
@@ -203,6 +207,7 @@ mod tests {
         assert_eq!(o.api_key, None);
         assert_eq!((o.min_size, o.max_size), (100, 200));
         assert_eq!(o.latency, Duration::from_millis(5));
+        assert_eq!(o.latency_jitter, Duration::from_millis(7));
         assert_eq!(o.raster_max_age, Some(60));
         assert_eq!(o.vector_max_age, None);
         assert_eq!(o.forbidden_keys, vec!["bad".to_string()]);

@@ -60,6 +60,8 @@ pub(crate) struct State {
     /// Extra latency before counted responses, in nanoseconds (starts at `opts.latency`).
     latency_ns: AtomicU64,
     seq: AtomicU64,
+    /// Counted requests so far: the index of the next [`jitter`] draw.
+    jitter_seq: AtomicU64,
     stats: Mutex<Stats>,
     faults: Mutex<Vec<Rule>>,
     cache: Mutex<Cache>,
@@ -74,6 +76,7 @@ impl State {
             clock_ms: AtomicU64::new(0),
             latency_ns: AtomicU64::new(latency_ns),
             seq: AtomicU64::new(0),
+            jitter_seq: AtomicU64::new(0),
             stats: Mutex::new(Stats::default()),
             faults: Mutex::new(Vec::new()),
             cache: Mutex::new(Cache::default()),
@@ -139,6 +142,11 @@ impl State {
 
     pub(crate) fn set_latency(&self, latency: Duration) {
         self.latency_ns.store(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    /// The next draw of the per-request extra delay, uniform in `[0, opts.latency_jitter]`.
+    pub(crate) fn jitter(&self) -> Duration {
+        jitter(self.opts.latency_jitter, self.jitter_seq.fetch_add(1, Ordering::Relaxed))
     }
 
     pub(crate) fn latency(&self) -> Duration {
@@ -736,12 +744,25 @@ fn big_body(state: &State, req: &Request, size: u64) -> (Response, Shape) {
     (resp, Shape::Big { size, seed, kind })
 }
 
+/// Draw `n` of a delay uniform in `[0, max]`: splitmix64 of `n` scaled to `max` in µs.
+fn jitter(max: Duration, n: u64) -> Duration {
+    let max_us = u64::try_from(max.as_micros()).unwrap_or(u64::MAX);
+    if max_us == 0 {
+        return Duration::ZERO;
+    }
+    let mut z = n.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    Duration::from_micros(z % (max_us.saturating_add(1)))
+}
+
 fn handle(state: &State, req: &Request, local: Option<SocketAddr>) -> Action {
     if req.path.starts_with("/__") {
         return Action::Respond { resp: control::handle(state, req), delay: Duration::ZERO, shape: Shape::Normal };
     }
     state.record(req);
-    let mut delay = state.latency();
+    let mut delay = state.latency() + state.jitter();
     let (resp, shape) = match state.take_fault(&req.path) {
         None => (normal(state, req, true), Shape::Normal),
         Some(Fault::Reset) => return Action::Reset,
@@ -962,6 +983,22 @@ async fn write_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jitter_is_uniform_within_its_bound() {
+        assert_eq!(jitter(Duration::ZERO, 7), Duration::ZERO);
+        let max = Duration::from_millis(50);
+        let draws: Vec<Duration> = (0..10_000).map(|n| jitter(max, n)).collect();
+        assert!(draws.iter().all(|d| *d <= max));
+        // Every fifth of the range gets about a fifth of the draws (2,000 each, +-15 %).
+        for fifth in 0..5u32 {
+            let (lo, hi) = (max * fifth / 5, max * (fifth + 1) / 5);
+            let count = draws.iter().filter(|d| **d >= lo && **d < hi).count();
+            assert!((1700..=2300).contains(&count), "fifth {fifth}: {count} draws");
+        }
+        // Deterministic: the same index, the same delay.
+        assert_eq!(jitter(max, 42), jitter(max, 42));
+    }
 
     #[test]
     fn classify_routes() {
