@@ -87,6 +87,18 @@ function stopAll() {
   for (const { proc } of procs) if (proc.exitCode === null) proc.kill('SIGTERM');
 }
 
+// SIGTERM to every server, then waits (10 s at most, then SIGKILL) until each has exited: a
+// proxy still draining writes into its cache folder (the bill's last flush), which must not be
+// removed under it.
+async function stopAllAndWait() {
+  const running = procs.map(({ proc }) => proc).filter((proc) => proc.exitCode === null && proc.signalCode === null);
+  const exited = running.map((proc) => new Promise((resolve) => proc.once('exit', resolve)));
+  stopAll();
+  const timer = setTimeout(() => running.forEach((proc) => proc.kill('SIGKILL')), 10_000);
+  await Promise.all(exited);
+  clearTimeout(timer);
+}
+
 function dumpLogs() {
   for (const { name, output } of procs) {
     const lines = output().trim().split('\n').slice(-12).join('\n');
@@ -397,7 +409,7 @@ try {
 }
 clearTimeout(watchdog);
 if (failures.length) dumpLogs();
-stopAll();
+await stopAllAndWait();
 if (process.env.KEEP_TMP === '1') console.log(`temp folder kept: ${tmp}`);
 else rmSync(tmp, { recursive: true, force: true });
 console.log(`browser test: ${failures.length ? `${failures.length} check(s) FAILED` : 'all checks passed'} in ${elapsed()}; `
