@@ -47,15 +47,7 @@ fn path_at((lon, lat): (f64, f64), z: u8, index: &str) -> String {
 }
 
 async fn post(p: &Proxy, path: &str, body: &str) -> Resp {
-    let req = p
-        .client
-        .post(p.url(path))
-        .insert_header(("Content-Type", "application/json"))
-        .insert_header(("Authorization", format!("Bearer {TOKEN}")));
-    let mut res = req.send_body(body.to_string()).await.expect("request sent");
-    let (status, headers) = (res.status(), res.headers().clone());
-    let body = res.body().limit(64 << 20).await.map_err(|e| e.to_string());
-    Resp { status, headers, body }
+    common::post_json(&p.client, &p.url(path), Some(TOKEN), body).await
 }
 
 fn admin(c: &mut FileConfig) {

@@ -20,17 +20,7 @@ async fn admin_get(p: &Proxy, path: &str) -> Resp {
 }
 
 async fn post(p: &Proxy, path: &str, body: &str) -> Resp {
-    let mut res = p
-        .client
-        .post(p.url(path))
-        .insert_header(("Content-Type", "application/json"))
-        .insert_header(("Authorization", format!("Bearer {TOKEN}")))
-        .send_body(body.to_string())
-        .await
-        .expect("request sent");
-    let (status, headers) = (res.status(), res.headers().clone());
-    let body = res.body().await.map_err(|e| e.to_string());
-    Resp { status, headers, body }
+    common::post_json(&p.client, &p.url(path), Some(TOKEN), body).await
 }
 
 /// The map of `query` as `z/x/y -> properties`, and the whole answer.

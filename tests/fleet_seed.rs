@@ -27,16 +27,7 @@ fn pod(redis: &RedisServer) -> impl FnOnce(&mut FileConfig) + '_ {
 
 /// POST `body` to `base` + `/admin/seed` with the token.
 async fn post_seed(client: &awc::Client, base: &str, body: &str) -> Resp {
-    let mut res = client
-        .post(format!("{base}/admin/seed"))
-        .insert_header(("Content-Type", "application/json"))
-        .insert_header(("Authorization", format!("Bearer {TOKEN}")))
-        .send_body(body.to_string())
-        .await
-        .expect("request sent");
-    let (status, headers) = (res.status(), res.headers().clone());
-    let body = res.body().await.map_err(|e| e.to_string());
-    Resp { status, headers, body }
+    common::post_json(client, &format!("{base}/admin/seed"), Some(TOKEN), body).await
 }
 
 async fn admin_get(p: &Proxy, path: &str) -> Resp {

@@ -230,14 +230,7 @@ async fn bad_arguments_exit_2_with_a_clear_message() {
 
 /// POST `body` to `path` with an optional bearer token.
 async fn post(p: &Proxy, path: &str, token: Option<&str>, body: &str) -> Resp {
-    let mut req = p.client.post(p.url(path)).insert_header(("Content-Type", "application/json"));
-    if let Some(t) = token {
-        req = req.insert_header(("Authorization", format!("Bearer {t}")));
-    }
-    let mut res = req.send_body(body.to_string()).await.expect("request sent");
-    let (status, headers) = (res.status(), res.headers().clone());
-    let body = res.body().await.map_err(|e| e.to_string());
-    Resp { status, headers, body }
+    common::post_json(&p.client, &p.url(path), token, body).await
 }
 
 /// Polls a job until it is no longer running.

@@ -233,6 +233,19 @@ impl Resp {
 }
 
 /// The value of a Prometheus sample line `name{labels} value`, labels matched as substrings.
+/// POSTs the JSON `body` to `url` with `Authorization: Bearer <token>` when given (the admin
+/// API's calls); the answer, whole (up to 64 MiB).
+pub async fn post_json(client: &awc::Client, url: &str, token: Option<&str>, body: &str) -> Resp {
+    let mut req = client.post(url).insert_header(("Content-Type", "application/json"));
+    if let Some(t) = token {
+        req = req.insert_header(("Authorization", format!("Bearer {t}")));
+    }
+    let mut res = req.send_body(body.to_string()).await.expect("request sent");
+    let (status, headers) = (res.status(), res.headers().clone());
+    let body = res.body().limit(64 << 20).await.map_err(|e| e.to_string());
+    Resp { status, headers, body }
+}
+
 /// The z/x/y of every base raster tile (`/v3/base/mc/z/x/y/png`) the upstream was asked for,
 /// in the order asked.
 pub fn fetched_raster(up: &Upstream) -> Vec<(u8, u32, u32)> {
