@@ -53,9 +53,12 @@ fn main() -> ExitCode {
                 // before the listening line: from then on SIGHUP is safe to send).
                 let reloader = reload::Reloader::new(running.live().clone(), args.flags(), baseline);
                 std::sync::Arc::new(reloader).spawn();
+                // SIGTERM and SIGINT too: a supervisor (or a test) may stop it the moment it
+                // reads the listening line; the default action would kill it undrained.
+                let stop = server::StopSignals::new();
                 let admin = running.admin_addr().map(|a| a.to_string());
                 tracing::info!(addr = %running.addr(), admin_addr = admin.as_deref(), "tile-proxy listening");
-                running.run_until_signal().await;
+                running.run_until_signal(stop).await;
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -196,7 +196,10 @@ async fn seed_direct(args: &SeedArgs, job: Job, done: Done, state_path: &Path) -
 async fn seed<F: Fetcher>(args: &SeedArgs, job: &Job, fetcher: &F, mut done: Done, state_path: &Path) -> ExitCode {
     let progress = Progress::new(job.total, done.count(), progress_bar(args.quiet));
     let stop = Stop::default();
-    actix_web::rt::spawn(stop_on_signal(stop.clone()));
+    // Installed before the first fetch, not when the spawned task first runs.
+    if let Some(signals) = crate::app::server::StopSignals::new() {
+        actix_web::rt::spawn(stop_on_signal(signals, stop.clone()));
+    }
     let hash = job.hash();
     let save = |done: &Done| {
         if let Err(e) = state_file::save(state_path, &hash, job.total, done) {
@@ -292,8 +295,7 @@ fn init_logs() {
 }
 
 /// SIGINT or SIGTERM stops the job (tiles in flight finish); a second one exits at once.
-async fn stop_on_signal(stop: Stop) {
-    let Some(mut signals) = crate::app::server::StopSignals::new() else { return };
+async fn stop_on_signal(mut signals: crate::app::server::StopSignals, stop: Stop) {
     signals.recv().await;
     stop.request(StopReason::Interrupted);
     signals.recv().await;

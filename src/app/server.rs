@@ -485,9 +485,10 @@ impl Running {
         tracing::info!("cache closed; bye");
     }
 
-    /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
-    pub async fn run_until_signal(self) {
-        wait_for_signal().await;
+    /// Serves until SIGTERM or SIGINT (`stop`: handlers installed by the caller, before it says
+    /// it listens; `None`: installed now), then shuts down gracefully.
+    pub async fn run_until_signal(self, stop: Option<StopSignals>) {
+        wait_for_signal(stop).await;
         tracing::info!("signal received; draining");
         self.shutdown().await;
     }
@@ -512,8 +513,8 @@ async fn flush_bill(state: &Arc<AppState>, last: bool) {
     }
 }
 
-async fn wait_for_signal() {
-    match StopSignals::new() {
+async fn wait_for_signal(stop: Option<StopSignals>) {
+    match stop.or_else(StopSignals::new) {
         Some(mut signals) => signals.recv().await,
         None => {
             let _ = tokio::signal::ctrl_c().await;
