@@ -40,6 +40,9 @@ pub const DEFAULT_DISK_WRITE_BUFFER: ByteSize = ByteSize::mib(8);
 pub const DISK_WRITE_BUFFER_HEADROOM: ByteSize = ByteSize::kib(64);
 /// Default `redis_max_value`.
 pub const DEFAULT_REDIS_MAX_VALUE: ByteSize = ByteSize::mib(4);
+/// Default `[redis] lease` (the fleet fetch lease): renewed every third (2 s) while its fetch
+/// runs, it survives two missed renewals, and a dead holder's lease frees its tile within 6 s.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(6);
 /// Tiles the cache map keeps (`cache_map_tiles`): about 14 MB.
 pub const DEFAULT_CACHE_MAP_TILES: u64 = 200_000;
 /// Most `cache_map_tiles`.

@@ -371,10 +371,12 @@ pub struct RedisFileConfig {
     /// How long the Redis breaker stays open before one probe.
     #[serde(with = "units::duration")]
     pub breaker_cooldown: Duration,
-    /// Fleet-wide fetch lease; default: the upstream's head timeout x attempts + retry total + 1s.
+    /// Fleet-wide fetch lease, renewed every third of itself while its fetch runs; default 6s
+    /// (how soon a dead pod's lease frees its tile).
     #[serde(with = "units::opt_duration")]
     pub lease: Option<Duration>,
-    /// Longest a pod waits for another pod's fetch before fetching itself; default: the lease.
+    /// Longest a pod waits for another pod's fetch before fetching itself; default: the longest a
+    /// fetch may last (the upstream's head timeout x attempts + retry total + 1s).
     #[serde(with = "units::opt_duration")]
     pub lease_wait: Option<Duration>,
     /// Compare purge rules and stored entries on Redis's `TIME` instead of each pod's clock

@@ -938,8 +938,8 @@ mod tests {
             (r.url.as_str(), r.timeout, r.connections),
             ("redis://:hunter2-pass@redis:6379/1", Duration::from_millis(30), 2)
         );
-        assert_eq!(r.lease, Duration::from_secs(36), "head_timeout x attempts + retry_total + 1s");
-        assert_eq!(r.lease_wait, r.lease);
+        assert_eq!(r.lease, Duration::from_secs(6), "short: renewed while its fetch runs");
+        assert_eq!(r.lease_wait, Duration::from_secs(36), "head_timeout x attempts + retry_total + 1s");
         assert_eq!(s.admin_token.as_deref(), Some("0123456789abcdef-admin"));
         let shown = format!("{s:?}\n{}", f.effective_toml(&s));
         assert!(!shown.contains("hunter2-pass") && !shown.contains("0123456789abcdef-admin"), "{shown}");

@@ -365,12 +365,16 @@ fn resolve_redis(file: &FileConfig, upstream: &UpstreamSettings, c: &mut Check) 
     let turns = if file.upstream_rps.is_some() { file.upstream_queue_wait.min(MAX_TIMEOUT) } else { Duration::ZERO };
     let attempts = upstream.retry_attempts.clamp(1, 10) as u32;
     let derived = (upstream.head_timeout + turns) * attempts + upstream.retry_total + Duration::from_secs(1);
+    // The lease is renewed every third of itself while its flight runs, so it need not cover a
+    // whole fetch: short, a dead holder's lease (a SIGKILLed pod's) frees its tile in seconds.
+    // A waiter waits as long as a live holder's fetch may last (`derived`).
     let lease = match r.lease {
         Some(l) => c.duration(&["redis", "lease"], l, MAX_TIMEOUT),
-        None => derived.min(MAX_TIMEOUT),
+        None => DEFAULT_LEASE.min(derived),
     }
     .max(Duration::from_millis(100));
-    let lease_wait = c.duration(&["redis", "lease_wait"], r.lease_wait.unwrap_or(lease), MAX_TIMEOUT);
+    let lease_wait =
+        c.duration(&["redis", "lease_wait"], r.lease_wait.unwrap_or(derived.min(MAX_TIMEOUT)), MAX_TIMEOUT);
     let url = file.redis_url.as_deref().map(str::trim).filter(|u| !u.is_empty());
     let nodes: Vec<&str> = file.redis_nodes.iter().map(|n| n.trim()).filter(|n| !n.is_empty()).collect();
     let (url, mode) = match file.redis_mode {
