@@ -284,8 +284,74 @@ async fn cluster_primary_killed_under_load_fails_no_request_and_sharing_resumes_
     assert_ne!(owner, victim, "the replica serves the dead primary's slots");
     let gap = shared_again.expect("after the failover a tile of the dead primary's slots is shared again");
     println!("cluster: seconds without sharing on the dead primary's slots: {:.1}", gap.as_secs_f64());
-    let health = a.get("/health").await.json();
+    // While the cluster failed over it answered CLUSTERDOWN for every slot: slot groups of the
+    // live primaries opened too. Each closes at its next call (its probe): traffic over many
+    // slots brings /health back to ok.
+    let mut health = a.get("/health").await.json();
+    for x in 0..400 {
+        if health["status"] == "ok" {
+            break;
+        }
+        assert_eq!(a.get(&format!("/v3/base/mc/14/{x}/3/png")).await.status, 200);
+        health = a.get("/health").await.json();
+    }
     assert_eq!(health["status"], "ok", "{health}");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[actix_rt::test]
+async fn cluster_a_dead_primary_opens_the_breakers_of_its_slots_only_and_the_other_slots_stay_shared() {
+    let mut cluster = RedisCluster::start();
+    cluster.hold_failover();
+    let up = upstream(8_000);
+    let cfg = |f: &mut FileConfig| {
+        shared(&cluster)(f);
+        f.redis.timeout = dur("300ms");
+        f.redis.write_timeout = dur("500ms");
+        f.redis.connect_timeout = dur("300ms");
+        f.redis.breaker_failures = 2;
+    };
+    let a = Proxy::start(&up, cfg).await;
+    let b = Proxy::start(&up, cfg).await;
+    let victim = cluster.primary_of(&entry_key(&a, "/v3/base/mc/10/100/0/png"));
+    // Tiles of every primary, interleaved: each dead-slot tile's calls fail (and open its slot
+    // group's breaker, which stays open: the injected clocks do not move), the others must not.
+    let paths: Vec<(String, bool)> = (0..60)
+        .map(|x| format!("/v3/base/mc/12/{x}/9/png"))
+        .map(|p| {
+            let dead = cluster.primary_of(&entry_key(&a, &p)) == victim;
+            (p, dead)
+        })
+        .collect();
+    cluster.kill(victim);
+    let dead = paths.iter().filter(|(_, d)| *d).count();
+    assert!((5..=40).contains(&dead), "tiles of the dead primary among 60: {dead}");
+    let mut shared_tiles = 0;
+    for (path, on_victim) in &paths {
+        assert_eq!(a.get(path).await.status, 200);
+        eventually("A's fill ended", async || a.state().flights.is_empty()).await;
+        let r = b.get(path).await;
+        assert_eq!(r.status, 200, "{path}");
+        let tier = r.header("x-cache-tier").map(str::to_string);
+        if *on_victim {
+            assert_ne!(tier.as_deref(), Some("redis"), "{path}: its slot's primary is dead");
+        } else {
+            assert_eq!(tier.as_deref(), Some("redis"), "{path}: a live primary's tile is shared");
+            shared_tiles += 1;
+        }
+    }
+    assert_eq!(shared_tiles, 60 - dead);
+    let health = b.get("/health").await.json();
+    let status = health.to_string();
+    assert!(status.contains("slot groups"), "the problem names the slot groups: {status}");
+    let groups = &health["cache"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["tier"] == "redis").cloned())
+        .expect("the redis tier in /health");
+    let open = groups["breakers_not_closed"].as_u64().unwrap();
+    assert_eq!(groups["breakers"], 1 + tile_proxy::store::redis::SLOT_GROUPS as u64);
+    assert!((1..=12).contains(&open), "about a third of 32 slot groups open, not all: {open}");
     a.stop().await;
     b.stop().await;
 }

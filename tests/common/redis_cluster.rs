@@ -141,7 +141,7 @@ impl RedisCluster {
             .into_iter()
             .find(|n| n.primary && !n.failed && n.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
             .map(|n| n.port)
-            .expect("a primary serves every slot")
+            .unwrap_or_else(|| panic!("no live primary serves slot {slot}: {:#?}", self.topology()))
     }
 
     /// The ports of the primaries serving slots now.
@@ -189,6 +189,18 @@ impl RedisCluster {
         }
     }
 
+    /// No failover, and the other slots served on: every replica stops taking over its primary
+    /// (`cluster-replica-no-failover`), and every node keeps serving its slots while some are
+    /// not covered (`cluster-require-full-coverage no`). A primary killed then leaves its slots
+    /// unreachable for as long as a test needs, with no race against the failover.
+    pub fn hold_failover(&self) {
+        for port in self.live_ports() {
+            for (name, value) in [("cluster-replica-no-failover", "yes"), ("cluster-require-full-coverage", "no")] {
+                let _: () = self.cmd_on(port, &["CONFIG", "SET", name, value]).expect("config set");
+            }
+        }
+    }
+
     /// Waits until the replica of a killed primary took over: 3 primaries serve every slot
     /// again (blocking; call it from `spawn_blocking` in async tests).
     pub fn wait_for_failover(&self) {
@@ -224,7 +236,8 @@ fn parse_node_line(line: &str) -> Option<NodeInfo> {
         return None;
     }
     let port = f[1].split('@').next()?.rsplit(':').next()?.parse().ok()?;
-    let flags = f[2];
+    // Comma-separated: `master`, `slave`, `myself`, `fail?`, `fail`, `noaddr`, `nofailover`...
+    let flags: Vec<&str> = f[2].split(',').collect();
     let slots = f[8..]
         .iter()
         .filter(|s| !s.starts_with('['))
@@ -236,8 +249,8 @@ fn parse_node_line(line: &str) -> Option<NodeInfo> {
     Some(NodeInfo {
         id: f[0].to_string(),
         port,
-        primary: flags.contains("master"),
-        failed: flags.contains("fail") && !flags.contains("fail?") || flags.contains("noaddr"),
+        primary: flags.contains(&"master"),
+        failed: flags.contains(&"fail") || flags.contains(&"noaddr"),
         slots,
     })
 }

@@ -2,9 +2,12 @@
 //!
 //! [`Redis`] is the one way any part of tile-proxy talks to Redis. Every call goes through
 //! [`Redis::call`]: a hard deadline (`[redis] timeout` for reads and leases, `write_timeout` for
-//! writes) and one circuit breaker shared by all calls, so a Redis that hangs (SIGSTOP, a paused
-//! container) costs a request at most one deadline, and after `breaker_failures` failures none at
-//! all until a probe succeeds. Redis never fails a request: every caller treats an error as "no
+//! writes) and a circuit breaker, so a Redis that hangs (SIGSTOP, a paused container) costs a
+//! request at most one deadline, and after `breaker_failures` failures none at all until a probe
+//! succeeds. One node (single, Sentinel) has one breaker for all calls. A cluster has one per
+//! slot group ([`SLOT_GROUPS`] of 512 slots, by the slot of the command's first key; keyless
+//! commands have one of their own): a dead or hung primary opens the groups its slots fall in,
+//! and the tiles of the other primaries stay shared meanwhile. Redis never fails a request: every caller treats an error as "no
 //! answer" and goes on with the local tiers and the upstream.
 //!
 //! The connections are a few lazily connecting `ConnectionManager`s used round-robin (a small GET
@@ -55,7 +58,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{Cmd, FromRedisValue, IntoConnectionInfo, RedisResult};
+use redis::{Arg, Cmd, FromRedisValue, IntoConnectionInfo, RedisResult};
 
 use crate::base::clock::{FleetClock, SharedClock};
 use crate::base::hashing::stable_hash;
@@ -66,6 +69,14 @@ use crate::domain::key::CacheKey;
 /// A new measurement of the fleet clock's offset within this many ms (plus half the call's round
 /// trip) of the one in use leaves it in place.
 const CLOCK_JITTER_MS: u64 = 2;
+
+/// Breakers of a cluster: one per group of 16,384 / `SLOT_GROUPS` slots (512). A group's slots
+/// belong to one primary (or to two, at a boundary of their ranges): a dead primary opens about
+/// its share of the groups, one failed call each.
+pub const SLOT_GROUPS: usize = 32;
+
+/// Slots in a Redis Cluster.
+const SLOTS: usize = 16_384;
 
 /// Why a Redis call gave no answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -272,7 +283,8 @@ pub struct Redis {
     subscribe_to: Vec<redis::Client>,
     pool: Arc<Pool>,
     next: AtomicUsize,
-    breaker: Breaker,
+    /// One breaker (single, Sentinel), or the keyless calls' and one per slot group (cluster).
+    breakers: Box<[Breaker]>,
     pub settings: RedisSettings,
     pub keys: Keys,
     clock: SharedClock,
@@ -406,7 +418,10 @@ impl Redis {
             subscribe_to,
             pool,
             next: AtomicUsize::new(0),
-            breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown),
+            breakers: {
+                let n = if matches!(settings.mode, RedisTopology::Cluster { .. }) { 1 + SLOT_GROUPS } else { 1 };
+                (0..n).map(|_| Breaker::new(settings.breaker_failures, settings.breaker_cooldown)).collect()
+            },
             keys: Keys::new(&settings.prefix),
             settings: settings.clone(),
             fleet: settings.fleet_clock.then(|| FleetClock::new(clock.clone())),
@@ -425,14 +440,16 @@ impl Redis {
         cmd: &Cmd,
     ) -> Result<T, RedisError> {
         let now = self.clock.now_ms();
-        let permit = match self.breaker.try_acquire(now) {
+        let group = self.group(cmd);
+        let breaker = &self.breakers[group];
+        let permit = match breaker.try_acquire(now) {
             Ok(p) => p,
             Err(_) => {
                 self.metrics.ops.with_label_values(&[op, "rejected"]).inc();
                 return Err(RedisError::Open);
             }
         };
-        let guard = ProbeGuard { breaker: &self.breaker, permit: Some(permit) };
+        let guard = ProbeGuard { breaker, permit: Some(permit) };
         let limit = match deadline {
             Deadline::Read => self.settings.timeout,
             Deadline::Write => self.settings.write_timeout,
@@ -464,11 +481,15 @@ impl Redis {
                 match tokio::time::timeout_at(deadline, conn.query::<T>(cmd)).await {
                     Ok(Ok(v)) => Ok(v),
                     Ok(Err(e)) => {
+                        // A cluster error (MOVED, ASK, TRYAGAIN, CLUSTERDOWN) left after the
+                        // cluster client's own redirects and retries: the slot is not served
+                        // now (its primary is gone and the others point to it): a failure too.
                         reachable = !(e.is_io_error()
                             || e.is_connection_refusal()
                             || e.is_timeout()
                             || e.is_connection_dropped()
-                            || e.is_unrecoverable_error());
+                            || e.is_unrecoverable_error()
+                            || e.is_cluster_error());
                         Err(RedisError::Failed(e.to_string()))
                     }
                     Err(_) => {
@@ -489,7 +510,7 @@ impl Redis {
         let mut changed = guard.record(ok, self.clock.now_ms());
         if matches!(result, Err(RedisError::Timeout)) {
             // A Redis that hangs: open at once, so no request pays a second deadline.
-            changed = self.breaker.trip(self.clock.now_ms()).or(changed);
+            changed = breaker.trip(self.clock.now_ms()).or(changed);
         }
         match &result {
             Ok(_) => self.metrics.ops.with_label_values(&[op, "ok"]).inc(),
@@ -503,15 +524,42 @@ impl Redis {
             }
         }
         if let Some(state) = changed {
-            self.metrics.up.set(i64::from(state == BreakerState::Closed));
+            self.metrics.up.set(i64::from(self.state() == BreakerState::Closed));
+            let slots = self.slots_of(group);
             match state {
-                BreakerState::Closed => tracing::info!("redis answers again; shared tier back"),
-                _ => {
-                    tracing::warn!(breaker = state.as_str(), "redis unavailable; serving from local tiers and upstream")
-                }
+                BreakerState::Closed => tracing::info!(slots, "redis answers again; shared tier back"),
+                _ => tracing::warn!(
+                    breaker = state.as_str(),
+                    slots,
+                    "redis unavailable; serving from local tiers and upstream"
+                ),
             }
         }
         result
+    }
+
+    /// The breaker a command goes through: the only one, or in a cluster its first key's slot
+    /// group (1..=SLOT_GROUPS), 0 for keyless commands (`TIME`, `PING`).
+    fn group(&self, cmd: &Cmd) -> usize {
+        if self.breakers.len() == 1 {
+            return 0;
+        }
+        match first_key(cmd) {
+            Some(key) => 1 + usize::from(slot(key)) * SLOT_GROUPS / SLOTS,
+            None => 0,
+        }
+    }
+
+    /// The slots a breaker guards, for the log: `None` for the one breaker of a single node.
+    fn slots_of(&self, group: usize) -> Option<String> {
+        match group {
+            _ if self.breakers.len() == 1 => None,
+            0 => Some("keyless commands".into()),
+            g => {
+                let per = SLOTS / SLOT_GROUPS;
+                Some(format!("{}-{}", (g - 1) * per, g * per - 1))
+            }
+        }
     }
 
     /// For a breaker probe: the first connection to answer a PING sent on every connection at
@@ -597,9 +645,24 @@ impl Redis {
         Ok(offset)
     }
 
-    /// Breaker state now.
+    /// Breaker state now: the worst of them (a cluster: open while any slot group is).
     pub fn state(&self) -> BreakerState {
-        self.breaker.state(self.clock.now_ms())
+        let now = self.clock.now_ms();
+        let states = self.breakers.iter().map(|b| b.state(now));
+        states
+            .max_by_key(|s| match s {
+                BreakerState::Closed => 0,
+                BreakerState::HalfOpen => 1,
+                BreakerState::Open => 2,
+            })
+            .unwrap_or(BreakerState::Closed)
+    }
+
+    /// Breakers not closed now (a cluster's slot groups), of how many.
+    fn breakers_not_closed(&self) -> (usize, usize) {
+        let now = self.clock.now_ms();
+        let n = self.breakers.iter().filter(|b| b.state(now) != BreakerState::Closed).count();
+        (n, self.breakers.len())
     }
 
     /// The node the subscriber listens on, after `failures` failed sessions: the one node; a
@@ -658,7 +721,9 @@ impl Redis {
                 s.primary.read().ok().and_then(|p| p.as_ref().map(|(addr, _)| addr.clone()))
             }),
             "breaker": self.state().as_str(),
-            "consecutive_failures": self.breaker.failures(),
+            "breakers_not_closed": self.breakers_not_closed().0,
+            "breakers": self.breakers_not_closed().1,
+            "consecutive_failures": self.breakers.iter().map(Breaker::failures).max().unwrap_or(0),
             "last_error": last.as_ref().map(|(_, e)| e.as_str()),
             "last_error_unix_ms": last.map(|(at, _)| at),
             "max_value_bytes": self.settings.max_value,
@@ -673,7 +738,9 @@ impl Redis {
             BreakerState::Closed => None,
             s => {
                 let last = self.last_error.lock().ok().and_then(|l| l.clone()).map(|(_, e)| e).unwrap_or_default();
-                Some(format!("redis unavailable (breaker {}): {last}; serving from local tiers", s.as_str()))
+                let (open, all) = self.breakers_not_closed();
+                let part = if all > 1 { format!(", {open} of {all} slot groups") } else { String::new() };
+                Some(format!("redis unavailable (breaker {}{part}): {last}; serving from local tiers", s.as_str()))
             }
         }
     }
@@ -793,6 +860,37 @@ impl Drop for ProbeGuard<'_> {
     }
 }
 
+/// The key a command routes by in a cluster: the first key of `EVAL`/`EVALSHA` (after the
+/// script and the key count), else the first argument; `None` for a keyless command.
+fn first_key(cmd: &Cmd) -> Option<&[u8]> {
+    let mut args = cmd.args_iter().filter_map(|a| match a {
+        Arg::Simple(bytes) => Some(bytes),
+        _ => None,
+    });
+    let name = args.next()?;
+    if name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL") {
+        let _script = args.next()?;
+        if args.next()? == b"0" {
+            return None;
+        }
+    }
+    args.next()
+}
+
+/// A key's cluster slot: CRC16 (XMODEM) of its hash tag (the part in the first `{...}`, when
+/// not empty) or of the whole key, modulo 16,384, as Redis Cluster computes it.
+fn slot(key: &[u8]) -> u16 {
+    let tag = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.iter().position(|&b| b == b'}').map(|close| &rest[..close])
+        })
+        .filter(|t| !t.is_empty());
+    crc16::State::<crc16::XMODEM>::calculate(tag.unwrap_or(key)) % SLOTS as u16
+}
+
 /// A random token (lease owner, rule id): 128 bits from the OS at start, then a counter mixed
 /// through SHA-256, so no syscall per call.
 pub fn token() -> String {
@@ -816,6 +914,27 @@ pub fn token() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_are_redis_clusters_own() {
+        // `CLUSTER KEYSLOT` answers, from the Redis Cluster specification's examples.
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"somekey"), 11058);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
+        assert_ne!(slot(b"foo{}{bar}"), slot(b"bar"), "an empty tag: the whole key");
+        assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
+    }
+
+    #[test]
+    fn a_command_routes_by_its_first_key_and_a_script_by_its_first_key_after_the_count() {
+        let k = |c: &Cmd| first_key(c).map(|k| String::from_utf8_lossy(k).into_owned());
+        assert_eq!(k(&Cmd::get("p:{t}:e")).as_deref(), Some("p:{t}:e"));
+        assert_eq!(k(&redis::cmd("TIME")), None);
+        let lua = Lua::new("return 1");
+        assert_eq!(k(&lua.cmd(true, &["p:{t}:l", "p:{t}:e"], &["x"])).as_deref(), Some("p:{t}:l"));
+        assert_eq!(k(&lua.cmd(false, &["p:{u}:l"], &[])).as_deref(), Some("p:{u}:l"));
+        assert_eq!(k(&lua.cmd(true, &[], &["x"])), None);
+    }
 
     #[test]
     fn keys_of_one_tile_share_a_hash_tag() {
