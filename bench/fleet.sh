@@ -25,7 +25,8 @@
 # Env: BIN_DIR (tile-proxy + test-upstream; default target/release if built, else target/debug;
 #      full runs: build --release first), DISTINCT (100000), PHASE_REQUESTS (20000), CONNS (32),
 #      LATENCY_MS (30), JITTER_MS (50), MEMORY_CACHE per pod (16MiB; smoke 4MiB: smaller than the
-#      working set, so the disk tier serves too), KEEP_TMP=1 keeps the temp folder, RUNS ("redis off").
+#      working set, so the disk tier serves too), KEEP_TMP=1 keeps the temp folder, RUNS ("redis off"),
+#      POD_ENV (more NAME=value settings for every pod, space-separated: the pods start with env -i).
 # Every process it starts is killed on exit (trap); every wait is bounded; loopback only.
 # SC2015: `A && B || die` means "die unless all hold", as intended. SC2016: literal ${...}
 # patterns. SC2317: cleanup and the event functions run from a trap or by name.
@@ -183,7 +184,8 @@ start_cluster() {
 declare -A POD_PID=() POD_PORT=() POD_ADMIN=()
 start_pod() { # N redis|off
     local n="$1" mode="$2"
-    local -a redis_env=()
+    local -a redis_env=() pod_env=()
+    read -r -a pod_env <<<"${POD_ENV:-}"
     if [ "$mode" = redis ]; then
         local nodes="" p
         for p in "${REDIS_PORTS[@]}"; do nodes+="${nodes:+,}redis://127.0.0.1:$p"; done
@@ -197,7 +199,7 @@ start_pod() { # N redis|off
         TILE_PROXY_RASTER_UPSTREAM="$UP" TILE_PROXY_VECTOR_UPSTREAM="$UP" \
         TILE_PROXY_TRAFFIC_RASTER_UPSTREAM="$UP" TILE_PROXY_TRAFFIC_VECTOR_UPSTREAM="$UP" \
         TILE_PROXY_TRUSTED_PROXIES=127.0.0.1 TILE_PROXY_LOG_FORMAT=json TILE_PROXY_SHUTDOWN_TIMEOUT=2s TILE_PROXY_DEFAULTS__RATE_LIMIT=0 \
-        "${redis_env[@]}" "$BIN_DIR/tile-proxy" serve >"$TMP/pod-$n.log" 2>"$TMP/pod-$n.err" &
+        "${redis_env[@]}" "${pod_env[@]}" "$BIN_DIR/tile-proxy" serve >"$TMP/pod-$n.log" 2>"$TMP/pod-$n.err" &
     POD_PID[$n]=$!
     PIDS+=("$!")
 }

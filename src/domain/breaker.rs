@@ -31,15 +31,23 @@ impl BreakerState {
 #[derive(Debug)]
 struct Inner {
     failures: u32,
+    /// Times opened since it was last closed (the cool-down doubles with each).
+    opened: u32,
     /// Unix ms until which the breaker stays open.
     open_until: Option<u64>,
     probing: bool,
 }
 
 /// One breaker. `threshold` 0 disables it.
+///
+/// The cool-down is `cooldown` each time ([`Breaker::new`]), or with [`Breaker::with_backoff`]
+/// `first` on the first opening, doubling on each re-opening (a failed probe) up to `cooldown`:
+/// a dependency back after a short blip (a Redis failover) is probed, and used again, within a
+/// fraction of the cool-down, while a long outage is still probed once per `cooldown`.
 #[derive(Debug)]
 pub struct Breaker {
     threshold: u32,
+    first: Duration,
     cooldown: Duration,
     inner: Mutex<Inner>,
 }
@@ -55,7 +63,21 @@ pub enum Permit {
 
 impl Breaker {
     pub fn new(threshold: u32, cooldown: Duration) -> Self {
-        Self { threshold, cooldown, inner: Mutex::new(Inner { failures: 0, open_until: None, probing: false }) }
+        Self::with_backoff(threshold, cooldown, cooldown)
+    }
+
+    /// A breaker whose cool-down starts at `first` and doubles up to `cooldown` while its probes
+    /// fail.
+    pub fn with_backoff(threshold: u32, first: Duration, cooldown: Duration) -> Self {
+        let inner = Inner { failures: 0, opened: 0, open_until: None, probing: false };
+        Self { threshold, first: first.min(cooldown), cooldown, inner: Mutex::new(inner) }
+    }
+
+    /// Opens it from `now` for the cool-down its openings so far call for.
+    fn open(&self, s: &mut Inner, now: u64) {
+        let doubled = self.first.saturating_mul(1u32 << s.opened.min(20));
+        s.opened = s.opened.saturating_add(1);
+        s.open_until = Some(now.saturating_add(doubled.min(self.cooldown).as_millis() as u64));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -91,11 +113,15 @@ impl Breaker {
         }
         if ok {
             s.failures = 0;
+            s.opened = 0;
             s.open_until = None;
         } else {
             s.failures = s.failures.saturating_add(1);
-            if permit == Permit::Probe || s.failures >= self.threshold {
-                s.open_until = Some(now.saturating_add(self.cooldown.as_millis() as u64));
+            // A failed probe re-opens it; a failure while it is open already (a call let
+            // through before it opened) does not push the probe further out.
+            let open_now = matches!(s.open_until, Some(until) if now < until);
+            if permit == Permit::Probe || (s.failures >= self.threshold && !open_now) {
+                self.open(&mut s, now);
             }
         }
         let after = Self::state_of(&s, now);
@@ -126,7 +152,9 @@ impl Breaker {
         let mut s = self.lock();
         let before = Self::state_of(&s, now);
         s.failures = s.failures.max(self.threshold);
-        s.open_until = Some(now.saturating_add(self.cooldown.as_millis() as u64));
+        if !matches!(s.open_until, Some(until) if now < until) {
+            self.open(&mut s, now);
+        }
         s.probing = false;
         let after = Self::state_of(&s, now);
         (before != after).then_some(after)
@@ -223,6 +251,31 @@ mod tests {
         assert_eq!(b.record(Permit::Probe, true, t2), Some(BreakerState::Closed));
         assert_eq!(b.try_acquire(t2), Ok(Permit::Normal));
         assert_eq!(b.failures(), 0);
+    }
+
+    #[test]
+    fn with_backoff_the_cool_down_doubles_while_probes_fail_and_starts_over_once_closed() {
+        let b = Breaker::with_backoff(1, Duration::from_millis(250), Duration::from_secs(5));
+        let mut t = 1_000_000u64;
+        assert_eq!(b.record(Permit::Normal, false, t), Some(BreakerState::Open));
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            let Err(wait) = b.try_acquire(t) else { panic!("open") };
+            waits.push(wait.as_millis());
+            t += wait.as_millis() as u64;
+            assert_eq!(b.try_acquire(t), Ok(Permit::Probe));
+            assert_eq!(b.record(Permit::Probe, false, t), Some(BreakerState::Open));
+        }
+        assert_eq!(waits, [250, 500, 1000, 2000, 4000, 5000, 5000]);
+        t += 5000;
+        assert_eq!(b.try_acquire(t), Ok(Permit::Probe));
+        assert_eq!(b.record(Permit::Probe, true, t), Some(BreakerState::Closed));
+        assert_eq!(b.record(Permit::Normal, false, t), Some(BreakerState::Open));
+        assert_eq!(b.try_acquire(t), Err(Duration::from_millis(250)), "closed in between: short again");
+        // Calls let through before it opened fail later: the probe is not pushed out.
+        assert_eq!(b.record(Permit::Normal, false, t + 100), None);
+        assert_eq!(b.trip(t + 100), None);
+        assert_eq!(b.try_acquire(t + 250), Ok(Permit::Probe));
     }
 
     #[test]

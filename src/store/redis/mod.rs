@@ -420,7 +420,13 @@ impl Redis {
             next: AtomicUsize::new(0),
             breakers: {
                 let n = if matches!(settings.mode, RedisTopology::Cluster { .. }) { 1 + SLOT_GROUPS } else { 1 };
-                (0..n).map(|_| Breaker::new(settings.breaker_failures, settings.breaker_cooldown)).collect()
+                // Probed after a twentieth of the cool-down first (250 ms of 5 s), doubling while
+                // probes fail: a failover or restart of seconds is over and used again within a
+                // fraction of a second, a long outage still costs one probe per cool-down.
+                let first = (settings.breaker_cooldown / 20).max(Duration::from_millis(100));
+                (0..n)
+                    .map(|_| Breaker::with_backoff(settings.breaker_failures, first, settings.breaker_cooldown))
+                    .collect()
             },
             keys: Keys::new(&settings.prefix),
             settings: settings.clone(),
@@ -481,15 +487,14 @@ impl Redis {
                 match tokio::time::timeout_at(deadline, conn.query::<T>(cmd)).await {
                     Ok(Ok(v)) => Ok(v),
                     Ok(Err(e)) => {
-                        // A cluster error (MOVED, ASK, TRYAGAIN, CLUSTERDOWN) left after the
-                        // cluster client's own redirects and retries: the slot is not served
-                        // now (its primary is gone and the others point to it): a failure too.
+                        // A cluster error (MOVED, TRYAGAIN, CLUSTERDOWN while a failover runs)
+                        // is a live node's quick answer: it costs no deadline, and counting it
+                        // would keep the breakers open a cool-down past the failover's end.
                         reachable = !(e.is_io_error()
                             || e.is_connection_refusal()
                             || e.is_timeout()
                             || e.is_connection_dropped()
-                            || e.is_unrecoverable_error()
-                            || e.is_cluster_error());
+                            || e.is_unrecoverable_error());
                         Err(RedisError::Failed(e.to_string()))
                     }
                     Err(_) => {
