@@ -1,8 +1,8 @@
 //! Reload without restart, with the real binary: SIGHUP and a changed file (the TOML, a key
 //! file, a Kubernetes Secret's symlink swap) load the configuration again; a valid one applies
 //! to the next requests with the cache kept, an invalid one is refused (logged, counted) and
-//! the old one stays, a restart-only setting is reported and left as it was. `/health` shows
-//! the loaded configuration's hash and load time.
+//! the old one stays, a restart-only setting is reported and left as it was. A rotated HERE key
+//! keeps the cache. `/health` shows the loaded configuration's hash and load time.
 
 mod common;
 
@@ -110,6 +110,12 @@ async fn sighup_reloads_a_changed_key_file_keeps_the_process_and_health_shows_th
     let (status, _, _) = p.get("/here-proxy/mc/5/1/2/png?indice=rl1");
     assert_eq!(status, 200, "alive, and serving misses with the new key");
     assert_eq!(last_key(&up), "KEYTWO5678");
+    // A rotated key is the same credential: what the old key fetched is still served.
+    let fetched = up.total();
+    let (status, head, _) = p.get("/here-proxy/mc/5/1/1/png?indice=rl1");
+    assert_eq!(status, 200);
+    assert!(head.contains("x-cache: hit"), "the old key's entry after the rotation: {head}");
+    assert_eq!(up.total(), fetched, "no upstream call");
     let after = p.config();
     assert_ne!(after["hash"], before["hash"]);
     assert!(after["loaded_unix_ms"].as_u64() >= before["loaded_unix_ms"].as_u64(), "{before} {after}");

@@ -2,11 +2,13 @@
 //!
 //! A stored entry is what one upstream returns for one request, so the key names exactly that:
 //! `tp2|<upstream>|<credential>|<api>|<resource>|<z>/<x>/<y>|<format>|<query>`, where
-//! `<upstream>` is a hash of the configured base URL and `<credential>` a hash of the HERE key
-//! used (never the key). The index (`indice`) is **not** in the key: every index asking for the
-//! same tile shares one entry and one upstream request, and applies its own policy when serving
-//! it. An index with its own HERE key gets its own entries through the credential part; tiles
-//! fetched from a test upstream are never served for a different upstream base.
+//! `<upstream>` is a hash of the configured base URL and `<credential>` a hash of whose HERE key
+//! is sent: the server's, an index's own, or none (never the key, nor a hash of it). The index
+//! (`indice`) is **not** in the key: every index asking for the same tile shares one entry and
+//! one upstream request, and applies its own policy when serving it. An index with its own HERE
+//! key gets its own entries through the credential part; tiles fetched from a test upstream are
+//! never served for a different upstream base. A rotated key keeps its entries: rotating the
+//! server's key (a reload) does not turn the fleet's whole cache into misses paid again.
 //!
 //! Every field's charset excludes `|` except the query, which comes last, so two different tiles
 //! never share a key. Hashes use SHA-256 ([`stable_hash`]), identical on every machine (the key
@@ -32,21 +34,30 @@ pub struct Origin {
 }
 
 impl Origin {
-    /// `base_url` as configured (trailing `/` and case of scheme/host ignored); `key` the HERE
-    /// key sent with the request, if any.
-    pub fn new(base_url: &str, key: Option<&str>) -> Origin {
+    /// `base_url` as configured (trailing `/` and case of scheme/host ignored); `holder` whose
+    /// HERE key is sent with the request ([`SERVER_KEY`], [`index_key`]), `None` without one.
+    pub fn new(base_url: &str, holder: Option<&str>) -> Origin {
         let base = base_url.trim_end_matches('/').to_ascii_lowercase();
         let upstream_id = stable_hash(base.as_bytes(), 12);
-        let credential_id = credential_id(key);
+        let credential_id = credential_id(holder);
         let prefix = format!("{KEY_VERSION}|{upstream_id}|{credential_id}|");
         Origin { upstream_id, credential_id, prefix }
     }
 }
 
-/// A hash naming a credential: safe to log, store and share; never reversible to the key.
-pub fn credential_id(key: Option<&str>) -> String {
-    match key {
-        Some(k) => stable_hash(format!("tile-proxy credential\0{k}").as_bytes(), 16),
+/// The holder of the server's HERE key, for [`Origin::new`].
+pub const SERVER_KEY: &str = "server";
+
+/// The holder of an index's own HERE key, for [`Origin::new`].
+pub fn index_key(index: &str) -> String {
+    format!("index\0{index}")
+}
+
+/// A hash naming a credential by its holder (not by the key: a rotated key is the same
+/// credential); safe to log, store and share.
+pub fn credential_id(holder: Option<&str>) -> String {
+    match holder {
+        Some(h) => stable_hash(format!("tile-proxy credential\0{h}").as_bytes(), 16),
         None => "anon".to_string(),
     }
 }
@@ -143,10 +154,11 @@ mod tests {
     #[test]
     fn the_upstream_and_the_credential_are_part_of_the_identity() {
         let t = parse("/here-proxy/1/0/0/png", "", ParseOptions::default()).unwrap().unwrap();
-        let here = CacheKey::of(&t, &Origin::new("https://maps.hereapi.com/", Some("KEY")));
-        assert_eq!(here, CacheKey::of(&t, &Origin::new("HTTPS://MAPS.HEREAPI.COM", Some("KEY"))));
-        assert_ne!(here, CacheKey::of(&t, &Origin::new("http://127.0.0.1:9090", Some("KEY"))));
-        assert_ne!(here, CacheKey::of(&t, &Origin::new("https://maps.hereapi.com", Some("OTHER"))));
+        let here = CacheKey::of(&t, &Origin::new("https://maps.hereapi.com/", Some(SERVER_KEY)));
+        assert_eq!(here, CacheKey::of(&t, &Origin::new("HTTPS://MAPS.HEREAPI.COM", Some(SERVER_KEY))));
+        assert_ne!(here, CacheKey::of(&t, &Origin::new("http://127.0.0.1:9090", Some(SERVER_KEY))));
+        let tenant = index_key("tenant");
+        assert_ne!(here, CacheKey::of(&t, &Origin::new("https://maps.hereapi.com", Some(&tenant))));
         assert_ne!(here, CacheKey::of(&t, &Origin::new("https://maps.hereapi.com", None)));
     }
 

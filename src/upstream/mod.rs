@@ -19,20 +19,22 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 
 use crate::domain::entry::Meta;
 use crate::domain::failure::UpstreamFailure;
-use crate::domain::key::{CacheKey, Origin};
+use crate::domain::key::{index_key, CacheKey, Origin, SERVER_KEY};
 use crate::domain::plan::parse_retry_after;
 use crate::domain::routes::{Api, TileRequest};
 
 /// One credential: the key sent upstream and the origins (cache-key identities) it gives, one
-/// per API ([`Api::index`] order).
+/// per API ([`Api::index`] order). The origins name the key's holder (`holder`: the server, an
+/// index), not the key: a rotated key keeps the cache.
 struct Credential {
     key: Option<String>,
     origins: [Origin; 4],
 }
 
 impl Credential {
-    fn new(bases: &[String; 4], key: Option<String>) -> Credential {
-        Credential { origins: bases.each_ref().map(|b| Origin::new(b, key.as_deref())), key }
+    fn new(bases: &[String; 4], key: Option<String>, holder: &str) -> Credential {
+        let holder = key.as_ref().map(|_| holder);
+        Credential { origins: bases.each_ref().map(|b| Origin::new(b, holder)), key }
     }
 }
 
@@ -57,11 +59,14 @@ impl UpstreamConfig {
             s.traffic_raster_upstream.clone(),
             s.traffic_vector_upstream.clone(),
         ];
-        let by_index: HashMap<String, Credential> =
-            s.index_keys.iter().map(|(i, k)| (i.clone(), Credential::new(&bases, Some(k.clone())))).collect();
+        let by_index: HashMap<String, Credential> = s
+            .index_keys
+            .iter()
+            .map(|(i, k)| (i.clone(), Credential::new(&bases, Some(k.clone()), &index_key(i))))
+            .collect();
         let secrets = s.api_key.iter().chain(s.index_keys.values()).cloned().collect();
         Self {
-            default: Credential::new(&bases, s.api_key.clone()),
+            default: Credential::new(&bases, s.api_key.clone(), SERVER_KEY),
             bases,
             by_index,
             secrets,
