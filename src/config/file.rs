@@ -168,6 +168,7 @@ pub struct FileConfig {
     pub copyright_ttl: Duration,
     /// Most requests per second sent to each upstream API (raster, vector); shared by every pod
     /// through Redis, else per pod. Unset: no cap.
+    #[serde(with = "units::opt_decimal")]
     pub upstream_rps: Option<f64>,
     /// Longest a miss waits for its turn under `upstream_rps` before answering 503 `upstream_busy`.
     #[serde(with = "units::duration")]
@@ -423,6 +424,7 @@ pub struct PolicyFileConfig {
     pub stale_if_error: Option<Duration>,
     /// XFetch early refresh: how eagerly a fresh tile close to expiry is refreshed in the
     /// background while hits keep serving it (0 = off, default 1.0, at most 10).
+    #[serde(with = "units::opt_decimal")]
     pub early_refresh_beta: Option<f64>,
     /// How long upstream 404/204 answers are remembered.
     #[serde(with = "units::opt_duration")]
@@ -449,6 +451,7 @@ pub struct PolicyFileConfig {
     /// Traffic tile fetches per UTC day.
     pub traffic_budget_day: Option<u64>,
     /// Requests per second one client (IP) may make for this index (token bucket refill).
+    #[serde(with = "units::opt_decimal")]
     pub rate_limit: Option<f64>,
     /// Requests a client may make at once before `rate_limit` applies (bucket size; default:
     /// one second of `rate_limit`, at least 1).

@@ -642,6 +642,27 @@ mod tests {
     }
 
     #[test]
+    fn decimals_from_the_environment_keep_their_value() {
+        let env = [
+            ("HERE_API_KEY", "k"),
+            ("TILE_PROXY_UPSTREAM_RPS", "0.3"),
+            ("TILE_PROXY_DEFAULTS__RATE_LIMIT", "0.7"),
+            ("TILE_PROXY_DEFAULTS__EARLY_REFRESH_BETA", "0.83"),
+        ];
+        let (s, f) = load_ok(&Flags::default(), &env);
+        // Read as f32 (figment's reading of short strings) 0.3 became 0.30000001192092896 and
+        // the interval 3333333 µs instead of 3333333.33...
+        assert_eq!(f.upstream_rps, Some(0.3));
+        assert_eq!(f.defaults.rate_limit, Some(0.7));
+        assert_eq!(f.defaults.early_refresh_beta, Some(0.83));
+        assert_eq!(s.default_policy.early_refresh_beta, 0.83);
+        assert_eq!(s.upstream_interval, Some(Duration::from_secs_f64(1.0 / 0.3)));
+        let shown = f.effective_toml(&s);
+        assert!(shown.contains("upstream_rps = 0.3\n"), "{shown}");
+        assert!(shown.contains("early_refresh_beta = 0.83\n"), "{shown}");
+    }
+
+    #[test]
     fn billing_prices_keep_their_decimals_and_bad_ones_are_named() {
         let (_dir, path) = file("[billing.vector]\nprice_per_1000 = 1.25\nfree_per_month = 250000\n");
         let env = [("HERE_API_KEY", "k"), ("TILE_PROXY_BILLING__RASTER__PRICE_PER_1000", "0.83")];
