@@ -133,10 +133,14 @@ impl RedisCluster {
         }
     }
 
+    /// `key`'s slot (`CLUSTER KEYSLOT`).
+    pub fn keyslot(&self, key: &str) -> u16 {
+        self.cmd_on(self.live_ports()[0], &["CLUSTER", "KEYSLOT", key]).expect("keyslot")
+    }
+
     /// The port of the primary serving `key`'s slot now.
     pub fn primary_of(&self, key: &str) -> u16 {
-        let port = self.live_ports()[0];
-        let slot: u16 = self.cmd_on(port, &["CLUSTER", "KEYSLOT", key]).expect("keyslot");
+        let slot = self.keyslot(key);
         self.topology()
             .into_iter()
             .find(|n| n.primary && !n.failed && n.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
