@@ -185,6 +185,7 @@ async fn assemble(settings: Settings, opts: StartOptions, held: &mut Option<DirL
             let foyer = FoyerOptions {
                 dir,
                 memory: settings.memory_cache,
+                eviction: settings.memory_eviction,
                 disk: if held.is_some() { settings.disk_cache } else { 0 },
                 max_entry: settings.max_entry_size,
                 write_buffer: settings.disk_write_buffer,

@@ -22,6 +22,39 @@ pub enum UnknownIndices {
     Reject,
 }
 
+/// Which entries the memory tier evicts first when full (`memory_eviction`): foyer's
+/// algorithms. Chosen by measurement on tile traces (`bench/eviction.sh`, bench/README.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryEviction {
+    /// Least recently used.
+    #[default]
+    Lru,
+    /// W-TinyLFU: a small LRU window, then admission by estimated frequency.
+    Lfu,
+    /// S3-FIFO: a small probationary FIFO, a main FIFO and a ghost queue.
+    S3fifo,
+    /// SIEVE: one FIFO with a visited bit.
+    Sieve,
+    /// First in, first out.
+    Fifo,
+}
+
+impl MemoryEviction {
+    pub const ALL: [MemoryEviction; 5] =
+        [MemoryEviction::Lru, MemoryEviction::Lfu, MemoryEviction::S3fifo, MemoryEviction::Sieve, MemoryEviction::Fifo];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemoryEviction::Lru => "lru",
+            MemoryEviction::Lfu => "lfu",
+            MemoryEviction::S3fifo => "s3fifo",
+            MemoryEviction::Sieve => "sieve",
+            MemoryEviction::Fifo => "fifo",
+        }
+    }
+}
+
 /// How the shared tier reaches Redis (`redis_mode`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -74,6 +107,8 @@ pub struct FileConfig {
     pub cache_dir: PathBuf,
     #[serde(with = "units::size")]
     pub memory_cache: ByteSize,
+    /// The memory tier's eviction: `lru`, `lfu` (w-TinyLFU), `s3fifo`, `sieve` or `fifo`.
+    pub memory_eviction: MemoryEviction,
     /// 0 turns the disk tier off.
     #[serde(with = "units::size")]
     pub disk_cache: ByteSize,
@@ -206,6 +241,7 @@ impl Default for FileConfig {
             traffic_vector_upstream: DEFAULT_TRAFFIC_VECTOR_UPSTREAM.into(),
             cache_dir: DEFAULT_CACHE_DIR.into(),
             memory_cache: DEFAULT_MEMORY_CACHE,
+            memory_eviction: MemoryEviction::default(),
             disk_cache: DEFAULT_DISK_CACHE,
             disk_required: false,
             max_entry_size: DEFAULT_MAX_ENTRY,

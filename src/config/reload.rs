@@ -34,6 +34,7 @@ pub fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str
         "workers" => workers,
         "cache_dir" => cache_dir,
         "memory_cache" => memory_cache,
+        "memory_eviction" => memory_eviction,
         "disk_cache" => disk_cache,
         "disk_required" => disk_required,
         "max_entry_size" => max_entry_size,

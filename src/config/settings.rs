@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::file::{redact_url, UnknownIndices};
+use super::file::{redact_url, MemoryEviction, UnknownIndices};
 
 /// Redis shared tier, resolved.
 #[derive(Clone)]
@@ -229,6 +229,7 @@ pub struct Settings {
     pub traffic_vector_upstream: String,
     pub cache_dir: PathBuf,
     pub memory_cache: usize,
+    pub memory_eviction: MemoryEviction,
     pub disk_cache: usize,
     /// A disk tier that cannot be used at start stops the start (default false: memory-only).
     pub disk_required: bool,
@@ -325,6 +326,7 @@ impl std::fmt::Debug for Settings {
             .field("traffic_vector_upstream", &self.traffic_vector_upstream)
             .field("cache_dir", &self.cache_dir)
             .field("memory_cache", &self.memory_cache)
+            .field("memory_eviction", &self.memory_eviction)
             .field("disk_cache", &self.disk_cache)
             .field("disk_required", &self.disk_required)
             .field("max_entry_size", &self.max_entry_size)

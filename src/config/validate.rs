@@ -284,6 +284,7 @@ pub(super) fn validate(file: &FileConfig, env: EnvLookup<'_>) -> Result<Settings
         traffic_vector_upstream,
         cache_dir: file.cache_dir.clone(),
         memory_cache,
+        memory_eviction: file.memory_eviction,
         disk_cache,
         disk_required: file.disk_required,
         max_entry_size,

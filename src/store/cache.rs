@@ -27,7 +27,7 @@ use foyer::{
     PsyncIoEngineConfig, RecoverMode,
 };
 
-use crate::config::block_size_for;
+use crate::config::{block_size_for, MemoryEviction};
 use crate::domain::entry::{Entry, HitSource};
 use crate::domain::key::CacheKey;
 use crate::observe::metrics::Metrics;
@@ -267,6 +267,8 @@ pub struct FoyerTier {
 pub struct FoyerOptions<'a> {
     pub dir: &'a Path,
     pub memory: usize,
+    /// The memory tier's eviction algorithm.
+    pub eviction: MemoryEviction,
     /// 0 disables the disk tier.
     pub disk: usize,
     pub max_entry: usize,
@@ -275,6 +277,17 @@ pub struct FoyerOptions<'a> {
     pub write_buffer: usize,
     /// A disk tier that cannot open is an error (`disk_required`) instead of memory-only.
     pub required: bool,
+}
+
+/// foyer's configuration of `eviction`, with foyer's defaults for each algorithm's ratios.
+fn eviction_config(eviction: MemoryEviction) -> foyer::EvictionConfig {
+    match eviction {
+        MemoryEviction::Lru => foyer::LruConfig::default().into(),
+        MemoryEviction::Lfu => foyer::LfuConfig::default().into(),
+        MemoryEviction::S3fifo => foyer::S3FifoConfig::default().into(),
+        MemoryEviction::Sieve => foyer::SieveConfig.into(),
+        MemoryEviction::Fifo => foyer::FifoConfig::default().into(),
+    }
 }
 
 impl FoyerTier {
@@ -386,6 +399,7 @@ impl FoyerTier {
             .with_metrics_registry(Box::new(metrics))
             .with_policy(HybridCachePolicy::WriteOnInsertion)
             .memory(opts.memory)
+            .with_eviction_config(eviction_config(opts.eviction))
             .with_weighter(|k: &String, v: &Stored| k.len() + v.0.weight())
             .storage()
             .with_spawner(runtime.into());
@@ -712,6 +726,7 @@ mod tests {
         let opts = |memory| FoyerOptions {
             dir: dir.path(),
             memory,
+            eviction: MemoryEviction::Lru,
             disk: 64 << 20,
             max_entry: 64 << 10,
             // Room for every entry at once: none is left memory-only for want of a buffer.
@@ -758,5 +773,75 @@ mod tests {
         assert!(policies.len() <= 2 + DISK_IO_THREADS, "2 workers + at most {DISK_IO_THREADS} I/O: {policies:?}");
         assert!(policies.iter().all(|p| *p == libc::SCHED_BATCH as u32), "SCHED_BATCH everywhere: {policies:?}");
         tier.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn each_memory_eviction_keeps_its_size_and_the_scan_resistant_ones_keep_a_hot_set_through_a_scan() {
+        use crate::domain::entry::{Freshness, Meta};
+        use crate::domain::key::Origin;
+        use bytes::Bytes;
+        let dir = tempfile::tempdir().unwrap();
+        let origin = Origin::new("http://upstream.test", None);
+        let key = |z: u8, x: u32| {
+            let t = crate::domain::routes::parse(&format!("/v3/base/mc/{z}/{x}/7/png"), "", Default::default());
+            CacheKey::of(&t.unwrap().unwrap(), &origin)
+        };
+        let entry = || Entry {
+            meta: Meta {
+                status: 200,
+                content_type: None,
+                content_encoding: None,
+                etag: None,
+                stored_at_ms: 1,
+                version_ms: 1,
+                freshness: Freshness { ttl_secs: Some(60), no_store: false },
+                fetch_ms: 5,
+                last_modified: None,
+            },
+            body: Bytes::from(vec![7u8; 10_000]),
+        };
+        let mut survivors = Vec::new();
+        for eviction in MemoryEviction::ALL {
+            let opts = FoyerOptions {
+                dir: dir.path(),
+                memory: 1 << 20,
+                eviction,
+                disk: 0,
+                max_entry: 64 << 10,
+                write_buffer: 1 << 20,
+                required: false,
+            };
+            let tier = FoyerTier::open(opts, &prometheus::Registry::new()).await.unwrap();
+            // A hot set of 20 tiles (200 KB of a 1 MiB tier), each asked 5 times...
+            let hot: Vec<CacheKey> = (0..20).map(|x| key(14, x)).collect();
+            for k in &hot {
+                tier.insert(k, entry(), u64::MAX).await.unwrap();
+            }
+            for _ in 0..5 {
+                for k in &hot {
+                    tier.get(k).await.unwrap();
+                }
+            }
+            // ...then a scan of 5 MB of tiles seen once (a crawler, a seed job).
+            for x in 0..500 {
+                tier.insert(&key(18, x), entry(), u64::MAX).await.unwrap();
+            }
+            let usage = tier.cache.memory().usage();
+            assert!(usage <= (1 << 20) + 20_000, "{eviction:?}: {usage} bytes in a 1 MiB tier");
+            assert!(tier.get(&key(18, 499)).await.unwrap().is_some(), "{eviction:?}: the newest entry");
+            let mut kept = 0;
+            for k in &hot {
+                kept += usize::from(tier.get(k).await.unwrap().is_some());
+            }
+            survivors.push((eviction, kept));
+            tier.close().await.unwrap();
+        }
+        println!("hot tiles kept through the scan, of 20: {survivors:?}");
+        let kept = |e: MemoryEviction| survivors.iter().find(|(p, _)| *p == e).unwrap().1;
+        assert_eq!(kept(MemoryEviction::Lru), 0, "LRU: the scan evicts the hot set: {survivors:?}");
+        assert_eq!(kept(MemoryEviction::Fifo), 0, "{survivors:?}");
+        for resistant in [MemoryEviction::Lfu, MemoryEviction::S3fifo, MemoryEviction::Sieve] {
+            assert!(kept(resistant) >= 10, "{resistant:?} keeps most of the hot set: {survivors:?}");
+        }
     }
 }
