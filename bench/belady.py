@@ -404,7 +404,7 @@ def report(t, caps, as_json, out=sys.stdout):
                   + (f", {info['scan_requests']:,} scan requests" if info["scan_requests"] else "")
                   + f"; max (infinite cache) hit ratio {info['max_hit_ratio']:.4f}\n")
         out.write("belady = furthest-next-use under the byte capacity (size-aware OPT is NP-hard: a "
-                  "heuristic estimate); min = exact MIN in objects\n")
+                  "heuristic estimate); min, min-bypass = exact MIN in objects (demand paging; may decline to store)\n")
         for r in results:
             out.write(format_table(info, r) + "\n")
     return info, results
