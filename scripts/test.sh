@@ -2,7 +2,7 @@
 # The whole test suite, exactly as CI runs it (`.ci/run` calls this script).
 # Formatting, lints, every unit and integration test of both crates, the map page in headless
 # Chromium (scripts/check-browser.sh), then the deployment checks (scripts/check-deploy.sh) and the
-# short fleet simulation (bench/fleet.sh --smoke).
+# short fleet simulation (bench/fleet.sh --smoke) and the eviction traces' check (bench/trace-check.sh).
 # The integration tests start their own servers on 127.0.0.1 (the proxy, the HERE-like test
 # upstream, private redis-server instances) and use temporary folders.
 #
@@ -11,7 +11,7 @@
 # names the steps that failed, and the exit status is non-zero when any step failed: fmt,
 # clippy, a test, the browser check or the deployment checks.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 failed_steps=()
 # step NAME COMMAND...: runs it, remembers NAME if it failed.
@@ -46,6 +46,8 @@ step "browser test (map page)" scripts/check-browser.sh
 step "deployment checks" scripts/check-deploy.sh
 # The fleet simulation, short: nginx + 2-4 pods + a Redis Cluster, scale, SIGKILL, failover.
 step "fleet simulation (smoke)" bench/fleet.sh --smoke
+# Eviction traces and the offline optimum (#23): deterministic, Belady's MIN self-checked.
+step "traces and Belady (smoke)" bench/trace-check.sh
 
 if [ "${#failed_steps[@]}" -gt 0 ]; then
     echo "failed steps: $(printf '%s; ' "${failed_steps[@]}" | sed 's/; $//')"
