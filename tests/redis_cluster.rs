@@ -31,6 +31,17 @@ fn shared(cluster: &RedisCluster) -> impl Fn(&mut FileConfig) + '_ {
     }
 }
 
+/// [`shared`] with short deadlines, as in production: a call to a dead primary must not hold a
+/// request.
+fn short_deadlines(cluster: &RedisCluster) -> impl Fn(&mut FileConfig) + '_ {
+    move |f: &mut FileConfig| {
+        shared(cluster)(f);
+        f.redis.timeout = dur("300ms");
+        f.redis.write_timeout = dur("500ms");
+        f.redis.connect_timeout = dur("300ms");
+    }
+}
+
 /// The entry key of `path` in Redis, as pod `p` names it.
 fn entry_key(p: &Proxy, path: &str) -> String {
     let (route, query) = path.split_once('?').unwrap_or((path, ""));
@@ -225,13 +236,7 @@ async fn cluster_budgets_client_buckets_stats_and_the_bill_are_shared() {
 async fn cluster_primary_killed_under_load_fails_no_request_and_sharing_resumes_after_the_replica_takes_over() {
     let mut cluster = RedisCluster::start();
     let up = upstream(8_000);
-    let cfg = |f: &mut FileConfig| {
-        shared(&cluster)(f);
-        // Short deadlines, as in production: a call to the dead primary must not hold a request.
-        f.redis.timeout = dur("300ms");
-        f.redis.write_timeout = dur("500ms");
-        f.redis.connect_timeout = dur("300ms");
-    };
+    let cfg = |f: &mut FileConfig| short_deadlines(&cluster)(f);
     let a = Proxy::start(&up, cfg).await;
     let b = Proxy::start(&up, cfg).await;
     // The primary that holds the first tile's slot dies mid-run; the recovery tiles are tiles
@@ -306,10 +311,7 @@ async fn cluster_a_dead_primary_opens_the_breakers_of_its_slots_only_and_the_oth
     cluster.hold_failover();
     let up = upstream(8_000);
     let cfg = |f: &mut FileConfig| {
-        shared(&cluster)(f);
-        f.redis.timeout = dur("300ms");
-        f.redis.write_timeout = dur("500ms");
-        f.redis.connect_timeout = dur("300ms");
+        short_deadlines(&cluster)(f);
         f.redis.breaker_failures = 2;
     };
     let a = Proxy::start(&up, cfg).await;

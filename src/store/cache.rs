@@ -611,6 +611,25 @@ impl TileCache {
 mod tests {
     use super::*;
 
+    /// A stored 200 of `len` bytes of `fill`, fresh for a minute.
+    fn png_entry(len: usize, fill: u8) -> Entry {
+        use crate::domain::entry::{Freshness, Meta};
+        Entry {
+            meta: Meta {
+                status: 200,
+                content_type: None,
+                content_encoding: None,
+                etag: None,
+                stored_at_ms: 1,
+                version_ms: 1,
+                freshness: Freshness { ttl_secs: Some(60), no_store: false },
+                fetch_ms: 5,
+                last_modified: None,
+            },
+            body: bytes::Bytes::from(vec![fill; len]),
+        }
+    }
+
     #[test]
     fn block_sizes() {
         assert_eq!(block_size_for(2 << 20), 4 << 20);
@@ -718,10 +737,8 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn disk_reads_run_on_a_few_batch_scheduled_threads() {
-        use crate::domain::entry::{Freshness, Meta};
         use crate::domain::key::Origin;
         use actix_web::http::header::HeaderValue;
-        use bytes::Bytes;
         let dir = tempfile::tempdir().unwrap();
         let opts = |memory| FoyerOptions {
             dir: dir.path(),
@@ -740,19 +757,10 @@ mod tests {
                 CacheKey::of(&t.unwrap().unwrap(), &origin)
             })
             .collect();
-        let entry = |i: usize| Entry {
-            meta: Meta {
-                status: 200,
-                content_type: Some(HeaderValue::from_static("image/png")),
-                content_encoding: None,
-                etag: None,
-                stored_at_ms: 1,
-                version_ms: 1,
-                freshness: Freshness { ttl_secs: Some(60), no_store: false },
-                fetch_ms: 5,
-                last_modified: None,
-            },
-            body: Bytes::from(vec![i as u8; 20_000]),
+        let entry = |i: usize| {
+            let mut e = png_entry(20_000, i as u8);
+            e.meta.content_type = Some(HeaderValue::from_static("image/png"));
+            e
         };
         let tier = FoyerTier::open(opts(32 << 20), &prometheus::Registry::new()).await.unwrap();
         for (i, key) in keys.iter().enumerate() {
@@ -777,29 +785,14 @@ mod tests {
 
     #[tokio::test]
     async fn each_memory_eviction_keeps_its_size_and_the_scan_resistant_ones_keep_a_hot_set_through_a_scan() {
-        use crate::domain::entry::{Freshness, Meta};
         use crate::domain::key::Origin;
-        use bytes::Bytes;
         let dir = tempfile::tempdir().unwrap();
         let origin = Origin::new("http://upstream.test", None);
         let key = |z: u8, x: u32| {
             let t = crate::domain::routes::parse(&format!("/v3/base/mc/{z}/{x}/7/png"), "", Default::default());
             CacheKey::of(&t.unwrap().unwrap(), &origin)
         };
-        let entry = || Entry {
-            meta: Meta {
-                status: 200,
-                content_type: None,
-                content_encoding: None,
-                etag: None,
-                stored_at_ms: 1,
-                version_ms: 1,
-                freshness: Freshness { ttl_secs: Some(60), no_store: false },
-                fetch_ms: 5,
-                last_modified: None,
-            },
-            body: Bytes::from(vec![7u8; 10_000]),
-        };
+        let entry = || png_entry(10_000, 7);
         let mut survivors = Vec::new();
         for eviction in MemoryEviction::ALL {
             let opts = FoyerOptions {
