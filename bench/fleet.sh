@@ -399,7 +399,7 @@ for r in $RUNS; do
 done
 
 echo
-echo "fleet simulation: $DISTINCT distinct tiles (Zipf, hot city areas), $PHASE_REQUESTS requests a phase, $CONNS connections, memory tier $MEMORY_CACHE a pod, upstream latency $LATENCY_MS-$((LATENCY_MS + JITTER_MS)) ms, binaries $BIN_DIR"
+echo "fleet simulation: $DISTINCT distinct tiles (Zipf, hot city areas), $PHASE_REQUESTS requests a phase, $CONNS connections, memory tier $MEMORY_CACHE a pod, upstream latency $LATENCY_MS-$((LATENCY_MS + JITTER_MS)) ms, binaries ${BIN_DIR#"$REPO"/}"
 for r in $RUNS; do
     echo
     if [ "$r" = redis ]; then echo "== Redis cluster on (6 nodes)"; else echo "== Redis off"; fi
