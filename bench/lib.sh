@@ -118,11 +118,13 @@ wait_ready() { # name pid url
 
 # ---- test upstream ---------------------------------------------------------------------------
 # Starts test-upstream on LOAD_CPU, logging to $TMP/upstream.log; sets UPSTREAM_PID/URL/PORT.
-start_upstream() { # key min-size max-size
-    local _
-    log "starting test-upstream (core $LOAD_CPU, bodies $2-$3 bytes)"
-    taskset -c "$LOAD_CPU" "$UPSTREAM_BIN" --listen 127.0.0.1:0 --key "$1" \
-        --min-size "$2" --max-size "$3" >"$TMP/upstream.log" 2>&1 &
+# Further arguments go to test-upstream as they are (e.g. --sizes FILE).
+start_upstream() { # key min-size max-size [test-upstream arg...]
+    local _ key="$1" min="$2" max="$3"
+    shift 3
+    log "starting test-upstream (core $LOAD_CPU, bodies $min-$max bytes${*:+; $*})"
+    taskset -c "$LOAD_CPU" "$UPSTREAM_BIN" --listen 127.0.0.1:0 --key "$key" \
+        --min-size "$min" --max-size "$max" "$@" >"$TMP/upstream.log" 2>&1 &
     UPSTREAM_PID=$!
     PIDS+=("$UPSTREAM_PID")
     UPSTREAM_URL=""

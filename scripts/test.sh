@@ -2,7 +2,8 @@
 # The whole test suite, exactly as CI runs it (`.ci/run` calls this script).
 # Formatting, lints, every unit and integration test of both crates, the map page in headless
 # Chromium (scripts/check-browser.sh), then the deployment checks (scripts/check-deploy.sh) and the
-# short fleet simulation (bench/fleet.sh --smoke) and the eviction traces' check (bench/trace-check.sh).
+# short fleet simulation (bench/fleet.sh --smoke), the eviction traces' check (bench/trace-check.sh) and
+# the eviction policies' smoke matrix (bench/eviction.sh --smoke).
 # The integration tests start their own servers on 127.0.0.1 (the proxy, the HERE-like test
 # upstream, private redis-server instances) and use temporary folders.
 #
@@ -48,6 +49,8 @@ step "deployment checks" scripts/check-deploy.sh
 step "fleet simulation (smoke)" bench/fleet.sh --smoke
 # Eviction traces and the offline optimum (#23): deterministic, Belady's MIN self-checked.
 step "traces and Belady (smoke)" bench/trace-check.sh
+# Memory-tier eviction policies replayed through tile-proxy (#23): plumbing, and no hit ratio above Belady's.
+step "eviction policies (smoke)" bench/eviction.sh --smoke
 
 if [ "${#failed_steps[@]}" -gt 0 ]; then
     echo "failed steps: $(printf '%s; ' "${failed_steps[@]}" | sed 's/; $//')"

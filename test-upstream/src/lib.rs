@@ -92,6 +92,7 @@ pub mod traffic;
 
 pub use traffic::has_traffic;
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -154,6 +155,106 @@ pub struct Options {
     /// Send an `ETag` with tiles (default `true`). Off, a client can revalidate only with
     /// `If-Modified-Since` against `Last-Modified`.
     pub etags: bool,
+    /// Exact body sizes of given tiles (`--sizes FILE`, e.g. a `bench/trace.py` trace): a
+    /// byte-body tile whose `z/x/y` is in the map gets exactly that many bytes, any other
+    /// keeps `min_size`/`max_size`. Images and MVT bodies are not resized. Default empty.
+    pub sizes: Arc<TileSizes>,
+}
+
+/// Body sizes by tile `z/x/y` (see [`Options::sizes`]).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct TileSizes {
+    map: HashMap<(u32, u32, u32), usize>,
+}
+
+impl std::fmt::Debug for TileSizes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TileSizes({} tiles)", self.map.len())
+    }
+}
+
+impl TileSizes {
+    /// Largest size accepted from a file (a typo must not make a multi-GB body).
+    pub const MAX: usize = 64 << 20;
+
+    /// Parses a sizes file: one tile a line, whitespace- or tab-separated, first column the
+    /// tile (any path with `.../mc/{z}/{x}/{y}/...`, like tile-proxy's
+    /// `/here-proxy/mc/12/2200/1343/png?...` or the upstream's `/v3/base/mc/12/2200/1343/png`,
+    /// or a bare `z/x/y`), second column the body size in bytes; further columns (a trace's
+    /// `scan`) are ignored, as are empty lines and lines starting with `#`. A tile may repeat
+    /// (a trace repeats it at every request) but always with the same size.
+    pub fn parse(text: &str) -> Result<TileSizes, String> {
+        let mut map = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let n = i + 1;
+            let mut cols = line.split_whitespace();
+            let tile = cols.next().unwrap_or_default();
+            let size = cols.next().ok_or_else(|| format!("line {n}: no size column"))?;
+            let key = tile_key(tile).ok_or_else(|| format!("line {n}: no z/x/y in '{tile}'"))?;
+            let size: usize = size.parse().map_err(|_| format!("line {n}: invalid size '{size}'"))?;
+            if size > Self::MAX {
+                return Err(format!("line {n}: size {size} is over {} bytes", Self::MAX));
+            }
+            if let Some(old) = map.insert(key, size) {
+                if old != size {
+                    let (z, x, y) = key;
+                    return Err(format!("line {n}: tile {z}/{x}/{y} given two sizes ({old} and {size})"));
+                }
+            }
+        }
+        Ok(TileSizes { map })
+    }
+
+    /// [`TileSizes::parse`] of a file's contents; errors name the file.
+    pub fn load(path: &std::path::Path) -> Result<TileSizes, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Sets tile `z/x/y`'s size.
+    pub fn insert(&mut self, z: u32, x: u32, y: u32, size: usize) {
+        self.map.insert((z, x, y), size);
+    }
+
+    /// The size of tile `z/x/y`, if given.
+    pub fn get(&self, z: u32, x: u32, y: u32) -> Option<usize> {
+        self.map.get(&(z, x, y)).copied()
+    }
+
+    /// The size for a request path (`.../mc/{z}/{x}/{y}/...`), if its tile is given.
+    pub fn for_path(&self, path: &str) -> Option<usize> {
+        if self.map.is_empty() {
+            return None;
+        }
+        self.map.get(&tile_key(path)?).copied()
+    }
+
+    /// Number of tiles with a size.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// No tile has a size.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// `(z, x, y)` of a path with `/mc/{z}/{x}/{y}` (query ignored), or of a bare `z/x/y`.
+fn tile_key(path: &str) -> Option<(u32, u32, u32)> {
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let start = match segs.iter().position(|s| *s == "mc") {
+        Some(i) => i + 1,
+        None if segs.len() == 3 => 0,
+        None => return None,
+    };
+    let num = |i: usize| segs.get(start + i).and_then(|s| s.parse::<u32>().ok());
+    Some((num(0)?, num(1)?, num(2)?))
 }
 
 impl Default for Options {
@@ -171,6 +272,7 @@ impl Default for Options {
             images: false,
             mvt: false,
             etags: true,
+            sizes: Arc::new(TileSizes::default()),
         }
     }
 }
@@ -477,5 +579,62 @@ mod tests {
         assert_eq!(r.query_param("apiKey").as_deref(), Some("a b"));
         assert_eq!(r.query_param("apikey"), None);
         assert_eq!(r.query_param("x").as_deref(), Some(""));
+    }
+
+    #[test]
+    fn tile_sizes_parse_a_trace_and_reject_bad_lines() {
+        let trace = "/here-proxy/mc/12/2200/1343/png?indice=bench&style=explore.day&size=512\t17000\n\
+                     /here-proxy/mc/18/140000/90000/png?indice=bench\t5120\tscan\n\
+                     \n# comment\n\
+                     /here-proxy/mc/12/2200/1343/png?indice=bench&style=explore.day&size=512\t17000\n\
+                     /v3/base/mc/3/1/2/png 999\n\
+                     4/5/6\t7\n";
+        let s = TileSizes::parse(trace).unwrap();
+        assert_eq!(s.len(), 4);
+        assert_eq!(s.get(12, 2200, 1343), Some(17000));
+        assert_eq!(s.get(18, 140000, 90000), Some(5120));
+        assert_eq!(s.for_path("/v3/base/mc/3/1/2/png"), Some(999));
+        assert_eq!(s.for_path("/v2/vectortiles/base/mc/4/5/6/omv"), Some(7));
+        assert_eq!(s.for_path("/v3/base/mc/4/5/7/png"), None);
+        assert_eq!(format!("{s:?}"), "TileSizes(4 tiles)");
+        assert!(TileSizes::parse("/here-proxy/mc/1/0/0/png\n").unwrap_err().contains("line 1: no size"));
+        assert!(TileSizes::parse("/here-proxy/x/png 10\n").unwrap_err().contains("no z/x/y"));
+        assert!(TileSizes::parse("1/0/0 ten\n").unwrap_err().contains("invalid size"));
+        assert!(TileSizes::parse("1/0/0 10\n1/0/0 11\n").unwrap_err().contains("line 2: tile 1/0/0 given two sizes"));
+        assert!(TileSizes::parse("1/0/0 999999999\n").is_err());
+    }
+
+    #[test]
+    fn sized_tiles_get_exactly_their_size_over_http() {
+        use std::io::{Read, Write};
+        let mut sizes = TileSizes::default();
+        sizes.insert(12, 2200, 1343, 17_321);
+        sizes.insert(5, 1, 1, 0);
+        let up = Upstream::start(Options {
+            api_key: None,
+            min_size: 100,
+            max_size: 200,
+            sizes: Arc::new(sizes),
+            ..Options::default()
+        })
+        .unwrap();
+        let get = |path: &str| -> (String, usize) {
+            let mut c = std::net::TcpStream::connect(up.addr()).unwrap();
+            write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+            let mut buf = Vec::new();
+            c.read_to_end(&mut buf).unwrap();
+            let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+            (String::from_utf8_lossy(&buf[..end]).into_owned(), buf.len() - end - 4)
+        };
+        let (head, len) = get("/v3/base/mc/12/2200/1343/png?style=explore.day&size=512");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.to_ascii_lowercase().contains("content-length: 17321"), "{head}");
+        assert_eq!(len, 17_321);
+        assert_eq!(up.tile_bytes("/v3/base/mc/12/2200/1343/png?size=256").len(), 17_321);
+        assert!(up.tile_bytes("/v3/base/mc/5/1/1/png").is_empty());
+        // A vector tile of a sized z/x/y is sized too; a tile not in the map keeps min..max.
+        assert_eq!(up.tile_bytes("/v2/vectortiles/base/mc/12/2200/1343/omv").len(), 17_321);
+        let (_, len) = get("/v3/base/mc/12/2200/1344/png");
+        assert!((100..=200).contains(&len), "{len}");
     }
 }

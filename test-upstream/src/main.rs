@@ -4,6 +4,7 @@
 //! test-upstream [--listen ADDR] [--key KEY | --no-auth] [--forbidden-key KEY]...
 //!               [--min-size N] [--max-size N] [--latency-ms N] [--latency-jitter-ms N]
 //!               [--raster-max-age N] [--vector-max-age N | --no-vector-max-age] [--images] [--mvt]
+//!               [--sizes FILE]
 //! ```
 //! Prints `listening on http://ADDR` on stdout once bound. `--help` also lists the control
 //! endpoints (`/__stats`, `/__fault`, ...; see the library docs).
@@ -11,7 +12,9 @@
 use std::io::Write;
 use std::time::Duration;
 
-use test_upstream::{Options, Upstream};
+use std::sync::Arc;
+
+use test_upstream::{Options, TileSizes, Upstream};
 
 const HELP: &str = "\
 test-upstream: HERE-like tile upstream for tile-proxy tests and benchmarks
@@ -24,6 +27,10 @@ USAGE: test-upstream [FLAGS]
   --forbidden-key KEY      answer this key with 403 (repeatable)
   --min-size N             smallest tile body in bytes (default 2000)
   --max-size N             largest tile body in bytes (default: max(2000, min-size))
+  --sizes FILE             exact body sizes of given tiles: one tile a line, \"PATH SIZE\" (tab
+                           or spaces; PATH any .../mc/{z}/{x}/{y}/... path or z/x/y; further
+                           columns ignored), so a bench/trace.py trace is accepted as is;
+                           tiles not in the file keep --min-size/--max-size
   --latency-ms N           delay before every response head (default 0)
   --latency-jitter-ms N    plus a delay drawn per request, uniform in 0..=N ms (default 0;
                            --latency-ms 30 --latency-jitter-ms 50: 30-80 ms)
@@ -110,6 +117,10 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
             "--no-vector-max-age" => opts.vector_max_age = None,
             "--images" => opts.images = true,
             "--mvt" => opts.mvt = true,
+            "--sizes" => {
+                let v = value().ok_or("--sizes needs a file")?;
+                opts.sizes = Arc::new(TileSizes::load(std::path::Path::new(&v)).map_err(|e| format!("--sizes: {e}"))?);
+            }
             other => return Err(format!("unknown argument '{other}' (try --help)")),
         }
     }
@@ -224,5 +235,23 @@ mod tests {
         assert!(parse_args(["--bogus".to_string()]).is_err());
         assert!(parse_args(["--min-size".to_string()]).is_err());
         assert!(parse_args(["--min-size".to_string(), "x".to_string()]).is_err());
+        assert!(o.sizes.is_empty());
+    }
+
+    #[test]
+    fn sizes_file() {
+        let path = std::env::temp_dir().join(format!("test-upstream-sizes-{}.tsv", std::process::id()));
+        std::fs::write(
+            &path,
+            "/here-proxy/mc/12/2200/1343/png?indice=bench\t17000\n/here-proxy/mc/18/1/2/png\t5120\tscan\n",
+        )
+        .unwrap();
+        let o = run(&["--sizes", path.to_str().unwrap()]);
+        assert_eq!((o.sizes.len(), o.sizes.get(12, 2200, 1343), o.sizes.get(18, 1, 2)), (2, Some(17000), Some(5120)));
+        std::fs::write(&path, "1/0/0 oops\n").unwrap();
+        let err = parse_args(["--sizes".to_string(), path.to_str().unwrap().to_string()]).unwrap_err();
+        assert!(err.contains("line 1: invalid size"), "{err}");
+        std::fs::remove_file(&path).unwrap();
+        assert!(parse_args(["--sizes=/nonexistent/sizes.tsv".to_string()]).is_err());
     }
 }

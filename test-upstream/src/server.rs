@@ -296,7 +296,11 @@ impl State {
                 return Tile::from_body(img);
             }
         }
-        body::generate(version, path, canonical, kind, self.opts.min_size, self.opts.max_size)
+        let (min, max) = match self.opts.sizes.for_path(path) {
+            Some(size) => (size, size),
+            None => (self.opts.min_size, self.opts.max_size),
+        };
+        body::generate(version, path, canonical, kind, min, max)
     }
 }
 
