@@ -356,7 +356,7 @@ async fn every_setting_can_be_set_from_the_environment_and_check_config_shows_it
         ("traffic_vector_upstream", same("http://127.0.0.1:12")),
         ("cache_dir", same("/tmp/tile-proxy-env-test")),
         ("memory_cache", same("64MiB")),
-        ("memory_eviction", same("s3fifo")),
+        ("memory_eviction", same("sieve")),
         ("disk_cache", same("0")),
         ("max_entry_size", same("1MiB")),
         ("disk_write_buffer", same("4MiB")),
