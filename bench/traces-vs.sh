@@ -20,7 +20,8 @@
 # Per server and trace: req/s, p50/p99, server CPU us per request (/proc stat utime+stime of the
 # whole process tree: nginx master + workers + cache manager, varnishd manager + child), hit
 # ratio (X-Cache: HIT per answer), upstream requests (the test upstream's /__stats delta); then
-# tile-proxy / nginx and tile-proxy / varnish ratios and the targets (tile-proxy >= 1.2x nginx's
+# `held MB` (what the server holds at the end: du of nginx's cache directory, varnishstat g_bytes
+# of Varnish's storages; - for tile-proxy, whose disk tier is D by construction); then tile-proxy / nginx and tile-proxy / varnish ratios and the targets (tile-proxy >= 1.2x nginx's
 # req/s and >= 1.0x Varnish's, upstream requests <= each of theirs).
 #
 # Usage: bench/traces-vs.sh [--smoke]
@@ -209,6 +210,17 @@ EOF
     wait_ready varnish "$SERVER_PID" "$SERVER_URL/ready"
 }
 
+# Bytes the server holds at the end of a replay: nginx, du of its cache directory; varnish, its
+# storages' g_bytes (varnishstat); tile-proxy: - (bounded by construction: a disk tier of D).
+cache_bytes() { # server
+    case "$1" in
+        tile-proxy) echo - ;; # its disk tier's files have size D from the start (no occupancy gauge)
+        nginx) du -sb "$TMP/nginx/cache" | cut -f1 ;;
+        varnish) { timeout 10 varnishstat -n "$TMP/varnish/work" -1 -f 'SMA.*.g_bytes' -f 'SMF.*.g_bytes' 2>/dev/null || true; } |
+            awk '{ s += $2 } END { printf "%d\n", s }' ;;
+    esac
+}
+
 met() { # value op bound -> met / NOT met
     awk -v a="$1" -v op="$2" -v b="$3" 'BEGIN { if (a == "n/a") { print "n/a"; exit }
         ok = (op == ">=") ? (a + 0 >= b) : (a + 0 <= b); print ok ? "met" : "NOT met" }'
@@ -222,7 +234,7 @@ mkdir -p "$BENCH_DIR/out"
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 TSV="$BENCH_DIR/out/traces-vs-$STAMP.tsv"
 TXT="$BENCH_DIR/out/traces-vs-$STAMP.txt"
-printf 'trace\tserver\trequests\tmemory_bytes\tdisk_bytes\trps\tp50_ms\tp99_ms\tcpu_us_per_req\thit_ratio\tupstream_requests\terrors\n' >"$TSV"
+printf 'trace\tserver\trequests\tmemory_bytes\tdisk_bytes\trps\tp50_ms\tp99_ms\tcpu_us_per_req\thit_ratio\tupstream_requests\terrors\theld_bytes\n' >"$TSV"
 FAILED=0
 fail() { echo "FAIL: $*" | tee -a "$TXT" >&2; FAILED=1; }
 out() { echo "$*" | tee -a "$TXT"; }
@@ -263,7 +275,7 @@ for trace in $TRACES; do
     out ""
     out "== $desc: $reqs requests, $dist distinct tiles, $(summary "$name" distinct_bytes) distinct bytes"
     out "   M = $MEM_PERCENT % = $mem bytes, D = $DISK_PERCENT % = $disk bytes (of $base's $distinct_bytes distinct bytes)"
-    out "$(printf '   %-10s %9s %8s %8s %10s %9s %9s %6s' server 'req/s' 'p50 ms' 'p99 ms' 'cpu us/req' 'hit ratio' upstream errors)"
+    out "$(printf '   %-10s %9s %8s %8s %10s %9s %9s %6s %9s' server 'req/s' 'p50 ms' 'p99 ms' 'cpu us/req' 'hit ratio' upstream errors 'held MB')"
     for server in $SERVERS; do
         case "$server" in
             tile-proxy) start_tile_proxy "$mem" "$disk" ;;
@@ -277,6 +289,7 @@ for trace in $TRACES; do
             --connections "$CONNECTIONS" >"$TMP/replay.out" 2>"$TMP/replay.err" || rc=$?
         c1="$(cpu_ticks "$SERVER_PID")"
         up1="$(upstream_total)"
+        held="$(cache_bytes "$server")"
         stop_pid "$SERVER_PID"
         [ "$rc" = 0 ] || { cat "$TMP/replay.err" >&2; die "bench-replay failed ($trace, $server, exit $rc)"; }
         n="$(r requests)" errs="$(r errors)" ok200="$(r status_200)" mism="$(r size_mismatch)"
@@ -284,9 +297,10 @@ for trace in $TRACES; do
         upstream=$((up1 - up0))
         cpu="$(awk -v t=$((c1 - c0)) -v k="$CLK_TCK" -v n="$n" 'BEGIN { printf "%.1f", t / k * 1e6 / n }')"
         RPS[$trace,$server]="$(r rps)" CPU[$trace,$server]="$cpu" UP[$trace,$server]="$upstream"
-        out "$(printf '   %-10s %9.0f %8.2f %8.2f %10s %9s %9d %6d' "$server" "$(r rps)" "$(r p50_ms)" "$(r p99_ms)" "$cpu" "$hit" "$upstream" "$errs")"
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$trace" "$server" "$n" "$mem" "$disk" "$(r rps)" \
-            "$(r p50_ms)" "$(r p99_ms)" "$cpu" "$hit" "$upstream" "$errs" >>"$TSV"
+        out "$(printf '   %-10s %9.0f %8.2f %8.2f %10s %9s %9d %6d %9s' "$server" "$(r rps)" "$(r p50_ms)" "$(r p99_ms)" "$cpu" "$hit" \
+            "$upstream" "$errs" "$(awk -v b="$held" 'BEGIN { if (b == "-") print "-"; else printf "%.1f", b / 1048576 }')")"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$trace" "$server" "$n" "$mem" "$disk" "$(r rps)" \
+            "$(r p50_ms)" "$(r p99_ms)" "$cpu" "$hit" "$upstream" "$errs" "$held" >>"$TSV"
         [ "$n" = "$reqs" ] || fail "$trace $server: $n requests replayed, trace has $reqs"
         if [ "$errs" != 0 ] || [ "${ok200:-0}" != "$n" ]; then
             fail "$trace $server: $errs errors, ${ok200:-0} of $n answered 200 ($(tr ' ' '\n' <"$TMP/replay.out" | grep '^status_' | tr '\n' ' '))"
