@@ -17,6 +17,8 @@
 #               plus file D - M (D in all; Varnish has no tiering: new objects go round-robin
 #               to the two), or file: one file storage of D (its memory: the page cache); TTL
 #               1 d for 200s, X-Cache HIT/MISS from obj.hits; no varnishncsa/varnishlog attached
+# After each server its files are removed and `sync` runs, so no server starts while the previous
+# one's dirty pages are being written back.
 # Per server and trace: req/s, p50/p99, server CPU us per request (/proc stat utime+stime of the
 # whole process tree: nginx master + workers + cache manager, varnishd manager + child), hit
 # ratio (X-Cache: HIT per answer), upstream requests (the test upstream's /__stats delta); then
@@ -291,6 +293,10 @@ for trace in $TRACES; do
         up1="$(upstream_total)"
         held="$(cache_bytes "$server")"
         stop_pid "$SERVER_PID"
+        # Its files go, and what is still dirty is written now: the next server does not pay for
+        # this one's writeback (kernel flusher threads are not pinned, they can run on SERVER_CPU).
+        rm -rf "$TMP/cache" "$TMP/nginx" "$TMP/varnish"
+        timeout 300 sync || log "sync did not finish within 300 s"
         [ "$rc" = 0 ] || { cat "$TMP/replay.err" >&2; die "bench-replay failed ($trace, $server, exit $rc)"; }
         n="$(r requests)" errs="$(r errors)" ok200="$(r status_200)" mism="$(r size_mismatch)"
         hit="$(awk -v h="$(r hits)" -v n="$n" 'BEGIN { printf "%.4f", h / n }')"
