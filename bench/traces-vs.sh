@@ -217,7 +217,8 @@ EOF
 cache_bytes() { # server
     case "$1" in
         tile-proxy) echo - ;; # its disk tier's files have size D from the start (no occupancy gauge)
-        nginx) du -sb "$TMP/nginx/cache" | cut -f1 ;;
+        # (its cache manager may delete a file while du walks the tree: du then fails, its total stands)
+        nginx) { du -sb "$TMP/nginx/cache" 2>/dev/null || true; } | tail -n1 | cut -f1 ;;
         varnish) { timeout 10 varnishstat -n "$TMP/varnish/work" -1 -f 'SMA.*.g_bytes' -f 'SMF.*.g_bytes' 2>/dev/null || true; } |
             awk '{ s += $2 } END { printf "%d\n", s }' ;;
     esac
