@@ -6,13 +6,14 @@
 # to SERVER_CPU; bench-replay (on LOAD_CPU) sends the trace in order, exactly once, over
 # CONNECTIONS keep-alive connections.
 #   M = MEM_PERCENT (5) % and D = DISK_PERCENT (50) % of the trace's distinct bytes (scan: of its
-#   zipf base, as in eviction.sh); M is at least 1 MiB and D at least
-#   16 MiB (varnishd's smallest malloc storage, tile-proxy's smallest disk tier).
+#   zipf base, as in eviction.sh); M is at least 1 MiB and D at least 16 MiB (varnishd's smallest
+#   malloc storage, tile-proxy's smallest disk tier: only the smoke's traces are that small).
 #   tile-proxy  default settings (memory_eviction s3fifo), memory tier M, disk tier D (temp dir),
 #               TILE_PROXY_WORKERS=1, access log off, client rate limit off
 #   nginx       Debian nginx, 1 worker, proxy_cache_path max_size=D (its memory is the OS page
 #               cache), proxy_cache_lock NGINX_CACHE_LOCK (on: one upstream fetch a tile; its
-#               waiters poll the cache every 500 ms), access_log off, X-Cache: $upstream_cache_status
+#               waiters poll the cache every 500 ms), access_log off,
+#               X-Cache: $upstream_cache_status
 #   varnish     Debian varnishd, 1 thread pool, VARNISH_STORAGE malloc+file (default): malloc M
 #               plus file D - M (D in all; Varnish has no tiering: new objects go round-robin
 #               to the two), or file: one file storage of D (its memory: the page cache); TTL
@@ -23,7 +24,8 @@
 # whole process tree: nginx master + workers + cache manager, varnishd manager + child), hit
 # ratio (X-Cache: HIT per answer), upstream requests (the test upstream's /__stats delta); then
 # `held MB` (what the server holds at the end: du of nginx's cache directory, varnishstat g_bytes
-# of Varnish's storages; - for tile-proxy, whose disk tier is D by construction); then tile-proxy / nginx and tile-proxy / varnish ratios and the targets (tile-proxy >= 1.2x nginx's
+# of Varnish's storages; - for tile-proxy, whose disk tier is D by construction); then the
+# tile-proxy / nginx and tile-proxy / varnish ratios and the targets (tile-proxy >= 1.2x nginx's
 # req/s and >= 1.0x Varnish's, upstream requests <= each of theirs).
 #
 # Usage: bench/traces-vs.sh [--smoke]
@@ -34,9 +36,9 @@
 # Env: REQUESTS (200000), DISTINCT (50000), ALPHA (1.0), SESSIONS (REQUESTS/100), SEED (1),
 #      TRACES ("zipf viewport scan"), SERVERS ("tile-proxy nginx varnish"), MEM_PERCENT (5),
 #      DISK_PERCENT (50), LATENCY_MS (0), NGINX_CACHE_LOCK (on), VARNISH_STORAGE (malloc+file),
-#      CONNECTIONS (64), WORKERS (1), SERVER_CPU / LOAD_CPU
-#      (0 / 1), BIN_DIR or TARGET_DIR / SKIP_BUILD (as eviction.sh), RUN_TIMEOUT (600 s a
-#      replay), KEEP_TMP=1. Results: bench/out/traces-vs-<UTC>.tsv and .txt.
+#      CONNECTIONS (64), WORKERS (1), SERVER_CPU / LOAD_CPU (0 / 1), BIN_DIR or TARGET_DIR /
+#      SKIP_BUILD (as eviction.sh), RUN_TIMEOUT (600 s a replay), KEEP_TMP=1.
+# Results: bench/out/traces-vs-<UTC>.tsv and .txt.
 set -euo pipefail
 BENCH_DIR="$(cd "$(dirname "$0")" && pwd)"
 REPO_ROOT="$(cd "$BENCH_DIR/.." && pwd)"
