@@ -71,17 +71,7 @@ for p in $PERCENTS; do [[ "$p" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "PERCENTS: '$p' 
 for tool in python3 curl taskset timeout; do command -v "$tool" >/dev/null || die "$tool not found"; done
 
 # ---- binaries ----
-if [ -z "${BIN_DIR:-}" ]; then
-    BIN_DIR="$TARGET_DIR/$PROFILE"
-    if [ "$SKIP_BUILD" != 1 ]; then
-        flags=(--locked --bins -p tile-proxy -p test-upstream -p bench-replay)
-        [ "$PROFILE" = release ] && flags=(--release "${flags[@]}")
-        log "cargo build ${flags[*]} (target dir $TARGET_DIR)"
-        (cd "$REPO_ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build "${flags[@]}")
-    fi
-fi
-PROXY_BIN="$BIN_DIR/tile-proxy" UPSTREAM_BIN="$BIN_DIR/test-upstream" REPLAY_BIN="$BIN_DIR/bench-replay"
-for b in "$PROXY_BIN" "$UPSTREAM_BIN" "$REPLAY_BIN"; do [ -x "$b" ] || die "$b not found (build it, or set BIN_DIR)"; done
+replay_binaries
 
 bench_tmp
 # shellcheck disable=SC2034 # read by cleanup (lib.sh)
@@ -89,21 +79,6 @@ LOG_FILES=(upstream.log proxy.log replay.err)
 T_START=$(date +%s)
 
 # ---- traces and the offline optimum ----
-# make_trace NAME [scan-bytes]: writes $TMP/NAME.trace; its summary (key=value) to $TMP/NAME.summary.
-make_trace() {
-    local name="$1" args=()
-    case "$name" in
-        zipf) args=(zipf --alpha "$ALPHA" --distinct "$DISTINCT" --requests "$REQUESTS") ;;
-        viewport) args=(viewport --sessions "$SESSIONS" --requests "$REQUESTS") ;;
-        scan-*) args=(scan --base zipf --alpha "$ALPHA" --distinct "$DISTINCT" --requests "$REQUESTS" --scan-bytes "$2") ;;
-    esac
-    timeout 600 python3 "$BENCH_DIR/trace.py" "${args[@]}" --seed "$SEED" --out "$TMP/$name.trace" \
-        2>"$TMP/$name.summary" || { cat "$TMP/$name.summary" >&2; die "trace.py $name failed"; }
-    grep -q '^requests=' "$TMP/$name.summary" || die "trace.py $name printed no summary"
-}
-summary() { # name key
-    tr ' ' '\n' <"$TMP/$1.summary" | sed -n "s/^$2=//p" | head -n1
-}
 # belady NAME CAPACITY -> "belady lru belady_hot lru_hot" (request hit ratios; hot: non-scan)
 belady() {
     timeout 900 python3 "$BENCH_DIR/belady.py" --trace "$TMP/$1.trace" --capacity-bytes "$2" --json >"$TMP/$1-$2.belady" ||
@@ -119,34 +94,6 @@ PY
 }
 
 # ---- processes ----
-stop_pid() { # pid: TERM, KILL after 15 s; drops it from PIDS
-    local pid="$1" _ left=() p
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || left+=("$p"); done
-    PIDS=("${left[@]}")
-}
-
-start_proxy() { # policy memory-bytes
-    local port
-    port="$(free_port "$UPSTREAM_PORT")"
-    PROXY_URL="http://127.0.0.1:$port"
-    rm -rf "$TMP/cache"
-    mkdir -p "$TMP/cache"
-    env -i PATH="$PATH" HOME="$TMP" RUST_LOG=warn HERE_API_KEY="$KEY" \
-        TILE_PROXY_LISTEN="127.0.0.1:$port" \
-        TILE_PROXY_RASTER_UPSTREAM="$UPSTREAM_URL" TILE_PROXY_VECTOR_UPSTREAM="$UPSTREAM_URL" \
-        TILE_PROXY_CACHE_DIR="$TMP/cache" \
-        TILE_PROXY_MEMORY_CACHE="$2" TILE_PROXY_MEMORY_EVICTION="$1" TILE_PROXY_DISK_CACHE=0 \
-        TILE_PROXY_ACCESS_LOG=false TILE_PROXY_DEFAULTS__RATE_LIMIT=0 TILE_PROXY_WORKERS="$WORKERS" \
-        taskset -c "$SERVER_CPU" "$PROXY_BIN" >"$TMP/proxy.log" 2>&1 &
-    PROXY_PID=$!
-    PIDS+=("$PROXY_PID")
-    wait_ready "tile-proxy ($1)" "$PROXY_PID" "$PROXY_URL/ready"
-}
-
 # A key of the last bench-replay output line (key=value pairs).
 r() { tr ' ' '\n' <"$TMP/replay.out" | sed -n "s/^$1=//p" | head -n1; }
 
@@ -196,7 +143,7 @@ for trace in $TRACES; do
         out "$(printf '   %-8s %9s %8s %8s %8s %8s %8s %8s %8s %10s %9s %6s' policy 'mem hit' 'x belady' 'no fetch' 'sim LRU' 'hot-set' \
             'req/s' 'p50 ms' 'p99 ms' 'cpu us/req' upstream errors)"
         for policy in $POLICIES; do
-            start_proxy "$policy" "$cap"
+            start_replay_proxy "$policy" "$cap" 0
             up0="$(upstream_total)"
             c0="$(cpu_ticks "$PROXY_PID")"
             rc=0

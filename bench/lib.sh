@@ -323,6 +323,74 @@ metric_sum() { # file metric [filter]
         n == m && (f == "" || index($1, f)) { s += $NF } END { printf "%d\n", s }' "$1"
 }
 
+# ---- traces and replay (bench/eviction.sh, bench/traces-vs.sh) ---------------------------------
+# replay_binaries: PROXY_BIN, UPSTREAM_BIN, REPLAY_BIN (bench-replay) from BIN_DIR when set (nothing
+# is built), else from TARGET_DIR/PROFILE (release or debug) after a cargo build --locked of the
+# three unless SKIP_BUILD=1.
+replay_binaries() {
+    if [ -z "${BIN_DIR:-}" ]; then
+        BIN_DIR="$TARGET_DIR/$PROFILE"
+        if [ "$SKIP_BUILD" != 1 ]; then
+            local flags=(--locked --bins -p tile-proxy -p test-upstream -p bench-replay)
+            [ "$PROFILE" = release ] && flags=(--release "${flags[@]}")
+            log "cargo build ${flags[*]} (target dir $TARGET_DIR)"
+            (cd "$REPO_ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build "${flags[@]}")
+        fi
+    fi
+    PROXY_BIN="$BIN_DIR/tile-proxy" UPSTREAM_BIN="$BIN_DIR/test-upstream" REPLAY_BIN="$BIN_DIR/bench-replay"
+    local b
+    for b in "$PROXY_BIN" "$UPSTREAM_BIN" "$REPLAY_BIN"; do [ -x "$b" ] || die "$b not found (build it, or set BIN_DIR)"; done
+}
+
+# make_trace NAME [scan-bytes] (NAME zipf, viewport or scan-*; reads ALPHA, DISTINCT, REQUESTS,
+# SESSIONS, SEED, TMP): writes $TMP/NAME.trace; its summary (key=value) to $TMP/NAME.summary.
+make_trace() {
+    local name="$1" args=()
+    case "$name" in
+        zipf) args=(zipf --alpha "$ALPHA" --distinct "$DISTINCT" --requests "$REQUESTS") ;;
+        viewport) args=(viewport --sessions "$SESSIONS" --requests "$REQUESTS") ;;
+        scan-*) args=(scan --base zipf --alpha "$ALPHA" --distinct "$DISTINCT" --requests "$REQUESTS" --scan-bytes "$2") ;;
+    esac
+    timeout 600 python3 "$BENCH_DIR/trace.py" "${args[@]}" --seed "$SEED" --out "$TMP/$name.trace" \
+        2>"$TMP/$name.summary" || { cat "$TMP/$name.summary" >&2; die "trace.py $name failed"; }
+    grep -q '^requests=' "$TMP/$name.summary" || die "trace.py $name printed no summary"
+}
+summary() { # name key
+    tr ' ' '\n' <"$TMP/$1.summary" | sed -n "s/^$2=//p" | head -n1
+}
+# stop_pid PID: TERM, KILL after 15 s; drops it from PIDS.
+stop_pid() {
+    local pid="$1" _ left=() p
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || left+=("$p"); done
+    PIDS=("${left[@]}")
+}
+
+# start_replay_proxy: a fresh tile-proxy (empty cache dir $TMP/cache) on a free port, pinned to
+# SERVER_CPU, in front of UPSTREAM_URL: memory tier of that policy and size, disk tier of
+# disk-bytes (0: off), TILE_PROXY_WORKERS=WORKERS, access log off, client rate limit off,
+# RUST_LOG=warn. Sets PROXY_URL and PROXY_PID (added to PIDS).
+start_replay_proxy() { # policy memory-bytes disk-bytes
+    local port
+    port="$(free_port "$UPSTREAM_PORT")"
+    PROXY_URL="http://127.0.0.1:$port"
+    rm -rf "$TMP/cache"
+    mkdir -p "$TMP/cache"
+    env -i PATH="$PATH" HOME="$TMP" RUST_LOG=warn HERE_API_KEY="$KEY" \
+        TILE_PROXY_LISTEN="127.0.0.1:$port" \
+        TILE_PROXY_RASTER_UPSTREAM="$UPSTREAM_URL" TILE_PROXY_VECTOR_UPSTREAM="$UPSTREAM_URL" \
+        TILE_PROXY_CACHE_DIR="$TMP/cache" \
+        TILE_PROXY_MEMORY_CACHE="$2" TILE_PROXY_MEMORY_EVICTION="$1" TILE_PROXY_DISK_CACHE="$3" \
+        TILE_PROXY_ACCESS_LOG=false TILE_PROXY_DEFAULTS__RATE_LIMIT=0 TILE_PROXY_WORKERS="$WORKERS" \
+        taskset -c "$SERVER_CPU" "$PROXY_BIN" >"$TMP/proxy.log" 2>&1 &
+    PROXY_PID=$!
+    PIDS+=("$PROXY_PID")
+    wait_ready "tile-proxy ($1)" "$PROXY_PID" "$PROXY_URL/ready"
+}
+
 # ---- numbers ---------------------------------------------------------------------------------
 median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END {
     if (NR % 2) printf "%.3f", a[(NR + 1) / 2]; else printf "%.3f", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }

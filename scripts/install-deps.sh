@@ -2,7 +2,8 @@
 # Installs what the test suite needs on a fresh machine: the Rust components used by the checks,
 # and the programs the integration tests start themselves (redis-server on private ports,
 # openssl for the TLS tests' certificates, Debian's nginx as the TLS and HTTP/2 upstream of
-# tests/http2.rs). The deployment checks install their own tools (scripts/check-deploy.sh).
+# tests/http2.rs, Debian's varnish for bench/traces-vs.sh --smoke). The deployment checks install
+# their own tools (scripts/check-deploy.sh).
 set -euo pipefail
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install Rust stable (https://rustup.rs) first" >&2
@@ -25,6 +26,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 [ -x /usr/sbin/nginx ] || missing+=(nginx)
 # bench/fleet.sh --smoke renders the nginx template with envsubst, as the official image does.
 command -v envsubst >/dev/null 2>&1 || missing+=(gettext-base)
+# bench/traces-vs.sh --smoke puts Varnish (Debian's varnishd) next to tile-proxy and nginx.
+[ -x /usr/sbin/varnishd ] || command -v varnishd >/dev/null 2>&1 || missing+=(varnish)
 if [ "${#missing[@]}" -gt 0 ]; then
   sudo=()
   [ "$(id -u)" -eq 0 ] || sudo=(sudo)
@@ -34,7 +37,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
   fi
   # The tests start their own servers; a packaged one left running is not needed.
-  for service in redis-server nginx; do
+  for service in redis-server nginx varnish; do
     if [[ " ${missing[*]} " == *" $service "* ]] && command -v systemctl >/dev/null 2>&1; then
       "${sudo[@]}" systemctl disable --now "$service" >/dev/null 2>&1 || true
     fi

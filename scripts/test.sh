@@ -3,7 +3,8 @@
 # Formatting, lints, every unit and integration test of both crates, the map page in headless
 # Chromium (scripts/check-browser.sh), then the deployment checks (scripts/check-deploy.sh) and the
 # short fleet simulation (bench/fleet.sh --smoke), the eviction traces' check (bench/trace-check.sh) and
-# the eviction policies' smoke matrix (bench/eviction.sh --smoke).
+# the eviction policies' smoke matrix (bench/eviction.sh --smoke) and the side-by-side smoke
+# (bench/traces-vs.sh --smoke: tile-proxy, nginx, Varnish on the same traces).
 # The integration tests start their own servers on 127.0.0.1 (the proxy, the HERE-like test
 # upstream, private redis-server instances) and use temporary folders.
 #
@@ -51,6 +52,8 @@ step "fleet simulation (smoke)" bench/fleet.sh --smoke
 step "traces and Belady (smoke)" bench/trace-check.sh
 # Memory-tier eviction policies replayed through tile-proxy (#23): plumbing, and no hit ratio above Belady's.
 step "eviction policies (smoke)" bench/eviction.sh --smoke
+# tile-proxy, nginx proxy_cache and Varnish on the same traces (#23): every answer 200 with the trace's size.
+step "side by side on traces (smoke)" bench/traces-vs.sh --smoke
 
 if [ "${#failed_steps[@]}" -gt 0 ]; then
     echo "failed steps: $(printf '%s; ' "${failed_steps[@]}" | sed 's/; $//')"
