@@ -26,15 +26,17 @@ WORKDIR /src
 # Stub targets stand in for the real ones so that cargo builds only the dependencies.
 COPY Cargo.toml Cargo.lock ./
 COPY test-upstream/Cargo.toml test-upstream/
-# The benchmark's bare actix server is a workspace member too: cargo needs its manifest (it is
-# not built here).
+# The benchmarks' bare actix server and trace replayer are workspace members too: cargo needs
+# their manifests (they are not built here).
 COPY bench/ceiling/Cargo.toml bench/ceiling/
-RUN mkdir -p src test-upstream/src bench/ceiling/src \
+COPY bench/replay/Cargo.toml bench/replay/
+RUN mkdir -p src test-upstream/src bench/ceiling/src bench/replay/src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
     && echo 'fn main() {}' > test-upstream/src/main.rs \
     && touch test-upstream/src/lib.rs \
     && echo 'fn main() {}' > bench/ceiling/src/main.rs \
+    && echo 'fn main() {}' > bench/replay/src/main.rs \
     && cargo build --release --locked --bins -p tile-proxy -p test-upstream
 
 # The real sources, touched so that cargo sees them as newer than the stub builds.
@@ -42,6 +44,7 @@ COPY src src
 COPY assets assets
 COPY test-upstream/src test-upstream/src
 COPY bench/ceiling/src bench/ceiling/src
+COPY bench/replay/src bench/replay/src
 RUN find src test-upstream/src -name '*.rs' -exec touch {} + \
     && cargo build --release --locked --bins -p tile-proxy -p test-upstream \
     && mkdir -p /out/var-cache/tile-proxy \
