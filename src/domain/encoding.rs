@@ -86,6 +86,10 @@ impl Representation {
 /// The media type of a `Content-Type` value (parameters and case ignored) is one of ours to
 /// compress for tiles: a vector tile or JSON. Raster images never are.
 pub fn is_tile_compressible(content_type: &[u8]) -> bool {
+    // Asked on every hit: a raster tile's `image/...` is turned away by its first byte.
+    if !content_type.first().is_some_and(|b| b.eq_ignore_ascii_case(&b'a') || b.is_ascii_whitespace()) {
+        return false;
+    }
     let mt = media_type(content_type);
     mt.eq_ignore_ascii_case(b"application/x-protobuf")
         || mt.eq_ignore_ascii_case(b"application/vnd.mapbox-vector-tile")
@@ -328,6 +332,7 @@ pub(crate) mod tests {
             "application/json; charset=utf-8",
             "Application/JSON",
             "application/geo+json",
+            " application/json",
         ] {
             assert!(is_tile_compressible(ct.as_bytes()), "{ct}");
         }
