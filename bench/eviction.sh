@@ -94,20 +94,11 @@ PY
 }
 
 # ---- processes ----
-# A key of the last bench-replay output line (key=value pairs).
-r() { tr ' ' '\n' <"$TMP/replay.out" | sed -n "s/^$1=//p" | head -n1; }
 
 # ---- the matrix ----
-mkdir -p "$BENCH_DIR/out"
-STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
-TSV="$BENCH_DIR/out/eviction-$STAMP.tsv"
-TXT="$BENCH_DIR/out/eviction-$STAMP.txt"
-printf 'trace\tpercent\tcapacity_bytes\tpolicy\trequests\tmemory_hit_ratio\tno_fetch_ratio\thot_hit_ratio\tbelady\tbelady_hot\tlru_sim\tlru_sim_hot\trps\tp50_ms\tp99_ms\tcpu_us_per_req\tupstream_requests\terrors\tmetric_memory_hits\n' >"$TSV"
-FAILED=0
-fail() { echo "FAIL: $*" | tee -a "$TXT" >&2; FAILED=1; }
-out() { echo "$*" | tee -a "$TXT"; }
+results_open eviction $'trace\tpercent\tcapacity_bytes\tpolicy\trequests\tmemory_hit_ratio\tno_fetch_ratio\thot_hit_ratio\tbelady\tbelady_hot\tlru_sim\tlru_sim_hot\trps\tp50_ms\tp99_ms\tcpu_us_per_req\tupstream_requests\terrors\tmetric_memory_hits'
 
-out "bench/eviction.sh$([ "$SMOKE" = 1 ] && echo ' --smoke'): $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+out "bench/eviction.sh$([ "$SMOKE" = 1 ] && echo ' --smoke'): $(machine)"
 out "tile-proxy: $PROXY_BIN, $WORKERS worker(s) on core $SERVER_CPU, disk tier off (disk_cache=0), access log off, rate limit off;"
 out "bench-replay + test-upstream on core $LOAD_CPU, $CONNECTIONS keep-alive connections, trace in order, each line once; seed $SEED"
 

@@ -457,3 +457,24 @@ bench_args() {
     [ "$WARMUP" -le 60 ] || die "WARMUP must be 0..60"
     [ "$CONNECTIONS" -ge "$THREADS" ] && [ "$THREADS" -ge 1 ] || die "need 1 <= THREADS <= CONNECTIONS"
 }
+
+# ---- trace-replay results (bench/eviction.sh, bench/traces-vs.sh) ------------------------------
+# A key of the last bench-replay output line ($TMP/replay.out: key=value pairs).
+r() { tr ' ' '\n' <"$TMP/replay.out" | sed -n "s/^$1=//p" | head -n1; }
+
+# results_open NAME HEADER: bench/out/NAME-<UTC>.tsv (with HEADER, tab-separated) and .txt as
+# TSV and TXT; FAILED=0. Then `out LINE` prints and keeps a line, `fail LINE` one that fails the run.
+results_open() { # name header
+    mkdir -p "$BENCH_DIR/out"
+    local stamp
+    stamp="$(date -u +%Y%m%dT%H%M%SZ)"
+    TSV="$BENCH_DIR/out/$1-$stamp.tsv"
+    TXT="$BENCH_DIR/out/$1-$stamp.txt"
+    printf '%s\n' "$2" >"$TSV"
+    FAILED=0
+}
+fail() { echo "FAIL: $*" | tee -a "$TXT" >&2; FAILED=1; }
+out() { echo "$*" | tee -a "$TXT"; }
+
+# The machine as a results line: cores, CPU model, load average.
+machine() { echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')), load average $(cut -d' ' -f1-3 /proc/loadavg)"; }

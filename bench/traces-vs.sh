@@ -231,20 +231,11 @@ met() { # value op bound -> met / NOT met
         ok = (op == ">=") ? (a + 0 >= b) : (a + 0 <= b); print ok ? "met" : "NOT met" }'
 }
 
-# A key of the last bench-replay output line (key=value pairs).
-r() { tr ' ' '\n' <"$TMP/replay.out" | sed -n "s/^$1=//p" | head -n1; }
 
 # ---- the runs ----
-mkdir -p "$BENCH_DIR/out"
-STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
-TSV="$BENCH_DIR/out/traces-vs-$STAMP.tsv"
-TXT="$BENCH_DIR/out/traces-vs-$STAMP.txt"
-printf 'trace\tserver\trequests\tmemory_bytes\tdisk_bytes\trps\tp50_ms\tp99_ms\tcpu_us_per_req\thit_ratio\tupstream_requests\terrors\theld_bytes\n' >"$TSV"
-FAILED=0
-fail() { echo "FAIL: $*" | tee -a "$TXT" >&2; FAILED=1; }
-out() { echo "$*" | tee -a "$TXT"; }
+results_open traces-vs $'trace\tserver\trequests\tmemory_bytes\tdisk_bytes\trps\tp50_ms\tp99_ms\tcpu_us_per_req\thit_ratio\tupstream_requests\terrors\theld_bytes'
 
-out "bench/traces-vs.sh$([ "$SMOKE" = 1 ] && echo ' --smoke (plumbing only, numbers meaningless)'): $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+out "bench/traces-vs.sh$([ "$SMOKE" = 1 ] && echo ' --smoke (plumbing only, numbers meaningless)'): $(machine)"
 out "servers on core $SERVER_CPU, bench-replay + test-upstream (latency $LATENCY_MS ms) on core $LOAD_CPU; $CONNECTIONS connections, trace in order, each line once; seed $SEED"
 out "tile-proxy $PROXY_BIN (memory_eviction s3fifo, $WORKERS worker(s), disk tier on)${NGINX_VERSION:+; $NGINX_VERSION}${VARNISH_VERSION:+; $VARNISH_VERSION ($VARNISH_STORAGE storage)}"
 
