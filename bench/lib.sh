@@ -373,8 +373,12 @@ stop_pid() {
 # SERVER_CPU, in front of UPSTREAM_URL: memory tier of that policy and size, disk tier of
 # disk-bytes (0: off), TILE_PROXY_WORKERS=WORKERS, access log off, client rate limit off,
 # RUST_LOG=warn. Sets PROXY_URL and PROXY_PID (added to PIDS).
+# PROXY_ENV: more of tile-proxy's environment, space-separated NAME=value words (a setting to
+# compare, e.g. PROXY_ENV="TILE_PROXY_DISK_ADMISSION=repeat").
 start_replay_proxy() { # policy memory-bytes disk-bytes
-    local port
+    local port extra=()
+    read -ra extra <<<"${PROXY_ENV:-}"
+    for kv in "${extra[@]}"; do [[ "$kv" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "PROXY_ENV: '$kv' is not NAME=value"; done
     port="$(free_port "$UPSTREAM_PORT")"
     PROXY_URL="http://127.0.0.1:$port"
     rm -rf "$TMP/cache"
@@ -385,7 +389,7 @@ start_replay_proxy() { # policy memory-bytes disk-bytes
         TILE_PROXY_CACHE_DIR="$TMP/cache" \
         TILE_PROXY_MEMORY_CACHE="$2" TILE_PROXY_MEMORY_EVICTION="$1" TILE_PROXY_DISK_CACHE="$3" \
         TILE_PROXY_ACCESS_LOG=false TILE_PROXY_DEFAULTS__RATE_LIMIT=0 TILE_PROXY_WORKERS="$WORKERS" \
-        taskset -c "$SERVER_CPU" "$PROXY_BIN" >"$TMP/proxy.log" 2>&1 &
+        "${extra[@]}" taskset -c "$SERVER_CPU" "$PROXY_BIN" >"$TMP/proxy.log" 2>&1 &
     PROXY_PID=$!
     PIDS+=("$PROXY_PID")
     wait_ready "tile-proxy ($1)" "$PROXY_PID" "$PROXY_URL/ready"

@@ -18,7 +18,7 @@
 //! whose length differs from the trace's size column), `memory_hits` (X-Cache: HIT with
 //! X-Cache-Tier: memory), `memory_hit_ratio` (memory_hits / requests), `hits` (any X-Cache: HIT),
 //! `hot_requests`, `hot_memory_hits`, `hot_memory_hit_ratio` (the same over lines without the
-//! `scan` column), then `status_<code>`, `xcache_<value>` and `tier_<value>` counts (`-` when the
+//! `scan` column), `hot_hits`, `hot_hit_ratio` (any X-Cache: HIT among those lines), then `status_<code>`, `xcache_<value>` and `tier_<value>` counts (`-` when the
 //! header was absent).
 //!
 //! One thread (a current-thread tokio runtime): pin it with taskset.
@@ -262,6 +262,7 @@ struct Tally {
     memory_hits: u64,
     hot_requests: u64,
     hot_memory_hits: u64,
+    hot_hits: u64,
     status: BTreeMap<String, u64>,
     x_cache: BTreeMap<String, u64>,
     tier: BTreeMap<String, u64>,
@@ -317,6 +318,9 @@ async fn worker(
                 *t.tier.entry(a.tier.clone()).or_default() += 1;
                 if a.x_cache == "HIT" {
                     t.hits += 1;
+                    if !line.scan {
+                        t.hot_hits += 1;
+                    }
                     if a.tier == "memory" {
                         t.memory_hits += 1;
                         if !line.scan {
@@ -394,7 +398,7 @@ fn main() {
     let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     let mut out = format!(
         "requests={n} seconds={secs:.3} rps={:.1} p50_ms={:.3} p99_ms={:.3} max_ms={:.3} errors={} size_mismatch={} \
-         hits={} memory_hits={} memory_hit_ratio={:.4} hot_requests={} hot_memory_hits={} hot_memory_hit_ratio={:.4}",
+         hits={} memory_hits={} memory_hit_ratio={:.4} hot_requests={} hot_memory_hits={} hot_memory_hit_ratio={:.4} hot_hits={} hot_hit_ratio={:.4}",
         n as f64 / secs.max(1e-9),
         percentile(&t.latencies_us, 50.0),
         percentile(&t.latencies_us, 99.0),
@@ -407,6 +411,8 @@ fn main() {
         t.hot_requests,
         t.hot_memory_hits,
         ratio(t.hot_memory_hits, t.hot_requests),
+        t.hot_hits,
+        ratio(t.hot_hits, t.hot_requests),
     );
     for (prefix, map) in [("status", &t.status), ("xcache", &t.x_cache), ("tier", &t.tier)] {
         for (k, v) in map {
