@@ -13,18 +13,30 @@
 #   nginx       Debian nginx, 1 worker, proxy_cache_path max_size=D (its memory is the OS page
 #               cache), proxy_cache_lock NGINX_CACHE_LOCK (on: one upstream fetch a tile; its
 #               waiters poll the cache every 500 ms), access_log off,
-#               X-Cache: $upstream_cache_status
+#               X-Cache: $upstream_cache_status; NGINX_MANAGER strict (default): its cache
+#               manager may delete as fast as it likes once it runs (manager_files=10000
+#               manager_sleep=10ms manager_threshold=1000ms); lazy: nginx's own defaults (100
+#               files an iteration, 50 ms sleeps). In both, nginx 1.22 held 1.5-2x D at the end
+#               of these 5-30 s replays (its manager looks at the size every 10 s at most, and
+#               often deleted nothing), so:
+#   MATCH_NGINX (1) when nginx held more than D (the median over the runs of its largest size
+#               in each), tile-proxy replays the trace once more with a disk tier of that size
+#               (row "tp@nginx"): the upstream requests of both at the same bytes held
 #   varnish     Debian varnishd, 1 thread pool, VARNISH_STORAGE malloc+file (default): malloc M
 #               plus file D - M (D in all; Varnish has no tiering: new objects go round-robin
 #               to the two), or file: one file storage of D (its memory: the page cache); TTL
 #               1 d for 200s, X-Cache HIT/MISS from obj.hits; no varnishncsa/varnishlog attached
 # After each server its files are removed and `sync` runs, so no server starts while the previous
 # one's dirty pages are being written back.
+# RUNS (1) replays per trace and server, the servers taking turns (run 1: tile-proxy, nginx,
+# varnish; run 2 starts with nginx, ...); with RUNS > 1 every run's row is printed, then the
+# medians, and the ratios and targets are of the medians.
 # Per server and trace: req/s, p50/p99, server CPU us per request (/proc stat utime+stime of the
 # whole process tree: nginx master + workers + cache manager, varnishd manager + child), hit
 # ratio (X-Cache: HIT per answer), upstream requests (the test upstream's /__stats delta); then
-# `held MB` (what the server holds at the end: du of nginx's cache directory, varnishstat g_bytes
-# of Varnish's storages; - for tile-proxy, whose disk tier is D by construction); then the
+# `held MB` (what the server held: nginx, the largest du of its cache directory, sampled every
+# second during the replay and at its end; Varnish, its storages' varnishstat g_bytes at the end;
+# - for tile-proxy, whose disk tier is D by construction); then the
 # tile-proxy / nginx and tile-proxy / varnish ratios and the targets (tile-proxy >= 1.2x nginx's
 # req/s and >= 1.0x Varnish's, upstream requests <= each of theirs).
 #
@@ -35,7 +47,8 @@
 #            message when varnishd is not installed (or VARNISHD is set empty).
 # Env: REQUESTS (200000), DISTINCT (50000), ALPHA (1.0), SESSIONS (REQUESTS/100), SEED (1),
 #      TRACES ("zipf viewport scan"), SERVERS ("tile-proxy nginx varnish"), MEM_PERCENT (5),
-#      DISK_PERCENT (50), LATENCY_MS (0), NGINX_CACHE_LOCK (on), VARNISH_STORAGE (malloc+file),
+#      DISK_PERCENT (50), LATENCY_MS (0), NGINX_CACHE_LOCK (on), NGINX_MANAGER (strict),
+#      VARNISH_STORAGE (malloc+file), RUNS (1), MATCH_NGINX (1),
 #      CONNECTIONS (64), WORKERS (1), SERVER_CPU / LOAD_CPU (0 / 1), BIN_DIR or TARGET_DIR /
 #      SKIP_BUILD (as eviction.sh), RUN_TIMEOUT (600 s a replay), KEEP_TMP=1.
 # Results: bench/out/traces-vs-<UTC>.tsv and .txt.
@@ -62,12 +75,15 @@ MEM_PERCENT="${MEM_PERCENT:-5}"
 DISK_PERCENT="${DISK_PERCENT:-50}"
 LATENCY_MS="${LATENCY_MS:-0}"
 NGINX_CACHE_LOCK="${NGINX_CACHE_LOCK:-on}"
+NGINX_MANAGER="${NGINX_MANAGER:-strict}"
+RUNS="${RUNS:-1}"
+MATCH_NGINX="${MATCH_NGINX:-1}"
 VARNISH_STORAGE="${VARNISH_STORAGE:-malloc+file}"
 CONNECTIONS="${CONNECTIONS:-64}"
 WORKERS="${WORKERS:-1}"
 RUN_TIMEOUT="${RUN_TIMEOUT:-600}"
 PROFILE="${PROFILE:-release}"
-for v in REQUESTS DISTINCT SESSIONS SEED LATENCY_MS CONNECTIONS WORKERS RUN_TIMEOUT SERVER_CPU LOAD_CPU; do
+for v in REQUESTS DISTINCT SESSIONS SEED LATENCY_MS RUNS CONNECTIONS WORKERS RUN_TIMEOUT SERVER_CPU LOAD_CPU; do
     [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
 done
 for v in MEM_PERCENT DISK_PERCENT; do [[ "${!v}" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "$v: '${!v}' is not a number"; done
@@ -78,6 +94,13 @@ for t in $TRACES; do
 done
 case "$VARNISH_STORAGE" in malloc+file | file) ;; *) die "VARNISH_STORAGE must be malloc+file or file" ;; esac
 case "$NGINX_CACHE_LOCK" in on | off) ;; *) die "NGINX_CACHE_LOCK must be on or off" ;; esac
+case "$MATCH_NGINX" in 0 | 1) ;; *) die "MATCH_NGINX must be 0 or 1" ;; esac
+case "$NGINX_MANAGER" in
+    strict) NGINX_MANAGER_PARAMS="manager_files=10000 manager_sleep=10ms manager_threshold=1000ms" ;;
+    lazy) NGINX_MANAGER_PARAMS="" ;;
+    *) die "NGINX_MANAGER must be strict or lazy" ;;
+esac
+if [ "$RUNS" -lt 1 ] || [ "$RUNS" -gt 20 ]; then die "RUNS must be 1..20"; fi
 for s in $SERVERS; do
     case "$s" in tile-proxy | nginx | varnish) ;; *) die "unknown server '$s' (tile-proxy, nginx, varnish)" ;; esac
 done
@@ -134,7 +157,7 @@ http {
     uwsgi_temp_path $dir/tmp/uwsgi;
     scgi_temp_path $dir/tmp/scgi;
     # 1 MiB of keys_zone holds ~8,000 keys: 64m for ~500,000 tiles.
-    proxy_cache_path $dir/cache levels=1:2 keys_zone=tiles:64m max_size=$1 inactive=1d use_temp_path=off;
+    proxy_cache_path $dir/cache levels=1:2 keys_zone=tiles:64m max_size=$1 inactive=1d use_temp_path=off $NGINX_MANAGER_PARAMS;
     upstream tiles_upstream {
         server 127.0.0.1:$UPSTREAM_PORT;
         keepalive 32;
@@ -233,13 +256,74 @@ met() { # value op bound -> met / NOT met
 
 
 # ---- the runs ----
-results_open traces-vs $'trace\tserver\trequests\tmemory_bytes\tdisk_bytes\trps\tp50_ms\tp99_ms\tcpu_us_per_req\thit_ratio\tupstream_requests\terrors\theld_bytes'
+results_open traces-vs $'trace\trun\tserver\trequests\tmemory_bytes\tdisk_bytes\trps\tp50_ms\tp99_ms\tcpu_us_per_req\thit_ratio\thot_hit_ratio\tupstream_requests\terrors\theld_bytes'
 
 out "bench/traces-vs.sh$([ "$SMOKE" = 1 ] && echo ' --smoke (plumbing only, numbers meaningless)'): $(machine)"
 out "servers on core $SERVER_CPU, bench-replay + test-upstream (latency $LATENCY_MS ms) on core $LOAD_CPU; $CONNECTIONS connections, trace in order, each line once; seed $SEED"
 out "tile-proxy $PROXY_BIN (memory_eviction s3fifo, $WORKERS worker(s), disk tier on)${NGINX_VERSION:+; $NGINX_VERSION}${VARNISH_VERSION:+; $VARNISH_VERSION ($VARNISH_STORAGE storage)}"
 
-declare -A RPS CPU UP
+# One replay of the trace through one server, started fresh: prints its row, appends it to the
+# TSV, checks it; sets rps p50 p99 cpu hit hot upstream held held_mb for the caller.
+replay_server() { # server run-label disk-bytes [row-label]
+    local server="$1" label="${4:-$1}"
+    case "$server" in
+        tile-proxy) start_tile_proxy "$mem" "$3" ;;
+        nginx) start_nginx_cache "$disk" ;;
+        varnish) start_varnish "$mem" "$disk" ;;
+    esac
+    up0="$(upstream_total)"
+    c0="$(cpu_ticks "$SERVER_PID")"
+    rc=0
+    # nginx's cache grows past max_size and is trimmed later: its size is sampled every second
+    # during the replay (du, on LOAD_CPU), and the largest sample is what it held.
+    local sampler="" peak_file="$TMP/peak_bytes"
+    echo 0 >"$peak_file"
+    if [ "$server" = nginx ]; then
+        (
+            peak=0
+            while :; do
+                b="$(cache_bytes nginx)"
+                [ "${b:-0}" -le "$peak" ] || { peak="$b"; echo "$peak" >"$peak_file"; }
+                sleep 1
+            done
+        ) &
+        sampler=$!
+        taskset -pc "$LOAD_CPU" "$sampler" >/dev/null
+    fi
+    timeout "$RUN_TIMEOUT" taskset -c "$LOAD_CPU" "$REPLAY_BIN" --url "$SERVER_URL" --trace "$TMP/$name.trace" \
+        --connections "$CONNECTIONS" >"$TMP/replay.out" 2>"$TMP/replay.err" || rc=$?
+    c1="$(cpu_ticks "$SERVER_PID")"
+    up1="$(upstream_total)"
+    [ -z "$sampler" ] || { kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true; }
+    held="$(cache_bytes "$server")"
+    [ "$server" != nginx ] || held="$(awk -v a="$held" -v b="$(cat "$peak_file")" 'BEGIN { printf "%d", (b + 0 > a + 0) ? b : a }')"
+    stop_pid "$SERVER_PID"
+    # Its files go, and what is still dirty is written now: the next server does not pay for
+    # this one's writeback (kernel flusher threads are not pinned, they can run on SERVER_CPU).
+    rm -rf "$TMP/cache" "$TMP/nginx" "$TMP/varnish"
+    timeout 300 sync || log "sync did not finish within 300 s"
+    [ "$rc" = 0 ] || { cat "$TMP/replay.err" >&2; die "bench-replay failed ($trace, $server, exit $rc)"; }
+    n="$(r requests)" errs="$(r errors)" ok200="$(r status_200)" mism="$(r size_mismatch)"
+    rps="$(r rps)" p50="$(r p50_ms)" p99="$(r p99_ms)"
+    hit="$(awk -v h="$(r hits)" -v n="$n" 'BEGIN { printf "%.4f", h / n }')"
+    hot="$(r hot_hit_ratio)"
+    upstream=$((up1 - up0))
+    cpu="$(awk -v t=$((c1 - c0)) -v k="$CLK_TCK" -v n="$n" 'BEGIN { printf "%.1f", t / k * 1e6 / n }')"
+    held_mb="$(awk -v b="$held" 'BEGIN { if (b == "-") print "-"; else printf "%.1f", b / 1048576 }')"
+    out "$(printf '   %-10s %4s %9.0f %8.2f %8.2f %10s %9s %8s %9d %6d %9s' "$label" "$2" "$rps" "$p50" "$p99" "$cpu" "$hit" "$hot" \
+        "$upstream" "$errs" "$held_mb")"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$trace" "$2" "$server" "$n" "$mem" "$3" "$(r rps)" \
+        "$(r p50_ms)" "$(r p99_ms)" "$cpu" "$hit" "$hot" "$upstream" "$errs" "$held" >>"$TSV"
+    [ "$n" = "$reqs" ] || fail "$trace $server: $n requests replayed, trace has $reqs"
+    if [ "$errs" != 0 ] || [ "${ok200:-0}" != "$n" ]; then
+        fail "$trace $server: $errs errors, ${ok200:-0} of $n answered 200 ($(tr ' ' '\n' <"$TMP/replay.out" | grep '^status_' | tr '\n' ' '))"
+    fi
+    [ "$mism" = 0 ] || fail "$trace $server: $mism bodies differ from the trace's size ($(tail -n 3 "$TMP/replay.err" | tr '\n' ' '))"
+    [ "$upstream" -ge "$dist" ] || fail "$trace $server: $upstream upstream requests < $dist distinct tiles"
+}
+
+declare -A RPS CPU UP ROWS
+m_nginx_held=0
 for trace in $TRACES; do
     if [ "$trace" = scan ]; then
         [ -s "$TMP/zipf.trace" ] || make_trace zipf
@@ -271,43 +355,36 @@ for trace in $TRACES; do
     out ""
     out "== $desc: $reqs requests, $dist distinct tiles, $(summary "$name" distinct_bytes) distinct bytes"
     out "   M = $MEM_PERCENT % = $mem bytes, D = $DISK_PERCENT % = $disk bytes (of $base's $distinct_bytes distinct bytes)"
-    out "$(printf '   %-10s %9s %8s %8s %10s %9s %9s %6s %9s' server 'req/s' 'p50 ms' 'p99 ms' 'cpu us/req' 'hit ratio' upstream errors 'held MB')"
-    for server in $SERVERS; do
-        case "$server" in
-            tile-proxy) start_tile_proxy "$mem" "$disk" ;;
-            nginx) start_nginx_cache "$disk" ;;
-            varnish) start_varnish "$mem" "$disk" ;;
-        esac
-        up0="$(upstream_total)"
-        c0="$(cpu_ticks "$SERVER_PID")"
-        rc=0
-        timeout "$RUN_TIMEOUT" taskset -c "$LOAD_CPU" "$REPLAY_BIN" --url "$SERVER_URL" --trace "$TMP/$name.trace" \
-            --connections "$CONNECTIONS" >"$TMP/replay.out" 2>"$TMP/replay.err" || rc=$?
-        c1="$(cpu_ticks "$SERVER_PID")"
-        up1="$(upstream_total)"
-        held="$(cache_bytes "$server")"
-        stop_pid "$SERVER_PID"
-        # Its files go, and what is still dirty is written now: the next server does not pay for
-        # this one's writeback (kernel flusher threads are not pinned, they can run on SERVER_CPU).
-        rm -rf "$TMP/cache" "$TMP/nginx" "$TMP/varnish"
-        timeout 300 sync || log "sync did not finish within 300 s"
-        [ "$rc" = 0 ] || { cat "$TMP/replay.err" >&2; die "bench-replay failed ($trace, $server, exit $rc)"; }
-        n="$(r requests)" errs="$(r errors)" ok200="$(r status_200)" mism="$(r size_mismatch)"
-        hit="$(awk -v h="$(r hits)" -v n="$n" 'BEGIN { printf "%.4f", h / n }')"
-        upstream=$((up1 - up0))
-        cpu="$(awk -v t=$((c1 - c0)) -v k="$CLK_TCK" -v n="$n" 'BEGIN { printf "%.1f", t / k * 1e6 / n }')"
-        RPS[$trace,$server]="$(r rps)" CPU[$trace,$server]="$cpu" UP[$trace,$server]="$upstream"
-        out "$(printf '   %-10s %9.0f %8.2f %8.2f %10s %9s %9d %6d %9s' "$server" "$(r rps)" "$(r p50_ms)" "$(r p99_ms)" "$cpu" "$hit" \
-            "$upstream" "$errs" "$(awk -v b="$held" 'BEGIN { if (b == "-") print "-"; else printf "%.1f", b / 1048576 }')")"
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$trace" "$server" "$n" "$mem" "$disk" "$(r rps)" \
-            "$(r p50_ms)" "$(r p99_ms)" "$cpu" "$hit" "$upstream" "$errs" "$held" >>"$TSV"
-        [ "$n" = "$reqs" ] || fail "$trace $server: $n requests replayed, trace has $reqs"
-        if [ "$errs" != 0 ] || [ "${ok200:-0}" != "$n" ]; then
-            fail "$trace $server: $errs errors, ${ok200:-0} of $n answered 200 ($(tr ' ' '\n' <"$TMP/replay.out" | grep '^status_' | tr '\n' ' '))"
-        fi
-        [ "$mism" = 0 ] || fail "$trace $server: $mism bodies differ from the trace's size ($(tail -n 3 "$TMP/replay.err" | tr '\n' ' '))"
-        [ "$upstream" -ge "$dist" ] || fail "$trace $server: $upstream upstream requests < $dist distinct tiles"
+    out "$(printf '   %-10s %4s %9s %8s %8s %10s %9s %8s %9s %6s %9s' server run 'req/s' 'p50 ms' 'p99 ms' 'cpu us/req' 'hit ratio' 'hot hit' upstream errors 'held MB')"
+    read -ra order <<<"$SERVERS"
+    for run in $(seq "$RUNS"); do
+        for server in "${order[@]}"; do
+            replay_server "$server" "$run" "$disk"
+            ROWS[$server]+="$rps $p50 $p99 $cpu $hit $hot $upstream $held_mb"$'\n'
+        done
+        order=("${order[@]:1}" "${order[0]}") # the next run starts with the next server
     done
+    # Medians of the runs (the middle run by each column; the lower middle for an even count).
+    for server in $SERVERS; do
+        med="$(printf '%s' "${ROWS[$server]}" | awk '{ for (i = 1; i <= NF; i++) v[i, NR] = $i; nf = NF }
+            END { for (i = 1; i <= nf; i++) { n = 0; for (j = 1; j <= NR; j++) a[++n] = v[i, j]
+                    if (a[1] != "-") for (x = 2; x <= n; x++) { y = a[x]; for (k = x - 1; k >= 1 && a[k] + 0 > y + 0; k--) a[k + 1] = a[k]; a[k + 1] = y }
+                    printf "%s%s", a[int((n + 1) / 2)], (i < nf ? " " : "\n") } }')"
+        read -r m_rps m_p50 m_p99 m_cpu m_hit m_hot m_up m_held <<<"$med"
+        RPS[$trace,$server]="$m_rps" CPU[$trace,$server]="$m_cpu" UP[$trace,$server]="$m_up"
+        [ "$server" != nginx ] || m_nginx_held="$m_held"
+        [ "$RUNS" = 1 ] || out "$(printf '   %-10s %4s %9.0f %8.2f %8.2f %10s %9s %8s %9d %6s %9s' "$server" med "$m_rps" "$m_p50" "$m_p99" "$m_cpu" "$m_hit" "$m_hot" "$m_up" - "$m_held")"
+    done
+    ROWS=()
+    # nginx held more than D: tile-proxy again with a disk tier of what nginx held.
+    MATCHED=""
+    if [ "$MATCH_NGINX" = 1 ] && has_server nginx && has_server tile-proxy &&
+        awk -v h="$m_nginx_held" -v d="$disk" 'BEGIN { exit !(h * 1048576 > d) }'; then
+        matched="$(awk -v h="$m_nginx_held" 'BEGIN { printf "%d", h * 1048576 }')"
+        out "   tile-proxy again with a disk tier of nginx's median held bytes ($matched):"
+        replay_server tile-proxy 1 "$matched" "tp@nginx"
+        MATCHED="$upstream"
+    fi
     stop_pid "${UPSTREAM_PID:?}"
     if has_server tile-proxy; then
         for other in nginx varnish; do
@@ -319,6 +396,10 @@ for trace in $TRACES; do
             [ "$other" = nginx ] && want=1.2
             out "   tile-proxy / $other: req/s x$rr, cpu/req x$rc, upstream requests x$ru;" \
                 "targets: req/s >= $want $(met "$rr" ">=" "$want"), upstream <= 1 $(met "$ru" "<=" 1)"
+            if [ "$other" = nginx ] && [ -n "$MATCHED" ]; then
+                ru="$(ratio "$MATCHED" "${UP[$trace,nginx]}")"
+                out "   at the same bytes held (tile-proxy with nginx's): upstream requests x$ru; upstream <= 1 $(met "$ru" "<=" 1)"
+            fi
         done
     fi
 done
