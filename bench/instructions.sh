@@ -15,6 +15,11 @@
 # per request, instead of RUST_LOG=warn; the log writer thread's instructions count too). Needs valgrind
 # and curl (apt-get install valgrind curl). KEEP=DIR keeps the callgrind files (DIR/<target name>/)
 # for callgrind_annotate. PROXY_ENV="NAME=value ..." adds settings (e.g. TILE_PROXY_ACCESS_LOG_SAMPLE=10).
+# CEILING=1 then counts the bare actix ceiling (bench-ceiling of the first target dir, built when
+# missing) on the same hits of the same tiles: plain (Content-Type only), and with
+# --proxy-headers (the headers tile-proxy's hit carries, as fixed values). tile-proxy minus the
+# second is the work of tile-proxy's own code per hit; the second minus the first is what its
+# headers cost actix to write.
 #
 #   bench/instructions.sh; REDIS=1 bench/instructions.sh; REDIS=1 RULES=100 bench/instructions.sh
 #   LIMIT=1 bench/instructions.sh; REDIS=1 LIMIT=1 bench/instructions.sh
@@ -68,7 +73,7 @@ measure() {
     px=$!
     # RETURN for a normal end; EXIT too, as `set -e` ends the script from inside (a failed curl).
     trap 'kill $px $up $rd 2>/dev/null || true; rm -rf "$tmp"' RETURN
-    trap 'kill $px $up $rd 2>/dev/null || true; rm -rf "$tmp"' EXIT
+    trap 'kill ${px:-} ${up:-} ${rd:-} 2>/dev/null || true; [ -z "${tmp:-}" ] || rm -rf "$tmp"' EXIT
     local ok=0
     for _ in $(seq 1 120); do
         if curl -sf -o /dev/null "http://127.0.0.1:$px_port/live"; then ok=1; break; fi
@@ -98,4 +103,40 @@ measure() {
         "${#hits[@]}" $((ir / ${#hits[@]}))
 }
 
+measure_ceiling() { # target [bench-ceiling flag...]
+    local target=$1 tmp port ce i
+    shift
+    tmp=$(mktemp -d)
+    port=$(free_port)
+    for i in $(seq 0 $((TILES - 1))); do echo "/here-proxy/mc/12/$i/7/png"; done >"$tmp/tiles.txt"
+    valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.out" "$target/release/bench-ceiling" --tiles "$tmp/tiles.txt" \
+        --listen "127.0.0.1:$port" --min-size "$SIZE" --max-size "$SIZE" --workers 1 "$@" >"$tmp/ceiling.log" 2>&1 &
+    ce=$!
+    trap 'kill $ce 2>/dev/null || true; rm -rf "$tmp"' RETURN
+    trap 'kill ${ce:-} 2>/dev/null || true; [ -z "${tmp:-}" ] || rm -rf "$tmp"' EXIT
+    local ok=0
+    for _ in $(seq 1 120); do
+        if curl -sf -o /dev/null "http://127.0.0.1:$port/ready"; then ok=1; break; fi
+        sleep 0.5
+    done
+    [ $ok = 1 ] || { echo "bench-ceiling did not start under valgrind:" >&2; cat "$tmp/ceiling.log" >&2; return 1; }
+    local urls=() hits=()
+    for i in $(seq 0 $((TILES - 1))); do urls+=("http://127.0.0.1:$port/here-proxy/mc/12/$i/7/png?indice=bench"); done
+    curl -sf "${urls[@]}" >/dev/null # warm-up
+    callgrind_control -z "$ce" >/dev/null 2>&1
+    for _ in $(seq 1 $((HITS / TILES))); do hits+=("${urls[@]}"); done
+    curl -sf "${hits[@]}" >/dev/null
+    callgrind_control -d "$ce" >/dev/null 2>&1
+    sleep 1
+    local ir
+    ir=$(cat "$tmp"/cg.out.* 2>/dev/null | awk '/^totals:/ {s+=$2} END {print s+0}')
+    printf '%-40s %-41s %12d instructions for %d hits: %d per hit\n' "bench-ceiling" "${*:-(plain)}" "$ir" "${#hits[@]}" \
+        $((ir / ${#hits[@]}))
+}
+
 for t in "$@"; do measure "$t"; done
+if [ "${CEILING:-0}" = 1 ]; then
+    [ -x "$1/release/bench-ceiling" ] || (cd "$REPO_ROOT" && CARGO_TARGET_DIR="$1" cargo build --release -p bench-ceiling >&2)
+    measure_ceiling "$1"
+    measure_ceiling "$1" --proxy-headers
+fi

@@ -31,6 +31,9 @@
 #   SKIP_BUILD=1     do not run cargo build
 #   TARGET_DIR=DIR   cargo target dir to build into / take binaries from (default: REPO/target)
 #   KEEP_TMP=1       keep the temp dir (configs, logs, caches, raw wrk output) after the run
+#   CEILING_PROXY_HEADERS=1  the ceiling also sends the headers tile-proxy's hit carries
+#                    (bench-ceiling --proxy-headers): the same response, so tile-proxy / ceiling
+#                    is then the cost of tile-proxy's own work alone
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -172,7 +175,8 @@ start_ceiling() { # name
     LOG_FILES+=("$name-ceiling.log")
     log "$name: starting bench-ceiling on $CEIL_URL (core $SERVER_CPU, 1 worker)"
     taskset -c "$SERVER_CPU" "$CEILING_BIN" --listen "127.0.0.1:$port" --tiles "$TILES_FILE" \
-        --min-size "$MIN_SIZE" --max-size "$MAX_SIZE" --workers 1 >"$TMP/$name-ceiling.log" 2>&1 &
+        --min-size "$MIN_SIZE" --max-size "$MAX_SIZE" --workers 1 ${CEILING_PROXY_HEADERS:+--proxy-headers} \
+        >"$TMP/$name-ceiling.log" 2>&1 &
     CEIL_PID=$!
     PIDS+=("$CEIL_PID")
     wait_ready "$name bench-ceiling" "$CEIL_PID" "$CEIL_URL/ready"
@@ -548,7 +552,7 @@ miss_scenario() {
     echo
     echo "tile-proxy / nginx proxy_cache / bare actix ceiling ($COMMIT, $STAMP)$([ "$SMOKE" = 1 ] && echo "  SMOKE RUN: plumbing only, numbers meaningless")"
     echo "  scenarios: $SCENARIOS"
-    echo "  servers pinned to core $SERVER_CPU (tile-proxy $WORKERS worker(s), nginx 1 worker, ceiling 1 worker); wrk + upstream on core $LOAD_CPU; loopback"
+    echo "  servers pinned to core $SERVER_CPU (tile-proxy $WORKERS worker(s), nginx 1 worker, ceiling 1 worker$([ -n "${CEILING_PROXY_HEADERS:-}" ] && echo ", with tile-proxy's headers")); wrk + upstream on core $LOAD_CPU; loopback"
     echo "  binaries: $TARGET_DIR/release ($([ "$SKIP_BUILD" = 1 ] && echo "prebuilt, SKIP_BUILD=1" || echo "built by this run")); $NGINX_VERSION; wrk $WRK_VERSION"
     echo "  cpu us/req: server CPU (all threads of the server's process tree, from $CPU_SOURCE) / wrk's requests"
 } | tee -a "$REPORT"

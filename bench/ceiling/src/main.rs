@@ -7,8 +7,13 @@
 //! middleware, no logging. Whatever tile-proxy does on a hit beyond this costs throughput, so
 //! its hit rate over this server's is how close it comes to what actix itself allows.
 //!
+//! `--proxy-headers` adds, as fixed values made once at start, the headers tile-proxy sends
+//! with a memory hit (`ETag`, `X-Cache`, `X-Cache-Tier`, `Age`, `Cache-Control`,
+//! `Last-Modified`, `Access-Control-Expose-Headers`): the same response, so the gap that is
+//! left is tile-proxy's work, not the bytes and headers its answer must carry.
+//!
 //! ```text
-//! bench-ceiling --tiles FILE [--listen ADDR] [--min-size N] [--max-size N] [--workers N]
+//! bench-ceiling --tiles FILE [--listen ADDR] [--min-size N] [--max-size N] [--workers N] [--proxy-headers]
 //! ```
 //! Prints `listening on http://ADDR` once bound; `GET /ready` answers `200 ok`; a path not in
 //! the list gets `404`. Stops on SIGINT/SIGTERM.
@@ -18,7 +23,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use actix_web::http::header::{ContentType, HeaderValue};
+use actix_web::http::header::{ContentType, HeaderName, HeaderValue};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use bytes::Bytes;
 use test_upstream::{Options, Upstream};
@@ -26,13 +31,14 @@ use test_upstream::{Options, Upstream};
 const HELP: &str = "\
 bench-ceiling: bare actix-web server answering a fixed tile list from memory
 
-USAGE: bench-ceiling --tiles FILE [--listen ADDR] [--min-size N] [--max-size N] [--workers N]
+USAGE: bench-ceiling --tiles FILE [--listen ADDR] [--min-size N] [--max-size N] [--workers N] [--proxy-headers]
 
   --tiles FILE     tile paths, one a line (e.g. /v3/base/mc/12/1/2/png)
   --listen ADDR    address to bind (default 127.0.0.1:0)
   --min-size N     smallest body, as given to test-upstream (default 2000)
   --max-size N     largest body, as given to test-upstream (default: max(2000, min-size))
   --workers N      actix workers (default 1)
+  --proxy-headers  also send the headers tile-proxy sends with a memory hit (fixed values)
 ";
 
 /// What the command line asked for.
@@ -43,6 +49,7 @@ struct Args {
     min_size: usize,
     max_size: Option<usize>,
     workers: usize,
+    proxy_headers: bool,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
@@ -51,6 +58,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
     let mut min_size = 2000;
     let mut max_size = None;
     let mut workers = 1;
+    let mut proxy_headers = false;
     fn num<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T, String> {
         let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
         v.parse().map_err(|_| format!("{flag}: invalid value '{v}'"))
@@ -62,6 +70,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
             "--min-size" => min_size = num("--min-size", it.next())?,
             "--max-size" => max_size = Some(num("--max-size", it.next())?),
             "--workers" => workers = num("--workers", it.next())?,
+            "--proxy-headers" => proxy_headers = true,
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument '{other}'")),
         }
@@ -70,7 +79,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
     if workers == 0 {
         return Err("--workers must be at least 1".into());
     }
-    Ok(Some(Args { tiles, listen, min_size, max_size, workers }))
+    Ok(Some(Args { tiles, listen, min_size, max_size, workers, proxy_headers }))
 }
 
 /// Path -> (content type, body), built once at start.
@@ -108,6 +117,26 @@ fn load(args: &Args) -> Result<Tiles, String> {
     Ok(tiles)
 }
 
+/// The headers tile-proxy adds to a memory hit, beyond `Content-Type` (values as it sends them
+/// for a tile of the default index; the `ETag` is the same length as its).
+fn proxy_headers() -> Vec<(HeaderName, HeaderValue)> {
+    use actix_web::http::header;
+    let expose = "x-cache-reason, retry-after, ratelimit-reset, ratelimit-limit, cache-control, \
+                  ratelimit-remaining, ratelimit-policy, x-cache-tier, etag, age, x-cache";
+    vec![
+        (header::ETAG, HeaderValue::from_static("\"ad8bc3266be59d5a\"")),
+        (HeaderName::from_static("x-cache-tier"), HeaderValue::from_static("memory")),
+        (header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(expose)),
+        (header::AGE, HeaderValue::from_static("0")),
+        (HeaderName::from_static("x-cache"), HeaderValue::from_static("HIT")),
+        (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=86400")),
+        (header::LAST_MODIFIED, HeaderValue::from_static("Thu, 01 Jan 2026 00:00:00 GMT")),
+    ]
+}
+
+/// The extra headers of every tile answer with `--proxy-headers`.
+struct Extra(Vec<(HeaderName, HeaderValue)>);
+
 async fn serve(tiles: web::Data<Tiles>, req: HttpRequest) -> HttpResponse {
     let path = req.path();
     if let Some((ct, body)) = tiles.get(path) {
@@ -115,6 +144,24 @@ async fn serve(tiles: web::Data<Tiles>, req: HttpRequest) -> HttpResponse {
             .insert_header((actix_web::http::header::CONTENT_TYPE, ct.clone()))
             .body(body.clone());
     }
+    not_a_tile(path)
+}
+
+/// `serve` with the headers tile-proxy adds (`--proxy-headers`); `serve` itself is left as it
+/// was, so the plain ceiling does not pay for an extractor it does not use.
+async fn serve_proxy_headers(tiles: web::Data<Tiles>, extra: web::Data<Extra>, req: HttpRequest) -> HttpResponse {
+    let path = req.path();
+    if let Some((ct, body)) = tiles.get(path) {
+        let mut answer = HttpResponse::Ok();
+        for (name, value) in &extra.0 {
+            answer.insert_header((name.clone(), value.clone()));
+        }
+        return answer.insert_header((actix_web::http::header::CONTENT_TYPE, ct.clone())).body(body.clone());
+    }
+    not_a_tile(path)
+}
+
+fn not_a_tile(path: &str) -> HttpResponse {
     if path == "/ready" {
         return HttpResponse::Ok().insert_header(ContentType::plaintext()).body("ok\n");
     }
@@ -148,10 +195,19 @@ fn run(args: Args) -> Result<(), String> {
     let count = tiles.len();
     actix_web::rt::System::new().block_on(async move {
         let tiles = web::Data::from(tiles);
-        let server = HttpServer::new(move || App::new().app_data(tiles.clone()).default_service(web::to(serve)))
-            .workers(args.workers)
-            .bind(args.listen)
-            .map_err(|e| format!("bind {}: {e}", args.listen))?;
+        let extra = web::Data::new(Extra(proxy_headers()));
+        let with_headers = args.proxy_headers;
+        let server = HttpServer::new(move || {
+            let app = App::new().app_data(tiles.clone()).app_data(extra.clone());
+            if with_headers {
+                app.default_service(web::to(serve_proxy_headers))
+            } else {
+                app.default_service(web::to(serve))
+            }
+        })
+        .workers(args.workers)
+        .bind(args.listen)
+        .map_err(|e| format!("bind {}: {e}", args.listen))?;
         let addr = server.addrs().first().copied().ok_or("no bound address")?;
         let mut out = std::io::stdout().lock();
         let _ =
@@ -174,6 +230,8 @@ mod tests {
     fn parses_flags() {
         let a = args(&["--tiles", "t.txt", "--min-size", "5000", "--max-size", "60000"]).unwrap().unwrap();
         assert_eq!((a.tiles.as_str(), a.min_size, a.max_size, a.workers), ("t.txt", 5000, Some(60000), 1));
+        assert!(!a.proxy_headers);
+        assert!(args(&["--tiles", "t", "--proxy-headers"]).unwrap().unwrap().proxy_headers);
         assert!(args(&["--help"]).unwrap().is_none());
         assert!(args(&[]).is_err());
         assert!(args(&["--tiles", "t", "--workers", "0"]).is_err());
@@ -192,6 +250,7 @@ mod tests {
             min_size: 5000,
             max_size: Some(60000),
             workers: 1,
+            proxy_headers: false,
         };
         let tiles = load(&a).unwrap();
         let up = Upstream::start(Options { min_size: 5000, max_size: 60000, ..Options::default() }).unwrap();
