@@ -23,3 +23,31 @@ fn no_tracked_file_names_a_machine_path() {
     }
     assert!(found.is_empty(), "machine paths in tracked files:\n{}", found.join("\n"));
 }
+
+/// The experiment patches in `bench/` (a setting measured without shipping it) still apply, so
+/// the numbers bench/README.md gives for them can be made again; a patch for an older tree says
+/// so in its first line ("Applies to <commit>") and is not checked.
+#[test]
+fn the_bench_experiment_patches_apply_to_this_tree() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(format!("{root}/bench")).expect("bench/ is there") {
+        let path = entry.expect("a directory entry").path();
+        if path.extension().is_none_or(|e| e != "patch") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("the patch reads");
+        if text.starts_with("Applies to ") {
+            continue;
+        }
+        let out = Command::new("git").args(["-C", root, "apply", "--check"]).arg(&path).output().expect("git runs");
+        assert!(
+            out.status.success(),
+            "{} no longer applies (refresh it, or mark it \"Applies to <commit>\"): {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked.push(path);
+    }
+    assert!(checked.len() >= 2, "the experiment patches are missing: {checked:?}");
+}
