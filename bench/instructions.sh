@@ -39,6 +39,37 @@ command -v valgrind >/dev/null && command -v callgrind_control >/dev/null && com
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# The TILES tile URLs every measurement asks for, on 127.0.0.1:PORT.
+tile_urls() { # port
+    local i
+    for i in $(seq 0 $((TILES - 1))); do echo "http://127.0.0.1:$1/here-proxy/mc/12/$i/7/png?indice=bench"; done
+}
+
+# Waits for URL to answer (up to 60 s: valgrind starts slowly); else shows LOG and fails.
+await_url() { # url what log
+    for _ in $(seq 1 120); do
+        curl -sf -o /dev/null "$1" && return 0
+        sleep 0.5
+    done
+    echo "$2 did not start under valgrind:" >&2
+    cat "$3" >&2
+    return 1
+}
+
+# The instructions callgrind counts in PID over HITS requests (TILES urls round robin, one
+# keep-alive connection), zeroed before and dumped after into TMP/cg.out.*: sets IR and NHITS.
+count_hits() { # pid tmp url...
+    local pid=$1 tmp=$2 hits=()
+    shift 2
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    for _ in $(seq 1 $((HITS / TILES))); do hits+=("$@"); done
+    curl -sf "${hits[@]}" >/dev/null
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    sleep 1
+    IR=$(cat "$tmp"/cg.out.* 2>/dev/null | awk '/^totals:/ {s+=$2} END {print s+0}')
+    NHITS=${#hits[@]}
+}
+
 measure() {
     local target=$1 tmp up_port px_port up px b
     for b in tile-proxy test-upstream; do
@@ -74,14 +105,9 @@ measure() {
     # RETURN for a normal end; EXIT too, as `set -e` ends the script from inside (a failed curl).
     trap 'kill $px $up $rd 2>/dev/null || true; rm -rf "$tmp"' RETURN
     trap 'kill ${px:-} ${up:-} ${rd:-} 2>/dev/null || true; [ -z "${tmp:-}" ] || rm -rf "$tmp"' EXIT
-    local ok=0
-    for _ in $(seq 1 120); do
-        if curl -sf -o /dev/null "http://127.0.0.1:$px_port/live"; then ok=1; break; fi
-        sleep 0.5
-    done
-    [ $ok = 1 ] || { echo "tile-proxy did not start under valgrind:" >&2; cat "$tmp/proxy.log" >&2; return 1; }
-    local urls=() hits=()
-    for i in $(seq 0 $((TILES - 1))); do urls+=("http://127.0.0.1:$px_port/here-proxy/mc/12/$i/7/png?indice=bench"); done
+    await_url "http://127.0.0.1:$px_port/live" tile-proxy "$tmp/proxy.log"
+    local urls
+    mapfile -t urls < <(tile_urls "$px_port")
     curl -sf "${urls[@]}" >/dev/null # misses fill the cache
     curl -sf "${urls[@]}" >/dev/null # warm-up hits
     local r body
@@ -91,16 +117,10 @@ measure() {
             "http://127.0.0.1:$px_port/admin/purge"
     done
     curl -sf "${urls[@]}" >/dev/null # hits after the rules
-    callgrind_control -z "$px" >/dev/null 2>&1
-    for _ in $(seq 1 $((HITS / TILES))); do hits+=("${urls[@]}"); done
-    curl -sf "${hits[@]}" >/dev/null # one keep-alive connection
-    callgrind_control -d "$px" >/dev/null 2>&1
-    sleep 1
-    local ir
-    ir=$(cat "$tmp"/cg.out.* 2>/dev/null | awk '/^totals:/ {s+=$2} END {print s+0}')
+    count_hits "$px" "$tmp" "${urls[@]}"
     if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP/$(basename "$target")" && cp "$tmp"/cg.out.* "$KEEP/$(basename "$target")/"; fi
-    printf '%-40s redis=%s rules=%-4s limit=%s log=%s %12d instructions for %d hits: %d per hit\n' "$target" "$REDIS" "$RULES" "$LIMIT" "$LOG" "$ir" \
-        "${#hits[@]}" $((ir / ${#hits[@]}))
+    printf '%-40s redis=%s rules=%-4s limit=%s log=%s %12d instructions for %d hits: %d per hit\n' "$target" "$REDIS" "$RULES" "$LIMIT" "$LOG" "$IR" \
+        "$NHITS" $((IR / NHITS))
 }
 
 measure_ceiling() { # target [bench-ceiling flag...]
@@ -114,24 +134,13 @@ measure_ceiling() { # target [bench-ceiling flag...]
     ce=$!
     trap 'kill $ce 2>/dev/null || true; rm -rf "$tmp"' RETURN
     trap 'kill ${ce:-} 2>/dev/null || true; [ -z "${tmp:-}" ] || rm -rf "$tmp"' EXIT
-    local ok=0
-    for _ in $(seq 1 120); do
-        if curl -sf -o /dev/null "http://127.0.0.1:$port/ready"; then ok=1; break; fi
-        sleep 0.5
-    done
-    [ $ok = 1 ] || { echo "bench-ceiling did not start under valgrind:" >&2; cat "$tmp/ceiling.log" >&2; return 1; }
-    local urls=() hits=()
-    for i in $(seq 0 $((TILES - 1))); do urls+=("http://127.0.0.1:$port/here-proxy/mc/12/$i/7/png?indice=bench"); done
+    await_url "http://127.0.0.1:$port/ready" bench-ceiling "$tmp/ceiling.log"
+    local urls
+    mapfile -t urls < <(tile_urls "$port")
     curl -sf "${urls[@]}" >/dev/null # warm-up
-    callgrind_control -z "$ce" >/dev/null 2>&1
-    for _ in $(seq 1 $((HITS / TILES))); do hits+=("${urls[@]}"); done
-    curl -sf "${hits[@]}" >/dev/null
-    callgrind_control -d "$ce" >/dev/null 2>&1
-    sleep 1
-    local ir
-    ir=$(cat "$tmp"/cg.out.* 2>/dev/null | awk '/^totals:/ {s+=$2} END {print s+0}')
-    printf '%-40s %-41s %12d instructions for %d hits: %d per hit\n' "bench-ceiling" "${*:-(plain)}" "$ir" "${#hits[@]}" \
-        $((ir / ${#hits[@]}))
+    count_hits "$ce" "$tmp" "${urls[@]}"
+    printf '%-40s %-41s %12d instructions for %d hits: %d per hit\n' "bench-ceiling" "${*:-(plain)}" "$IR" "$NHITS" \
+        $((IR / NHITS))
 }
 
 for t in "$@"; do measure "$t"; done
