@@ -450,6 +450,16 @@ async fn head_cors_and_admin_endpoints() {
     assert_eq!(r.x_cache(), "HIT", "HEAD filled the cache");
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
     assert!(!r.header("vary").unwrap_or("").contains("Origin"), "one answer for every origin: {:?}", r.header("vary"));
+    // Without an `Origin` (an SDK, a seed, curl) the answer is the same, so a cache in front that
+    // keys on the URL alone (no `Vary: Origin` here) can give that copy to a browser.
+    let plain = p.get("/here-proxy/mc/1/1/1/png?indice=head").await;
+    assert_eq!(plain.header("access-control-allow-origin"), Some("*"), "no Origin: still allowed");
+    assert_eq!(plain.header("access-control-expose-headers"), r.header("access-control-expose-headers"));
+    assert_eq!(
+        res.headers().get("access-control-allow-origin").and_then(|v| v.to_str().ok()),
+        Some("*"),
+        "HEAD without an Origin"
+    );
     let pre = p
         .client
         .request(actix_web::http::Method::OPTIONS, p.url("/here-proxy/mc/1/1/1/png"))
@@ -522,6 +532,11 @@ async fn configured_origins_only() {
     assert!(ok.header("vary").unwrap_or("").contains("Origin"), "the answer depends on the origin");
     let other = p.get_with("/here-proxy/mc/1/1/0/png", &[("Origin", "https://evil.example")]).await;
     assert_eq!(other.header("access-control-allow-origin"), None);
+    // Without an `Origin`: not allowed, and `Vary: Origin` keeps a cache in front from giving
+    // this copy to a browser.
+    let plain = p.get("/here-proxy/mc/1/1/0/png").await;
+    assert_eq!(plain.header("access-control-allow-origin"), None);
+    assert!(plain.header("vary").unwrap_or("").contains("Origin"), "{:?}", plain.header("vary"));
     p.stop().await;
 }
 

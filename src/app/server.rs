@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use actix_cors::Cors;
 use actix_web::http::header;
+use actix_web::middleware::{Condition, DefaultHeaders};
 use actix_web::{web, App, HttpServer};
 
 use crate::base::clock::{SharedClock, SystemClock};
@@ -80,6 +81,24 @@ pub struct StartOptions {
     pub early_refresh_draw: Option<fn() -> f64>,
 }
 
+/// `cors_origins` allows every origin (`*`).
+fn any_origin(origins: &[String]) -> bool {
+    origins.iter().any(|o| o == "*")
+}
+
+/// With any origin allowed, `Access-Control-Allow-Origin: *` on every answer, not only (as
+/// actix-cors does) on answers to requests that carry an `Origin`. A cache in front (nginx's
+/// `proxy_cache`, a CDN) keys tiles on the URL alone, as there is no `Vary: Origin` in this
+/// mode: a tile first asked for without an `Origin` (an SDK, a seed, curl) would otherwise be
+/// kept without the header and then refused by every browser that gets that copy. With an
+/// allowlist, actix-cors sends `Vary: Origin` on every answer instead, and this is off.
+fn every_answer_allows_any_origin(origins: &[String]) -> Condition<DefaultHeaders> {
+    Condition::new(
+        any_origin(origins),
+        DefaultHeaders::new().add((header::ACCESS_CONTROL_ALLOW_ORIGIN, header::HeaderValue::from_static("*"))),
+    )
+}
+
 fn cors(origins: &[String]) -> Cors {
     let mut cors = Cors::default()
         .allowed_methods(["GET", "HEAD", "OPTIONS"])
@@ -98,8 +117,10 @@ fn cors(origins: &[String]) -> Cors {
             "RateLimit-Policy",
         ])
         .max_age(86_400);
-    if origins.iter().any(|o| o == "*") {
-        // The same answer for every origin: no `Vary: Origin`, so a CDN keeps one copy a tile.
+    if any_origin(origins) {
+        // The same answer for every origin: no `Vary: Origin`, so a CDN keeps one copy a tile
+        // (with `Access-Control-Allow-Origin: *` on answers to requests without an `Origin`
+        // too: `every_answer_allows_any_origin`).
         cors = cors.allow_any_origin().send_wildcard().disable_vary_header();
     } else {
         for o in origins {
@@ -370,6 +391,7 @@ fn serve(
             .app_data(http_data.clone())
             .wrap(crate::http::bypass::TilesFirst)
             .wrap(cors(&origins))
+            .wrap(every_answer_allows_any_origin(&origins))
             .wrap(Observe(http.clone()))
             .route("/live", web::get().to(health::live))
             .route("/ready", web::get().to(health::ready))

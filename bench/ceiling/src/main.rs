@@ -9,7 +9,8 @@
 //!
 //! `--proxy-headers` adds, as fixed values made once at start, the headers tile-proxy sends
 //! with a memory hit (`ETag`, `X-Cache`, `X-Cache-Tier`, `Age`, `Cache-Control`,
-//! `Last-Modified`, `Access-Control-Expose-Headers`): the same response, so the gap that is
+//! `Last-Modified`, `Access-Control-Allow-Origin`, `Access-Control-Expose-Headers`): the same
+//! response (to a request without an `Origin`, with `cors_origins = ["*"]`), so the gap that is
 //! left is tile-proxy's work, not the bytes and headers its answer must carry.
 //!
 //! ```text
@@ -127,6 +128,7 @@ fn proxy_headers() -> Vec<(HeaderName, HeaderValue)> {
         (header::ETAG, HeaderValue::from_static("\"ad8bc3266be59d5a\"")),
         (HeaderName::from_static("x-cache-tier"), HeaderValue::from_static("memory")),
         (header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(expose)),
+        (header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*")),
         (header::AGE, HeaderValue::from_static("0")),
         (HeaderName::from_static("x-cache"), HeaderValue::from_static("HIT")),
         (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=86400")),
