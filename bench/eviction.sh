@@ -104,13 +104,8 @@ out "bench-replay + test-upstream on core $LOAD_CPU, $CONNECTIONS keep-alive con
 
 for trace in $TRACES; do
     # The scan trace's sizes come from its zipf base: the same capacities as the zipf table.
-    if [ "$trace" = scan ]; then
-        [ -s "$TMP/zipf.trace" ] || make_trace zipf
-        base=zipf
-    else
-        make_trace "$trace"
-        base="$trace"
-    fi
+    make_base_trace "$trace"
+    base="$BASE"
     distinct_bytes="$(summary "$base" distinct_bytes)"
     for pct in $PERCENTS; do
         cap="$(awk -v b="$distinct_bytes" -v p="$pct" 'BEGIN { printf "%d", b * p / 100 }')"

@@ -355,6 +355,19 @@ make_trace() {
         2>"$TMP/$name.summary" || { cat "$TMP/$name.summary" >&2; die "trace.py $name failed"; }
     grep -q '^requests=' "$TMP/$name.summary" || die "trace.py $name printed no summary"
 }
+
+# make_base_trace TRACE (zipf, viewport or scan): writes the trace the capacities are taken from
+# and sets BASE to its name: TRACE's own, or for scan its zipf base (the scan trace itself is
+# made later, with a sweep sized from those capacities).
+make_base_trace() {
+    if [ "$1" = scan ]; then
+        [ -s "$TMP/zipf.trace" ] || make_trace zipf
+        BASE=zipf
+    else
+        make_trace "$1"
+        BASE="$1"
+    fi
+}
 summary() { # name key
     tr ' ' '\n' <"$TMP/$1.summary" | sed -n "s/^$2=//p" | head -n1
 }

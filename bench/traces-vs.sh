@@ -325,13 +325,8 @@ replay_server() { # server run-label disk-bytes [row-label]
 declare -A RPS CPU UP ROWS
 m_nginx_held=0
 for trace in $TRACES; do
-    if [ "$trace" = scan ]; then
-        [ -s "$TMP/zipf.trace" ] || make_trace zipf
-        base=zipf
-    else
-        make_trace "$trace"
-        base="$trace"
-    fi
+    make_base_trace "$trace"
+    base="$BASE"
     distinct_bytes="$(summary "$base" distinct_bytes)"
     mem="$(awk -v b="$distinct_bytes" -v p="$MEM_PERCENT" 'BEGIN { printf "%d", b * p / 100 }')"
     disk="$(awk -v b="$distinct_bytes" -v p="$DISK_PERCENT" 'BEGIN { printf "%d", b * p / 100 }')"
